@@ -1,0 +1,3 @@
+"""email-reconciler: GitOps for outbound e-mail accounts."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+"""Exceptions: for our bugs and for infrastructure we cannot reach, never for expected failures.
+
+Expected failures of the outside world (refused connection, bad password, expired certificate)
+are probe outcomes with reasons (reconciler.reasons), not exceptions.
+
+    ReconcilerError
+    ├── UsageError               bad command line or configuration -> exit 2
+    ├── ManifestError            a file cannot be loaded at all (carries Diagnostics)
+    ├── SecretNotFound           a referenced Secret/ConfigMap or key is absent
+    └── StoreError               the state store failed
+        ├── StoreConflict        409: re-read and retry
+        ├── StoreUnavailable     429/5xx/connection: back off, then ApiUnavailable
+        └── StoreForbidden       401/403: names verb, resource and namespace
+"""
+
+from __future__ import annotations
+
+
+class ReconcilerError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class UsageError(ReconcilerError):
+    """Bad command line or configuration (exit code 2)."""
+
+
+class ManifestError(ReconcilerError):
+    """A manifest file could not be read."""
+
+
+class SecretNotFound(ReconcilerError):
+    """A referenced Secret/ConfigMap, or a key in it, does not exist."""
+
+    def __init__(self, namespace: str, name: str, key: str, kind: str = "Secret",
+                 detail: str = "") -> None:
+        self.namespace, self.name, self.key, self.kind = namespace, name, key, kind
+        what = f"{kind} {namespace}/{name}"
+        msg = f"{what} has no key {key!r}" if detail == "key" else f"{what} not found (key {key!r})"
+        super().__init__(msg)
+
+
+class StoreError(ReconcilerError):
+    """The state store (local files or the Kubernetes API) failed."""
+
+
+class StoreConflict(StoreError):
+    """The object changed since it was read (HTTP 409)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (429, 5xx, connection error)."""
+
+
+class StoreForbidden(StoreError):
+    """The store refused the request (401/403); the message names verb, resource and namespace."""

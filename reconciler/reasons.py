@@ -1,0 +1,78 @@
+"""Condition reasons: CamelCase constants in one place (DESIGN §4, §5)."""
+
+from __future__ import annotations
+
+# success
+SUCCEEDED = "Succeeded"
+NOT_REQUIRED = "NotRequired"  # Authenticated with method None
+PUBLISHED = "Published"
+VALID = "Valid"
+READY = "Ready"
+NOT_STALLED = "NotStalled"
+PROGRESSING = "Progressing"
+AUTH_SKIPPED = "AuthCheckDeferred"  # not attempted this run (authInterval); previous result kept
+SUSPENDED = "Suspended"
+
+# validation / configuration
+INVALID_SPEC = "InvalidSpec"
+SECRET_NOT_FOUND = "SecretNotFound"
+
+# connection (DESIGN §4 steps 1-3)
+CONNECT_FAILED = "ConnectFailed"
+TIMEOUT = "Timeout"
+SERVER_REJECTED = "ServerRejected"  # e.g. 421 banner, EHLO refused
+STARTTLS_NOT_OFFERED = "StartTLSNotOffered"
+TLS_HANDSHAKE_FAILED = "TLSHandshakeFailed"
+TLS_VERSION_TOO_LOW = "TLSVersionTooLow"
+CERTIFICATE_UNTRUSTED = "CertificateUntrusted"
+CERTIFICATE_HOSTNAME_MISMATCH = "CertificateHostnameMismatch"
+CERTIFICATE_EXPIRED = "CertificateExpired"
+CERTIFICATE_EXPIRING_SOON = "CertificateExpiringSoon"  # warning
+INSECURE_CONNECTION = "InsecureConnection"  # warning
+
+# authentication (step 4)
+AUTHENTICATION_FAILED = "AuthenticationFailed"
+AUTHENTICATION_TEMPORARY_FAILURE = "AuthenticationTemporaryFailure"
+AUTH_MECHANISM_UNAVAILABLE = "AuthMechanismUnavailable"
+INSECURE_AUTH_REFUSED = "InsecureAuthRefused"
+BASIC_AUTH_DEPRECATED = "BasicAuthDeprecated"  # warning
+
+# OAuth2 / Graph
+TOKEN_REQUEST_FAILED = "TokenRequestFailed"
+MAILBOX_NOT_FOUND = "MailboxNotFound"
+INSUFFICIENT_PERMISSIONS = "InsufficientPermissions"
+GRAPH_UNAVAILABLE = "GraphUnavailable"
+
+# signing
+KEYSTORE_NOT_FOUND = "KeystoreNotFound"
+KEYSTORE_PASSWORD_WRONG = "KeystorePasswordWrong"
+KEYSTORE_UNREADABLE = "KeystoreUnreadable"
+ALIAS_NOT_FOUND = "AliasNotFound"
+KEY_CERTIFICATE_MISMATCH = "KeyCertificateMismatch"
+SIGNING_CERTIFICATE_EXPIRED = "SigningCertificateExpired"
+SIGNING_CERTIFICATE_EXPIRING_SOON = "SigningCertificateExpiringSoon"  # warning
+SIGNING_CERTIFICATE_NOT_FOR_EMAIL = "SigningCertificateNotForEmail"
+SENDER_NOT_IN_CERTIFICATE = "SenderNotInCertificate"  # warning
+SIGNATURE_FAILED = "SignatureFailed"
+
+# publishing / store
+SECRET_CONFLICT = "SecretConflict"
+API_UNAVAILABLE = "ApiUnavailable"
+FORBIDDEN = "Forbidden"
+
+#: Reasons that retrying without a change cannot fix: the account is Stalled until the spec
+#: or a referenced Secret changes.
+TERMINAL = frozenset({
+    INVALID_SPEC,
+    AUTHENTICATION_FAILED,
+    INSECURE_AUTH_REFUSED,
+    AUTH_MECHANISM_UNAVAILABLE,
+    STARTTLS_NOT_OFFERED,
+    SECRET_CONFLICT,
+    KEYSTORE_PASSWORD_WRONG,
+    KEYSTORE_UNREADABLE,
+    ALIAS_NOT_FOUND,
+    KEY_CERTIFICATE_MISMATCH,
+    SIGNING_CERTIFICATE_EXPIRED,
+    SIGNING_CERTIFICATE_NOT_FOR_EMAIL,
+})
