@@ -30,7 +30,70 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the schema")
     p.set_defaults(func=cmd_crd)
+
+    p = sub.add_parser("probe", help="test connectivity of each account; no store needed")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--name", action="append", help="only this account (NAME or NAMESPACE/NAME)")
+    p.add_argument("--secrets-dir", metavar="DIR",
+                   help="credentials laid out as DIR/<namespace>/<secret-name>/<key>")
+    p.add_argument("--concurrency", type=_positive_int, default=32)
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.add_argument("--send-test-to", metavar="ADDRESS",
+                   help="also send one real test message through each account")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("reconcile", help="validate, probe, write status and publish Secrets")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--once", action="store_true", help="one pass, then exit (the default)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write nothing; print what would change; exit 1 if anything would")
+    p.add_argument("--no-prune", action="store_true",
+                   help="keep accounts that left git, and their Secrets")
+    p.add_argument("--concurrency", type=_positive_int, default=32)
+    _store_args(p)
+    p.add_argument("--secrets-dir", metavar="DIR",
+                   help="credentials laid out as DIR/<namespace>/<secret-name>/<key>")
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("get", help="the `kubectl get emailaccounts` table, from either store")
+    _store_args(p)
+    p.add_argument("--output", "-o", choices=["table", "wide", "yaml", "json"], default="table")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("demo", help="run the whole product against local SMTP servers")
+    p.add_argument("--keep", metavar="DIR", help="keep the store and secrets under DIR")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("controller", help="watch EmailAccounts and reconcile them continuously")
+    _store_args(p, local=False)
+    p.add_argument("--workers", type=_positive_int, default=4)
+    p.add_argument("--interval", default="10m", help="jittered resync interval")
+    p.add_argument("--metrics-addr", default=":8080", help="host:port for /healthz /readyz /metrics")
+    p.add_argument("--leader-elect", action="store_true")
+    p.add_argument("--lease-name", default="email-reconciler")
+    p.add_argument("--lease-namespace", default=None)
+    p.add_argument("--lease-duration", type=float, default=15.0)
+    p.add_argument("--renew-deadline", type=float, default=10.0)
+    p.add_argument("--retry-period", type=float, default=2.0)
+    p.set_defaults(func=cmd_controller)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _store_args(p: argparse.ArgumentParser, *, local: bool = True) -> None:
+    if local:
+        p.add_argument("--store", metavar="local:DIR|kube",
+                       help="where status and Secrets live (default: kube when a kubeconfig or "
+                            "in-cluster config exists, else local:.email-reconciler)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--namespace", "-n", help="only this namespace (default: all)")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -47,6 +110,36 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from reconciler.run.commands import run_probe
+
+    return run_probe(args, out=sys.stdout)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from reconciler.run.commands import run_reconcile
+
+    return run_reconcile(args, out=sys.stdout)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from reconciler.run.commands import run_get
+
+    return run_get(args, out=sys.stdout)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from reconciler.run.demo import run_demo
+
+    return run_demo(keep=args.keep, out=sys.stdout)
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from reconciler.run.controller import run_controller
+
+    return run_controller(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -58,5 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from reconciler.log import configure_logging
 
+    from reconciler.errors import UsageError
+
     configure_logging(fmt=args.log_format, level=args.log_level)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"email-reconciler: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,245 @@
+"""The `probe`, `reconcile` and `get` commands: build the objects, run them, render the results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from reconciler.errors import SecretNotFound, StoreError, UsageError
+from reconciler.model import KeyRef, SecretReader
+from reconciler.run.table import format_table, rows
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class NoSecrets:
+    """The secret reader when none is configured: every reference is missing, with a hint."""
+
+    def read(self, namespace: str, ref: KeyRef) -> bytes:
+        raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+
+    def version(self, namespace: str, ref: KeyRef) -> str:
+        raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+
+
+def _check_paths(paths: Sequence[str]) -> None:
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"no such file or directory: {', '.join(missing)}")
+
+
+def _secret_reader(secrets_dir: str | None, store: Any = None) -> SecretReader:
+    if secrets_dir:
+        if not Path(secrets_dir).is_dir():
+            raise UsageError(f"--secrets-dir {secrets_dir}: not a directory")
+        from reconciler.probe.credentials import DirSecretReader
+
+        return DirSecretReader(secrets_dir)
+    reader = store.secret_reader() if store is not None else None
+    return reader if reader is not None else NoSecrets()
+
+
+def _print_diagnostics(loaded: Any, err: IO[str] | None) -> None:
+    import sys
+
+    stream = err or sys.stderr
+    for d in loaded.diagnostics:
+        print(str(d), file=stream)
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
+    """`email-reconciler probe`: the seed's Test connectivity, no store at all."""
+    from reconciler.manifest.load import load_paths
+    from reconciler.probe import probe_accounts
+    from reconciler.state.conditions import build_status
+
+    _check_paths(args.paths)
+    loaded = load_paths(args.paths)
+    _print_diagnostics(loaded, None)
+    accounts = list(loaded.accounts)
+    if args.name:
+        wanted = set(args.name)
+        accounts = [a for a in accounts if a.name in wanted or f"{a.namespace}/{a.name}" in wanted]
+        if not accounts:
+            raise UsageError(f"no account named {', '.join(sorted(wanted))}")
+    secrets = _secret_reader(args.secrets_dir)
+    now = datetime.now(UTC)
+    tokens = _token_cache()
+    results = asyncio.run(probe_accounts(accounts, secrets, now=now, concurrency=args.concurrency,
+                                         authenticate=True, tokens=tokens))
+    entries = []
+    for account, result in zip(accounts, results, strict=True):
+        status = build_status(account=account, old_status=None, result=result, published=None,
+                              now=now, publishing=False)
+        entries.append({"namespace": account.namespace, "name": account.name, "status": status})
+    sent_ok = True
+    if args.send_test_to:
+        sent_ok = _send_tests(accounts, results, secrets, args.send_test_to, tokens, now, out)
+    if args.output == "json":
+        json.dump(entries, out, indent=2, sort_keys=False)
+        out.write("\n")
+    else:
+        table = [["NAMESPACE", "NAME", "CONNECTIVITY", "TLS", "AUTH", "READY", "REASON", "MESSAGE"]]
+        for e, r in zip(entries, results, strict=True):
+            ready = _cond(e["status"], "Ready")
+            table.append([e["namespace"], e["name"], r.connectivity or "-", r.tls_version or "-",
+                          r.auth_mechanism or (r.authentication.reason if r.authentication
+                                               else "-"),
+                          ready.get("status", "Unknown"), ready.get("reason", ""),
+                          _short(ready.get("message", ""))])
+        out.write(format_table(table))
+    ready_all = all(_cond(e["status"], "Ready").get("status") == "True" for e in entries)
+    invalid = not loaded.ok
+    return EXIT_OK if ready_all and sent_ok and not invalid and entries else EXIT_FAIL
+
+
+def _send_tests(accounts: Sequence[Any], results: Sequence[Any], secrets: SecretReader,
+                to: str, tokens: Any, now: datetime, out: IO[str]) -> bool:
+    from reconciler.probe.send import send_test_message
+
+    ok = True
+    for account, result in zip(accounts, results, strict=True):
+        if not result.ok or account.smtp is None:
+            continue
+        outcome = asyncio.run(send_test_message(account, secrets, to, now=now, tokens=tokens))
+        ok = ok and outcome.ok
+        out.write(f"{account.namespace}/{account.name}: test message to {to}: "
+                  f"{outcome.reason}: {outcome.message}\n")
+    return ok
+
+
+def _token_cache() -> Any:
+    try:
+        from reconciler.probe.oauth import TokenCache
+    except ImportError:  # pragma: no cover
+        return None
+    return TokenCache()
+
+
+def _cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    for c in status.get("conditions") or []:
+        if c.get("type") == ctype:
+            return c
+    return {}
+
+
+def _short(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
+    """`email-reconciler reconcile`: the GitOps run."""
+    from reconciler.manifest.load import load_paths
+    from reconciler.run.reconcile import Reconciler, RunOptions
+    from reconciler.store import open_store
+
+    _check_paths(args.paths)
+    loaded = load_paths(args.paths)
+    _print_diagnostics(loaded, None)
+    try:
+        store = open_store(args.store, context=args.context, namespace=args.namespace)
+        secrets = _secret_reader(args.secrets_dir, store)
+        options = RunOptions(dry_run=args.dry_run, prune=not args.no_prune,
+                             concurrency=args.concurrency)
+        report = Reconciler(store, secrets, options).run(loaded)
+    except StoreError as exc:
+        print(f"email-reconciler: store error: {exc}", file=__import__("sys").stderr)
+        return EXIT_USAGE
+    render_report(report, out=out, output=args.output, dry_run=args.dry_run)
+    if args.dry_run:
+        return EXIT_FAIL if report.changed else EXIT_OK
+    return EXIT_OK if report.all_ready and loaded.ok else EXIT_FAIL
+
+
+def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> None:
+    """The run's summary: one row per account, what changed, what was pruned."""
+    if output == "json":
+        json.dump({
+            "dryRun": dry_run,
+            "changed": report.changed,
+            "accounts": [{"namespace": a.namespace, "name": a.name, "ready": a.ready,
+                          "probed": a.probed, "created": a.created, "specChanged": a.spec_changed,
+                          "statusChanged": a.status_changed, "secretChanges": a.secret_changes,
+                          "error": a.error, "status": a.status} for a in report.accounts],
+            "pruned": [{"namespace": ns, "name": n} for ns, n in report.pruned],
+            "pruneSkipped": report.prune_skipped,
+        }, out, indent=2)
+        out.write("\n")
+        return
+    table = [["NAMESPACE", "NAME", "READY", "REASON", "PROTOCOL", "TLS", "SECRET",
+              "WOULD CHANGE" if dry_run else "CHANGED"]]
+    for a in report.accounts:
+        ready = _cond(a.status, "Ready")
+        table.append([a.namespace, a.name, ready.get("status", "Unknown"),
+                      ready.get("reason", ""), str(a.status.get("protocol") or "-"),
+                      str(a.status.get("tlsVersion") or "-"),
+                      str(a.status.get("secretName") or "-"), _changes(a)])
+    out.write(format_table(table))
+    for ns, name in report.pruned:
+        out.write(f"{'would prune' if dry_run else 'pruned'} {ns}/{name}\n")
+    if report.prune_skipped:
+        out.write(f"prune skipped: {report.prune_skipped}\n")
+    for a in report.accounts:
+        ready = _cond(a.status, "Ready")
+        if ready.get("status") != "True" and ready.get("message"):
+            out.write(f"{a.namespace}/{a.name}: {ready.get('reason')}: {ready['message']}\n")
+
+
+def _changes(a: Any) -> str:
+    parts = []
+    if a.created:
+        parts.append("created")
+    elif a.spec_changed:
+        parts.append("spec")
+    if a.status_changed:
+        parts.append("status")
+    sc = a.secret_changes or {}
+    keys = ([f"+{k}" for k in sc.get("added", [])] + [f"~{k}" for k in sc.get("changed", [])]
+            + [f"-{k}" for k in sc.get("removed", [])])
+    if keys:
+        parts.append("secret(" + " ".join(keys) + ")")
+    return ", ".join(parts) or "-"
+
+
+# --------------------------------------------------------------------------- get
+
+
+def run_get(args: argparse.Namespace, *, out: IO[str]) -> int:
+    """`email-reconciler get`: the `kubectl get emailaccounts` table from either store."""
+    from reconciler.store import open_store
+
+    try:
+        store = open_store(args.store, context=args.context, namespace=args.namespace)
+        objects = store.list_accounts()
+    except StoreError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.namespace:
+        objects = [o for o in objects
+                   if (o.get("metadata") or {}).get("namespace") == args.namespace]
+    if args.output in ("yaml", "json"):
+        doc = {"apiVersion": "v1", "kind": "List", "items": objects}
+        if args.output == "json":
+            json.dump(doc, out, indent=2)
+            out.write("\n")
+        else:
+            out.write(yaml.safe_dump(doc, sort_keys=False))
+        return EXIT_OK
+    if not objects:
+        out.write("No resources found\n")
+        return EXIT_OK
+    out.write(format_table(rows(objects, wide=args.output == "wide", now=datetime.now(UTC))))
+    return EXIT_OK

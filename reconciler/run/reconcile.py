@@ -1,0 +1,344 @@
+"""One reconcile run: validate -> probe -> conditions -> Secret -> status -> prune -> events.
+
+Decide first, act once: every account's new status and Secret are computed from its inputs, then
+written only when they differ from what the store holds. One account's failure never stops the
+others; status is always written at the end of an account's turn (a `finally`), never half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler import reasons
+from reconciler.errors import SecretNotFound, StoreError, StoreForbidden
+from reconciler.log import get_logger, redact_text
+from reconciler.manifest.load import InvalidDocument, LoadResult
+from reconciler.model import (
+    MANAGED_BY_LABEL,
+    Account,
+    Event,
+    Outcome,
+    ProbeResult,
+    SecretReader,
+)
+from reconciler.state import conditions, render, schedule
+from reconciler.store.base import Key, StateStore, account_object, is_ours, object_key
+
+log = get_logger("reconciler.run")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dry_run: bool = False
+    prune: bool = True
+    concurrency: int = 32
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+@dataclass
+class AccountReport:
+    """What happened to one account in this run."""
+
+    namespace: str
+    name: str
+    status: dict[str, Any]
+    probed: bool = False
+    status_changed: bool = False
+    secret_changes: dict[str, list[str]] = field(default_factory=dict)  # added/changed/removed
+    spec_changed: bool = False
+    created: bool = False
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return _condition(self.status, "Ready").get("status") == "True"
+
+    @property
+    def changed(self) -> bool:
+        return (self.status_changed or self.spec_changed or self.created
+                or any(self.secret_changes.get(k) for k in ("added", "changed", "removed")))
+
+
+@dataclass
+class RunReport:
+    accounts: list[AccountReport] = field(default_factory=list)
+    pruned: list[Key] = field(default_factory=list)
+    prune_skipped: str | None = None
+    diagnostics: list[str] = field(default_factory=list)
+
+    @property
+    def all_ready(self) -> bool:
+        return bool(self.accounts) and all(a.ready for a in self.accounts)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.pruned) or any(a.changed for a in self.accounts)
+
+
+def _condition(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any]:
+    for c in status.get("conditions") or []:
+        if c.get("type") == ctype:
+            return c
+    return {}
+
+
+def _secret_versions(account: Account, secrets: SecretReader) -> dict[str, str]:
+    out = {}
+    for ref in account.secret_refs():
+        try:
+            out[f"{ref.kind}/{ref.name}/{ref.key}"] = secrets.version(account.namespace, ref)
+        except SecretNotFound:
+            out[f"{ref.kind}/{ref.name}/{ref.key}"] = "missing"
+    return out
+
+
+class Reconciler:
+    """Runs one reconcile pass over the accounts loaded from git against a store."""
+
+    def __init__(self, store: StateStore, secrets: SecretReader, options: RunOptions,
+                 tokens: Any = None) -> None:
+        self.store = store
+        self.secrets = secrets
+        self.options = options
+        self.tokens = tokens
+
+    # ------------------------------------------------------------------ the run
+    def run(self, loaded: LoadResult) -> RunReport:
+        now = self.options.clock()
+        report = RunReport()
+        stored = {object_key(o): o for o in self.store.list_accounts()}
+        accounts = [self._applied(a, stored, report) for a in loaded.accounts]
+        namespaces = {a.namespace for a in accounts} | {k[0] for k in stored}
+        published = self.store.list_secrets(namespaces)
+
+        decisions = {}
+        for account in accounts:
+            old = (stored.get(account.key) or {}).get("status") or {}
+            versions = _secret_versions(account, self.secrets)
+            decisions[account.key] = schedule.probe_decision(
+                account=account, old_status=old, secret_versions=versions, now=now)
+        due = [a for a in accounts if decisions[a.key].probe]
+        results = self._probe(due, decisions, now)
+
+        by_key = {r.namespace + "/" + r.name: r for r in report.accounts}
+        for account in accounts:
+            entry = by_key[f"{account.namespace}/{account.name}"]
+            self._finish(account, stored.get(account.key), results.get(account.key),
+                         published, entry, now)
+        for doc in loaded.invalid:
+            self._mark_invalid(doc, stored, report, now)
+        self._prune(loaded, stored, published, report)
+        return report
+
+    def _applied(self, account: Account, stored: Mapping[Key, dict[str, Any]],
+                 report: RunReport) -> Account:
+        """Apply the git manifest to the store (or predict it in dry-run); return the account
+        with the stored generation and uid."""
+        old = stored.get(account.key)
+        entry = AccountReport(account.namespace, account.name,
+                              status=dict((old or {}).get("status") or {}))
+        report.accounts.append(entry)
+        desired = account_object(account.manifest)
+        entry.created = old is None
+        entry.spec_changed = old is not None and old.get("spec") != desired["spec"]
+        if self.options.dry_run:
+            meta = (old or {}).get("metadata") or {}
+            generation = int(meta.get("generation") or 0) + (1 if entry.spec_changed or old is None
+                                                             else 0)
+            return dataclasses.replace(account, generation=generation,
+                                       uid=str(meta.get("uid") or ""))
+        obj = self.store.apply_account(account.manifest)
+        meta = obj.get("metadata") or {}
+        return dataclasses.replace(account, generation=int(meta.get("generation") or 1),
+                                   uid=str(meta.get("uid") or ""))
+
+    def _probe(self, due: Sequence[Account], decisions: Mapping[Key, Any],
+               now: datetime) -> dict[Key, ProbeResult]:
+        if not due:
+            return {}
+        from reconciler.probe import probe_accounts
+
+        tokens = self.tokens
+        if tokens is None:
+            try:
+                from reconciler.probe.oauth import TokenCache
+
+                tokens = TokenCache()
+            except ImportError:  # pragma: no cover - OAuth support missing
+                tokens = None
+        results = asyncio.run(probe_accounts(
+            due, self.secrets, now=now, concurrency=self.options.concurrency,
+            authenticate=lambda a: decisions[a.key].authenticate, tokens=tokens))
+        return {a.key: r for a, r in zip(due, results, strict=True)}
+
+    # ------------------------------------------------------------------ one account
+    def _finish(self, account: Account, stored: Mapping[str, Any] | None,
+                result: ProbeResult | None, published: dict[Key, dict[str, Any]],
+                entry: AccountReport, now: datetime) -> None:
+        old_status = dict((stored or {}).get("status") or {})
+        entry.probed = result is not None
+        publish_outcome: Outcome | None = None
+        try:
+            if result is not None and result.ok:
+                publish_outcome = self._publish(account, result, old_status, published, entry)
+        except StoreForbidden as exc:
+            publish_outcome = Outcome(False, reasons.FORBIDDEN, str(exc))
+        except StoreError as exc:
+            publish_outcome = Outcome(False, reasons.API_UNAVAILABLE, str(exc))
+        finally:
+            new_status = conditions.build_status(account=account, old_status=old_status,
+                                                 result=result, published=publish_outcome, now=now)
+            entry.status = new_status
+            self._write_status(account, old_status, new_status, entry, now)
+
+    def _publish(self, account: Account, result: ProbeResult, old_status: Mapping[str, Any],
+                 published: dict[Key, dict[str, Any]], entry: AccountReport) -> Outcome:
+        ns, secret_name = account.namespace, account.publish.secret_name
+        desired = render.render_secret(account, result, owner_uid=account.uid or None)
+        existing = published.get((ns, secret_name))
+        if existing is not None and not render.is_managed(existing):
+            return Outcome(False, reasons.SECRET_CONFLICT,
+                           f"Secret {ns}/{secret_name} exists and is not managed by "
+                           "email-reconciler; it was left untouched. Delete it, or set "
+                           "spec.publish.secretName to another name.")
+        owner = ((existing or {}).get("metadata") or {}).get("labels", {}).get(
+            "email.reconciler.io/account")
+        if existing is not None and owner not in (None, account.name):
+            return Outcome(False, reasons.SECRET_CONFLICT,
+                           f"Secret {ns}/{secret_name} is published for EmailAccount {owner}; "
+                           "set spec.publish.secretName to another name.")
+        diff = render.secret_diff(existing, desired)
+        entry.secret_changes = diff
+        old_hash = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(
+            "email.reconciler.io/data-hash")
+        new_hash = desired["metadata"]["annotations"].get("email.reconciler.io/data-hash")
+        meta_changed = existing is not None and _meta_differs(existing, desired)
+        if (existing is None or old_hash != new_hash or meta_changed) and not self.options.dry_run:
+            self.store.apply_secret(desired)
+            published[(ns, secret_name)] = desired
+        if meta_changed and not any(diff.values()):
+            entry.secret_changes = {"added": [], "changed": ["(metadata)"], "removed": []}
+        old_name = old_status.get("secretName")
+        if old_name and old_name != secret_name:
+            self._delete_old_secret(ns, old_name, account, published, entry)
+        return Outcome(True, reasons.PUBLISHED,
+                       f"Secret {ns}/{secret_name} holds the sender configuration")
+
+    def _delete_old_secret(self, ns: str, name: str, account: Account,
+                           published: dict[Key, dict[str, Any]], entry: AccountReport) -> None:
+        old = published.get((ns, name))
+        if old is None or not render.is_managed(old):
+            return
+        entry.secret_changes.setdefault("removed", []).append(f"Secret {name}")
+        if not self.options.dry_run:
+            self.store.delete_secret(ns, name)
+        published.pop((ns, name), None)
+
+    def _write_status(self, account: Account, old: Mapping[str, Any], new: Mapping[str, Any],
+                      entry: AccountReport, now: datetime) -> None:
+        entry.status_changed = conditions.status_differs(old, new)
+        if not entry.status_changed or self.options.dry_run:
+            return
+        try:
+            self.store.write_status(account.namespace, account.name, new)
+        except StoreError as exc:
+            entry.error = str(exc)
+            log.error("status write failed", account=f"{account.namespace}/{account.name}",
+                      error=redact_text(str(exc)))
+            return
+        for etype, reason, message, _ctype in conditions.transitions(old, new):
+            self._event(account.namespace, account.name, etype, reason, message, now)
+
+    def _event(self, ns: str, name: str, etype: str, reason: str, message: str,
+               now: datetime) -> None:
+        try:
+            self.store.record_event(Event(ns, name, etype, reason,  # type: ignore[arg-type]
+                                          redact_text(message), schedule.rfc3339(now)))
+        except StoreError as exc:
+            log.warning("event not recorded", account=f"{ns}/{name}", error=str(exc))
+
+    def _mark_invalid(self, doc: InvalidDocument, stored: Mapping[Key, dict[str, Any]],
+                      report: RunReport, now: datetime) -> None:
+        report.diagnostics += [str(d) for d in doc.diagnostics if d.severity == "error"]
+        if not doc.name:
+            return
+        key = (doc.namespace or "default", doc.name)
+        old_obj = stored.get(key)
+        old_status = dict((old_obj or {}).get("status") or {})
+        generation = int(((old_obj or {}).get("metadata") or {}).get("generation") or 0)
+        new_status = conditions.invalid_status(old_status=old_status, generation=generation,
+                                               diagnostics=doc.diagnostics, now=now)
+        entry = AccountReport(key[0], key[1], status=new_status)
+        report.accounts.append(entry)
+        if old_obj is None:
+            # Nothing stored yet: an invalid manifest is never applied, but it is reported.
+            return
+        entry.status_changed = conditions.status_differs(old_status, new_status)
+        if entry.status_changed and not self.options.dry_run:
+            try:
+                self.store.write_status(key[0], key[1], new_status)
+            except StoreError as exc:
+                entry.error = str(exc)
+                return
+            for etype, reason, message, _c in conditions.transitions(old_status, new_status):
+                self._event(key[0], key[1], etype, reason, message, now)
+
+    # ------------------------------------------------------------------ prune
+    def _prune(self, loaded: LoadResult, stored: Mapping[Key, dict[str, Any]],
+               published: dict[Key, dict[str, Any]], report: RunReport) -> None:
+        in_git: set[Key] = {a.key for a in loaded.accounts}
+        in_git |= {(d.namespace or "default", d.name) for d in loaded.invalid if d.name}
+        unnamed = [d for d in loaded.invalid if not d.name]
+        if not self.options.prune:
+            report.prune_skipped = "--no-prune"
+        elif unnamed:
+            # A document we could not identify might be an account that still exists in git.
+            report.prune_skipped = (f"{len(unnamed)} document(s) could not be read; nothing was "
+                                    "pruned this run")
+        else:
+            inventory = self.store.read_inventory()
+            for key, obj in sorted(stored.items()):
+                if key in in_git or key not in inventory or not is_ours(obj):
+                    continue
+                self._prune_one(key, obj, published, report)
+        if not self.options.dry_run:
+            keep = in_git if report.prune_skipped is None else in_git | self.store.read_inventory()
+            if self.store.read_inventory() != keep:
+                self.store.write_inventory(keep)
+
+    def _prune_one(self, key: Key, obj: Mapping[str, Any],
+                   published: dict[Key, dict[str, Any]], report: RunReport) -> None:
+        ns, name = key
+        spec = obj.get("spec") or {}
+        publish = spec.get("publish") or {}
+        secret_name = ((obj.get("status") or {}).get("secretName")
+                       or publish.get("secretName") or f"{name}-sender")
+        secret = published.get((ns, secret_name))
+        report.pruned.append(key)
+        if self.options.dry_run:
+            return
+        if secret is not None and render.is_managed(secret):
+            if publish.get("deletionPolicy") == "Orphan":
+                orphan = dict(secret)
+                orphan["metadata"] = {k: v for k, v in (secret.get("metadata") or {}).items()
+                                      if k != "ownerReferences"}
+                labels = dict(orphan["metadata"].get("labels") or {})
+                labels.pop(MANAGED_BY_LABEL, None)
+                orphan["metadata"]["labels"] = labels
+                self.store.apply_secret(orphan)
+            else:
+                self.store.delete_secret(ns, secret_name)
+        self.store.delete_account(ns, name)
+        log.info("pruned", account=f"{ns}/{name}")
+
+
+def _meta_differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    em, dm = existing.get("metadata") or {}, desired.get("metadata") or {}
+    return any((em.get(k) or {}) != (dm.get(k) or {}) for k in ("labels", "annotations")) or (
+        (em.get("ownerReferences") or []) != (dm.get("ownerReferences") or []))
+

@@ -1,0 +1,203 @@
+"""The local store: the cluster mirrored as plain manifests under a folder (DESIGN §7).
+
+    DIR/<namespace>/emailaccounts/<name>.yaml   the EmailAccount with its status
+    DIR/<namespace>/secrets/<secret-name>.yaml  a v1 Secret, mode 0600
+    DIR/events.jsonl                            events, one JSON object a line
+    DIR/.inventory.yaml                         the accounts the last run applied from git
+
+Files are written atomically (temp file + rename) and only when their content changes, so a run
+that finds nothing changed leaves every mtime alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.errors import StoreError
+from reconciler.model import Event, SecretReader
+from reconciler.store.base import Key, account_object, object_key
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _dump(obj: Any) -> bytes:
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True).encode("utf-8")
+
+
+def write_atomic(path: Path, content: bytes, mode: int = 0o644) -> bool:
+    """Write content to path via a temp file and rename; skip when unchanged. True if written."""
+    try:
+        if path.read_bytes() == content:
+            if (path.stat().st_mode & 0o777) != mode:
+                path.chmod(mode)
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _safe_name(name: str) -> str:
+    if not name or "/" in name or name in (".", "..") or "\x00" in name:
+        raise StoreError(f"refusing unsafe object name {name!r}")
+    return name
+
+
+class LocalStore:
+    """State store on the local file system."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.description = f"local:{self.root}"
+        self.writes = 0  # files actually written, for reports and tests
+
+    # ------------------------------------------------------------------ paths
+    def _account_path(self, namespace: str, name: str) -> Path:
+        return self.root / _safe_name(namespace) / "emailaccounts" / f"{_safe_name(name)}.yaml"
+
+    def _secret_path(self, namespace: str, name: str) -> Path:
+        return self.root / _safe_name(namespace) / "secrets" / f"{_safe_name(name)}.yaml"
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        try:
+            data = yaml.load(path.read_bytes(), Loader=_Loader)
+        except FileNotFoundError:
+            return None
+        except yaml.YAMLError as exc:
+            raise StoreError(f"{path}: not a readable manifest: {exc}") from exc
+        return data if isinstance(data, dict) else None
+
+    def _write(self, path: Path, obj: Mapping[str, Any], mode: int = 0o644) -> None:
+        if write_atomic(path, _dump(obj), mode):
+            self.writes += 1
+
+    def _namespaces(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    # ------------------------------------------------------------------ accounts
+    def list_accounts(self) -> list[dict[str, Any]]:
+        out = []
+        for ns in self._namespaces():
+            for path in sorted((ns / "emailaccounts").glob("*.yaml")):
+                obj = self._read(path)
+                if obj is not None:
+                    out.append(obj)
+        return out
+
+    def get_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(self._account_path(namespace, name))
+
+    def apply_account(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        desired = account_object(manifest)
+        namespace, name = object_key(desired)
+        path = self._account_path(namespace, name)
+        old = self._read(path)
+        if old is None:
+            meta = desired["metadata"]
+            meta["uid"] = str(uuid.uuid4())
+            meta["generation"] = 1
+            meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            obj = desired
+        else:
+            obj = copy.deepcopy(old)
+            old_meta = obj.setdefault("metadata", {})
+            generation = int(old_meta.get("generation") or 1)
+            if obj.get("spec") != desired["spec"]:
+                generation += 1
+            for field in ("labels", "annotations"):
+                if desired["metadata"].get(field):
+                    old_meta[field] = desired["metadata"][field]
+                else:
+                    old_meta.pop(field, None)
+            old_meta["generation"] = generation
+            obj["spec"] = desired["spec"]
+        self._write(path, obj)
+        return obj
+
+    def write_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        path = self._account_path(namespace, name)
+        obj = self._read(path)
+        if obj is None:
+            raise StoreError(f"EmailAccount {namespace}/{name} not found in {self.description}")
+        obj["status"] = copy.deepcopy(dict(status))
+        self._write(path, obj)
+
+    def delete_account(self, namespace: str, name: str) -> None:
+        self._account_path(namespace, name).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ secrets
+    def list_secrets(self, namespaces: Iterable[str]) -> dict[Key, dict[str, Any]]:
+        out: dict[Key, dict[str, Any]] = {}
+        for ns in sorted(set(namespaces)):
+            for path in sorted((self.root / _safe_name(ns) / "secrets").glob("*.yaml")):
+                obj = self._read(path)
+                if obj is not None:
+                    out[(ns, str((obj.get("metadata") or {}).get("name") or path.stem))] = obj
+        return out
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(self._secret_path(namespace, name))
+
+    def apply_secret(self, secret: Mapping[str, Any]) -> None:
+        namespace, name = object_key(secret)
+        self._write(self._secret_path(namespace, name), secret, mode=0o600)
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        self._secret_path(namespace, name).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ events, inventory
+    def record_event(self, event: Event) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"time": event.time, "namespace": event.namespace,
+                           "involvedObject": {"kind": "EmailAccount", "name": event.name},
+                           "type": event.type, "reason": event.reason,
+                           "message": event.message}, sort_keys=True)
+        with open(self.root / "events.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def read_events(self) -> list[dict[str, Any]]:
+        try:
+            text = (self.root / "events.jsonl").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def read_inventory(self) -> set[Key]:
+        data = self._read(self.root / ".inventory.yaml") or {}
+        entries = data.get("entries") or []
+        return {(str(e["namespace"]), str(e["name"])) for e in entries
+                if isinstance(e, dict) and "namespace" in e and "name" in e}
+
+    def write_inventory(self, keys: Iterable[Key]) -> None:
+        entries = [{"namespace": ns, "name": name} for ns, name in sorted(set(keys))]
+        self._write(self.root / ".inventory.yaml",
+                    {"apiVersion": "email.reconciler.io/v1alpha1", "kind": "Inventory",
+                     "entries": entries})
+
+    def secret_reader(self) -> SecretReader | None:
+        return None
