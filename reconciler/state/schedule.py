@@ -1,0 +1,161 @@
+"""When to probe and when to authenticate: a pure function of (account, old status, now).
+
+Decide first, act once: `probe_decision` gathers every trigger into one `Decision` with a
+human-readable `why`, and the run acts on it. The clock is a parameter.
+
+Triggers for a probe (first match wins the `why`):
+- never probed (no status, or no `lastProbeTime`);
+- the spec changed (`metadata.generation` != `status.observedGeneration`);
+- a referenced Secret/ConfigMap key changed (its version differs from `status.secretVersions`);
+- the `email.reconciler.io/requested-at` annotation holds a value other than the one recorded in
+  `status.lastRequestedAt` (compared as opaque strings, so any value works and clock skew between
+  the annotating client and the reconciler does not matter; `build_status` records the value once
+  a probe ran);
+- `now >= status.nextProbeTime` (or no nextProbeTime recorded).
+`probe.suspend: true` stops all of it.
+
+AUTH is attempted only while probing, and only when it was never attempted, the spec or a
+credential changed, a probe was requested, the last AUTH failed with a reason that retrying can
+fix, or `authInterval` passed since the last attempt. After a terminal failure (wrong password)
+AUTH waits for a changed credential, spec or an explicit request: probing never locks an
+account out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from reconciler import reasons
+from reconciler.model import REQUESTED_AT_ANNOTATION, Account
+
+#: The jitter is at most this fraction of the interval, either way.
+JITTER_FRACTION = 0.10
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether this run probes the account, whether it attempts AUTH, and why (for logs)."""
+
+    probe: bool
+    authenticate: bool
+    why: str
+
+
+def rfc3339(dt: datetime) -> str:
+    """Format as RFC 3339 UTC with seconds precision: 2026-11-25T08:00:00Z."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp ('Z' or an offset) into an aware UTC datetime."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def _parse_or_none(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError:
+        return None
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in status.get("conditions") or ():
+        if isinstance(cond, Mapping) and cond.get("type") == type_:
+            return cond
+    return None
+
+
+def _changed_refs(old: Mapping[str, Any], current: Mapping[str, str]) -> list[str]:
+    recorded = old.get("secretVersions")
+    if not isinstance(recorded, Mapping):
+        recorded = {}
+    keys = set(recorded) | set(current)
+    return sorted(k for k in keys if recorded.get(k) != current.get(k))
+
+
+def _spec_triggers(account: Account, old: Mapping[str, Any],
+                   secret_versions: Mapping[str, str]) -> str | None:
+    """A reason to probe AND to authenticate: a change made by a human, not by the clock."""
+    if old.get("observedGeneration") != account.generation:
+        return (f"spec changed (generation {old.get('observedGeneration')} -> "
+                f"{account.generation})")
+    changed = _changed_refs(old, secret_versions)
+    if changed:
+        return f"referenced secret changed: {', '.join(changed)}"
+    requested = account.annotations.get(REQUESTED_AT_ANNOTATION)
+    if requested and requested != old.get("lastRequestedAt"):
+        return f"probe requested ({REQUESTED_AT_ANNOTATION}={requested})"
+    return None
+
+
+def _auth_due(account: Account, old: Mapping[str, Any], now: datetime) -> tuple[bool, str]:
+    """Whether a clock-driven probe should also attempt AUTH."""
+    last_auth = _parse_or_none(old.get("lastAuthTime"))
+    if last_auth is None:
+        return True, "never authenticated"
+    cond = _condition(old, "Authenticated")
+    if cond is not None and cond.get("status") != "True":
+        reason = str(cond.get("reason", ""))
+        if reason in reasons.TERMINAL:
+            return False, f"last AUTH failed with {reason}; waiting for a changed credential"
+        if reason != reasons.AUTH_SKIPPED:
+            return True, f"last AUTH failed with {reason}; retrying"
+    if now - last_auth >= timedelta(seconds=account.probe.auth_interval_seconds):
+        return True, "authInterval elapsed"
+    return False, "authInterval not elapsed"
+
+
+def probe_decision(*, account: Account, old_status: Mapping[str, Any] | None,
+                   secret_versions: Mapping[str, str], now: datetime) -> Decision:
+    """Decide whether to probe (and authenticate) this account now; see the module docstring."""
+    if account.probe.suspend:
+        return Decision(False, False, "suspended (spec.probe.suspend: true)")
+    old = old_status or {}
+    if not old or _parse_or_none(old.get("lastProbeTime")) is None:
+        return Decision(True, True, "never probed")
+    trigger = _spec_triggers(account, old, secret_versions)
+    if trigger is not None:
+        return Decision(True, True, trigger)
+    next_probe = _parse_or_none(old.get("nextProbeTime"))
+    if next_probe is not None and now < next_probe:
+        return Decision(False, False, f"next probe at {rfc3339(next_probe)}")
+    auth, why_auth = _auth_due(account, old, now)
+    return Decision(True, auth, f"interval due; {why_auth}")
+
+
+def _jitter_factor(account: Account) -> float:
+    """A stable factor in [1 - JITTER_FRACTION, 1 + JITTER_FRACTION] from the object's identity."""
+    identity = account.uid or f"{account.namespace}/{account.name}"
+    digest = hashlib.sha256(identity.encode("utf-8")).digest()
+    unit = int.from_bytes(digest[:8], "big") / float(2**64 - 1)  # [0, 1]
+    return 1.0 + JITTER_FRACTION * (2.0 * unit - 1.0)
+
+
+def probe_delay_seconds(account: Account, *, failed_probes: int) -> float:
+    """Seconds until the next probe: the jittered interval, or backoff after failures."""
+    interval = max(account.probe.interval_seconds, 1.0)
+    if failed_probes > 0:
+        retry = max(account.probe.retry_interval_seconds, 1.0)
+        # 2**n overflows float for absurd n; the cap makes anything past 64 doublings moot.
+        return min(retry * 2.0 ** min(failed_probes - 1, 64), interval)
+    return interval * _jitter_factor(account)
+
+
+def next_probe_time(account: Account, *, now: datetime, failed_probes: int) -> datetime:
+    """When to probe next: `now` plus `probe_delay_seconds`, truncated to whole seconds."""
+    delay = probe_delay_seconds(account, failed_probes=failed_probes)
+    return (now + timedelta(seconds=delay)).replace(microsecond=0)
