@@ -1,0 +1,176 @@
+"""When to probe and authenticate: every trigger, backoff growth, jitter bounds and stability."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from reconciler import reasons
+from reconciler.model import (
+    REQUESTED_AT_ANNOTATION,
+    Account,
+    Authentication,
+    Connection,
+    Identity,
+    KeyRef,
+    ProbeSettings,
+    Publish,
+    SmtpSpec,
+)
+from reconciler.state.schedule import (
+    Decision,
+    next_probe_time,
+    parse_rfc3339,
+    probe_decision,
+    probe_delay_seconds,
+    rfc3339,
+)
+
+NOW = datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)
+PW = "Secret/mail/password"
+
+
+def account(**changes: Any) -> Account:
+    base = Account(
+        namespace="mail", name="billing", provider="custom", send_using="SMTP",
+        publish=Publish(secret_name="billing-sender"),
+        smtp=SmtpSpec(identity=Identity("billing@example.com"),
+                      connection=Connection("smtp.example.com", 587),
+                      authentication=Authentication("Password", password=KeyRef("mail", "pw"))),
+        generation=3, uid="0b9a5c1e-uid",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def status(*, auth_status: str = "True", auth_reason: str = reasons.SUCCEEDED,
+           last_probe: datetime = NOW - timedelta(minutes=5),
+           next_probe: datetime = NOW + timedelta(minutes=5),
+           last_auth: datetime | None = NOW - timedelta(hours=1), **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "observedGeneration": 3,
+        "lastProbeTime": rfc3339(last_probe),
+        "nextProbeTime": rfc3339(next_probe),
+        "secretVersions": {PW: "v1"},
+        "conditions": [{"type": "Authenticated", "status": auth_status, "reason": auth_reason,
+                        "message": "", "lastTransitionTime": rfc3339(last_probe),
+                        "observedGeneration": 3}],
+    }
+    if last_auth is not None:
+        out["lastAuthTime"] = rfc3339(last_auth)
+    out.update(extra)
+    return out
+
+
+VERSIONS = {PW: "v1"}
+REQUESTED = {REQUESTED_AT_ANNOTATION: "2026-11-25T07:59:00Z"}
+
+
+@pytest.mark.parametrize(("acc", "old", "versions", "probe", "auth", "why"), [
+    (account(), None, VERSIONS, True, True, "never probed"),
+    (account(), {}, VERSIONS, True, True, "never probed"),
+    (account(), status(lastProbeTime=""), VERSIONS, True, True, "never probed"),
+    (account(generation=4), status(), VERSIONS, True, True, "spec changed"),
+    (account(), status(), {PW: "v2"}, True, True, "referenced secret changed: " + PW),
+    (account(), status(), {PW: "v1", "Secret/mail/ca": "v1"}, True, True,
+     "referenced secret changed"),
+    (account(annotations=REQUESTED), status(), VERSIONS, True, True, "probe requested"),
+    (account(annotations=REQUESTED), status(lastRequestedAt="2026-11-25T07:59:00Z"), VERSIONS,
+     False, False, "next probe at"),
+    (account(), status(), VERSIONS, False, False, "next probe at 2026-11-25T08:05:00Z"),
+    (account(), status(next_probe=NOW), VERSIONS, True, False, "interval due"),
+    (account(), status(next_probe=NOW, last_auth=NOW - timedelta(hours=24)), VERSIONS,
+     True, True, "authInterval elapsed"),
+    (account(), status(next_probe=NOW, last_auth=None), VERSIONS, True, True,
+     "never authenticated"),
+    (account(), status(next_probe=NOW, auth_status="False",
+                       auth_reason=reasons.AUTHENTICATION_TEMPORARY_FAILURE), VERSIONS,
+     True, True, "retrying"),
+    # a wrong password is never retried by the clock, not even after authInterval
+    (account(), status(next_probe=NOW, auth_status="False",
+                       auth_reason=reasons.AUTHENTICATION_FAILED,
+                       last_auth=NOW - timedelta(days=3)), VERSIONS,
+     True, False, "waiting for a changed credential"),
+    # ... but a changed password, spec or an explicit request does retry it
+    (account(), status(auth_status="False", auth_reason=reasons.AUTHENTICATION_FAILED),
+     {PW: "v2"}, True, True, "referenced secret changed"),
+    (account(generation=4), status(auth_status="False",
+                                   auth_reason=reasons.AUTHENTICATION_FAILED),
+     VERSIONS, True, True, "spec changed"),
+    (account(annotations=REQUESTED), status(auth_status="False",
+                                            auth_reason=reasons.AUTHENTICATION_FAILED),
+     VERSIONS, True, True, "probe requested"),
+    (account(probe=ProbeSettings(suspend=True)), None, VERSIONS, False, False, "suspended"),
+    (account(probe=ProbeSettings(suspend=True), generation=9), status(), {PW: "v9"},
+     False, False, "suspended"),
+])
+def test_probe_decision(acc: Account, old: dict[str, Any] | None, versions: dict[str, str],
+                        probe: bool, auth: bool, why: str) -> None:
+    decision = probe_decision(account=acc, old_status=old, secret_versions=versions, now=NOW)
+    assert isinstance(decision, Decision)
+    assert (decision.probe, decision.authenticate) == (probe, auth)
+    assert why in decision.why
+
+
+@pytest.mark.parametrize(("failed", "seconds"), [
+    (1, 30), (2, 60), (3, 120), (4, 240), (5, 480), (6, 600), (7, 600), (500, 600),
+])
+def test_backoff_doubles_from_retry_interval_and_is_capped_at_interval(failed: int,
+                                                                      seconds: int) -> None:
+    acc = account()
+    assert probe_delay_seconds(acc, failed_probes=failed) == seconds
+    assert next_probe_time(acc, now=NOW, failed_probes=failed) == NOW + timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("uid", [f"uid-{i}" for i in range(40)] + [""])
+def test_jitter_stays_within_ten_percent_and_is_stable(uid: str) -> None:
+    acc = account(uid=uid)
+    delay = probe_delay_seconds(acc, failed_probes=0)
+    assert 540 <= delay <= 660
+    assert probe_delay_seconds(acc, failed_probes=0) == delay
+    nxt = next_probe_time(acc, now=NOW, failed_probes=0)
+    assert nxt.microsecond == 0 and timedelta(seconds=539) <= nxt - NOW <= timedelta(seconds=660)
+
+
+def test_jitter_spreads_accounts() -> None:
+    delays = {probe_delay_seconds(account(uid=f"uid-{i}"), failed_probes=0) for i in range(50)}
+    assert len(delays) > 40
+    assert min(delays) < 570 and max(delays) > 630
+
+
+def test_jitter_without_uid_uses_namespace_and_name() -> None:
+    a = probe_delay_seconds(account(uid="", name="a"), failed_probes=0)
+    b = probe_delay_seconds(account(uid="", name="b"), failed_probes=0)
+    assert a != b
+    assert a == probe_delay_seconds(account(uid="", name="a"), failed_probes=0)
+
+
+@pytest.mark.parametrize(("dt", "text"), [
+    (datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC), "2026-11-25T08:00:00Z"),
+    (datetime(2026, 11, 25, 8, 0, 0, 999999, tzinfo=UTC), "2026-11-25T08:00:00Z"),
+    (datetime(2026, 11, 25, 9, 30, 5, tzinfo=timezone(timedelta(hours=1, minutes=30))),
+     "2026-11-25T08:00:05Z"),
+    (datetime(2026, 11, 25, 8, 0, 0), "2026-11-25T08:00:00Z"),  # naive is taken as UTC
+])
+def test_rfc3339(dt: datetime, text: str) -> None:
+    assert rfc3339(dt) == text
+
+
+@pytest.mark.parametrize(("text", "dt"), [
+    ("2026-11-25T08:00:00Z", datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)),
+    ("2026-11-25T08:00:00.5Z", datetime(2026, 11, 25, 8, 0, 0, 500000, tzinfo=UTC)),
+    ("2026-11-25T10:00:00+02:00", datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)),
+    ("2026-11-25T08:00:00", datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)),
+])
+def test_parse_rfc3339(text: str, dt: datetime) -> None:
+    parsed = parse_rfc3339(text)
+    assert parsed == dt and parsed.utcoffset() == timedelta(0)
+    assert parse_rfc3339(rfc3339(parsed)) == parsed.replace(microsecond=0)
+
+
+def test_unparseable_next_probe_time_means_due() -> None:
+    old = status(nextProbeTime="not a time")
+    decision = probe_decision(account=account(), old_status=old, secret_versions=VERSIONS, now=NOW)
+    assert decision.probe
