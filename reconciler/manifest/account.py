@@ -1,0 +1,156 @@
+"""Build the effective model.Account from a manifest document known to be valid."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, cast
+
+from reconciler import model
+from reconciler.manifest import providers
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration such as "30s", "10m", "1h30m" or "24h"."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def _map(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (value or {}).items()}
+
+
+def _ref(block: Mapping[str, Any], key: str, pointer: str,
+         kind: str = "Secret") -> model.KeyRef | None:
+    raw = block.get(key)
+    if not isinstance(raw, Mapping):
+        return None
+    return model.KeyRef(name=str(raw["name"]), key=str(raw["key"]),
+                        kind=cast(Any, kind), field=f"{pointer}/{key}")
+
+
+def _connection(provider: str, region: str | None, raw: Mapping[str, Any]) -> model.Connection:
+    preset = providers.preset_for(provider, region)
+    host = raw.get("host") or (preset[0] if preset else "")
+    port = raw.get("port")
+    security = raw.get("security")
+    if port is None:
+        if preset and security in (None, preset[2]):
+            port = preset[1]
+        else:
+            port = providers.default_port(security)
+    if security is None:
+        security = preset[2] if preset and port == preset[1] else providers.default_security(port)
+    p = "/spec/smtp/connection/truststore"
+    ts = raw.get("truststore") or {}
+    truststore = _ref(ts, "secretRef", p) or _ref(ts, "configMapRef", p, "ConfigMap")
+    return model.Connection(
+        host=str(host), port=int(port), security=security,
+        min_tls_version=str(raw.get("minTLSVersion", "1.2")),  # type: ignore[arg-type]
+        truststore=truststore,
+        timeout_seconds=float(raw.get("timeoutSeconds", 30)),
+        allow_insecure_auth=bool(raw.get("allowInsecureAuth", False)))
+
+
+def _oauth2(provider: str, raw: Mapping[str, Any]) -> model.OAuth2:
+    p = "/spec/smtp/authentication/oauth2"
+    grant = raw["grantType"]
+    microsoft = grant == "ClientCredentials"
+    default_scope = providers.MICROSOFT_SMTP_SCOPE if microsoft else providers.GOOGLE_SMTP_SCOPE
+    return model.OAuth2(
+        grant_type=grant,
+        service_account_key=_ref(raw, "serviceAccountKeySecretRef", p),
+        subject=raw.get("subject"),
+        token_url=str(raw.get("tokenUrl", providers.GOOGLE_TOKEN_URL)),
+        scope=str(raw.get("scope", default_scope)),
+        tenant_id=raw.get("tenantId"),
+        client_id=raw.get("clientId"),
+        client_secret=_ref(raw, "clientSecretSecretRef", p),
+        client_certificate=_ref(raw, "clientCertificateSecretRef", p),
+        authority=str(raw.get("authority", providers.MICROSOFT_AUTHORITY)))
+
+
+def _smtp(provider: str, region: str | None, raw: Mapping[str, Any]) -> model.SmtpSpec:
+    ident = raw["identity"]
+    identity = model.Identity(
+        email_address=ident["emailAddress"], display_name=ident.get("displayName"),
+        user_id=ident.get("userId") or ident["emailAddress"], reply_to=ident.get("replyTo"))
+    auth_raw = raw.get("authentication") or {}
+    p = "/spec/smtp/authentication"
+    auth = model.Authentication(
+        method=auth_raw.get("method", "None"),
+        password=_ref(auth_raw, "passwordSecretRef", p),
+        oauth2=_oauth2(provider, auth_raw["oauth2"]) if auth_raw.get("oauth2") else None)
+    signing = None
+    if raw.get("signing"):
+        s, p = raw["signing"], "/spec/smtp/signing"
+        keystore = _ref(s, "keystoreSecretRef", p)
+        assert keystore is not None
+        signing = model.Signing(keystore=keystore,
+                                keystore_password=_ref(s, "keystorePasswordSecretRef", p),
+                                alias=s.get("alias") or None)
+    return model.SmtpSpec(identity=identity,
+                          connection=_connection(provider, region, raw.get("connection") or {}),
+                          authentication=auth, signing=signing, advanced=_map(raw.get("advanced")))
+
+
+def _graph(raw: Mapping[str, Any]) -> model.GraphSpec:
+    a, p = raw["authentication"], "/spec/graph/authentication"
+    return model.GraphSpec(
+        user_principal_name=raw["userPrincipalName"], tenant_id=str(a["tenantId"]),
+        client_id=str(a["clientId"]), grant_type=a.get("grantType", "ClientCredentials"),
+        client_secret=_ref(a, "clientSecretSecretRef", p),
+        client_certificate=_ref(a, "clientCertificateSecretRef", p),
+        username=_ref(a, "usernameSecretRef", p), password=_ref(a, "passwordSecretRef", p),
+        reply_to=raw.get("replyTo"), timeout_seconds=float(raw.get("timeoutSeconds", 30)),
+        authority=str(a.get("authority", providers.MICROSOFT_AUTHORITY)),
+        endpoint=str(raw.get("endpoint", providers.GRAPH_ENDPOINT)))
+
+
+def _probe(raw: Mapping[str, Any]) -> model.ProbeSettings:
+    d = model.ProbeSettings()
+    return model.ProbeSettings(
+        interval_seconds=parse_duration(raw["interval"]) if "interval" in raw
+        else d.interval_seconds,
+        auth_interval_seconds=parse_duration(raw["authInterval"]) if "authInterval" in raw
+        else d.auth_interval_seconds,
+        retry_interval_seconds=parse_duration(raw["retryInterval"]) if "retryInterval" in raw
+        else d.retry_interval_seconds,
+        suspend=bool(raw.get("suspend", False)))
+
+
+def account_from_manifest(doc: Mapping[str, Any], source: model.SourceRef | None = None,
+                          warnings: tuple[model.Diagnostic, ...] = ()) -> model.Account:
+    """The effective Account of a valid EmailAccount document (presets and defaults applied).
+
+    ``metadata.generation`` and ``metadata.uid`` are taken when present (objects read back from
+    the Kubernetes API); the namespace defaults to "default".
+    """
+    meta = doc.get("metadata") or {}
+    spec = doc.get("spec") or {}
+    name = str(meta["name"])
+    provider = str(spec["provider"])
+    region = spec.get("region")
+    send_using = spec.get("sendUsing", "SMTP")
+    pub = spec.get("publish") or {}
+    publish = model.Publish(
+        secret_name=str(pub.get("secretName") or f"{name}-sender"),
+        formats=tuple(pub["formats"]) if pub.get("formats") else model.Publish("x").formats,
+        labels=_map(pub.get("labels")), annotations=_map(pub.get("annotations")),
+        deletion_policy=pub.get("deletionPolicy", "Delete"),
+        signing_format=pub.get("signingFormat", "PEM"))
+    smtp_raw = spec.get("smtp")
+    return model.Account(
+        namespace=str(meta.get("namespace") or "default"), name=name, provider=provider,
+        send_using=send_using, publish=publish, probe=_probe(spec.get("probe") or {}),
+        smtp=_smtp(provider, region, smtp_raw) if smtp_raw else None,
+        graph=_graph(spec["graph"]) if spec.get("graph") else None,
+        region=region, description=spec.get("description"),
+        generation=int(meta.get("generation") or 1), uid=str(meta.get("uid") or ""),
+        labels=_map(meta.get("labels")), annotations=_map(meta.get("annotations")),
+        source=source, manifest=doc, warnings=warnings)

@@ -1,0 +1,242 @@
+"""Load EmailAccount manifests from files and folders into effective accounts and diagnostics.
+
+One bad document never hides the others; no input produces a traceback: every failure becomes a
+Diagnostic (FILE:LINE:COL: document N: /pointer: message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler import model
+from reconciler.errors import UsageError
+from reconciler.manifest import yamlnodes
+from reconciler.manifest.account import account_from_manifest
+from reconciler.manifest.validate import validate_document
+
+__all__ = ["MAX_BYTES", "InvalidDocument", "LoadResult", "account_from_manifest", "load_bytes",
+           "load_paths", "manifest_files"]
+
+MAX_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InvalidDocument:
+    """A document that failed validation (its errors and warnings)."""
+
+    namespace: str | None
+    name: str | None
+    source: model.SourceRef
+    diagnostics: list[model.Diagnostic]
+    manifest: dict[str, Any] | None
+
+
+@dataclass
+class LoadResult:
+    """Valid accounts, invalid documents, and every diagnostic in file order."""
+
+    accounts: list[model.Account] = field(default_factory=list)
+    invalid: list[InvalidDocument] = field(default_factory=list)
+    diagnostics: list[model.Diagnostic] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.severity == "error" for d in self.diagnostics)
+
+
+@dataclass
+class _Doc:
+    """A document being loaded: its source, data, diagnostics and (when valid) account."""
+
+    source: model.SourceRef
+    data: Any
+    diagnostics: list[model.Diagnostic]
+    root: yaml.Node | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.data is not None and not any(d.severity == "error" for d in self.diagnostics)
+
+    def ident(self) -> tuple[str, str] | None:
+        meta = self.data.get("metadata") if isinstance(self.data, dict) else None
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if not isinstance(name, str):
+            return None
+        ns = meta.get("namespace") if isinstance(meta, dict) else None
+        return (ns if isinstance(ns, str) and ns else "default", name)
+
+    def error(self, pointer: str, message: str) -> None:
+        line, col = (yamlnodes.locate(self.root, pointer) if self.root is not None
+                     else (self.source.line, self.source.column))
+        self.diagnostics.append(model.Diagnostic(
+            self.source.file, line, col, self.source.document, pointer, message))
+
+
+def manifest_files(paths: Sequence[str]) -> list[str]:
+    """Files named, plus *.yaml/*.yml under folders (recursive, sorted); UsageError if absent."""
+    files: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files += sorted(str(f) for f in path.rglob("*")
+                            if f.suffix in (".yaml", ".yml") and f.is_file())
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise UsageError(f"{p}: no such file or directory")
+    return files
+
+
+def _file_error(file: str, message: str, line: int = 1, col: int = 1,
+                document: int | None = None) -> model.Diagnostic:
+    return model.Diagnostic(file, line, col, document, "", message)
+
+
+def _decode(data: bytes, file: str) -> tuple[str | None, list[model.Diagnostic]]:
+    if len(data) > MAX_BYTES:
+        return None, [_file_error(file, f"file is larger than 1 MiB ({len(data)} bytes); "
+                                        "split it into several files")]
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return None, [_file_error(file, f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
+                                        "save it as UTF-8", line, col)]
+
+
+def _yaml_error(file: str, exc: yaml.YAMLError, document: int) -> model.Diagnostic:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if "tab character" in str(problem):
+        problem = f"{problem}; indent with spaces, not tabs"
+    context = getattr(exc, "context", None)
+    where = f"{context}: " if context else ""
+    text = f"YAML syntax error: {where}{problem}"
+    return _file_error(file, text, line, col, document)
+
+
+def load_bytes(data: bytes, file: str) -> tuple[list[_Doc], list[model.Diagnostic]]:
+    """Parse one file's bytes into documents (with per-document diagnostics) and file errors."""
+    text, errors = _decode(data, file)
+    if text is None:
+        return [], errors
+    docs: list[_Doc] = []
+    loader = yamlnodes.Loader(text)
+    index = 0
+    parsing = 1  # the document being parsed when a syntax error strikes
+    try:
+        while loader.check_node():
+            index += 1
+            parsing = index
+            root = loader.get_node()
+            parsing = index + 1
+            if yamlnodes.is_empty(root):
+                continue
+            docs.append(_document(loader, root, file, index))
+    except yaml.YAMLError as exc:
+        errors.append(_yaml_error(file, exc, parsing))
+    except Exception as exc:  # noqa: BLE001 - the file boundary: no traceback on any input
+        errors.append(_file_error(file, f"cannot read YAML ({type(exc).__name__})", 1, 1))
+    finally:
+        loader.dispose()
+    return docs, errors
+
+
+def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
+    line, col = yamlnodes.mark_of(root)
+    doc = _Doc(model.SourceRef(file, index, line, col), None, [], root)
+    try:
+        yamlnodes.check_structure(root)
+        doc.data = loader.construct_document(root)
+    except yamlnodes.NodeProblem as problem:
+        pline, pcol = yamlnodes.mark_of(problem.node)
+        doc.diagnostics.append(_file_error(file, problem.message, pline, pcol, index))
+        return doc
+    except yaml.YAMLError as exc:
+        doc.diagnostics.append(_yaml_error(file, exc, index))
+        return doc
+    except Exception as exc:  # noqa: BLE001 - e.g. an impossible timestamp such as 2001-02-30
+        doc.diagnostics.append(_file_error(
+            file, f"cannot read a value ({type(exc).__name__}); quote it", line, col, index))
+        return doc
+    try:
+        doc.diagnostics += validate_document(
+            doc.data, file=file, document=index,
+            locate=lambda p: yamlnodes.locate(root, p))
+    except Exception as exc:  # noqa: BLE001 - a bug in a rule must not hide other documents
+        doc.diagnostics.append(_file_error(
+            file, f"internal error while validating ({type(exc).__name__})", line, col, index))
+    return doc
+
+
+def _cross_checks(docs: list[_Doc]) -> None:
+    """Errors across documents: the same namespace/name twice, the same published Secret twice."""
+    names: dict[tuple[str, str], _Doc] = {}
+    for d in docs:
+        ident = d.ident()
+        if ident is None:
+            continue
+        if ident in names:
+            first = names[ident].source
+            d.error("/metadata/name", f"EmailAccount {ident[0]}/{ident[1]} is already defined at "
+                                      f"{first.file}:{first.line}; rename one of them")
+        else:
+            names[ident] = d
+    secrets: dict[tuple[str, str], _Doc] = {}
+    for d in docs:
+        if not d.valid:
+            continue
+        ns, name = d.ident() or ("default", "")
+        publish = d.data.get("spec", {}).get("publish") or {}
+        key = (ns, str(publish.get("secretName") or f"{name}-sender"))
+        if key in secrets:
+            other = secrets[key]
+            pointer = "/spec/publish/secretName" if "secretName" in publish else "/metadata/name"
+            d.error(pointer, f"Secret {key[0]}/{key[1]} is already published by account "
+                             f"{other.ident()[1] if other.ident() else '?'} "  # type: ignore[index]
+                             f"({other.source.file}:{other.source.line}); set a distinct "
+                             "spec.publish.secretName")
+        else:
+            secrets[key] = d
+
+
+def load_paths(paths: Sequence[str]) -> LoadResult:
+    """Load every manifest under paths. Raises UsageError for a path that does not exist."""
+    files = manifest_files(paths)
+    result = LoadResult(files=len(files))
+    per_file: list[tuple[list[model.Diagnostic], list[_Doc]]] = []
+    all_docs: list[_Doc] = []
+    for file in files:
+        try:
+            data = Path(file).read_bytes()
+        except OSError as exc:
+            per_file.append(([_file_error(file, f"cannot read file: {exc.strerror}")], []))
+            continue
+        docs, errors = load_bytes(data, file)
+        per_file.append((errors, docs))
+        all_docs += docs
+    _cross_checks(all_docs)
+    for errors, docs in per_file:
+        file_diags = list(errors)
+        for d in docs:
+            d.diagnostics.sort(key=lambda x: (x.line, x.column))
+            file_diags += d.diagnostics
+            ident = d.ident()
+            if d.valid:
+                warnings = tuple(x for x in d.diagnostics if x.severity == "warning")
+                result.accounts.append(account_from_manifest(d.data, d.source, warnings))
+            else:
+                result.invalid.append(InvalidDocument(
+                    ident[0] if ident else None, ident[1] if ident else None, d.source,
+                    d.diagnostics, d.data if isinstance(d.data, dict) else None))
+        file_diags.sort(key=lambda x: (x.line, x.column))
+        result.diagnostics += file_diags
+    return result

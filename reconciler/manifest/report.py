@@ -1,0 +1,60 @@
+"""`validate`: load manifests and render the result as text or JSON. Returns the exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from reconciler import model
+from reconciler.errors import UsageError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _diag_json(d: model.Diagnostic) -> dict[str, Any]:
+    return {"file": d.file, "line": d.line, "column": d.column, "document": d.document,
+            "pointer": d.pointer, "message": d.message}
+
+
+def run_validate(paths: Sequence[str], *, output: str = "text", show_effective: bool = False,
+                 out: IO[str] | None = None) -> int:
+    """Validate every manifest under paths; 0 valid, 1 invalid, 2 usage error."""
+    import yaml
+
+    from reconciler.manifest.effective import effective_manifest
+    from reconciler.manifest.load import load_paths
+
+    out = out or sys.stdout
+    try:
+        result = load_paths(paths)
+    except UsageError as exc:
+        sys.stderr.write(f"email-reconciler validate: error: {exc}\n")
+        return EXIT_USAGE
+    errors = [d for d in result.diagnostics if d.severity == "error"]
+    warnings = [d for d in result.diagnostics if d.severity == "warning"]
+    if output == "json":
+        accounts = []
+        for a in result.accounts:
+            entry: dict[str, Any] = {
+                "namespace": a.namespace, "name": a.name,
+                "file": a.source.file if a.source else None,
+                "document": a.source.document if a.source else None}
+            if show_effective:
+                entry["effective"] = effective_manifest(a)
+            accounts.append(entry)
+        json.dump({"valid": result.ok, "files": result.files, "accounts": accounts,
+                   "errors": [_diag_json(d) for d in errors],
+                   "warnings": [_diag_json(d) for d in warnings]}, out, indent=2)
+        out.write("\n")
+    else:
+        for d in result.diagnostics:
+            out.write(f"{d}\n")
+        if show_effective:
+            for a in result.accounts:
+                out.write("---\n")
+                out.write(yaml.safe_dump(effective_manifest(a), sort_keys=False))
+        out.write(f"{result.files} files, {len(result.accounts)} accounts, {len(errors)} errors, "
+                  f"{len(warnings)} warnings\n")
+    return EXIT_OK if result.ok else EXIT_FAIL

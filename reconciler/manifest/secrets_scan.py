@@ -1,0 +1,123 @@
+"""Refuse inline credentials (DESIGN §3): no secret value is ever written in a manifest.
+
+Two rules, both reported without echoing the value:
+- a key named like a credential (password, secret, token, apiKey, privateKey...) holding a literal;
+- a string anywhere shaped like a known key or token (PEM private key, JWT, AWS/Google/SendGrid/
+  Slack/GitHub tokens, long high-entropy base64).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+_CREDENTIAL_KEY = re.compile(
+    r"passw(or)?d|passphrase|^pass$|secret|token|api_?key|private_?key|credential|bearer",
+    re.IGNORECASE)
+#: Keys that name or locate a credential rather than hold one (secretName, tokenUrl, ...).
+_SAFE_SUFFIX = re.compile(r"(ref|name|url|uri|endpoint|format|formats|policy|type|file|path)$",
+                          re.IGNORECASE)
+#: Maps whose keys are free-form (labels, annotations): only value shapes are checked there.
+_FREE_KEYS = ("/labels", "/annotations")
+
+_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("a private key", re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")),
+    ("a JSON Web Token", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")),
+    ("an AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("a Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}")),
+    ("a SendGrid API key", re.compile(r"\bSG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}")),
+    ("a Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
+    ("a GitHub token",
+     re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})")),
+    ("a Google OAuth client secret", re.compile(r"\bGOCSPX-[A-Za-z0-9_-]{20,}")),
+)
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+
+
+def _entropy(text: str) -> float:
+    counts = Counter(text)
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def _high_entropy(text: str) -> bool:
+    """A long run of base64 characters mixing cases and digits, with high Shannon entropy."""
+    for run in _BASE64_RUN.findall(text):
+        if (any(c.isupper() for c in run) and any(c.islower() for c in run)
+                and any(c.isdigit() for c in run) and _entropy(run) >= 4.3):
+            return True
+    return False
+
+
+def credential_shape(text: str) -> str | None:
+    """What a string looks like ("a private key", ...) when it looks like a credential."""
+    for label, pattern in _SHAPES:
+        if pattern.search(text):
+            return label
+    if _high_entropy(text):
+        return "a high-entropy key or token"
+    return None
+
+
+def suggest_ref(pointer: str, key: str) -> str:
+    """The …SecretRef field to use instead of an inline value at pointer/key."""
+    k = key.lower()
+    if "/signing" in pointer:
+        return "keystorePasswordSecretRef" if "pass" in k else "keystoreSecretRef"
+    if "/graph" in pointer:
+        if "pass" in k:
+            return "passwordSecretRef"
+        if "user" in k:
+            return "usernameSecretRef"
+        return "clientCertificateSecretRef" if "cert" in k else "clientSecretSecretRef"
+    if "/oauth2" in pointer:
+        if "secret" in k:
+            return "clientSecretSecretRef"
+        if "cert" in k:
+            return "clientCertificateSecretRef"
+        return "serviceAccountKeySecretRef"
+    return "passwordSecretRef"
+
+
+def _walk(value: Any, pointer: str) -> Iterator[tuple[str, str, Any]]:
+    """(parent pointer, key, value) for every member of every mapping/list, depth first."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield pointer, str(k), v
+            yield from _walk(v, f"{pointer}/{escape(str(k))}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield pointer, str(i), v
+            yield from _walk(v, f"{pointer}/{i}")
+
+
+def escape(token: str) -> str:
+    """Escape one JSON pointer token."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def scan_document(doc: Any) -> list[tuple[str, str]]:
+    """(pointer, message) for every inline credential in a document; messages never echo values."""
+    found: list[tuple[str, str]] = []
+    for parent, key, value in _walk(doc, ""):
+        pointer = f"{parent}/{escape(key)}"
+        if isinstance(value, bool) or not isinstance(value, str | int | float) or value == "":
+            continue
+        dotted = pointer.lstrip("/").replace("/", ".")
+        free = parent.endswith(_FREE_KEYS)
+        if (not free and not parent.endswith("/advanced") and _CREDENTIAL_KEY.search(key)
+                and not _SAFE_SUFFIX.search(key)) or (
+                parent.endswith("/advanced") and _CREDENTIAL_KEY.search(key.rsplit(".", 1)[-1])):
+            ref = suggest_ref(parent, key)
+            found.append((pointer, f"{dotted} looks like an inline credential; put it in a Secret "
+                                   f"and reference it with {ref}"))
+            continue
+        shape = credential_shape(value) if isinstance(value, str) else None
+        if shape:
+            ref = suggest_ref(parent, key)
+            found.append((pointer, f"{dotted} looks like an inline credential ({shape}); put it in "
+                                   f"a Secret and reference it with {ref}"))
+    return found

@@ -1,0 +1,130 @@
+"""Validate one EmailAccount document: inline-secret scan, JSON schema, then semantic rules.
+
+Messages say what to change and never echo a field's value (it might be a credential).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from typing import Any, Literal
+
+import jsonschema
+
+from reconciler import model
+from reconciler.manifest import load_schema
+from reconciler.manifest.secrets_scan import escape, scan_document
+
+Locate = Callable[[str], tuple[int, int]]
+Severity = Literal["error", "warning"]
+
+_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_REQUIRED = re.compile(r"^'(.+)' is a required property$")
+_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+               float: "number", type(None): "null"}
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    """The schema validator, compiled once per process."""
+    checker = jsonschema.FormatChecker(formats=())
+    checker.checks("email")(lambda v: not isinstance(v, str) or bool(_EMAIL.match(v)))
+    return jsonschema.Draft202012Validator(load_schema(), format_checker=checker)
+
+
+def _pointer(path: Any) -> str:
+    return "".join(f"/{escape(str(p))}" for p in path)
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), "timestamp or other YAML type (quote it)")
+
+
+def _schema_messages(err: jsonschema.ValidationError) -> Iterator[tuple[str, str]]:
+    """(pointer, message) for one schema error, in words that say what to change."""
+    where = _pointer(err.absolute_path)
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    hint: str | None = schema.get("x-message")
+    v, value = err.validator, err.validator_value
+    if v == "additionalProperties" and value is False and isinstance(err.instance, dict):
+        allowed = sorted(schema.get("properties", {}))
+        for key in err.instance:
+            if key not in allowed:
+                yield (f"{where}/{escape(str(key))}",
+                       f"unknown field {str(key)!r}; allowed here: {', '.join(allowed)}")
+        return
+    if v == "required":
+        m = _REQUIRED.match(err.message)
+        name = m.group(1) if m else "?"
+        text = f"missing required field {name!r}"
+        yield f"{where}/{escape(name)}", f"{text} ({hint})" if hint else text
+        return
+    if v == "not" and isinstance(value, dict) and value.get("required"):
+        yield f"{where}/{escape(str(value['required'][0]))}", hint or "field not allowed here"
+        return
+    if hint:
+        yield where, hint
+        return
+    if v == "type":
+        yield where, f"must be of type {value} (found {_type_name(err.instance)})"
+    elif v == "enum":
+        yield where, "must be one of: " + ", ".join(str(x) for x in value)
+    elif v == "const":
+        yield where, f"must be {value}"
+    elif v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">",
+              "exclusiveMaximum": "<"}[v]
+        yield where, f"must be {op} {value}"
+    elif v in ("minLength", "maxLength"):
+        yield where, f"must be {'at least' if v == 'minLength' else 'at most'} {value} characters"
+    elif v in ("minItems", "maxItems"):
+        yield where, f"must have {'at least' if v == 'minItems' else 'at most'} {value} items"
+    elif v == "uniqueItems":
+        yield where, "must not list the same item twice"
+    elif v == "propertyNames":
+        yield where, "has an invalid key name (letters, digits, '-', '_' and '.')"
+    elif v == "pattern":
+        yield where, f"must match the pattern {value}"
+    else:
+        yield where, f"is invalid ({v})"
+
+
+def _diag(file: str, document: int, locate: Locate | None, pointer: str, message: str,
+          severity: Severity = "error") -> model.Diagnostic:
+    line, col = locate(pointer) if locate else (1, 1)
+    return model.Diagnostic(file=file, line=line, column=col, document=document,
+                            pointer=pointer, message=message, severity=severity)
+
+
+def validate_document(doc: Any, *, file: str = "<input>", document: int = 1,
+                      locate: Locate | None = None) -> list[model.Diagnostic]:
+    """Schema and semantic diagnostics (errors and warnings) for one parsed document.
+
+    ``locate`` maps a JSON pointer to (line, column) in the source file.
+    """
+    if not isinstance(doc, dict):
+        return [_diag(file, document, locate, "",
+                      f"document must be a mapping (an EmailAccount object), found "
+                      f"{_type_name(doc)}")]
+    out: list[model.Diagnostic] = []
+    flagged = scan_document(doc)
+    flagged_ptrs = {p for p, _ in flagged}
+    out += [_diag(file, document, locate, p, m) for p, m in flagged]
+    seen: set[tuple[str, str]] = set()
+    for err in _validator().iter_errors(doc):
+        for pointer, message in _schema_messages(err):
+            if pointer in flagged_ptrs or any(pointer.startswith(f + "/") for f in flagged_ptrs):
+                continue
+            if (pointer, message) not in seen:
+                seen.add((pointer, message))
+                out.append(_diag(file, document, locate, pointer, message))
+    if out:
+        return out
+    from reconciler.manifest.account import account_from_manifest
+    from reconciler.manifest.semantics import check_account
+
+    account = account_from_manifest(doc)
+    for pointer, message, severity in check_account(account, doc):
+        out.append(_diag(file, document, locate, pointer, message, severity))
+    return out

@@ -1,0 +1,93 @@
+"""Safe YAML with positions: compose nodes, refuse aliases and duplicate keys, locate pointers.
+
+PyYAML silently accepts duplicate keys and expands aliases (billion laughs), so both are checked
+on the composed node tree before anything is constructed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_DEPTH = 64
+
+
+class NodeProblem(Exception):
+    """A structural problem in a composed document, with the node where it was found."""
+
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node, self.message = node, message
+
+
+def mark_of(node: yaml.Node) -> tuple[int, int]:
+    """1-based (line, column) where a node starts."""
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def is_empty(node: yaml.Node | None) -> bool:
+    """An empty document (nothing, or a bare `---`)."""
+    return node is None or (isinstance(node, yaml.ScalarNode)
+                            and node.tag == "tag:yaml.org,2002:null" and node.value == "")
+
+
+def check_structure(root: yaml.Node) -> None:
+    """Raise NodeProblem on aliases, duplicate keys or nesting deeper than MAX_DEPTH."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, int, yaml.Node]] = [(root, 0, root)]
+    while stack:
+        node, depth, where = stack.pop()
+        if id(node) in seen:
+            raise NodeProblem(where, "YAML aliases (*name) are not allowed in manifests; "
+                                     "write the value out in full")
+        seen.add(id(node))
+        if depth > MAX_DEPTH:
+            raise NodeProblem(node, f"nesting deeper than {MAX_DEPTH} levels is not allowed")
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[str, yaml.Node] = {}
+            for key, _value in node.value:  # duplicates: the first occurrence keeps the name
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in keys and key.value != "<<":
+                        line, _ = mark_of(keys[key.value])
+                        raise NodeProblem(key, f"duplicate key {key.value!r} (first defined on "
+                                               f"line {line}); remove one of them")
+                    keys[key.value] = key
+            for key, value in reversed(node.value):  # reversed: popped in document order
+                stack.append((value, depth + 1, key))
+                stack.append((key, depth + 1, key))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, depth + 1, item) for item in reversed(node.value))
+
+
+def _unescape(token: str) -> str:
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+def locate(root: yaml.Node, pointer: str) -> tuple[int, int]:
+    """(line, column) of the value a JSON pointer names, or of its deepest existing ancestor."""
+    node = root
+    for token in _tokens(pointer):
+        child = _child(node, token)
+        if child is None:
+            break
+        node = child
+    return mark_of(node)
+
+
+def _tokens(pointer: str) -> Iterator[str]:
+    if pointer:
+        yield from (_unescape(t) for t in pointer.lstrip("/").split("/"))
+
+
+def _child(node: yaml.Node, token: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == token:
+                return value
+    elif isinstance(node, yaml.SequenceNode) and token.isdigit() and int(token) < len(node.value):
+        child: yaml.Node = node.value[int(token)]
+        return child
+    return None
