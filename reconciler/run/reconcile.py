@@ -112,7 +112,19 @@ class Reconciler:
         now = self.options.clock()
         report = RunReport()
         stored = {object_key(o): o for o in self.store.list_accounts()}
-        accounts = [self._applied(a, stored, report) for a in loaded.accounts]
+        accounts = []
+        for account in loaded.accounts:
+            try:
+                accounts.append(self._applied(account, stored, report))
+            except StoreError as exc:  # this account waits for the next run; the others go on
+                entry = report.accounts[-1]
+                entry.error = str(exc)
+                reason = (reasons.FORBIDDEN if isinstance(exc, StoreForbidden)
+                          else reasons.API_UNAVAILABLE)
+                entry.status = {"conditions": [{"type": "Ready", "status": "Unknown",
+                                                "reason": reason, "message": str(exc)}]}
+                log.error("apply failed", account=f"{account.namespace}/{account.name}",
+                          error=redact_text(str(exc)))
         namespaces = {a.namespace for a in accounts} | {k[0] for k in stored}
         published = self.store.list_secrets(namespaces)
 
@@ -252,6 +264,8 @@ class Reconciler:
                       error=redact_text(str(exc)))
             return
         for etype, reason, message, _ctype in conditions.transitions(old, new):
+            if etype == "Normal" and not old.get("conditions"):
+                continue  # a new account that came up fine: its status says so, no event needed
             self._event(account.namespace, account.name, etype, reason, message, now)
 
     def _event(self, ns: str, name: str, etype: str, reason: str, message: str,
