@@ -1,0 +1,172 @@
+"""Generate the EmailAccount CustomResourceDefinition from the JSON schema.
+
+The JSON schema is the single source of truth. Kubernetes wants a *structural* OpenAPI v3 schema:
+every node typed, no $ref, no conditionals, no `additionalProperties` beside `properties`. So
+$refs are inlined, JSON-Schema-only keywords dropped, and the cross-field rules the schema states
+with if/then are restated as CEL `x-kubernetes-validations`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler import model
+from reconciler.manifest import load_schema
+
+#: Keywords copied as they are (all valid in apiextensions.k8s.io/v1 JSONSchemaProps).
+_KEEP = ("type", "description", "format", "enum", "pattern", "minimum", "maximum",
+         "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
+         "required")
+
+_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
+    ("spec",): [
+        {"rule": "!has(self.sendUsing) || self.sendUsing != 'MicrosoftGraph' || "
+                 "self.provider == 'office365'",
+         "message": "sendUsing: MicrosoftGraph is only valid with provider: office365"},
+        {"rule": "!has(self.sendUsing) || self.sendUsing != 'MicrosoftGraph' || has(self.graph)",
+         "message": "sendUsing: MicrosoftGraph needs spec.graph"},
+        {"rule": "!has(self.sendUsing) || self.sendUsing != 'MicrosoftGraph' || "
+                 "!has(self.smtp) || !has(self.smtp.signing)",
+         "message": "signing is not supported with sendUsing: MicrosoftGraph"},
+        {"rule": "(has(self.sendUsing) && self.sendUsing == 'MicrosoftGraph') || "
+                 "(has(self.smtp) && !has(self.graph))",
+         "message": "sendUsing: SMTP needs spec.smtp and no spec.graph"},
+        {"rule": "self.provider != 'amazon-ses' || has(self.region)",
+         "message": "provider: amazon-ses needs spec.region"},
+        {"rule": "self.provider != 'custom' || (has(self.smtp) && has(self.smtp.connection) && "
+                 "has(self.smtp.connection.host))",
+         "message": "provider: custom needs spec.smtp.connection.host"},
+    ],
+    ("spec", "smtp", "connection"): [
+        {"rule": "!has(self.port) || !has(self.security) || "
+                 "!(self.port == 465 && self.security == 'STARTTLS')",
+         "message": "port 465 expects implicit TLS: set security: SMTPS"},
+    ],
+    ("spec", "smtp", "connection", "truststore"): [
+        {"rule": "has(self.secretRef) != has(self.configMapRef)",
+         "message": "set exactly one of secretRef or configMapRef"},
+    ],
+    ("spec", "smtp", "authentication"): [
+        {"rule": "self.method != 'Password' || has(self.passwordSecretRef)",
+         "message": "method Password needs passwordSecretRef"},
+        {"rule": "self.method != 'OAuth2' || has(self.oauth2)",
+         "message": "method OAuth2 needs oauth2"},
+    ],
+    ("spec", "smtp", "authentication", "oauth2"): [
+        {"rule": "self.grantType != 'JWTBearer' || "
+                 "(has(self.serviceAccountKeySecretRef) && has(self.subject))",
+         "message": "grantType JWTBearer needs serviceAccountKeySecretRef and subject"},
+        {"rule": "self.grantType != 'ClientCredentials' || (has(self.tenantId) && "
+                 "has(self.clientId) && "
+                 "has(self.clientSecretSecretRef) != has(self.clientCertificateSecretRef))",
+         "message": "grantType ClientCredentials needs tenantId, clientId and exactly one of "
+                    "clientSecretSecretRef or clientCertificateSecretRef"},
+    ],
+    ("spec", "graph", "authentication"): [
+        {"rule": "!has(self.grantType) || self.grantType != 'Password' || "
+                 "(has(self.usernameSecretRef) && has(self.passwordSecretRef))",
+         "message": "grantType Password needs usernameSecretRef and passwordSecretRef"},
+        {"rule": "(has(self.grantType) && self.grantType == 'Password') || "
+                 "has(self.clientSecretSecretRef) != has(self.clientCertificateSecretRef)",
+         "message": "grantType ClientCredentials needs exactly one of clientSecretSecretRef or "
+                    "clientCertificateSecretRef"},
+    ],
+}
+
+_READY = '.status.conditions[?(@.type=="Ready")]'
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Provider", "type": "string", "jsonPath": ".spec.provider"},
+    {"name": "Via", "type": "string", "jsonPath": ".spec.sendUsing"},
+    {"name": "Protocol", "type": "string", "jsonPath": ".status.protocol"},
+    {"name": "TLS", "type": "string", "jsonPath": ".status.tlsVersion"},
+    {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status"},
+    {"name": "Reason", "type": "string", "jsonPath": f"{_READY}.reason"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Email", "type": "string", "priority": 1,
+     "jsonPath": ".spec.smtp.identity.emailAddress"},
+    {"name": "Host", "type": "string", "priority": 1, "jsonPath": ".spec.smtp.connection.host"},
+    {"name": "Cert-Days", "type": "integer", "priority": 1,
+     "jsonPath": ".status.certificate.daysRemaining"},
+    {"name": "Secret", "type": "string", "priority": 1, "jsonPath": ".status.secretName"},
+]
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def structural(node: dict[str, Any], defs: dict[str, Any],
+               path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A structural OpenAPI v3 schema for one JSON schema node (recursively)."""
+    node = _resolve(node, defs)
+    out: dict[str, Any] = {k: node[k] for k in _KEEP if k in node}
+    if "const" in node:
+        out["enum"] = [node["const"]]
+    if "exclusiveMinimum" in node:  # OpenAPI v3.0: a boolean beside minimum
+        out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
+    if "properties" in node:
+        out["properties"] = {name: structural(sub, defs, (*path, name))
+                             for name, sub in node["properties"].items()}
+    elif isinstance(node.get("additionalProperties"), dict):
+        out["additionalProperties"] = structural(node["additionalProperties"], defs, path)
+    if "items" in node:
+        out["items"] = structural(node["items"], defs, (*path, "[]"))
+        if node.get("uniqueItems"):
+            out["x-kubernetes-list-type"] = "set"
+    if path in _RULES:
+        out["x-kubernetes-validations"] = _RULES[path]
+    return out
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The CRD's openAPIV3Schema: spec from the JSON schema, metadata and status left open."""
+    schema = load_schema()
+    defs = schema.get("$defs", {})
+    return {
+        "type": "object",
+        "description": schema.get("description", ""),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": structural(schema["properties"]["spec"], defs, ("spec",)),
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                       "description": "Observed state, written by the reconciler."},
+        },
+    }
+
+
+def crd_object() -> dict[str, Any]:
+    """The CustomResourceDefinition as a dict."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{model.PLURAL}.{model.API_GROUP}"},
+        "spec": {
+            "group": model.API_GROUP,
+            "names": {"kind": model.KIND, "listKind": f"{model.KIND}List",
+                      "plural": model.PLURAL, "singular": model.KIND.lower(),
+                      "shortNames": [model.SHORT_NAME], "categories": ["email"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": model.API_VERSION, "served": True, "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": openapi_schema()},
+            }],
+        },
+    }
+
+
+def render_crd() -> str:
+    """The CRD as YAML text (deploy/crd.yaml is this, byte for byte)."""
+    import yaml
+
+    header = ("# Generated by `email-reconciler crd` from schemas/emailaccount.schema.json.\n"
+              "# Do not edit by hand: change the schema and regenerate.\n")
+    return header + yaml.safe_dump(crd_object(), sort_keys=False, width=100,
+                                   allow_unicode=True)
