@@ -51,9 +51,9 @@ class TestCA:
     chain: list[x509.Certificate] = field(default_factory=list)  # issuers above this CA
 
     @classmethod
-    def create(cls, name: str = "email-reconciler test CA") -> TestCA:
-        """A self-signed root CA with an EC key."""
-        key = new_key("ec")
+    def create(cls, name: str = "email-reconciler test CA", key_kind: str = "ec") -> TestCA:
+        """A self-signed root CA ("ec": P-256, "rsa": 2048 bits)."""
+        key = new_key(key_kind)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.now(UTC)
         cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)

@@ -106,7 +106,7 @@ def check_signing(account: Account, secrets: SecretReader, *, now: datetime) -> 
     if failure is not None:
         return SigningResult(outcome=failure, warnings=warnings, **base)  # type: ignore[arg-type]
     try:
-        signed = sign_message(test_message(account), material.key,
+        signed = sign_message(build_test_message(account), material.key,
                               (cert, *material.chain))
         verify_signed_message(signed, cert)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
@@ -217,7 +217,7 @@ def verify_signed_message(signed: bytes, signer: x509.Certificate) -> None:
         raise ValueError(f"unsupported signer key type {type(public_key).__name__}")
 
 
-def test_message(account: Account) -> EmailMessage:
+def build_test_message(account: Account) -> EmailMessage:
     """The small message the signing check signs: from and to the account's sender."""
     sender = account_sender(account)
     msg = EmailMessage()
