@@ -29,6 +29,7 @@ CERTIFICATE_HOSTNAME_MISMATCH = "CertificateHostnameMismatch"
 CERTIFICATE_EXPIRED = "CertificateExpired"
 CERTIFICATE_EXPIRING_SOON = "CertificateExpiringSoon"  # warning
 INSECURE_CONNECTION = "InsecureConnection"  # warning
+PROBE_ERROR = "ProbeError"  # a bug in a probe; the batch goes on
 
 # authentication (step 4)
 AUTHENTICATION_FAILED = "AuthenticationFailed"
