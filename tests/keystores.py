@@ -175,7 +175,7 @@ def build_pfx(entries: Sequence[PfxEntry], password: str, *, iterations: int = 2
 
 
 def _bag_attributes(alias: str | None, local_id: bytes | None) -> apkcs12.Attributes:
-    attrs = []
+    attrs: list[dict[str, object]] = []
     if alias is not None:
         attrs.append({"type": "friendly_name", "values": [alias]})
     if local_id is not None:

@@ -26,16 +26,18 @@ from reconciler.model import (
     Connection,
     Identity,
     KeyRef,
+    Outcome,
     Publish,
     Signing,
     SigningResult,
     SmtpSpec,
 )
 from reconciler.probe.signing import (
+    SigningMaterial,
+    build_test_message,
     check_signing,
     load_signing_material,
     sign_message,
-    build_test_message,
     verify_signed_message,
 )
 from tests.keystores import (
@@ -138,6 +140,7 @@ def test_selects_each_of_three_keyed_aliases(three_aliases: bytes, world: World,
     assert result.aliases == ("alpha", "beta", "gamma")
     assert result.certificate is not None
     assert result.certificate.subject == f"CN={alias}@example.com"
+    assert result.private_key_pem is not None and result.certificate_chain_pem is not None
     key = serialization.load_pem_private_key(result.private_key_pem.encode(), None)
     cert = x509.load_pem_x509_certificates(result.certificate_chain_pem.encode())
     assert cert[0].public_key() == key.public_key()
@@ -394,10 +397,11 @@ def test_load_signing_material_returns_outcome_or_material(three_aliases: bytes)
     secrets = MemorySecrets({("signing", "keystore.p12"): three_aliases,
                              ("signing", "password"): PASSWORD.encode()})
     material = load_signing_material(account("gamma"), secrets)
-    assert not isinstance(material, type(check(b"").outcome))
+    assert isinstance(material, SigningMaterial)
     assert material.alias == "gamma" and material.source_format == "PKCS12"
+    assert material.aliases == ("alpha", "beta", "gamma")
     failed = load_signing_material(account("nope"), secrets)
-    assert getattr(failed, "reason", None) == reasons.ALIAS_NOT_FOUND
+    assert isinstance(failed, Outcome) and failed.reason == reasons.ALIAS_NOT_FOUND
 
 
 def test_new_key_kinds() -> None:

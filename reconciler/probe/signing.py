@@ -14,6 +14,7 @@ encrypted SafeContents by us, and certificates in safes we cannot decrypt (legac
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -101,20 +102,22 @@ def check_signing(account: Account, secrets: SecretReader, *, now: datetime) -> 
     material = loaded
     cert = material.certificate
     info = certificate_info(cert, now)
-    base = {"certificate": info, "alias": material.alias, "aliases": material.aliases}
     failure, warnings = _check_certificate(account, cert, info, now)
+    base = SigningResult(outcome=failure or Outcome(False, reasons.PROGRESSING, "signing"),
+                         certificate=info, alias=material.alias, aliases=material.aliases,
+                         warnings=warnings)
     if failure is not None:
-        return SigningResult(outcome=failure, warnings=warnings, **base)  # type: ignore[arg-type]
+        return base
     try:
         signed = sign_message(build_test_message(account), material.key,
                               (cert, *material.chain))
         verify_signed_message(signed, cert)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
-        return SigningResult(outcome=Outcome(
+        return dataclasses.replace(base, outcome=Outcome(
             False, reasons.SIGNATURE_FAILED,
             f"signing a test message with alias {material.alias or '(first key)'!r} failed "
             f"({type(exc).__name__}); re-export the keystore with an RSA or EC key and its "
-            "certificate"), warnings=warnings, **base)  # type: ignore[arg-type]
+            "certificate"))
     key_pem = material.key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()).decode("ascii")
@@ -127,12 +130,13 @@ def check_signing(account: Account, secrets: SecretReader, *, now: datetime) -> 
         serialization.BestAvailableEncryption(p12_password.encode("utf-8")))
     chain_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii")
                         for c in (cert, *material.chain))
-    return SigningResult(
+    return dataclasses.replace(
+        base,
         outcome=Outcome(True, reasons.SUCCEEDED,
                         f"signed and verified a test message as {account_sender(account)} "
                         f"with alias {material.alias or '(unnamed)'!r}"),
         certificate_chain_pem=chain_pem, private_key_pem=key_pem, pkcs12=p12,
-        pkcs12_password=p12_password, warnings=warnings, **base)  # type: ignore[arg-type]
+        pkcs12_password=p12_password)
 
 
 def load_signing_material(account: Account, secrets: SecretReader) -> SigningMaterial | Outcome:
@@ -575,8 +579,8 @@ def _entries_from_cryptography(blob: bytes, pw: bytes | None, known: list[x509.C
         name = item.friendly_name.decode("utf-8", "replace") if item.friendly_name else None
         out.append(_Entry(name, None, certificate=item.certificate))
     if with_key and isinstance(loaded.key, SigningKey):
-        name = loaded.cert.friendly_name if loaded.cert else None
-        out.append(_Entry(name.decode("utf-8", "replace") if name else None, None,
+        raw = loaded.cert.friendly_name if loaded.cert else None
+        out.append(_Entry(raw.decode("utf-8", "replace") if raw else None, None,
                           key=loaded.key))
     return out
 
