@@ -178,6 +178,12 @@ def test_wrong_password_is_reported_without_the_password(three_aliases: bytes) -
     assert_no_secret(result, "not-the-password", PASSWORD)
 
 
+def test_password_protected_keystore_without_configured_password(three_aliases: bytes) -> None:
+    result = check(three_aliases, password=None)
+    assert result.outcome.reason == reasons.KEYSTORE_PASSWORD_WRONG
+    assert "no password is configured" in result.outcome.message
+
+
 def test_password_with_trailing_newline_still_opens(three_aliases: bytes) -> None:
     result = check(three_aliases, "gamma", password=PASSWORD + "\n")
     assert result.outcome.ok

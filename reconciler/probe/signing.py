@@ -398,9 +398,7 @@ def _load_pem_key(block: bytes, encrypted: bool, password: str | None,
                           f"the private key in {where} uses an unsupported algorithm; "
                           "re-export it with AES (PBES2)") from None
         return _signing_key(key, where), (pw.decode("utf-8") if pw else None)
-    raise _Failed(reasons.KEYSTORE_PASSWORD_WRONG,
-                  f"the password does not decrypt the private key in {where}; "
-                  "fix the Secret named by spec.smtp.signing.keystorePasswordSecretRef")
+    raise _wrong_password(f"the private key in {where}", password)
 
 
 def _load_pkcs12(blob: bytes, password: str | None, alias: str | None,
@@ -416,8 +414,13 @@ def _load_pkcs12(blob: bytes, password: str | None, alias: str | None,
     pw = _open_pfx(blob, pfx, mac_data, password, where)
     entries: list[_Entry] = []
     undecrypted = False
-    for info in safes:
-        undecrypted |= _read_safe(info, pw, entries, where)
+    try:
+        for info in safes:
+            undecrypted |= _read_safe(info, pw, entries, where)
+    except (ValueError, TypeError, KeyError):  # malformed bags inside a well-formed envelope
+        raise _Failed(reasons.KEYSTORE_UNREADABLE,
+                      f"{where} is a damaged PKCS#12 (its entries do not parse); export the "
+                      "keystore again") from None
     certs = [e.certificate for e in entries if e.certificate is not None]
     if undecrypted or not any(e.key for e in entries):
         entries += _entries_from_cryptography(blob, pw, certs,
@@ -447,9 +450,7 @@ def _open_pfx(blob: bytes, pfx: apkcs12.Pfx, mac_data: object, password: str | N
             if _mac_ok(mac_data, content, pw):
                 return pw
         if mac_data["mac"]["digest_algorithm"]["algorithm"].native in hashlib.algorithms_available:
-            raise _Failed(reasons.KEYSTORE_PASSWORD_WRONG,
-                          f"the password does not open {where} (integrity check failed); fix "
-                          "the Secret named by spec.smtp.signing.keystorePasswordSecretRef")
+            raise _wrong_password(f"{where} (integrity check failed)", password)
     # No MAC, or one we cannot compute: let cryptography decide.
     for pw in candidates:
         try:
@@ -457,9 +458,17 @@ def _open_pfx(blob: bytes, pfx: apkcs12.Pfx, mac_data: object, password: str | N
             return pw
         except ValueError:
             continue
-    raise _Failed(reasons.KEYSTORE_PASSWORD_WRONG,
-                  f"the password does not open {where}; fix the Secret named by "
-                  "spec.smtp.signing.keystorePasswordSecretRef")
+    raise _wrong_password(where, password)
+
+
+def _wrong_password(what: str, password: str | None) -> _Failed:
+    if password is None:
+        return _Failed(reasons.KEYSTORE_PASSWORD_WRONG,
+                       f"{what} is password-protected and no password is configured; set "
+                       "spec.smtp.signing.keystorePasswordSecretRef")
+    return _Failed(reasons.KEYSTORE_PASSWORD_WRONG,
+                   f"the configured password does not open {what}; fix the Secret named by "
+                   "spec.smtp.signing.keystorePasswordSecretRef")
 
 
 def _mac_ok(mac_data: apkcs12.MacData, content: bytes, pw: bytes | None) -> bool:
