@@ -189,6 +189,11 @@ def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> N
                       str(a.status.get("tlsVersion") or "-"),
                       str(a.status.get("secretName") or "-"), _changes(a)])
     out.write(format_table(table))
+    if dry_run:
+        for a in report.accounts:
+            details = _secret_details(a)
+            if details:
+                out.write(details + "\n")
     for ns, name in report.pruned:
         out.write(f"{'would prune' if dry_run else 'pruned'} {ns}/{name}\n")
     if report.prune_skipped:
@@ -208,11 +213,21 @@ def _changes(a: Any) -> str:
     if a.status_changed:
         parts.append("status")
     sc = a.secret_changes or {}
+    counts = [f"{sign}{len(sc.get(kind) or [])}" for sign, kind in
+              (("+", "added"), ("~", "changed"), ("-", "removed")) if sc.get(kind)]
+    if counts:
+        parts.append("secret " + " ".join(counts))
+    return ", ".join(parts) or "-"
+
+
+def _secret_details(a: Any) -> str | None:
+    """Names (never values) of the Secret keys that change."""
+    sc = a.secret_changes or {}
     keys = ([f"+{k}" for k in sc.get("added", [])] + [f"~{k}" for k in sc.get("changed", [])]
             + [f"-{k}" for k in sc.get("removed", [])])
-    if keys:
-        parts.append("secret(" + " ".join(keys) + ")")
-    return ", ".join(parts) or "-"
+    if not keys:
+        return None
+    return f"{a.namespace}/{a.name}: Secret {a.status.get('secretName')}: {' '.join(keys)}"
 
 
 # --------------------------------------------------------------------------- get

@@ -68,7 +68,7 @@ def _write_secret(root: Path, name: str, key: str, value: bytes) -> None:
     path.chmod(0o600)
 
 
-def _signing_keystore(email: str, password: bytes) -> bytes:
+def _signing_keystore(email: str, password: bytes, alias: str) -> bytes:
     """A PKCS#12 keystore with one S/MIME signing key for email, from a throwaway CA."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -99,7 +99,7 @@ def _signing_keystore(email: str, password: bytes) -> bytes:
             .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     return pkcs12.serialize_key_and_certificates(
-        b"demo-signing", key, cert, [ca], serialization.BestAvailableEncryption(password))
+        alias.encode(), key, cert, [ca], serialization.BestAvailableEncryption(password))
 
 
 def demo_users(examples: list[dict[str, Any]]) -> dict[str, str]:
@@ -132,7 +132,8 @@ def prepare(examples: list[dict[str, Any]], work: Path, ports: Mapping[str, int]
             ks_password = pysecrets.token_urlsafe(12).encode()
             store = signing["keystoreSecretRef"]
             _write_secret(secrets_dir, store["name"], store["key"],
-                          _signing_keystore(smtp["identity"]["emailAddress"], ks_password))
+                          _signing_keystore(smtp["identity"]["emailAddress"], ks_password,
+                                            signing.get("alias") or "demo-signing"))
             if signing.get("keystorePasswordSecretRef"):
                 pw = signing["keystorePasswordSecretRef"]
                 _write_secret(secrets_dir, pw["name"], pw["key"], ks_password)

@@ -143,7 +143,9 @@ class _Handler:
         self.options, self.record = options, record
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        login = session.login_data.decode() if isinstance(session.login_data, bytes) else None
+        data = session.auth_data
+        login = getattr(data, "login", data)
+        login = login.decode("utf-8", "replace") if isinstance(login, bytes) else None
         self.record.messages.append(ReceivedMessage(
             envelope.mail_from, tuple(envelope.rcpt_tos), bytes(envelope.original_content or b""),
             login))
@@ -289,13 +291,19 @@ class ServerLoop:
 
     async def _start_smtp(self, options: SmtpServerOptions, record: RunningServer
                           ) -> RunningServer:
-        from aiosmtpd.smtp import SMTP
+        from aiosmtpd.smtp import SMTP, Session
 
         loop_ref = self
+
+        class _Session(Session):  # type: ignore[misc]
+            login_data = None  # a plain attribute: the deprecated property logs on every AUTH
         handler = _Handler(options, record)
         excluded = [m for m in ("PLAIN", "LOGIN", "XOAUTH2") if m not in options.mechanisms]
 
         class _Smtp(SMTP):  # type: ignore[misc]
+            def _create_session(self) -> Session:
+                return _Session(self.loop)
+
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 if self.transport is None:
                     record.connections += 1

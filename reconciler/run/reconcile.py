@@ -196,7 +196,9 @@ class Reconciler:
         entry.probed = result is not None
         publish_outcome: Outcome | None = None
         try:
-            if result is not None and result.ok:
+            if result is not None and conditions.probe_passed(account=account,
+                                                              old_status=old_status,
+                                                              result=result):
                 publish_outcome = self._publish(account, result, old_status, published, entry)
         except StoreForbidden as exc:
             publish_outcome = Outcome(False, reasons.FORBIDDEN, str(exc))

@@ -1,0 +1,323 @@
+"""The reconcile run on the local store, against real SMTP servers on loopback (issue 4)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import smtplib
+import ssl
+import subprocess
+import sys
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler.cli import main
+from reconciler.run.demo_servers import (
+    RunningServer,
+    ServerLoop,
+    SmtpServerOptions,
+    ThrowawayCA,
+)
+
+NS = "shop"
+PASSWORD = "s3cr3t p@ss:w/rd%"
+
+
+@dataclass
+class World:
+    """Servers, a secrets folder, a manifests folder and a store folder for one test."""
+
+    root: Path
+    ca: ThrowawayCA
+    starttls: RunningServer
+    smtps: RunningServer
+    users: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def accounts(self) -> Path:
+        return self.root / "accounts"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    def secret(self, name: str, key: str, value: str | bytes) -> None:
+        path = self.secrets / NS / name / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(value.encode() if isinstance(value, str) else value)
+
+    def account(self, name: str, *, server: RunningServer | None = None,
+                security: str = "STARTTLS", **spec_extra: Any) -> dict[str, Any]:
+        server = server or self.starttls
+        doc: dict[str, Any] = {
+            "apiVersion": "email.reconciler.io/v1alpha1",
+            "kind": "EmailAccount",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "provider": "custom",
+                "smtp": {
+                    "identity": {"emailAddress": f"{name}@example.com",
+                                 "displayName": name.title()},
+                    "connection": {"host": "127.0.0.1", "port": server.port,
+                                   "security": security, "timeoutSeconds": 5,
+                                   "truststore": {"configMapRef": {"name": "ca", "key": "ca.crt"}}},
+                    "authentication": {"method": "Password",
+                                       "passwordSecretRef": {"name": f"{name}-smtp",
+                                                             "key": "password"}},
+                },
+                **spec_extra,
+            },
+        }
+        self.users[f"{name}@example.com"] = PASSWORD
+        self.secret(f"{name}-smtp", "password", PASSWORD)
+        self.write(doc)
+        return doc
+
+    def write(self, doc: dict[str, Any]) -> None:
+        self.accounts.mkdir(parents=True, exist_ok=True)
+        (self.accounts / f"{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc))
+
+    def reconcile(self, *extra: str) -> int:
+        return main(["reconcile", str(self.accounts), "--store", f"local:{self.store}",
+                     "--secrets-dir", str(self.secrets), *extra])
+
+    def status(self, name: str) -> dict[str, Any]:
+        obj = yaml.safe_load((self.store / NS / "emailaccounts" / f"{name}.yaml").read_text())
+        return obj.get("status") or {}
+
+    def published(self, name: str) -> dict[str, Any]:
+        return yaml.safe_load((self.store / NS / "secrets" / f"{name}.yaml").read_text())
+
+    def published_data(self, name: str) -> dict[str, str]:
+        data = self.published(name)["data"]
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[ServerLoop, ThrowawayCA, dict[str, str]]]:
+    users: dict[str, str] = {}
+    with ServerLoop() as loop:
+        yield loop, ThrowawayCA(), users
+
+
+@pytest.fixture
+def world(servers: tuple[ServerLoop, ThrowawayCA, dict[str, str]], tmp_path: Path) -> World:
+    loop, ca, users = servers
+    users.clear()
+
+    def check(mechanism: str, login: str, secret: str) -> bool:
+        return users.get(login) == secret
+
+    starttls = loop.smtp(SmtpServerOptions(mode="STARTTLS", tls_context=ca.server_context(),
+                                           checker=check))
+    smtps = loop.smtp(SmtpServerOptions(mode="SMTPS", tls_context=ca.server_context(),
+                                        checker=check))
+    w = World(tmp_path, ca, starttls, smtps, users)
+    w.secret("ca", "ca.crt", ca.ca_pem)
+    return w
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_first_run_publishes_status_and_secret(world: World,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    world.account("billing")
+    world.account("alerts", server=world.smtps, security="SMTPS")
+    assert world.reconcile() == 0
+    out = capsys.readouterr().out
+    assert "billing" in out and "alerts" in out
+
+    status = world.status("billing")
+    assert condition(status, "Ready")["status"] == "True"
+    assert status["protocol"] == "STARTTLS"
+    assert status["tlsVersion"].startswith("TLSv1.")
+    assert status["connectivity"] == "SMTP (Connect using STARTTLS)"
+    assert status["observedGeneration"] == 1
+    assert world.status("alerts")["connectivity"] == "SMTP (Connect using SMTPS)"
+
+    secret = world.published("billing-sender")
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "email-reconciler"
+    assert secret["metadata"]["annotations"]["email.reconciler.io/data-hash"]
+    data = world.published_data("billing-sender")
+    for key in ("SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "SMTP_USERNAME", "SMTP_PASSWORD",
+                "SMTP_FROM", "SMTP_URL", "javamail.properties", "application.properties",
+                "EMAIL_HOST", "EMAIL_USE_TLS", "EMAIL_USE_SSL", "sender.json", "ca.crt"):
+        assert key in data, key
+    assert data["SMTP_PASSWORD"] == PASSWORD
+    assert (data["EMAIL_USE_TLS"], data["EMAIL_USE_SSL"]) == ("True", "False")
+    assert world.published_data("alerts-sender")["EMAIL_USE_SSL"] == "True"
+    assert PASSWORD not in out
+
+
+def test_second_run_with_nothing_changed_rewrites_no_file(world: World) -> None:
+    world.account("billing")
+    assert world.reconcile() == 0
+    before = mtimes(world.store)
+    assert world.reconcile() == 0
+    assert mtimes(world.store) == before
+    assert world.reconcile("--dry-run") == 0
+
+
+def test_spec_change_reprobes_and_updates_status_and_secret(world: World) -> None:
+    doc = world.account("billing")
+    assert world.reconcile() == 0
+    first_probe = world.status("billing")["lastProbeTime"]
+    doc["spec"]["smtp"]["identity"]["displayName"] = "Billing Department"
+    world.write(doc)
+    assert world.reconcile("--dry-run") == 1  # something would change
+    assert world.reconcile() == 0
+    status = world.status("billing")
+    assert status["observedGeneration"] == 2
+    assert condition(status, "Ready")["observedGeneration"] == 2
+    assert status["lastProbeTime"] >= first_probe
+    assert world.published_data("billing-sender")["SMTP_FROM_NAME"] == "Billing Department"
+
+
+def test_changed_password_updates_published_secret(world: World) -> None:
+    world.account("billing")
+    assert world.reconcile() == 0
+    world.users["billing@example.com"] = "a brand new one"
+    world.secret("billing-smtp", "password", "a brand new one")
+    assert world.reconcile() == 0
+    assert world.published_data("billing-sender")["SMTP_PASSWORD"] == "a brand new one"
+
+
+def test_probe_failure_keeps_the_last_good_secret(world: World) -> None:
+    world.account("billing")
+    assert world.reconcile() == 0
+    good = world.published("billing-sender")
+    world.secret("billing-smtp", "password", "wrong password")  # server still wants the old one
+    assert world.reconcile() == 1
+    status = world.status("billing")
+    ready = condition(status, "Ready")
+    assert ready["status"] == "False"
+    assert ready["reason"] == "AuthenticationFailed"
+    assert "535" in ready["message"]
+    assert "wrong password" not in json.dumps(status)
+    assert world.published("billing-sender") == good
+
+
+def test_removed_manifest_is_pruned_and_foreign_files_untouched(world: World) -> None:
+    world.account("billing")
+    world.account("alerts", server=world.smtps, security="SMTPS")
+    assert world.reconcile() == 0
+    foreign = world.store / NS / "secrets" / "hand-made.yaml"
+    foreign.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Secret",
+                                       "metadata": {"name": "hand-made", "namespace": NS}}))
+    (world.accounts / "alerts.yaml").unlink()
+    assert world.reconcile("--no-prune") == 0
+    assert (world.store / NS / "emailaccounts" / "alerts.yaml").exists()
+    assert world.reconcile() == 0
+    assert not (world.store / NS / "emailaccounts" / "alerts.yaml").exists()
+    assert not (world.store / NS / "secrets" / "alerts-sender.yaml").exists()
+    assert (world.store / NS / "emailaccounts" / "billing.yaml").exists()
+    assert foreign.exists()
+
+
+def test_orphan_policy_keeps_the_secret_when_pruned(world: World) -> None:
+    world.account("billing", publish={"deletionPolicy": "Orphan"})
+    assert world.reconcile() == 0
+    (world.accounts / "billing.yaml").unlink()
+    world.account("other")
+    assert world.reconcile() == 0
+    assert not (world.store / NS / "emailaccounts" / "billing.yaml").exists()
+    kept = world.published("billing-sender")
+    assert "ownerReferences" not in kept["metadata"]
+
+
+def test_foreign_secret_of_the_same_name_is_a_conflict(world: World) -> None:
+    world.account("billing")
+    path = world.store / NS / "secrets" / "billing-sender.yaml"
+    path.parent.mkdir(parents=True)
+    foreign = {"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "billing-sender", "namespace": NS}, "data": {"X": "eQ=="}}
+    path.write_text(yaml.safe_dump(foreign))
+    assert world.reconcile() == 1
+    ready = condition(world.status("billing"), "Ready")
+    assert ready["reason"] == "SecretConflict"
+    assert condition(world.status("billing"), "Stalled")["status"] == "True"
+    assert yaml.safe_load(path.read_text()) == foreign
+
+
+def test_dry_run_writes_nothing_and_names_keys_not_values(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.account("billing")
+    assert world.reconcile("--dry-run") == 1
+    out = capsys.readouterr().out
+    assert not world.store.exists()
+    assert "+SMTP_PASSWORD" in out
+    assert PASSWORD not in out
+
+
+def test_get_prints_the_kubectl_table(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.account("billing")
+    assert world.reconcile() == 0
+    capsys.readouterr()
+    assert main(["get", "--store", f"local:{world.store}", "-o", "wide"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:9] == ["NAMESPACE", "NAME", "PROVIDER", "VIA", "PROTOCOL", "TLS",
+                                    "READY", "REASON", "AGE"]
+    row = lines[1].split()
+    assert row[:5] == [NS, "billing", "custom", "SMTP", "STARTTLS"]
+    assert row[5].startswith("TLSv1.") and row[6] == "True"
+
+
+def _published_client(world: World, server: RunningServer) -> tuple[dict[str, str], Any]:
+    data = world.published_data("billing-sender")
+    ctx = ssl.create_default_context(cadata=data["ca.crt"])
+    return data, ctx
+
+
+def test_a_real_client_sends_with_the_env_keys(world: World) -> None:
+    world.account("billing")
+    assert world.reconcile() == 0
+    env, ctx = _published_client(world, world.starttls)
+    assert env["SMTP_SECURITY"] == "STARTTLS"
+    with smtplib.SMTP(env["SMTP_HOST"], int(env["SMTP_PORT"]), timeout=5) as client:
+        client.starttls(context=ctx)
+        client.login(env["SMTP_USERNAME"], env["SMTP_PASSWORD"])
+        client.sendmail(env["SMTP_FROM"], ["someone@example.org"], b"Subject: hi\r\n\r\nhello\r\n")
+    received = world.starttls.messages[-1]
+    assert received.mail_from == "billing@example.com"
+    assert received.authenticated_as == "billing@example.com"
+
+
+def test_a_real_client_sends_with_only_smtp_url(world: World) -> None:
+    world.account("billing", server=world.smtps, security="SMTPS")
+    assert world.reconcile() == 0
+    data, ctx = _published_client(world, world.smtps)
+    url = urllib.parse.urlsplit(data["SMTP_URL"])
+    assert url.scheme == "smtps"
+    user, password = urllib.parse.unquote(url.username or ""), urllib.parse.unquote(
+        url.password or "")
+    assert password == PASSWORD
+    with smtplib.SMTP_SSL(url.hostname, url.port, context=ctx, timeout=5) as client:
+        client.login(user, password)
+        client.sendmail(user, ["someone@example.org"], b"Subject: hi\r\n\r\nhello\r\n")
+    assert world.smtps.messages[-1].authenticated_as == "billing@example.com"
+
+
+def test_demo_runs_as_a_subprocess() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "demo"], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ready_rows = [line for line in proc.stdout.splitlines() if " True " in f" {line} "]
+    assert len(ready_rows) >= 3
+    assert "values masked" in proc.stdout
