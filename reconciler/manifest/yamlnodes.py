@@ -59,7 +59,7 @@ def check_structure(root: yaml.Node) -> None:
                 stack.append((value, depth + 1, key))
                 stack.append((key, depth + 1, key))
         elif isinstance(node, yaml.SequenceNode):
-            stack.extend((item, depth + 1, item) for item in reversed(node.value))
+            stack.extend((item, depth + 1, node) for item in reversed(node.value))
 
 
 def _unescape(token: str) -> str:

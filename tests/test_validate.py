@@ -1,0 +1,162 @@
+"""Validation: each bad manifest in tests/manifests/bad fails at the exact file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.manifest.load import load_paths
+from reconciler.manifest.validate import validate_document
+
+BAD = Path(__file__).parent / "manifests" / "bad"
+ACCOUNTS = Path(__file__).parent.parent / "accounts"
+
+# file, line, document, pointer, words the message must contain
+CASES = [
+    ("advanced-not-string", 18, 1, "/spec/smtp/advanced/mail.smtp.auth.plain.disable",
+     "must be a string"),
+    ("alias", 11, 1, "", "aliases"),
+    ("bad-duration", 8, 1, "/spec/probe/interval", "duration"),
+    ("bad-email", 10, 1, "/spec/smtp/identity/emailAddress", "e-mail address"),
+    ("bad-formats", 8, 1, "/spec/publish/formats/1", "must be one of: env, url"),
+    ("bad-indent", 13, 1, "", "YAML syntax error"),
+    ("bad-name", 4, 1, "/metadata/name", "DNS-1123 subdomain"),
+    ("bad-namespace", 5, 1, "/metadata/namespace", "DNS-1123 label"),
+    ("bad-security", 14, 1, "/spec/smtp/connection/security", "STARTTLS, SMTPS, None"),
+    ("billion-laughs", 2, 1, "", "aliases"),
+    ("client-credentials-gmail", 17, 1, "/spec/smtp/authentication/oauth2/grantType",
+     "only for provider: office365"),
+    ("custom-without-host", 12, 1, "/spec/smtp/connection/host", "provider: custom needs"),
+    ("duplicate-key", 14, 1, "", "duplicate key 'port' (first defined on line 13)"),
+    ("duplicate-name", 21, 2, "/metadata/name", "already defined at"),
+    ("duplicate-secret-name", 25, 2, "/spec/publish/secretName", "already published"),
+    ("graph-not-office365", 7, 1, "/spec/provider", "only valid with provider: office365"),
+    ("graph-on-smtp", 9, 1, "/spec/graph", "only used with sendUsing: MicrosoftGraph"),
+    ("graph-password-grant-missing-refs", 12, 1,
+     "/spec/graph/authentication/usernameSecretRef", "missing required field"),
+    ("graph-with-signing", 12, 1, "/spec/smtp/signing", "signing is not supported"),
+    ("header-injection-display-name", 11, 1, "/spec/smtp/identity/displayName", "CR, LF"),
+    ("inline-advanced-password", 18, 1, "/spec/smtp/advanced/mail.smtp.password",
+     "reference it with passwordSecretRef"),
+    ("inline-aws-key", 11, 1, "/spec/smtp/identity/userId", "AWS access key"),
+    ("inline-jwt-token", 19, 1, "/spec/smtp/authentication/oauth2/accessToken",
+     "inline credential"),
+    ("inline-password", 16, 1, "/spec/smtp/authentication/password",
+     "spec.smtp.authentication.password looks like an inline credential; put it in a Secret "
+     "and reference it with passwordSecretRef"),
+    ("inline-private-key", 8, 1, "/spec/description", "private key"),
+    ("inline-sendgrid-key", 7, 1, "/metadata/annotations/note", "SendGrid"),
+    ("min-tls-float", 14, 1, "/spec/smtp/connection/minTLSVersion", "quote it"),
+    ("missing-metadata", 1, 1, "/metadata", "missing required field 'metadata'"),
+    ("missing-name", 4, 1, "/metadata/name", "missing required field 'name'"),
+    ("not-a-mapping", 1, 1, "", "must be a mapping"),
+    ("not-utf8", 15, None, "", "not valid UTF-8"),
+    ("oauth2-without-block", 15, 1, "/spec/smtp/authentication/oauth2", "missing required"),
+    ("password-without-ref", 15, 1, "/spec/smtp/authentication/passwordSecretRef",
+     "missing required"),
+    ("port-not-a-number", 13, 1, "/spec/smtp/connection/port", "integer"),
+    ("port-out-of-range", 13, 1, "/spec/smtp/connection/port", "<= 65535"),
+    ("port465-starttls", 14, 1, "/spec/smtp/connection/security", "port 465"),
+    ("reply-to-injection", 11, 1, "/spec/smtp/identity/replyTo", "e-mail address"),
+    ("scalar-document", 1, 1, "", "must be a mapping"),
+    ("second-document-bad", 30, 2, "/spec/smtp/connection/port", ">= 1"),
+    ("ses-without-region", 7, 1, "/spec/region", "missing required field 'region'"),
+    ("tabs", 13, 1, "", "indent with spaces, not tabs"),
+    ("truststore-both", 15, 1, "/spec/smtp/connection/truststore", "exactly one of"),
+    ("unknown-field", 12, 1, "/spec/smtp/connection/hots", "unknown field 'hots'"),
+    ("unknown-provider", 7, 1, "/spec/provider", "must be one of: gmail"),
+    ("unknown-tag", 13, 1, "", "constructor"),
+    ("wrong-api-version", 1, 1, "/apiVersion", "email.reconciler.io/v1alpha1"),
+    ("wrong-kind", 2, 1, "/kind", "kind must be EmailAccount"),
+]
+
+
+def test_every_bad_manifest_has_a_case() -> None:
+    assert sorted(p.stem for p in BAD.glob("*.yaml")) == sorted(c[0] for c in CASES)
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize(("stem", "line", "document", "pointer", "words"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_bad_manifest(stem: str, line: int, document: int | None, pointer: str,
+                      words: str) -> None:
+    file = str(BAD / f"{stem}.yaml")
+    result = load_paths([file])
+    assert not result.ok
+    errors = [d for d in result.diagnostics if d.severity == "error"]
+    match = [d for d in errors if d.pointer == pointer and words in d.message]
+    assert match, [str(d) for d in errors]
+    d = match[0]
+    assert (d.file, d.line, d.document) == (file, line, document)
+    assert str(d).startswith(f"{file}:{line}:{d.column}:")
+
+
+def test_valid_document_of_a_bad_file_is_still_loaded() -> None:
+    result = load_paths([str(BAD / "second-document-bad.yaml")])
+    assert [a.name for a in result.accounts] == ["second-document-bad-ok"]
+    assert [(i.name, i.source.document) for i in result.invalid] == [("second-document-bad", 2)]
+
+
+def test_messages_never_echo_credential_values() -> None:
+    result = load_paths([str(BAD)])
+    text = "\n".join(str(d) for d in result.diagnostics)
+    for secret in ("correct-horse-battery", "AKIAIOSFODNN7EXAMPLE", "hunter22",
+                   "SG.ngeVfQFYQlKU0ufo8x5d1A", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcw",
+                   "eyJhbGciOiJSUzI1NiJ9"):
+        assert secret not in text
+
+
+def test_examples_are_valid_without_errors_or_warnings() -> None:
+    result = load_paths([str(ACCOUNTS)])
+    assert result.ok, [str(d) for d in result.diagnostics]
+    assert result.diagnostics == []
+    assert len(result.accounts) >= 15
+
+
+def _doc(**connection: object) -> dict[str, object]:
+    return {
+        "apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
+        "metadata": {"name": "x"},
+        "spec": {"provider": "custom", "smtp": {
+            "identity": {"emailAddress": "x@example.com"},
+            "connection": {"host": "mail.example.com", **connection},
+            "authentication": {"method": "Password",
+                               "passwordSecretRef": {"name": "s", "key": "k"}}}}}
+
+
+@pytest.mark.parametrize(("connection", "pointer", "words"), [
+    ({"port": 587, "security": "SMTPS"}, "/spec/smtp/connection/security", "unusual"),
+    ({"port": 25}, "/spec/smtp/connection/port", "port 25 is usually blocked"),
+    ({"port": 2525, "security": "None"}, "/spec/smtp/connection/security",
+     "credentials will not be sent"),
+    ({"minTLSVersion": "1.0"}, "/spec/smtp/connection/minTLSVersion", "deprecated"),
+])
+def test_semantic_warnings(connection: dict[str, object], pointer: str, words: str) -> None:
+    diags = validate_document(_doc(**connection))
+    assert [d.severity for d in diags] and all(d.severity == "warning" for d in diags)
+    assert any(d.pointer == pointer and words in d.message for d in diags), diags
+
+
+def test_office365_password_warns_basic_auth_deprecated() -> None:
+    doc = _doc()
+    doc["spec"]["provider"] = "office365"  # type: ignore[index]
+    diags = validate_document(doc)
+    assert [(d.severity, d.pointer) for d in diags] == [
+        ("warning", "/spec/smtp/authentication/method")]
+    assert "BasicAuthDeprecated" in diags[0].message
+
+
+def test_insecure_auth_allowed_explicitly_is_quiet() -> None:
+    assert validate_document(_doc(port=2525, security="None", allowInsecureAuth=True)) == []
+
+
+@pytest.mark.parametrize("value", [
+    "mail.example.com", "billing@example.com", "00000000-0000-0000-0000-000000000001",
+    "Invoices and receipts for the EMEA region, sent from the billing service.",
+    "https://login.microsoftonline.com/organizations/oauth2/v2.0/token",
+])
+def test_ordinary_values_are_not_mistaken_for_credentials(value: str) -> None:
+    doc = _doc()
+    doc["spec"]["description"] = value  # type: ignore[index]
+    assert validate_document(doc) == []
