@@ -161,9 +161,9 @@ def test_javamail_properties(security: str, port: int, extra: dict[str, str]) ->
 def test_javamail_min_tls_and_oauth_mechanism() -> None:
     acc = smtp_account(method="OAuth2", formats=("javamail",), oauth2=OAuth2(
         "JWTBearer", service_account_key=KeyRef("sa", "key.json"), subject="billing@example.com"))
+    assert acc.smtp is not None
     acc = dataclasses.replace(acc, smtp=dataclasses.replace(
-        acc.smtp, connection=dataclasses.replace(acc.smtp.connection,  # type: ignore[union-attr]
-                                                 min_tls_version="1.3")))
+        acc.smtp, connection=dataclasses.replace(acc.smtp.connection, min_tls_version="1.3")))
     p = props(text(render_data(acc, probe(credentials={})), "javamail.properties"))
     assert p["mail.smtp.ssl.protocols"] == "TLSv1.3"
     assert p["mail.smtp.auth.mechanisms"] == "XOAUTH2"
