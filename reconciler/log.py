@@ -45,10 +45,10 @@ class RedactSecrets:
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
                  ) -> MutableMapping[str, Any]:
         for key, value in list(event_dict.items()):
-            if any(s in key.lower() for s in self.sensitive_keys) and value not in (None, ""):
-                if not key.lower().endswith(("ref", "_ref", "secretname", "secret_name")):
-                    event_dict[key] = REDACTED
-                    continue
+            if (any(s in key.lower() for s in self.sensitive_keys) and value not in (None, "")
+                    and not key.lower().endswith(("ref", "secretname", "secret_name"))):
+                event_dict[key] = REDACTED
+                continue
             if isinstance(value, str | bytes | Exception):
                 event_dict[key] = redact_text(
                     value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))

@@ -47,7 +47,8 @@ class KeyRef:
     name: str
     key: str
     kind: Literal["Secret", "ConfigMap"] = "Secret"
-    field: str = ""  # JSON pointer of the manifest field that named it, e.g. /spec/smtp/authentication/passwordSecretRef
+    # JSON pointer of the manifest field that named it, e.g. /spec/smtp/authentication/passwordSecretRef
+    field: str = ""
 
 
 @dataclass(frozen=True)

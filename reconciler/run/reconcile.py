@@ -25,6 +25,7 @@ from reconciler.model import (
     Outcome,
     ProbeResult,
     SecretReader,
+    SourceRef,
 )
 from reconciler.state import conditions, render, schedule
 from reconciler.store.base import Key, StateStore, account_object, is_ours, object_key
@@ -106,6 +107,7 @@ class Reconciler:
         self.secrets = secrets
         self.options = options
         self.tokens = tokens
+        self.published: dict[Key, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ the run
     def run(self, loaded: LoadResult) -> RunReport:
@@ -125,9 +127,44 @@ class Reconciler:
                                                 "reason": reason, "message": str(exc)}]}
                 log.error("apply failed", account=f"{account.namespace}/{account.name}",
                           error=redact_text(str(exc)))
-        namespaces = {a.namespace for a in accounts} | {k[0] for k in stored}
-        published = self.store.list_secrets(namespaces)
+        self._reconcile_accounts(accounts, stored, report, now)
+        for doc in loaded.invalid:
+            self._mark_invalid(doc, stored, report, now)
+        self._prune(loaded, stored, report)
+        return report
 
+    def reconcile_objects(self, objects: Sequence[Mapping[str, Any]]) -> RunReport:
+        """Reconcile EmailAccount objects as stored (controller mode): no apply, no prune.
+
+        The objects were admitted by the API server; the semantic rules are checked again here
+        and an object that breaks them gets Validated=False instead of a probe.
+        """
+        from reconciler.manifest.account import account_from_manifest
+        from reconciler.manifest.validate import validate_document
+
+        now = self.options.clock()
+        report = RunReport()
+        stored = {object_key(o): dict(o) for o in objects}
+        accounts = []
+        for key, obj in stored.items():
+            diagnostics = validate_document(obj, file=f"{key[0]}/{key[1]}")
+            errors = [d for d in diagnostics if d.severity == "error"]
+            if errors:
+                self._mark_invalid(InvalidDocument(key[0], key[1], SourceRef(f"{key[0]}/{key[1]}", 1),
+                                                   errors, dict(obj)), stored, report, now)
+                continue
+            account = account_from_manifest(obj, warnings=tuple(diagnostics))
+            report.accounts.append(AccountReport(account.namespace, account.name,
+                                                 status=dict(obj.get("status") or {})))
+            accounts.append(account)
+        self._reconcile_accounts(accounts, stored, report, now)
+        return report
+
+    def _reconcile_accounts(self, accounts: Sequence[Account],
+                            stored: Mapping[Key, Mapping[str, Any]], report: RunReport,
+                            now: datetime) -> None:
+        namespaces = {a.namespace for a in accounts} | {k[0] for k in stored}
+        self.published = self.store.list_secrets(namespaces)
         decisions = {}
         for account in accounts:
             old = (stored.get(account.key) or {}).get("status") or {}
@@ -136,16 +173,10 @@ class Reconciler:
                 account=account, old_status=old, secret_versions=versions, now=now)
         due = [a for a in accounts if decisions[a.key].probe]
         results = self._probe(due, decisions, now)
-
-        by_key = {r.namespace + "/" + r.name: r for r in report.accounts}
+        by_key = {(r.namespace, r.name): r for r in report.accounts}
         for account in accounts:
-            entry = by_key[f"{account.namespace}/{account.name}"]
             self._finish(account, stored.get(account.key), results.get(account.key),
-                         published, entry, now)
-        for doc in loaded.invalid:
-            self._mark_invalid(doc, stored, report, now)
-        self._prune(loaded, stored, published, report)
-        return report
+                         self.published, by_key[account.key], now)
 
     def _applied(self, account: Account, stored: Mapping[Key, dict[str, Any]],
                  report: RunReport) -> Account:
@@ -278,7 +309,7 @@ class Reconciler:
         except StoreError as exc:
             log.warning("event not recorded", account=f"{ns}/{name}", error=str(exc))
 
-    def _mark_invalid(self, doc: InvalidDocument, stored: Mapping[Key, dict[str, Any]],
+    def _mark_invalid(self, doc: InvalidDocument, stored: Mapping[Key, Mapping[str, Any]],
                       report: RunReport, now: datetime) -> None:
         report.diagnostics += [str(d) for d in doc.diagnostics if d.severity == "error"]
         if not doc.name:
@@ -306,7 +337,8 @@ class Reconciler:
 
     # ------------------------------------------------------------------ prune
     def _prune(self, loaded: LoadResult, stored: Mapping[Key, dict[str, Any]],
-               published: dict[Key, dict[str, Any]], report: RunReport) -> None:
+               report: RunReport) -> None:
+        published = self.published
         in_git: set[Key] = {a.key for a in loaded.accounts}
         in_git |= {(d.namespace or "default", d.name) for d in loaded.invalid if d.name}
         unnamed = [d for d in loaded.invalid if not d.name]
