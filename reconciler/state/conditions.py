@@ -130,10 +130,11 @@ def _signing_configured(account: Account) -> bool:
 
 
 def first_failure(conditions: Sequence[Mapping[str, Any]],
-                  signing: bool) -> tuple[str, str] | None:
+                  signing: bool, publishing: bool = True) -> tuple[str, str] | None:
     """(reason, message) of the first positive condition that is not True, in READY_CHAIN order."""
     for type_ in READY_CHAIN:
-        if type_ == "SigningReady" and not signing:
+        if (type_ == "SigningReady" and not signing) or (
+                type_ == "SecretPublished" and not publishing):
             continue
         cond = find_condition(conditions, type_)
         if cond is None:
@@ -165,11 +166,11 @@ def stalled_message(reason: str, message: str) -> str:
     return f"{message.rstrip('.')}. Retrying cannot fix this: {what}."
 
 
-def _summarise(account: Account, status: Status, now: datetime) -> Status:
+def _summarise(account: Account, status: Status, now: datetime, publishing: bool = True) -> Status:
     """Set Ready and Stalled from the positive conditions."""
     gen = account.generation
     conditions = status.get("conditions") or []
-    failure = first_failure(conditions, _signing_configured(account))
+    failure = first_failure(conditions, _signing_configured(account), publishing)
     if failure is None:
         conditions = set_condition(conditions, "Ready", "True", reasons.READY,
                                    ready_message(account, status), now, gen)
@@ -344,8 +345,12 @@ def _failed_probes(account: Account, status: Status, old: Mapping[str, Any]) -> 
 
 def build_status(*, account: Account, old_status: Mapping[str, Any] | None,
                  result: ProbeResult | None, published: Outcome | None,
-                 now: datetime) -> Status:
-    """The complete new status block (DESIGN §5); `result is None` means not probed this run."""
+                 now: datetime, publishing: bool = True) -> Status:
+    """The complete new status block (DESIGN §5); `result is None` means not probed this run.
+
+    `publishing=False` (the `probe` command, which has no store) leaves SecretPublished out, so
+    Ready says whether the account works, not whether a Secret exists.
+    """
     old = old_status or {}
     status: Status = copy.deepcopy(dict(old))
     gen = account.generation
@@ -364,7 +369,11 @@ def build_status(*, account: Account, old_status: Mapping[str, Any] | None,
     if result is not None:
         status = _apply_result(account, status, result, now)
         failed_probe = not probe_passed(account=account, old_status=old, result=result)
-        status = _apply_published(account, status, published, failed_probe, now)
+        if publishing:
+            status = _apply_published(account, status, published, failed_probe, now)
+        else:
+            status["conditions"] = remove_condition(status["conditions"], "SecretPublished")
+            status.pop("secretName", None)
         failed = _failed_probes(account, status, old)
         status["failedProbes"] = failed
         failure = first_failure(status["conditions"], _signing_configured(account))
@@ -375,7 +384,7 @@ def build_status(*, account: Account, old_status: Mapping[str, Any] | None,
     elif published is not None:
         status = _apply_published(account, status, published, False, now)
     status.setdefault("failedProbes", 0)
-    return _summarise(account, status, now)
+    return _summarise(account, status, now, publishing)
 
 
 def invalid_status(*, old_status: Mapping[str, Any] | None, generation: int,
