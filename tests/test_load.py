@@ -1,0 +1,200 @@
+"""Loader robustness and the `validate` command, end to end on files in tmp_path."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler import model
+from reconciler.cli import main
+from reconciler.manifest import schema_path
+from reconciler.manifest.load import MAX_BYTES, account_from_manifest, load_bytes, load_paths
+from reconciler.manifest.report import run_validate
+
+ROOT = Path(__file__).parent.parent
+GOOD = """apiVersion: email.reconciler.io/v1alpha1
+kind: EmailAccount
+metadata:
+  name: billing
+  namespace: demo
+spec:
+  provider: custom
+  smtp:
+    identity:
+      emailAddress: billing@example.com
+    connection:
+      host: mail.example.com
+      port: 587
+      security: STARTTLS
+    authentication:
+      method: Password
+      passwordSecretRef: {name: billing-smtp, key: password}
+"""
+
+
+def test_packaged_schema_equals_canonical_schema() -> None:
+    assert schema_path().read_bytes() == (ROOT / "schemas" / "emailaccount.schema.json").read_bytes()
+
+
+def _only_diagnostics(data: bytes) -> None:
+    docs, errors = load_bytes(data, "fuzz.yaml")
+    assert all(isinstance(e, model.Diagnostic) for e in errors)
+    for d in docs:
+        assert all(isinstance(x, model.Diagnostic) for x in d.diagnostics)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_give_only_diagnostics(data: bytes) -> None:
+    _only_diagnostics(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab: -\n\t[]{},&*!|>'\"#%@`?~0.\x00\ufeff")),
+               max_size=200))
+def test_arbitrary_yaml_like_text_gives_only_diagnostics(text: str) -> None:
+    _only_diagnostics(text.encode("utf-8"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
+                                                                        max_size=4),
+                    max_leaves=20))
+def test_arbitrary_yaml_documents_give_only_diagnostics(value: object) -> None:
+    doc = yaml.safe_load(GOOD)
+    doc["spec"]["smtp"] = value
+    _only_diagnostics(yaml.safe_dump(doc).encode())
+
+
+def test_file_over_one_mib_is_rejected(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_bytes(GOOD.encode() + b"#" * MAX_BYTES)
+    result = load_paths([str(big)])
+    assert [(d.line, d.document, d.message[:27]) for d in result.diagnostics] == [
+        (1, None, "file is larger than 1 MiB (")]
+
+
+def test_billion_laughs_is_rejected_fast(tmp_path: Path) -> None:
+    lines = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, 20):
+        prev, cur = chr(96 + i), chr(97 + i)
+        lines.append(f"{cur}: &{cur} [{', '.join(['*' + prev] * 10)}]")
+    f = tmp_path / "lol.yaml"
+    f.write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    result = load_paths([str(f)])
+    assert time.monotonic() - start < 2
+    assert "aliases" in result.diagnostics[0].message
+
+
+def test_empty_documents_are_skipped_and_numbered(tmp_path: Path) -> None:
+    f = tmp_path / "multi.yaml"
+    f.write_text("---\n---\n" + GOOD)
+    result = load_paths([str(f)])
+    assert result.ok and result.diagnostics == []
+    assert [(a.name, a.source.document, a.source.line) for a in result.accounts if a.source] == [
+        ("billing", 2, 3)]
+
+
+def test_folders_are_walked_recursively_and_sorted(tmp_path: Path) -> None:
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "b" / "c" / "two.yml").write_text(GOOD.replace("name: billing", "name: two"))
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "notes.txt").write_text("not yaml: [")
+    result = load_paths([str(tmp_path)])
+    assert [a.name for a in result.accounts] == ["billing", "two"]
+    assert result.files == 2
+
+
+def test_same_account_in_two_files_names_the_first(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "b.yaml").write_text(GOOD)
+    result = load_paths([str(tmp_path)])
+    [err] = result.diagnostics
+    assert (err.file, err.line, err.pointer) == (str(tmp_path / "b.yaml"), 4, "/metadata/name")
+    assert f"already defined at {tmp_path / 'a.yaml'}:1" in err.message
+    assert [a.source.file for a in result.accounts if a.source] == [str(tmp_path / "a.yaml")]
+
+
+def test_account_from_api_object_takes_generation_and_uid() -> None:
+    doc = yaml.safe_load(GOOD)
+    doc["metadata"].update(generation=7, uid="1234-abcd", resourceVersion="99",
+                           managedFields=[{"manager": "kubectl"}])
+    doc["status"] = {"protocol": "STARTTLS"}
+    del doc["metadata"]["namespace"]
+    from reconciler.manifest.validate import validate_document
+
+    assert validate_document(doc) == []
+    a = account_from_manifest(doc)
+    assert (a.namespace, a.name, a.generation, a.uid) == ("default", "billing", 7, "1234-abcd")
+    assert a.smtp is not None and a.smtp.authentication.password == model.KeyRef(
+        "billing-smtp", "password", "Secret", "/spec/smtp/authentication/passwordSecretRef")
+    assert a.smtp.identity.user_id == "billing@example.com"
+
+
+def test_validate_examples_exits_0(capsys: object) -> None:
+    assert main(["validate", str(ROOT / "accounts")]) == 0
+
+
+def test_validate_text_output_and_exit_1(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(GOOD.replace("port: 587", "port: 99999"))
+    out = io.StringIO()
+    assert run_validate([str(f)], output="text", out=out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines == [f"{f}:13:13: document 1: /spec/smtp/connection/port: must be <= 65535",
+                     "1 files, 0 accounts, 1 errors, 0 warnings"]
+
+
+def test_validate_json_output(tmp_path: Path) -> None:
+    (tmp_path / "ok.yaml").write_text(GOOD)
+    (tmp_path / "warn.yaml").write_text(
+        GOOD.replace("name: billing", "name: w").replace("port: 587", "port: 25")
+        .replace("security: STARTTLS", "security: None"))
+    out = io.StringIO()
+    assert run_validate([str(tmp_path)], output="json", out=out) == 0
+    data = json.loads(out.getvalue())
+    assert data["valid"] is True and data["files"] == 2 and data["errors"] == []
+    assert data["accounts"][0] == {"namespace": "demo", "name": "billing",
+                                   "file": str(tmp_path / "ok.yaml"), "document": 1}
+    assert {w["pointer"] for w in data["warnings"]} == {"/spec/smtp/connection/port",
+                                                        "/spec/smtp/connection/security"}
+
+
+def test_show_effective_prints_preset_host_and_port(tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert run_validate([str(ROOT / "accounts" / "yahoo-marketing.yaml")], show_effective=True,
+                        out=out) == 0
+    effective = next(yaml.safe_load_all(out.getvalue().rsplit("\n1 files", 1)[0]))
+    conn = effective["spec"]["smtp"]["connection"]
+    assert (conn["host"], conn["port"], conn["security"]) == ("smtp.mail.yahoo.com", 465, "SMTPS")
+    assert effective["spec"]["publish"]["secretName"] == "yahoo-marketing-sender"
+
+
+def test_missing_path_is_a_usage_error(tmp_path: Path) -> None:
+    assert main(["validate", str(tmp_path / "nope")]) == 2
+
+
+def test_console_entry_point_runs_without_kubernetes_or_msal() -> None:
+    code = ("import sys; from reconciler.cli import main; rc = main(['validate', 'accounts']); "
+            "bad = [m for m in ('kubernetes', 'msal') if m in sys.modules]; "
+            "print('IMPORTED', bad); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORTED []" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "validate",
+                           "tests/manifests/bad"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "tests/manifests/bad/wrong-kind.yaml:2:7: document 1: /kind:" in proc.stdout
