@@ -1,1 +1,116 @@
-"""probe."""
+"""Probes: "Test connectivity" for accounts. The only package that opens sockets.
+
+Entry points:
+- `probe_account(account, secrets, now=...)`: one account, SMTP or Microsoft Graph, plus the
+  signing check when the account signs.
+- `probe_accounts(accounts, secrets, now=..., concurrency=32)`: many at once, bounded; one broken
+  server never holds up or breaks the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from reconciler import reasons
+from reconciler.errors import SecretNotFound
+from reconciler.log import get_logger, redact_text
+from reconciler.model import Account, Outcome, ProbeResult, SecretReader, SigningResult
+
+__all__ = ["TokenProvider", "probe_account", "probe_accounts"]
+
+log = get_logger("reconciler.probe")
+
+
+class TokenProvider(Protocol):
+    """Gets OAuth2 access tokens for SMTP XOAUTH2 (implemented by the OAuth module)."""
+
+    async def smtp_token(self, account: Account, secrets: SecretReader) -> str | Outcome:
+        """An access token, or an Outcome (e.g. TokenRequestFailed) saying why there is none."""
+        ...
+
+
+async def probe_account(account: Account, secrets: SecretReader, *, now: dt.datetime,
+                        authenticate: bool = True, tokens: TokenProvider | None = None
+                        ) -> ProbeResult:
+    """Test connectivity of one account; expected failures are outcomes, not exceptions."""
+    if account.send_using == "MicrosoftGraph":
+        result = await _probe_graph(account, secrets, now=now, tokens=tokens)
+    else:
+        from reconciler.probe.smtp import probe_smtp
+
+        result = await probe_smtp(account, secrets, now=now, authenticate=authenticate,
+                                  tokens=tokens)
+    if account.smtp is not None and account.smtp.signing is not None:
+        signing = await _check_signing(account, secrets, now=now)
+        result = dataclasses.replace(result, signing=signing)
+    return result
+
+
+async def _probe_graph(account: Account, secrets: SecretReader, *, now: dt.datetime,
+                       tokens: TokenProvider | None) -> ProbeResult:
+    try:
+        from reconciler.probe.graph import probe_graph
+    except ModuleNotFoundError as exc:
+        if exc.name != "reconciler.probe.graph":
+            raise
+        return ProbeResult(
+            connection=Outcome(False, reasons.GRAPH_UNAVAILABLE,
+                               "Microsoft Graph probing is not available in this build: "
+                               "use sendUsing SMTP or upgrade the reconciler"),
+            connectivity="Microsoft Graph", protocol="MicrosoftGraph")
+    try:
+        result: ProbeResult = await probe_graph(account, secrets, now=now, tokens=tokens)
+    except SecretNotFound as exc:
+        from reconciler.probe.smtp import secret_not_found
+
+        result = ProbeResult(connection=secret_not_found(exc), connectivity="Microsoft Graph",
+                             protocol="MicrosoftGraph")
+    return result
+
+
+async def _check_signing(account: Account, secrets: SecretReader, *, now: dt.datetime
+                         ) -> SigningResult:
+    try:
+        from reconciler.probe.signing import check_signing
+    except ModuleNotFoundError as exc:
+        if exc.name != "reconciler.probe.signing":
+            raise
+        return SigningResult(outcome=Outcome(False, reasons.SIGNATURE_FAILED,
+                                             "message signing is not available in this build: "
+                                             "remove smtp.signing or upgrade the reconciler"))
+    try:
+        result: SigningResult = await asyncio.to_thread(check_signing, account, secrets, now=now)
+    except SecretNotFound as exc:
+        from reconciler.probe.smtp import secret_not_found
+
+        result = SigningResult(outcome=secret_not_found(exc))
+    return result
+
+
+async def probe_accounts(accounts: Sequence[Account], secrets: SecretReader, *,
+                         now: dt.datetime, concurrency: int = 32,
+                         authenticate: Callable[[Account], bool] | bool = True,
+                         tokens: TokenProvider | None = None) -> list[ProbeResult]:
+    """Probe every account, at most `concurrency` at a time; results in the same order."""
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(account: Account) -> ProbeResult:
+        auth = authenticate(account) if callable(authenticate) else authenticate
+        async with gate:
+            try:
+                return await probe_account(account, secrets, now=now, authenticate=auth,
+                                           tokens=tokens)
+            except Exception as exc:  # a bug in one probe must not kill the batch
+                log.error("probe failed unexpectedly", namespace=account.namespace,
+                          name=account.name, exc_info=True)
+                text = redact_text(str(exc))[:200]
+                return ProbeResult(connection=Outcome(
+                    False, reasons.PROBE_ERROR,
+                    f"the probe failed unexpectedly ({type(exc).__name__}: {text}); see the "
+                    "reconciler log and report it"))
+
+    return list(await asyncio.gather(*(one(a) for a in accounts)))

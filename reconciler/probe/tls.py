@@ -1,0 +1,126 @@
+"""TLS policy for probes: client contexts, certificate facts, and why a handshake failed.
+
+Always an explicit SSLContext (smtplib's defaults verify nothing): the account's truststore or the
+system store, host name checking on, `minTLSVersion` as the floor, TLS 1.3 allowed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+import warnings
+
+from cryptography import x509
+
+from reconciler import reasons
+from reconciler.model import CertificateInfo
+
+TLS_FLOORS: dict[str, ssl.TLSVersion] = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+# ssl.SSLSocket.version() names, in order.
+_RANK = {"TLSv1": 0, "TLSv1.1": 1, "TLSv1.2": 2, "TLSv1.3": 3}
+_FLOOR_RANK = {"1.0": 0, "1.1": 1, "1.2": 2, "1.3": 3}
+
+EXPIRING_SOON_DAYS = 14
+
+# OpenSSL X509_V_ERR_* codes seen in SSLCertVerificationError.verify_code
+_CERT_HAS_EXPIRED = 10
+_CERT_NOT_YET_VALID = 9
+_HOSTNAME_MISMATCH = 62
+_IP_ADDRESS_MISMATCH = 64
+
+
+def _lower_security_level(ctx: ssl.SSLContext) -> None:
+    # OpenSSL 3 refuses TLS 1.0/1.1 at its default security level.
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+
+
+def client_context(min_tls_version: str = "1.2", ca_pem: str | None = None) -> ssl.SSLContext:
+    """A verifying client context: truststore (or system store), host name check, TLS floor.
+
+    Raises ssl.SSLError when ca_pem holds no usable certificate.
+    """
+    ctx = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    floor = TLS_FLOORS.get(min_tls_version, ssl.TLSVersion.TLSv1_2)
+    with warnings.catch_warnings():  # TLSv1/TLSv1_1 are deprecated; the user allowed them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if floor < ssl.TLSVersion.TLSv1_2:
+            _lower_security_level(ctx)
+        ctx.minimum_version = floor
+    ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    return ctx
+
+
+def diagnostic_context() -> ssl.SSLContext:
+    """A context that accepts any version and certificate: only to learn the server's best version.
+
+    Used on a second connection after a failed handshake; never carries credentials.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _lower_security_level(ctx)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    return ctx
+
+
+def below_floor(negotiated: str | None, min_tls_version: str) -> bool:
+    """True when the negotiated version ('TLSv1.2') is below minTLSVersion ('1.3')."""
+    if negotiated not in _RANK:
+        return False
+    return _RANK[negotiated] < _FLOOR_RANK.get(min_tls_version, 2)
+
+
+def certificate_info(der: bytes, now: dt.datetime) -> CertificateInfo:
+    """Subject, issuer (RFC 4514), notAfter (RFC 3339 Z) and days left of a DER certificate."""
+    cert = x509.load_der_x509_certificate(der)
+    not_after = cert.not_valid_after_utc
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=dt.UTC)
+    days = (not_after - now).total_seconds() // 86400
+    algorithm = cert.signature_hash_algorithm
+    return CertificateInfo(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        not_after=not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        days_remaining=int(days),
+        serial=format(cert.serial_number, "x"),
+        signature_algorithm=algorithm.name if algorithm is not None else None,
+    )
+
+
+def expiry_warning(info: CertificateInfo, host: str) -> tuple[str, str] | None:
+    """(CertificateExpiringSoon, message) when the server certificate has < 14 days left."""
+    if info.days_remaining >= EXPIRING_SOON_DAYS:
+        return None
+    return (reasons.CERTIFICATE_EXPIRING_SOON,
+            f"the certificate of {host} expires on {info.not_after} "
+            f"({info.days_remaining} days left): ask the mail provider to renew it")
+
+
+def classify_verify_error(exc: ssl.SSLCertVerificationError, host: str,
+                          truststore: str | None) -> tuple[str, str]:
+    """(reason, message) for a failed certificate verification."""
+    code = getattr(exc, "verify_code", None)
+    detail = getattr(exc, "verify_message", None) or str(exc)
+    if code in (_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID):
+        return (reasons.CERTIFICATE_EXPIRED,
+                f"the certificate of {host} is not valid now ({detail}): the server must "
+                "renew its certificate")
+    if code in (_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH):
+        return (reasons.CERTIFICATE_HOSTNAME_MISMATCH,
+                f"the certificate presented by {host} is not valid for that name ({detail}): "
+                "set connection.host to a name in the certificate")
+    where = (f"the truststore {truststore}" if truststore
+             else "the system trust store")
+    return (reasons.CERTIFICATE_UNTRUSTED,
+            f"the certificate of {host} is not trusted by {where} ({detail}): set "
+            "connection.truststore to a CA bundle that contains the issuing CA")

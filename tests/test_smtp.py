@@ -1,0 +1,517 @@
+"""The SMTP probe against real servers on 127.0.0.1: every success path and every fault."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import reasons
+from reconciler.model import Account, KeyRef, ProbeResult, SecretReader
+from reconciler.probe import probe_account, probe_accounts
+from reconciler.probe.credentials import DirSecretReader
+from reconciler.probe.smtp import choose_mechanism
+from tests.smtpservers import (
+    NAMESPACE,
+    NOW,
+    PASSWORD,
+    TOKEN,
+    USER,
+    RunningServer,
+    StaticTokens,
+    ThrowawayCA,
+    make_account,
+    unused_port,
+    write_secret,
+)
+
+STARTTLS = "SMTP (Connect using STARTTLS)"
+SMTPS = "SMTP (Connect using SMTPS)"
+INSECURE = "SMTP (Connect using default) \u2013 insecure"
+
+Factory = Callable[..., RunningServer]
+
+
+def probe(account: Account, secrets: SecretReader | Path, **kw: Any) -> ProbeResult:
+    reader = DirSecretReader(secrets) if isinstance(secrets, Path) else secrets
+    return asyncio.run(probe_account(account, reader, now=NOW, **kw))
+
+
+def users() -> dict[str, str]:
+    return {USER: PASSWORD}
+
+
+# --------------------------------------------------------------------------- success paths
+
+
+@pytest.mark.parametrize(("tls", "version"), [("default", "TLSv1.3"), ("tls12_only", "TLSv1.2")])
+def test_starttls_ok(smtp_server: Factory, secrets_dir: Path, tls: str, version: str) -> None:
+    server = smtp_server("STARTTLS", tls, users=users())
+    result = probe(make_account(port=server.port), secrets_dir)
+
+    assert result.connection.ok and result.connection.reason == reasons.SUCCEEDED
+    assert result.connection.message == (
+        f"connected to 127.0.0.1:{server.port} using STARTTLS ({version}, {result.cipher})")
+    assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
+                                                                         version)
+    assert result.authentication is not None and result.authentication.ok
+    assert result.auth_mechanism == "PLAIN" and result.authenticated_identity == USER
+    assert result.ok and result.warnings == ()
+    assert "AUTH" in result.extensions and "PLAIN" in result.auth_mechanisms
+    assert result.certificate is not None and "throwaway CA" in result.certificate.issuer
+    assert result.certificate.not_after.endswith("Z") and result.certificate.days_remaining > 300
+    assert set(result.timings) == {"connect", "tls", "ehlo", "auth", "total"}
+    assert result.credentials == {"username": USER, "password": PASSWORD}
+    assert result.ca_pem is not None and "BEGIN CERTIFICATE" in result.ca_pem
+    assert set(result.secret_versions) == {"Secret/smtp-credentials/password",
+                                           "ConfigMap/mail-ca/ca.crt"}
+    assert [(a.mechanism, a.login, a.accepted) for a in server.auth_attempts] == [
+        ("PLAIN", USER, True)]
+
+
+def test_smtps_ok(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("SMTPS", users=users())
+    result = probe(make_account(port=server.port, security="SMTPS"), secrets_dir)
+
+    assert result.connection.reason == reasons.SUCCEEDED
+    assert (result.connectivity, result.protocol, result.tls_version) == (SMTPS, "SMTPS",
+                                                                         "TLSv1.3")
+    assert result.authentication is not None and result.authentication.ok
+    assert "STARTTLS" not in result.extensions
+
+
+def test_plain_ok_is_insecure(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("plain")
+    result = probe(make_account(port=server.port, security="None", method="None",
+                                truststore=None), secrets_dir)
+
+    assert result.connection.ok and "without TLS" in result.connection.message
+    assert (result.connectivity, result.protocol, result.tls_version) == (INSECURE, "None", None)
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.NOT_REQUIRED
+    assert [w.reason for w in result.warnings] == [reasons.INSECURE_CONNECTION]
+    assert result.certificate is None and result.ok
+
+
+def test_tls13_only_server_with_floor_12(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", "tls13_only", users=users())
+    result = probe(make_account(port=server.port, min_tls_version="1.2"), secrets_dir)
+    assert result.connection.reason == reasons.SUCCEEDED
+    assert (result.protocol, result.tls_version) == ("STARTTLS", "TLSv1.3")
+
+
+def test_tls11_server_accepted_when_manifest_allows_it(smtp_server: Factory,
+                                                       secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", "tls11_only", users=users())
+    result = probe(make_account(port=server.port, min_tls_version="1.1"), secrets_dir)
+    assert result.connection.reason == reasons.SUCCEEDED
+    assert (result.connectivity, result.tls_version) == (STARTTLS, "TLSv1.1")
+    assert result.authentication is not None and result.authentication.ok
+
+
+def test_truststore_as_secret_trusts_the_ca(smtp_server: Factory, secrets_dir: Path,
+                                            ca: ThrowawayCA) -> None:
+    write_secret(secrets_dir, NAMESPACE, "ca-secret", "bundle.pem", ca.ca_pem)
+    server = smtp_server("STARTTLS", users=users())
+    account = make_account(port=server.port, truststore=KeyRef("ca-secret", "bundle.pem"))
+    result = probe(account, secrets_dir)
+    assert result.connection.reason == reasons.SUCCEEDED
+    assert (result.connectivity, result.tls_version) == (STARTTLS, "TLSv1.3")
+    assert "Secret/ca-secret/bundle.pem" in result.secret_versions
+
+
+def test_certificate_expiring_soon_is_a_warning(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", "expiring", users=users())
+    result = probe(make_account(port=server.port), secrets_dir,
+                   authenticate=False)
+    assert result.connection.ok and result.ok
+    assert [w.reason for w in result.warnings] == [reasons.CERTIFICATE_EXPIRING_SOON]
+    assert result.certificate is not None and result.certificate.days_remaining < 14
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def test_auth_login_ok(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", users=users(), mechanisms=("LOGIN",))
+    result = probe(make_account(port=server.port), secrets_dir)
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.SUCCEEDED
+    assert "using LOGIN" in result.authentication.message and "235" in result.authentication.message
+    assert (result.connectivity, result.tls_version) == (STARTTLS, "TLSv1.3")
+    assert [(a.mechanism, a.accepted) for a in server.auth_attempts] == [("LOGIN", True)]
+
+
+def test_auth_xoauth2_ok(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", tokens={USER: TOKEN})
+    tokens = StaticTokens()
+    result = probe(make_account(port=server.port, method="OAuth2"), secrets_dir, tokens=tokens)
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.SUCCEEDED
+    assert result.auth_mechanism == "XOAUTH2" and result.authenticated_identity == USER
+    assert (result.connectivity, result.tls_version) == (STARTTLS, "TLSv1.3")
+    assert tokens.calls == 1
+    assert [(a.mechanism, a.login, a.accepted) for a in server.auth_attempts] == [
+        ("XOAUTH2", USER, True)]
+
+
+def test_auth_xoauth2_rejected_token(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", tokens={USER: "another-token"})
+    result = probe(make_account(port=server.port, method="OAuth2"), secrets_dir,
+                   tokens=StaticTokens())
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.AUTHENTICATION_FAILED
+    assert "535" in result.authentication.message and TOKEN not in result.authentication.message
+
+
+def test_wrong_password_535(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", users={USER: "the-right-one"})
+    result = probe(make_account(port=server.port), secrets_dir)
+    assert result.connection.ok
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.AUTHENTICATION_FAILED
+    assert "535 5.7.8 Authentication credentials invalid" in result.authentication.message
+    assert "mail/smtp-credentials" in result.authentication.message
+    assert PASSWORD not in result.authentication.message
+    assert (result.connectivity, result.tls_version) == (STARTTLS, "TLSv1.3")
+    assert not result.ok and result.authenticated_identity is None
+
+
+def test_temporary_failure_454(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS",
+                         checker=lambda mech, login, pw: "454 4.7.0 Temporary authentication failure")
+    result = probe(make_account(port=server.port), secrets_dir)
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.AUTHENTICATION_TEMPORARY_FAILURE
+    assert "454 4.7.0" in result.authentication.message
+    assert (result.connectivity, result.tls_version) == (STARTTLS, "TLSv1.3")
+
+
+def test_plain_disabled_by_advanced_server_sees_login(smtp_server: Factory,
+                                                      secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", users=users())
+    account = make_account(port=server.port, advanced={"mail.smtp.auth.plain.disable": "true"})
+    result = probe(account, secrets_dir)
+    assert result.authentication is not None and result.authentication.ok
+    assert result.auth_mechanism == "LOGIN"
+    assert (result.connectivity, result.tls_version) == (STARTTLS, "TLSv1.3")
+    assert [a.mechanism for a in server.auth_attempts] == ["LOGIN"]
+
+
+def test_mechanism_unavailable(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", users=users(), mechanisms=("LOGIN",))
+    account = make_account(port=server.port, advanced={"mail.smtp.auth.mechanisms": "PLAIN"})
+    result = probe(account, secrets_dir)
+    assert result.connection.ok and result.authentication is not None
+    assert result.authentication.reason == reasons.AUTH_MECHANISM_UNAVAILABLE
+    assert "LOGIN" in result.authentication.message
+    assert (result.connectivity, result.tls_version) == (STARTTLS, "TLSv1.3")
+    assert server.auth_attempts == []
+
+
+@pytest.mark.parametrize(("method", "offered", "advanced", "expected"), [
+    ("Password", ["PLAIN", "LOGIN"], {}, "PLAIN"),
+    ("Password", ["LOGIN", "PLAIN"], {}, "PLAIN"),
+    ("Password", ["PLAIN", "LOGIN"], {"mail.smtp.auth.plain.disable": "true"}, "LOGIN"),
+    ("Password", ["PLAIN", "LOGIN"], {"mail.smtp.auth.mechanisms": "LOGIN, PLAIN"}, "LOGIN"),
+    ("Password", ["PLAIN"], {"mail.smtp.auth.plain.disable": "TRUE"}, None),
+    ("Password", ["XOAUTH2"], {}, None),
+    ("OAuth2", ["PLAIN", "LOGIN", "XOAUTH2"], {}, "XOAUTH2"),
+    ("OAuth2", ["PLAIN"], {}, None),
+])
+def test_choose_mechanism(method: str, offered: list[str], advanced: dict[str, str],
+                          expected: str | None) -> None:
+    mech, why = choose_mechanism(method, offered, advanced)
+    assert mech == expected
+    assert bool(why) == (expected is None)
+
+
+def test_no_credentials_over_plain_text(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("plain", users=users())
+    result = probe(make_account(port=server.port, security="None", truststore=None), secrets_dir)
+    assert result.connection.ok
+    assert (result.connectivity, result.protocol, result.tls_version) == (INSECURE, "None", None)
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.INSECURE_AUTH_REFUSED
+    assert "allowInsecureAuth" in result.authentication.message
+    assert server.auth_attempts == []  # the server saw no AUTH
+
+
+def test_allow_insecure_auth_sends_credentials(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("plain", users=users())
+    account = make_account(port=server.port, security="None", truststore=None,
+                           allow_insecure_auth=True)
+    result = probe(account, secrets_dir)
+    assert result.authentication is not None and result.authentication.ok
+    assert (result.connectivity, result.tls_version) == (INSECURE, None)
+    assert [a.mechanism for a in server.auth_attempts] == ["PLAIN"]
+
+
+def test_authenticate_false_sends_no_auth(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", users=users())
+    result = probe(make_account(port=server.port), secrets_dir, authenticate=False)
+    assert result.connection.ok and result.authentication is None
+    assert result.credentials["password"] == PASSWORD  # still resolved for the renderer
+    assert server.auth_attempts == [] and "auth" not in result.timings
+
+
+# --------------------------------------------------------------------------- TLS faults
+
+
+def test_starttls_not_advertised(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("plain", users=users())
+    result = probe(make_account(port=server.port), secrets_dir)
+    assert result.connection.reason == reasons.STARTTLS_NOT_OFFERED
+    assert "no credentials were sent" in result.connection.message
+    assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
+                                                                         None)
+    assert result.authentication is None and server.auth_attempts == []
+
+
+@pytest.mark.parametrize(("tls", "floor", "best"), [
+    ("tls12_only", "1.3", "TLSv1.2"),
+    ("tls11_only", "1.2", "TLSv1.1"),
+])
+def test_tls_version_too_low(smtp_server: Factory, secrets_dir: Path, tls: str, floor: str,
+                             best: str) -> None:
+    server = smtp_server("STARTTLS", tls, users=users())
+    result = probe(make_account(port=server.port, min_tls_version=floor), secrets_dir)
+    assert result.connection.reason == reasons.TLS_VERSION_TOO_LOW
+    assert f"at most {best}" in result.connection.message
+    assert f"minTLSVersion is {floor}" in result.connection.message
+    assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
+                                                                         None)
+    assert server.auth_attempts == []
+
+
+def test_smtps_version_too_low(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("SMTPS", "tls12_only", users=users())
+    result = probe(make_account(port=server.port, security="SMTPS", min_tls_version="1.3"),
+                   secrets_dir)
+    assert result.connection.reason == reasons.TLS_VERSION_TOO_LOW
+    assert (result.connectivity, result.protocol) == (SMTPS, "SMTPS")
+
+
+def test_expired_certificate(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", "expired", users=users())
+    result = probe(make_account(port=server.port), secrets_dir)
+    assert result.connection.reason == reasons.CERTIFICATE_EXPIRED
+    assert "renew" in result.connection.message
+    assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
+                                                                         None)
+    assert server.auth_attempts == []
+
+
+def test_certificate_for_another_host(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("SMTPS", "wrong_host", users=users())
+    result = probe(make_account(port=server.port, security="SMTPS"), secrets_dir)
+    assert result.connection.reason == reasons.CERTIFICATE_HOSTNAME_MISMATCH
+    assert "connection.host" in result.connection.message
+    assert (result.connectivity, result.protocol, result.tls_version) == (SMTPS, "SMTPS", None)
+
+
+def test_ca_not_in_truststore(smtp_server: Factory, secrets_dir: Path) -> None:
+    other = ThrowawayCA("some other CA")
+    write_secret(secrets_dir, NAMESPACE, "other-ca", "ca.crt", other.ca_pem)
+    server = smtp_server("STARTTLS", users=users())
+    account = make_account(port=server.port, truststore=KeyRef("other-ca", "ca.crt"))
+    result = probe(account, secrets_dir)
+    assert result.connection.reason == reasons.CERTIFICATE_UNTRUSTED
+    assert "Secret mail/other-ca key 'ca.crt'" in result.connection.message
+    assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
+                                                                         None)
+    assert server.auth_attempts == []
+
+
+def test_system_trust_store_does_not_know_the_test_ca(smtp_server: Factory,
+                                                      secrets_dir: Path) -> None:
+    server = smtp_server("SMTPS", users=users())
+    result = probe(make_account(port=server.port, security="SMTPS", truststore=None),
+                   secrets_dir)
+    assert result.connection.reason == reasons.CERTIFICATE_UNTRUSTED
+    assert "system trust store" in result.connection.message
+
+
+def test_server_closes_during_tls_handshake(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server(scripted="close_in_handshake")
+    result = probe(make_account(port=server.port), secrets_dir)
+    assert result.connection.reason == reasons.TLS_HANDSHAKE_FAILED
+    assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
+                                                                         None)
+    assert result.authentication is None
+
+
+# --------------------------------------------------------------------------- connection faults
+
+
+def test_421_on_connect(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server(scripted="reject421")
+    result = probe(make_account(port=server.port), secrets_dir)
+    assert result.connection.reason == reasons.SERVER_REJECTED
+    assert "421 4.3.2" in result.connection.message
+    assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
+                                                                         None)
+
+
+def test_connection_refused(secrets_dir: Path) -> None:
+    port = unused_port()
+    result = probe(make_account(port=port), secrets_dir)
+    assert result.connection.reason == reasons.CONNECT_FAILED
+    assert f"127.0.0.1:{port}" in result.connection.message
+    assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
+                                                                         None)
+    assert result.authentication is None
+
+
+def test_server_that_never_speaks_times_out(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server(scripted="hang")
+    started = time.monotonic()
+    result = probe(make_account(port=server.port, timeout_seconds=1.0), secrets_dir)
+    elapsed = time.monotonic() - started
+    assert result.connection.reason == reasons.TIMEOUT
+    assert "waiting for the server greeting" in result.connection.message
+    assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
+                                                                         None)
+    assert 0.9 < elapsed < 3.0
+
+
+def test_timeout_covers_the_whole_conversation(smtp_server: Factory, secrets_dir: Path) -> None:
+    # Each read is fast enough on its own; the sum is not.
+    server = smtp_server("STARTTLS", users=users(), banner_delay=0.8)
+    result = probe(make_account(port=server.port, timeout_seconds=0.5), secrets_dir)
+    assert result.connection.reason == reasons.TIMEOUT
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_missing_password_secret(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", users=users())
+    account = make_account(port=server.port, password=KeyRef("absent", "password"))
+    result = probe(account, secrets_dir)
+    assert result.connection.ok  # the connection is still tested
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.SECRET_NOT_FOUND
+    assert "Secret mail/absent not found (key 'password')" in result.authentication.message
+    assert (result.connectivity, result.tls_version) == (STARTTLS, "TLSv1.3")
+    assert server.auth_attempts == [] and result.credentials == {}
+
+
+def test_missing_key_in_truststore(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", users=users())
+    account = make_account(port=server.port, truststore=KeyRef("mail-ca", "nope.crt",
+                                                                kind="ConfigMap"))
+    result = probe(account, secrets_dir)
+    assert result.connection.reason == reasons.SECRET_NOT_FOUND
+    assert "ConfigMap mail/mail-ca has no key 'nope.crt'" in result.connection.message
+    assert server.connections == 0
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_forty_accounts_ten_hanging_finish_in_about_one_timeout(
+        smtp_server: Factory, secrets_dir: Path) -> None:
+    timeout = 1.5
+    good = [smtp_server("STARTTLS", users=users()) for _ in range(6)]
+    hangs = [smtp_server(scripted="hang") for _ in range(10)]
+    accounts = []
+    for i in range(40):
+        port = hangs[i // 4].port if i % 4 == 0 else good[i % 6].port
+        accounts.append(make_account(name=f"acct-{i}", port=port, timeout_seconds=timeout))
+    started = time.monotonic()
+    results = asyncio.run(probe_accounts(accounts, DirSecretReader(secrets_dir), now=NOW))
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 3 * timeout
+    assert [r.connection.reason for r in results] == [
+        reasons.TIMEOUT if i % 4 == 0 else reasons.SUCCEEDED for i in range(40)]
+    assert all(r.authentication is not None and r.authentication.ok
+               for i, r in enumerate(results) if i % 4)
+
+
+def test_concurrency_bound_and_auth_predicate(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", users=users())
+    accounts = [make_account(name=f"a{i}", port=server.port) for i in range(4)]
+    results = asyncio.run(probe_accounts(
+        accounts, DirSecretReader(secrets_dir), now=NOW, concurrency=1,
+        authenticate=lambda a: a.name in ("a1", "a3")))
+    assert [r.authentication is not None for r in results] == [False, True, False, True]
+    assert len(server.auth_attempts) == 2
+
+
+class _BrokenReader:
+    """A SecretReader with a bug: the batch must survive it."""
+
+    def __init__(self, inner: SecretReader, broken_name: str) -> None:
+        self.inner, self.broken_name = inner, broken_name
+
+    def read(self, namespace: str, ref: KeyRef) -> bytes:
+        if ref.name == self.broken_name:
+            raise RuntimeError("reader bug")
+        return self.inner.read(namespace, ref)
+
+    def version(self, namespace: str, ref: KeyRef) -> str:
+        return self.inner.version(namespace, ref)
+
+
+def test_unexpected_exception_becomes_probe_error(smtp_server: Factory, secrets_dir: Path,
+                                                  log_stream: io.StringIO) -> None:
+    write_secret(secrets_dir, NAMESPACE, "buggy", "password", PASSWORD)
+    server = smtp_server("STARTTLS", users=users())
+    accounts = [make_account(name="ok", port=server.port),
+                make_account(name="bad", port=server.port, password=KeyRef("buggy", "password"))]
+    reader = _BrokenReader(DirSecretReader(secrets_dir), "buggy")
+    results = asyncio.run(probe_accounts(accounts, reader, now=NOW))
+    assert results[0].ok
+    assert results[1].connection.reason == reasons.PROBE_ERROR
+    assert "RuntimeError" in results[1].connection.message
+    assert '"name": "bad"' in log_stream.getvalue()
+
+
+# --------------------------------------------------------------------------- secrecy
+
+
+def test_password_never_appears_in_logs_messages_or_reprs(
+        smtp_server: Factory, secrets_dir: Path, log_stream: io.StringIO) -> None:
+    """Every probe path, run with a known password: it shows up nowhere we print."""
+    ok = smtp_server("STARTTLS", users=users())
+    wrong = smtp_server("STARTTLS", users={USER: "other"})
+    echo = smtp_server("STARTTLS", checker=lambda m, login, pw: f"535 5.7.8 bad password {pw}")
+    temp = smtp_server("STARTTLS", checker=lambda m, login, pw: "454 4.7.0 try later")
+    plain = smtp_server("plain", users=users())
+    hang = smtp_server(scripted="hang")
+    accounts = [
+        make_account(name="ok", port=ok.port),
+        make_account(name="wrong", port=wrong.port),
+        make_account(name="echo", port=echo.port),
+        make_account(name="temp", port=temp.port),
+        make_account(name="login", port=ok.port,
+                     advanced={"mail.smtp.auth.plain.disable": "true"}),
+        make_account(name="plain", port=plain.port, security="None", truststore=None),
+        make_account(name="plain-allowed", port=plain.port, security="None", truststore=None,
+                     allow_insecure_auth=True),
+        make_account(name="hang", port=hang.port, timeout_seconds=0.5),
+        make_account(name="refused", port=unused_port()),
+    ]
+    results = asyncio.run(probe_accounts(accounts, DirSecretReader(secrets_dir), now=NOW))
+    assert results[0].credentials["password"] == PASSWORD  # it was resolved...
+    assert any(a.secret == PASSWORD for a in echo.auth_attempts)  # ...and sent
+    assert results[2].authentication is not None
+    assert "[REDACTED]" in results[2].authentication.message
+    texts = [log_stream.getvalue()]
+    for r in results:
+        texts.append(repr(r))
+        texts += [o.message for o in (r.connection, r.authentication, *r.warnings) if o]
+        texts.append(repr(dataclasses.asdict(r)["timings"]))
+    assert all(PASSWORD not in t for t in texts)
+    assert [r.connection.reason for r in results] == [
+        reasons.SUCCEEDED, reasons.SUCCEEDED, reasons.SUCCEEDED, reasons.SUCCEEDED,
+        reasons.SUCCEEDED, reasons.SUCCEEDED, reasons.SUCCEEDED, reasons.TIMEOUT,
+        reasons.CONNECT_FAILED]
