@@ -1,0 +1,105 @@
+"""The generated CRD: committed file up to date, structural by the Kubernetes rules, kustomizable."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler.manifest.crd import render_crd
+
+ROOT = Path(__file__).parent.parent
+
+#: JSONSchemaProps fields a structural v1 CRD schema may use (no $ref, definitions, const...).
+ALLOWED = {"type", "description", "format", "enum", "pattern", "minimum", "maximum",
+           "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
+           "maxItems", "minProperties", "maxProperties", "required", "properties", "items",
+           "additionalProperties", "default", "nullable", "x-kubernetes-preserve-unknown-fields",
+           "x-kubernetes-list-type", "x-kubernetes-validations", "x-kubernetes-int-or-string",
+           "x-kubernetes-map-type", "oneOf", "anyOf"}
+
+
+def _nodes(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, sub in node.get("properties", {}).items():
+        yield from _nodes(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _nodes(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _nodes(node["additionalProperties"], f"{path}{{}}")
+
+
+def _crd() -> dict[str, Any]:
+    crd: dict[str, Any] = yaml.safe_load(render_crd())
+    return crd
+
+
+def test_committed_crd_is_generated() -> None:
+    assert (ROOT / "deploy" / "crd.yaml").read_text() == render_crd(), (
+        "deploy/crd.yaml is stale: run `email-reconciler crd > deploy/crd.yaml`")
+
+
+def test_crd_names_and_version() -> None:
+    spec = _crd()["spec"]
+    assert spec["group"] == "email.reconciler.io" and spec["scope"] == "Namespaced"
+    assert spec["names"] == {"kind": "EmailAccount", "listKind": "EmailAccountList",
+                             "plural": "emailaccounts", "singular": "emailaccount",
+                             "shortNames": ["ea"], "categories": ["email"]}
+    [version] = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns() -> None:
+    cols = _crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    default = [c["name"].upper() for c in cols if not c.get("priority")]
+    wide = [c["name"].upper() for c in cols if c.get("priority") == 1]
+    assert default == ["PROVIDER", "VIA", "PROTOCOL", "TLS", "READY", "REASON", "AGE"]
+    assert wide == ["EMAIL", "HOST", "CERT-DAYS", "SECRET"]
+    by_name = {c["name"].upper(): c for c in cols}
+    assert by_name["READY"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert by_name["AGE"]["type"] == "date"
+
+
+def test_schema_is_structural() -> None:
+    root = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _nodes(root):
+        assert set(node) <= ALLOWED, (path, set(node) - ALLOWED)
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert node.get("additionalProperties") is not False, path
+        for key in ("oneOf", "anyOf"):
+            for branch in node.get(key, []):
+                assert not {"type", "default", "description"} & set(branch), path
+        if node.get("type") == "array":
+            assert "items" in node, path
+    assert root["properties"]["metadata"] == {"type": "object"}
+    assert root["properties"]["status"]["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def test_schema_keeps_constraints_and_adds_cel_rules() -> None:
+    spec = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    port = spec["properties"]["smtp"]["properties"]["connection"]["properties"]["port"]
+    assert (port["type"], port["minimum"], port["maximum"]) == ("integer", 1, 65535)
+    email = spec["properties"]["smtp"]["properties"]["identity"]["properties"]["emailAddress"]
+    assert email["format"] == "email"
+    rules = [r["message"] for r in spec["x-kubernetes-validations"]]
+    assert "sendUsing: MicrosoftGraph is only valid with provider: office365" in rules
+    auth = spec["properties"]["smtp"]["properties"]["authentication"]
+    assert any("passwordSecretRef" in r["rule"] for r in auth["x-kubernetes-validations"])
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kubectl_kustomize_renders_the_crd() -> None:
+    proc = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert [c["metadata"]["name"] for c in crds] == ["emailaccounts.email.reconciler.io"]
+    assert crds[0]["spec"] == _crd()["spec"]
