@@ -24,27 +24,27 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
+def idp_ca() -> trustme.CA:
     return trustme.CA()
 
 
 @pytest.fixture
-def ca_env(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def ca_env(idp_ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bundle = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
+    idp_ca.cert_pem.write_to_path(str(bundle))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     return bundle
 
 
 @pytest.fixture
-def idp(ca: trustme.CA, ca_env: Path) -> Iterator[MicrosoftIdentity]:
-    with MicrosoftIdentity(ca=ca, clients={"app-1": Client(secret=CLIENT_SECRET)}) as fake:
+def idp(idp_ca: trustme.CA, ca_env: Path) -> Iterator[MicrosoftIdentity]:
+    with MicrosoftIdentity(ca=idp_ca, clients={"app-1": Client(secret=CLIENT_SECRET)}) as fake:
         yield fake
 
 
 @pytest.fixture
-def graph(ca: trustme.CA, idp: MicrosoftIdentity) -> Iterator[FakeGraph]:
-    with FakeGraph(ca=ca, idp=idp, users={UPN}) as fake:
+def graph(idp_ca: trustme.CA, idp: MicrosoftIdentity) -> Iterator[FakeGraph]:
+    with FakeGraph(ca=idp_ca, idp=idp, users={UPN}) as fake:
         yield fake
 
 

@@ -14,7 +14,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from reconciler import reasons
-from reconciler.log import configure_logging, get_logger
+from reconciler.log import get_logger
 from reconciler.model import (
     Account,
     Authentication,
@@ -51,7 +51,7 @@ ROPC_DEPRECATION = "ignore:This API has been deprecated:DeprecationWarning"
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
+def idp_ca() -> trustme.CA:
     return trustme.CA()
 
 
@@ -61,25 +61,25 @@ def sa_key():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def ca_env(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def ca_env(idp_ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Trust the local CA the documented way: REQUESTS_CA_BUNDLE."""
     bundle = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
+    idp_ca.cert_pem.write_to_path(str(bundle))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     return bundle
 
 
 @pytest.fixture
-def google(ca: trustme.CA, ca_env: Path, sa_key) -> Iterator[GoogleTokenEndpoint]:  # type: ignore[no-untyped-def]
-    with GoogleTokenEndpoint(ca=ca, accounts={SA_EMAIL: sa_key.public_key()},
+def google(idp_ca: trustme.CA, ca_env: Path, sa_key) -> Iterator[GoogleTokenEndpoint]:  # type: ignore[no-untyped-def]
+    with GoogleTokenEndpoint(ca=idp_ca, accounts={SA_EMAIL: sa_key.public_key()},
                              subjects={"alice@example.com", "bob@example.com"}) as fake:
         yield fake
 
 
 @pytest.fixture
-def microsoft(ca: trustme.CA, ca_env: Path) -> Iterator[MicrosoftIdentity]:
-    with MicrosoftIdentity(ca=ca) as fake:
+def microsoft(idp_ca: trustme.CA, ca_env: Path) -> Iterator[MicrosoftIdentity]:
+    with MicrosoftIdentity(ca=idp_ca) as fake:
         yield fake
 
 
@@ -131,7 +131,7 @@ def google_secrets(key) -> MemorySecrets:  # type: ignore[no-untyped-def]
     return MemorySecrets({(NS, SA_REF.name, SA_REF.key): service_account_json(SA_EMAIL, key)})
 
 
-def ms_secrets(ca: trustme.CA | None = None) -> MemorySecrets:
+def ms_secrets() -> MemorySecrets:
     values: dict[tuple[str, str, str], bytes | str] = {
         (NS, SECRET_REF.name, SECRET_REF.key): CLIENT_SECRET + "\n",
         (NS, "o365-user", "username"): "billing@contoso.com\n",
@@ -248,7 +248,7 @@ def test_wrong_client_secret_reports_the_aadsts_code(microsoft: MicrosoftIdentit
     assert CLIENT_SECRET not in got.message
 
 
-def test_client_certificate_assertion_is_verified(ca: trustme.CA,
+def test_client_certificate_assertion_is_verified(idp_ca: trustme.CA,
                                                   microsoft: MicrosoftIdentity) -> None:
     pem, leaf = client_cert_pem()
     from cryptography import x509
@@ -265,7 +265,7 @@ def test_client_certificate_assertion_is_verified(ca: trustme.CA,
     assert "client_secret" not in microsoft.token_requests()[0].form()
 
 
-def test_unregistered_certificate_is_aadsts700027(ca: trustme.CA,
+def test_unregistered_certificate_is_aadsts700027(idp_ca: trustme.CA,
                                                   microsoft: MicrosoftIdentity) -> None:
     from cryptography import x509
     registered = RSA_CA.issue_cert("app-1.contoso.example", key_type=trustme.KeyType.RSA)
@@ -362,9 +362,8 @@ def test_accounts_sharing_a_client_share_one_token_request(microsoft: MicrosoftI
 @pytest.mark.filterwarnings(ROPC_DEPRECATION)
 def test_no_secret_or_token_in_logs_or_messages(
         microsoft: MicrosoftIdentity, google: GoogleTokenEndpoint, sa_key,  # type: ignore[no-untyped-def]
-        caplog: pytest.LogCaptureFixture) -> None:
-    stream = io.StringIO()
-    configure_logging(fmt="json", level="debug", stream=stream)
+        caplog: pytest.LogCaptureFixture, log_stream: io.StringIO) -> None:
+    stream = log_stream  # structlog at debug level, JSON, into memory (tests/conftest.py)
     caplog.set_level(logging.DEBUG)
     microsoft.clients["app-1"] = Client(secret=CLIENT_SECRET)
     microsoft.clients["app-2"] = Client(secret="different-secret-value")
