@@ -1,0 +1,67 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.world are used as arguments)
+"""`email-reconciler probe`: Test connectivity from the command line, no store (issue 3)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reconciler.cli import main
+from tests.world import NS, PASSWORD, World, condition, servers, world  # noqa: F401
+
+
+def probe(world: World, *extra: str) -> int:
+    return main(["probe", str(world.accounts), "--secrets-dir", str(world.secrets), *extra])
+
+
+def test_probe_json_is_a_list_of_status_blocks(world: World,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    world.account("billing")
+    world.account("alerts", server=world.smtps, security="SMTPS")
+    assert probe(world, "--output", "json") == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [(e["namespace"], e["name"]) for e in entries] == [(NS, "alerts"), (NS, "billing")]
+    billing = entries[1]["status"]
+    assert billing["connectivity"] == "SMTP (Connect using STARTTLS)"
+    assert billing["protocol"] == "STARTTLS"
+    assert billing["tlsVersion"].startswith("TLSv1.")
+    assert {c["type"] for c in billing["conditions"]} >= {"Ready", "Stalled", "Validated",
+                                                          "Connected", "Authenticated"}
+    assert "SecretPublished" not in {c["type"] for c in billing["conditions"]}
+    assert condition(billing, "Ready")["status"] == "True"
+    assert entries[0]["status"]["protocol"] == "SMTPS"
+
+
+def test_probe_exit_code_and_table_for_a_failure(world: World,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    world.account("billing")
+    world.secret("billing-smtp", "password", "not the password")
+    assert probe(world) == 1
+    out = capsys.readouterr().out
+    assert "AuthenticationFailed" in out
+    assert "not the password" not in out and PASSWORD not in out
+
+
+def test_probe_one_account_by_name(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.account("billing")
+    world.account("alerts", server=world.smtps, security="SMTPS")
+    assert probe(world, "--name", "alerts", "-o", "json") == 0
+    assert [e["name"] for e in json.loads(capsys.readouterr().out)] == ["alerts"]
+    assert probe(world, "--name", "nobody") == 2
+
+
+def test_missing_secret_is_named(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.account("billing")
+    (world.secrets / NS / "billing-smtp" / "password").unlink()
+    assert probe(world, "-o", "json") == 1
+    status = json.loads(capsys.readouterr().out)[0]["status"]
+    ready = condition(status, "Ready")
+    assert ready["reason"] == "SecretNotFound"
+    assert "billing-smtp" in ready["message"] and "password" in ready["message"]
+
+
+def test_usage_errors_exit_2(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "/nonexistent/path"]) == 2
+    assert main(["reconcile"]) == 2
+    assert main(["probe", ".", "--concurrency", "0"]) == 2
