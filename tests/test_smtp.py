@@ -342,6 +342,7 @@ def test_server_closes_during_tls_handshake(smtp_server: Factory, secrets_dir: P
     server = smtp_server(scripted="close_in_handshake")
     result = probe(make_account(port=server.port), secrets_dir)
     assert result.connection.reason == reasons.TLS_HANDSHAKE_FAILED
+    assert "closed the connection during the handshake" in result.connection.message
     assert (result.connectivity, result.protocol, result.tls_version) == (STARTTLS, "STARTTLS",
                                                                          None)
     assert result.authentication is None
@@ -382,10 +383,20 @@ def test_server_that_never_speaks_times_out(smtp_server: Factory, secrets_dir: P
 
 
 def test_timeout_covers_the_whole_conversation(smtp_server: Factory, secrets_dir: Path) -> None:
-    # Each read is fast enough on its own; the sum is not.
-    server = smtp_server("STARTTLS", users=users(), banner_delay=0.8)
+    # Each reply (0.3 s) is within the timeout on its own; greeting + EHLO together are not.
+    server = smtp_server(scripted="slow")
+    started = time.monotonic()
     result = probe(make_account(port=server.port, timeout_seconds=0.5), secrets_dir)
     assert result.connection.reason == reasons.TIMEOUT
+    assert "waiting for the EHLO reply" in result.connection.message
+    assert time.monotonic() - started < 1.5
+
+
+def test_banner_delay_within_timeout_is_fine(smtp_server: Factory, secrets_dir: Path) -> None:
+    server = smtp_server("STARTTLS", users=users(), banner_delay=0.2)
+    result = probe(make_account(port=server.port, timeout_seconds=2.0), secrets_dir)
+    assert result.connection.reason == reasons.SUCCEEDED and result.ok
+    assert result.timings["ehlo"] >= 0.2
 
 
 # --------------------------------------------------------------------------- secrets

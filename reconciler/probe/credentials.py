@@ -20,8 +20,12 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 
-def _version_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+def _version_of(namespace: str, ref: KeyRef, data: bytes) -> str:
+    """A sha256 of the value, domain-separated by its location so it is no bare password hash."""
+    h = hashlib.sha256(f"email-reconciler/v1\0{namespace}/{ref.kind}/{ref.name}/{ref.key}\0"
+                       .encode())
+    h.update(data)
+    return "sha256:" + h.hexdigest()[:32]
 
 
 def _check_names(namespace: str, ref: KeyRef) -> None:
@@ -62,7 +66,7 @@ class DirSecretReader:
 
     def version(self, namespace: str, ref: KeyRef) -> str:
         """A sha256 of the content, so a changed password is noticed."""
-        return _version_of(self.read(namespace, ref))
+        return _version_of(namespace, ref, self.read(namespace, ref))
 
 
 class MappingSecretReader:
@@ -82,4 +86,4 @@ class MappingSecretReader:
 
     def version(self, namespace: str, ref: KeyRef) -> str:
         """A sha256 of the content."""
-        return _version_of(self.read(namespace, ref))
+        return _version_of(namespace, ref, self.read(namespace, ref))

@@ -460,7 +460,9 @@ async def _handshake(st: _State, account: Account, ctx: ssl.SSLContext, truststo
         st.connection = Outcome(False, *tls.classify_verify_error(exc, conn.host, truststore))
         return False
     except (ssl.SSLError, OSError, EOFError, _Closed) as exc:
-        detail = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        detail = (getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+                  if isinstance(exc, ssl.SSLError)
+                  else "the server closed the connection during the handshake")
         best = await _diagnose_version(account)
         if best is not None and tls.below_floor(best, conn.min_tls_version):
             st.connection = Outcome(

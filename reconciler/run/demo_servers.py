@@ -11,7 +11,7 @@ Server kinds:
   callback), recording every AUTH attempt and every message it receives.
 - `ServerLoop.scripted(kind)`: tiny raw servers for faults: "hang" (accepts TCP, never speaks),
   "reject421" (421 banner), "close_in_handshake" (STARTTLS accepted, then the connection is
-  dropped in the middle of the TLS handshake).
+  dropped in the middle of the TLS handshake), "slow" (each reply 0.3 s late; no TLS).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import logging
 import socket
 import ssl
 import threading
@@ -30,8 +31,9 @@ from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 Mode = Literal["STARTTLS", "SMTPS", "plain"]
-ScriptKind = Literal["hang", "reject421", "close_in_handshake"]
+ScriptKind = Literal["hang", "reject421", "close_in_handshake", "slow"]
 LOOPBACK = "127.0.0.1"
+SLOW_REPLY_DELAY = 0.3
 
 #: checker(mechanism, login, secret) -> True (accept), False (535) or a full reply such as
 #: "454 4.7.0 Temporary authentication failure".
@@ -215,6 +217,8 @@ class ServerLoop:
     """An asyncio loop in a daemon thread that hosts servers until close()."""
 
     def __init__(self) -> None:
+        # aiosmtpd logs every failed client handshake with a traceback; the faults are on purpose.
+        logging.getLogger("mail.log").setLevel(logging.CRITICAL)
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._on_loop_error)
         self.errors: list[str] = []  # server-side errors (failed handshakes etc.), for debugging
@@ -338,7 +342,7 @@ class ServerLoop:
     # -------------------------------------------------------------- scripted faults
 
     def scripted(self, kind: ScriptKind) -> RunningServer:
-        """Start a raw fault server: hang, reject421 or close_in_handshake."""
+        """Start a raw fault server: hang, reject421, close_in_handshake or slow."""
         record = RunningServer(LOOPBACK, 0, kind)
         return self.call(lambda: self._start_scripted(kind, record))
 
@@ -363,6 +367,16 @@ class ServerLoop:
                             break
                         else:
                             writer.write(b"500 5.5.1 unrecognized\r\n")
+                        await writer.drain()
+                elif kind == "slow":
+                    await asyncio.sleep(SLOW_REPLY_DELAY)
+                    writer.write(b"220 mail.test ESMTP slow\r\n")
+                    while line := await reader.readline():
+                        await asyncio.sleep(SLOW_REPLY_DELAY)
+                        if line.strip().upper() == b"QUIT":
+                            writer.write(b"221 2.0.0 Bye\r\n")
+                        else:
+                            writer.write(b"250-mail.test\r\n250 STARTTLS\r\n")
                         await writer.drain()
                 else:  # hang: read and never answer until the peer leaves
                     while await reader.read(4096):
