@@ -198,11 +198,75 @@ def test_a_real_client_sends_with_only_smtp_url(world: World) -> None:
     assert world.smtps.messages[-1].authenticated_as == "billing@example.com"
 
 
-def test_demo_runs_as_a_subprocess() -> None:
+def test_interval_suspend_and_requested_at_decide_when_to_probe(world: World) -> None:
+    doc = world.account("billing")
+    assert world.reconcile() == 0
+    seen = world.starttls.connections
+    assert world.reconcile() == 0  # within probe.interval: no new connection
+    assert world.starttls.connections == seen
+    doc["metadata"]["annotations"] = {"email.reconciler.io/requested-at": "2026-11-25T09:00:00Z"}
+    world.write(doc)
+    assert world.reconcile() == 0
+    assert world.starttls.connections == seen + 1
+    assert world.reconcile() == 0  # the same request is not served twice
+    assert world.starttls.connections == seen + 1
+    doc["spec"]["probe"] = {"suspend": True}
+    world.write(doc)
+    assert world.reconcile() in (0, 1)
+    assert world.starttls.connections == seen + 1
+    assert world.status("billing")["suspended"] is True
+
+
+def test_signing_key_rotates_with_its_keystore(world: World) -> None:
+    from cryptography import x509
+
+    from tests.keystores import TestCA, cryptography_pfx
+
+    ca = TestCA.create()
+
+    def keystore(serial_holder: list[int]) -> None:
+        key, cert = ca.issue_smime("billing@example.com")
+        serial_holder.append(cert.serial_number)
+        world.secret("billing-signing", "keystore.p12",
+                     cryptography_pfx("billing", key, cert, [ca.cert], "changeit"))
+
+    serials: list[int] = []
+    keystore(serials)
+    world.secret("billing-signing", "password", "changeit")
+    doc = world.account("billing")
+    doc["spec"]["smtp"]["signing"] = {
+        "keystoreSecretRef": {"name": "billing-signing", "key": "keystore.p12"},
+        "keystorePasswordSecretRef": {"name": "billing-signing", "key": "password"},
+        "alias": "billing"}
+    world.write(doc)
+    assert world.reconcile() == 0
+    status = world.status("billing")
+    assert condition(status, "SigningReady")["status"] == "True"
+    first = x509.load_pem_x509_certificate(world.published_data("billing-sender")["smime.crt"]
+                                           .encode())
+    assert first.serial_number == serials[0]
+    assert "PRIVATE KEY" in world.published_data("billing-sender")["smime.key"]
+    assert "PRIVATE KEY" not in json.dumps(status)
+
+    keystore(serials)  # a new keystore in the same Secret
+    assert world.reconcile() == 0
+    data = world.published_data("billing-sender")
+    rotated = x509.load_pem_x509_certificate(data["smime.crt"].encode())
+    assert rotated.serial_number == serials[1]
+    assert format(serials[0], "x") not in data["smime.crt"]
+    assert format(serials[1], "x") in json.dumps(world.status("billing")).lower()
+
+
+def test_demo_runs_as_a_subprocess_and_signs(tmp_path: Path) -> None:
+    keep = tmp_path / "demo"
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "reconciler", "demo"], cwd=repo,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "demo", "--keep", str(keep)],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ready_rows = [line for line in proc.stdout.splitlines() if " True " in f" {line} "]
-    assert len(ready_rows) >= 3
+    assert len(ready_rows) >= 4
     assert "values masked" in proc.stdout
+    obj = yaml.safe_load((keep / "store" / "demo" / "emailaccounts" / "signed-invoices.yaml")
+                         .read_text())
+    assert condition(obj["status"], "SigningReady")["status"] == "True"
+    assert obj["status"]["signing"]["notAfter"]
