@@ -40,10 +40,8 @@ def _connection(provider: str, region: str | None, raw: Mapping[str, Any]) -> mo
     port = raw.get("port")
     security = raw.get("security")
     if port is None:
-        if preset and security in (None, preset[2]):
-            port = preset[1]
-        else:
-            port = providers.default_port(security)
+        use_preset = preset is not None and security in (None, preset[2])
+        port = preset[1] if preset and use_preset else providers.default_port(security)
     if security is None:
         security = preset[2] if preset and port == preset[1] else providers.default_security(port)
     p = "/spec/smtp/connection/truststore"
