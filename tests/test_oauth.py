@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from reconciler import reasons
 from reconciler.log import get_logger
+from reconciler.manifest.load import load_paths
 from reconciler.model import (
     Account,
     Authentication,
@@ -27,6 +29,8 @@ from reconciler.model import (
     Publish,
     SmtpSpec,
 )
+from reconciler.probe import probe_account
+from reconciler.probe.credentials import MappingSecretReader
 from reconciler.probe.oauth import GraphToken, TokenCache, basic_auth_warning, jwt_claims
 from tests.fake_idp import (
     Client,
@@ -36,6 +40,7 @@ from tests.fake_idp import (
     rsa_key,
     service_account_json,
 )
+from tests.smtpservers import LOOPBACK, NOW, TRUSTSTORE_REF, RunningServer, ThrowawayCA
 
 NS = "mail"
 SA_EMAIL = "mailer@demo.iam.gserviceaccount.com"
@@ -424,3 +429,88 @@ def test_basic_auth_warning(account: Account, warned: bool) -> None:
     if got is not None:
         assert got.reason == reasons.BASIC_AUTH_DEPRECATED and not got.ok
         assert "ClientCredentials" in got.message and "MicrosoftGraph" in got.message
+
+
+# ---------------------------------------------------------------------- end to end: SMTP XOAUTH2
+
+
+def _on_local_server(acc: Account, port: int, **oauth2: str) -> Account:
+    """An example account pointed at the local SMTP server and identity provider fakes."""
+    assert acc.smtp is not None and acc.smtp.authentication.oauth2 is not None
+    smtp = acc.smtp
+    return dataclasses.replace(acc, smtp=dataclasses.replace(
+        smtp,
+        connection=dataclasses.replace(smtp.connection, host=LOOPBACK, port=port,
+                                       truststore=TRUSTSTORE_REF, timeout_seconds=5),
+        authentication=dataclasses.replace(
+            smtp.authentication,
+            oauth2=dataclasses.replace(smtp.authentication.oauth2, **oauth2))))
+
+
+def _example(name: str) -> Account:
+    loaded = load_paths([str(ACCOUNTS / f"{name}.yaml")])
+    assert loaded.ok, [str(d) for d in loaded.diagnostics]
+    [acc] = loaded.accounts
+    return acc
+
+
+ACCOUNTS = Path(__file__).resolve().parent.parent / "accounts"
+
+
+def test_gmail_example_authenticates_with_xoauth2(
+        google: GoogleTokenEndpoint, smtp_server: Callable[..., RunningServer],
+        ca: ThrowawayCA) -> None:
+    """accounts/gmail-oauth.yaml: JWT bearer at the token URL, then AUTH XOAUTH2 over STARTTLS."""
+    acc = _example("gmail-oauth")
+    subject = acc.smtp.authentication.oauth2.subject  # type: ignore[union-attr]
+    sa = rsa_key()
+    google.accounts["gmail-sender@demo.iam.gserviceaccount.com"] = sa.public_key()
+    google.subjects.add(str(subject))
+
+    def checker(mechanism: str, login: str, token: str) -> bool:
+        # The server accepts only a token the token endpoint issued for this very mailbox.
+        return mechanism == "XOAUTH2" and google.issued.get(token, {}).get("sub") == login
+
+    server = smtp_server("STARTTLS", checker=checker)
+    acc = _on_local_server(acc, server.port, token_url=google.token_url)
+    secrets = MappingSecretReader({
+        ("demo", "gmail-service-account", "key.json"):
+            service_account_json("gmail-sender@demo.iam.gserviceaccount.com", sa),
+        ("demo", TRUSTSTORE_REF.name, TRUSTSTORE_REF.key): ca.ca_pem})
+    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache()))
+    assert result.ok, (result.connection, result.authentication)
+    assert result.auth_mechanism == "XOAUTH2" and result.authenticated_identity == subject
+    [attempt] = server.auth_attempts
+    assert (attempt.mechanism, attempt.login, attempt.accepted) == ("XOAUTH2", subject, True)
+    assert len(google.token_requests()) == 1
+
+
+def test_office365_example_authenticates_with_xoauth2(
+        microsoft: MicrosoftIdentity, smtp_server: Callable[..., RunningServer],
+        ca: ThrowawayCA, monkeypatch: pytest.MonkeyPatch) -> None:
+    """accounts/office365-oauth.yaml: msal client credentials, then AUTH XOAUTH2."""
+    # Microsoft access tokens make AUTH lines of 1-3 KB, which Exchange Online accepts (RFC 4954
+    # allows 12288 octets); aiosmtpd's default line limit is 512. Configure the test server.
+    from aiosmtpd.smtp import SMTP
+
+    monkeypatch.setattr(SMTP, "command_size_limit", 12288)
+    acc = _example("office365-oauth")
+    oauth2 = acc.smtp.authentication.oauth2  # type: ignore[union-attr]
+    assert oauth2 is not None and oauth2.client_id and oauth2.tenant_id
+    microsoft.tenant_id = oauth2.tenant_id
+    microsoft.clients[oauth2.client_id] = Client(secret=CLIENT_SECRET, roles=("SMTP.SendAsApp",))
+
+    def checker(mechanism: str, login: str, token: str) -> bool:
+        claims = microsoft.issued.get(token, {})
+        return mechanism == "XOAUTH2" and claims.get("aud") == "https://outlook.office365.com"
+
+    server = smtp_server("STARTTLS", checker=checker)
+    acc = _on_local_server(acc, server.port, authority=microsoft.url)
+    secrets = MappingSecretReader({
+        ("demo", "office365-app", "client-secret"): CLIENT_SECRET,
+        ("demo", TRUSTSTORE_REF.name, TRUSTSTORE_REF.key): ca.ca_pem})
+    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache()))
+    assert result.ok, (result.connection, result.authentication)
+    assert result.auth_mechanism == "XOAUTH2"
+    assert [(a.mechanism, a.accepted) for a in server.auth_attempts] == [("XOAUTH2", True)]
+    assert microsoft.token_requests()[0].form()["scope"] == "https://outlook.office365.com/.default"
