@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trustme
+from cryptography import x509
 
 from reconciler import reasons
+from reconciler.manifest.load import load_paths
 from reconciler.model import Account, GraphSpec, KeyRef, ProbeResult, Publish
+from reconciler.probe import probe_account
+from reconciler.probe.credentials import MappingSecretReader
 from reconciler.probe.graph import probe_graph
 from reconciler.probe.oauth import TokenCache
 from tests.fake_idp import Client, FakeGraph, MemorySecrets, MicrosoftIdentity
@@ -21,6 +26,7 @@ UPN = "billing@contoso.com"
 CLIENT_SECRET = "graph~S3cret~value~0123456789"
 USER_PASSWORD = "Tr0ub4dor&3-graph"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+RSA_CA = trustme.CA(key_type=trustme.KeyType.RSA)  # Entra takes RSA client certificates only
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +210,53 @@ def test_accounts_sharing_a_client_request_one_token(idp: MicrosoftIdentity,
     assert all(r.ok for r in results)
     assert len(idp.token_requests()) == 1
     assert len(graph.seen) == 3
+
+
+# ---------------------------------------------------------------------- accounts/ examples
+
+
+ACCOUNTS = Path(__file__).resolve().parent.parent / "accounts"
+
+
+def _example(name: str, idp: MicrosoftIdentity, graph: FakeGraph) -> Account:
+    """An example manifest, loaded and validated, pointed at the local fakes."""
+    loaded = load_paths([str(ACCOUNTS / f"{name}.yaml")])
+    assert loaded.ok, [str(d) for d in loaded.diagnostics]
+    [acc] = loaded.accounts
+    assert acc.graph is not None
+    idp.tenant_id = acc.graph.tenant_id
+    graph.users.add(acc.graph.user_principal_name)
+    return dataclasses.replace(acc, graph=dataclasses.replace(
+        acc.graph, authority=idp.url, endpoint=graph.url))
+
+
+def test_graph_app_example_probes_green(idp: MicrosoftIdentity, graph: FakeGraph) -> None:
+    """accounts/graph-app.yaml: client certificate, application Mail.Send."""
+    leaf = RSA_CA.issue_cert("graph-app.example.com", key_type=trustme.KeyType.RSA)
+    acc = _example("graph-app", idp, graph)
+    assert acc.graph is not None and acc.graph.client_certificate is not None
+    idp.clients[acc.graph.client_id] = Client(
+        certificate=x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()))
+    ref = acc.graph.client_certificate
+    secrets = MappingSecretReader({(acc.namespace, ref.name, ref.key):
+                                   leaf.private_key_pem.bytes() + leaf.cert_chain_pems[0].bytes()})
+    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache()))
+    assert result.ok, (result.connection, result.authentication)
+    assert (result.connectivity, result.protocol) == ("Microsoft Graph", "MicrosoftGraph")
+    assert len(idp.assertions) == 1 and result.credentials == {}
+
+
+@pytest.mark.filterwarnings("ignore:This API has been deprecated:DeprecationWarning")
+def test_graph_user_example_probes_green(idp: MicrosoftIdentity, graph: FakeGraph) -> None:
+    """accounts/graph-user.yaml: password grant, delegated Mail.Send."""
+    acc = _example("graph-user", idp, graph)
+    assert acc.graph is not None
+    idp.clients[acc.graph.client_id] = Client(public=True)
+    idp.users[UPN] = (USER_PASSWORD, "Mail.Send User.Read")
+    secrets = MappingSecretReader({(acc.namespace, "graph-user", "username"): UPN,
+                                   (acc.namespace, "graph-user", "password"): USER_PASSWORD})
+    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache()))
+    assert result.ok, (result.connection, result.authentication)
+    assert result.authentication is not None
+    assert "delegated permission Mail.Send" in result.authentication.message
+    assert result.credentials == {"username": UPN, "password": USER_PASSWORD}
