@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import trustme
 from cryptography import x509
@@ -179,7 +179,7 @@ class HttpsFake:
         self._server.server_close()
         self._thread.join(5)
 
-    def __enter__(self) -> HttpsFake:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -322,6 +322,7 @@ class MicrosoftIdentity(HttpsFake):
             return authenticated
         scopes = form.get("scope", "").split()
         grant = form.get("grant_type")
+        claims: dict[str, Any]
         if grant == "client_credentials":
             if scopes != ["https://graph.microsoft.com/.default"] and scopes != [
                     "https://outlook.office365.com/.default"]:

@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from reconciler import reasons
 from reconciler.errors import SecretNotFound
@@ -35,6 +35,14 @@ PROTOCOL = "MicrosoftGraph"
 MAIL_SEND = "Mail.Send"
 
 
+@runtime_checkable
+class GraphTokenProvider(Protocol):
+    """Gets Microsoft Graph tokens (TokenCache implements it)."""
+
+    async def graph_token(self, account: Account, secrets: SecretReader
+                          ) -> GraphToken | Outcome: ...
+
+
 @dataclass(frozen=True)
 class _Answer:
     """The Graph user lookup: HTTP status and error code, plus what the TLS session showed."""
@@ -48,21 +56,25 @@ class _Answer:
 
 
 async def probe_graph(account: Account, secrets: SecretReader, *, now: datetime,
-                      tokens: TokenCache | None = None) -> ProbeResult:
-    """Test connectivity of a sendUsing: MicrosoftGraph account."""
+                      tokens: object | None = None) -> ProbeResult:
+    """Test connectivity of a sendUsing: MicrosoftGraph account.
+
+    tokens: the run's TokenCache (any GraphTokenProvider); another provider, or None, gets a
+    fresh TokenCache.
+    """
     g = account.graph
     if g is None:
         failed = Outcome(False, reasons.INVALID_SPEC,
                          "sendUsing MicrosoftGraph needs spec.graph: add it")
         return ProbeResult(connection=failed, authentication=failed,
                            connectivity=CONNECTIVITY, protocol=PROTOCOL)
-    tokens = tokens or TokenCache()
+    provider = tokens if isinstance(tokens, GraphTokenProvider) else TokenCache()
     timings: dict[str, float] = {}
     versions = _secret_versions(account, secrets)
     credentials = _credentials(account, secrets)
 
     started = time.monotonic()
-    token = await tokens.graph_token(account, secrets)
+    token = await provider.graph_token(account, secrets)
     timings["token"] = round(time.monotonic() - started, 6)
     if isinstance(token, Outcome):
         return ProbeResult(connection=token, authentication=token, connectivity=CONNECTIVITY,
