@@ -526,3 +526,55 @@ def test_password_never_appears_in_logs_messages_or_reprs(
         reasons.SUCCEEDED, reasons.SUCCEEDED, reasons.SUCCEEDED, reasons.SUCCEEDED,
         reasons.SUCCEEDED, reasons.SUCCEEDED, reasons.SUCCEEDED, reasons.TIMEOUT,
         reasons.CONNECT_FAILED]
+
+
+# --------------------------------------------------------------------------- --send-test-to
+
+
+def test_send_test_message_delivers_one_message(smtp_server: Factory, secrets_dir: Path) -> None:
+    from reconciler.probe.send import send_test_message
+
+    server = smtp_server("STARTTLS", users=users())
+    account = make_account(port=server.port, display_name="Billing")
+    outcome = asyncio.run(send_test_message(account, DirSecretReader(secrets_dir),
+                                            "ops@example.test", now=NOW))
+    assert outcome.ok and outcome.reason == reasons.SUCCEEDED
+    assert "250 2.0.0 OK queued" in outcome.message
+    [msg] = server.messages
+    assert (msg.mail_from, msg.rcpt_tos, msg.authenticated_as) == (USER, ("ops@example.test",),
+                                                                   USER)
+    assert b"From: Billing <app@example.test>" in msg.content
+    assert b"Subject: email-reconciler test message for mail/billing" in msg.content
+
+
+def test_send_test_message_uses_signer_and_dot_stuffs(smtp_server: Factory,
+                                                      secrets_dir: Path) -> None:
+    from email.message import EmailMessage
+
+    from reconciler.probe.send import send_test_message
+
+    def signer(msg: EmailMessage) -> bytes:
+        return b"Subject: signed\r\nX-Signed: yes\r\n\r\n.leading dot\r\nend\r\n"
+
+    server = smtp_server("SMTPS", users=users())
+    account = make_account(port=server.port, security="SMTPS")
+    outcome = asyncio.run(send_test_message(account, DirSecretReader(secrets_dir),
+                                            "ops@example.test", now=NOW, signer=signer))
+    assert outcome.ok
+    assert server.messages[0].content == (
+        b"Subject: signed\r\nX-Signed: yes\r\n\r\n.leading dot\r\nend\r\n")
+
+
+def test_send_test_message_reports_auth_failure_and_bad_address(
+        smtp_server: Factory, secrets_dir: Path) -> None:
+    from reconciler.probe.send import send_test_message
+
+    server = smtp_server("STARTTLS", users={USER: "other"})
+    reader = DirSecretReader(secrets_dir)
+    outcome = asyncio.run(send_test_message(make_account(port=server.port), reader,
+                                            "ops@example.test", now=NOW))
+    assert outcome.reason == reasons.AUTHENTICATION_FAILED and "535" in outcome.message
+    bad = asyncio.run(send_test_message(make_account(port=server.port), reader,
+                                        "ops@example.test\r\nBcc: x@y", now=NOW))
+    assert bad.reason == reasons.INVALID_SPEC
+    assert server.messages == []

@@ -15,9 +15,9 @@ import datetime as dt
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reconciler import reasons
 from reconciler.errors import SecretNotFound
@@ -189,6 +189,7 @@ class _State:
     auth_mechanisms: tuple[str, ...] = ()
     auth_mechanism: str | None = None
     identity: str | None = None
+    transaction: Outcome | None = None
     timings: dict[str, float] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)
 
@@ -209,6 +210,7 @@ _STAGE_TEXT = {
     "starttls": "waiting for the STARTTLS reply",
     "tls": "in the TLS handshake",
     "auth": "during authentication",
+    "transaction": "sending the message",
     "quit": "waiting for the QUIT reply",
 }
 
@@ -220,15 +222,32 @@ class _Credentials:
     token: str | None = None
 
 
+#: A mail transaction run after a successful AUTH, before QUIT (used by send.py).
+Transaction = Callable[[SmtpClient], Awaitable[Outcome]]
+
+
 async def probe_smtp(account: Account, secrets: SecretReader, *, now: dt.datetime,
                      authenticate: bool = True, tokens: TokenProvider | None = None
                      ) -> ProbeResult:
     """Test connectivity of one SMTP account (DESIGN §4)."""
+    result, _ = await run_session(account, secrets, now=now, authenticate=authenticate,
+                                  tokens=tokens)
+    return result
+
+
+async def run_session(account: Account, secrets: SecretReader, *, now: dt.datetime,
+                      authenticate: bool = True, tokens: TokenProvider | None = None,
+                      transaction: Transaction | None = None
+                      ) -> tuple[ProbeResult, Outcome | None]:
+    """The probe conversation; with `transaction`, also run it once the session is ready.
+
+    Returns the probe result and the transaction's outcome (None when it did not run).
+    """
     assert account.smtp is not None, "probe_smtp needs an SMTP account"
     conn = account.smtp.connection
     auth = account.smtp.authentication
     started = time.monotonic()
-    base = {"connectivity": CONNECTIVITY[conn.security], "protocol": conn.security,
+    base: dict[str, Any] = {"connectivity": CONNECTIVITY[conn.security], "protocol": conn.security,
             "secret_versions": secret_versions(account, secrets)}
 
     ca_pem: str | None = None
@@ -236,7 +255,7 @@ async def probe_smtp(account: Account, secrets: SecretReader, *, now: dt.datetim
         try:
             ca_pem = secrets.read(account.namespace, conn.truststore).decode("utf-8", "replace")
         except SecretNotFound as exc:
-            return ProbeResult(connection=secret_not_found(exc, conn.truststore), **base)
+            return ProbeResult(connection=secret_not_found(exc, conn.truststore), **base), None
     truststore = (f"{conn.truststore.kind} {account.namespace}/{conn.truststore.name} key "
                   f"{conn.truststore.key!r}" if conn.truststore else None)
     try:
@@ -245,7 +264,7 @@ async def probe_smtp(account: Account, secrets: SecretReader, *, now: dt.datetim
         return ProbeResult(connection=Outcome(
             False, reasons.CERTIFICATE_UNTRUSTED,
             f"the truststore {truststore} holds no usable PEM certificate ({exc.reason or exc}): "
-            "put the CA certificates in PEM form there"), ca_pem=ca_pem, **base)
+            "put the CA certificates in PEM form there"), ca_pem=ca_pem, **base), None
 
     st = _State()
     creds: _Credentials | None = None
@@ -266,7 +285,7 @@ async def probe_smtp(account: Account, secrets: SecretReader, *, now: dt.datetim
 
     try:
         async with asyncio.timeout(conn.timeout_seconds):
-            await _converse(st, account, ctx, truststore, creds, authenticate, now)
+            await _converse(st, account, ctx, truststore, creds, authenticate, now, transaction)
     except TimeoutError:
         where = _STAGE_TEXT.get(st.stage, st.stage)
         msg = (f"no answer from {conn.host}:{conn.port} within {conn.timeout_seconds:g}s "
@@ -275,6 +294,8 @@ async def probe_smtp(account: Account, secrets: SecretReader, *, now: dt.datetim
             st.connection = Outcome(False, reasons.TIMEOUT, msg)
         elif st.stage == "auth" and st.authentication is None:
             st.authentication = Outcome(False, reasons.TIMEOUT, msg)
+        elif st.stage == "transaction" and st.transaction is None:
+            st.transaction = Outcome(False, reasons.TIMEOUT, msg)
     finally:
         if st.client is not None:
             await st.client.close()
@@ -311,7 +332,7 @@ async def probe_smtp(account: Account, secrets: SecretReader, *, now: dt.datetim
         credentials=credentials,
         ca_pem=ca_pem,
         **base,
-    )
+    ), st.transaction
 
 
 def _read_text(secrets: SecretReader, account: Account, ref: KeyRef) -> str:
@@ -352,7 +373,8 @@ async def _resolve_credentials(account: Account, secrets: SecretReader, identity
 
 
 async def _converse(st: _State, account: Account, ctx: ssl.SSLContext, truststore: str | None,
-                    creds: _Credentials | None, authenticate: bool, now: dt.datetime) -> None:
+                    creds: _Credentials | None, authenticate: bool, now: dt.datetime,
+                    transaction: Transaction | None = None) -> None:
     """Steps 1-5 of DESIGN §4; fills st. Returns early on the first failure."""
     assert account.smtp is not None
     conn = account.smtp.connection
@@ -428,6 +450,16 @@ async def _converse(st: _State, account: Account, ctx: ssl.SSLContext, truststor
                                         f"the connection to {where} was lost during "
                                         f"authentication ({type(exc).__name__}): retry later")
         st.done("auth")
+    auth_ready = (account.smtp.authentication.method == "None"
+                  or (st.authentication is not None and st.authentication.ok))
+    if transaction is not None and auth_ready:
+        st.begin("transaction")
+        try:
+            st.transaction = await transaction(client)
+        except (_Closed, OSError) as exc:
+            st.transaction = Outcome(False, reasons.CONNECT_FAILED,
+                                     f"the connection to {where} was lost while sending "
+                                     f"({type(exc).__name__}): retry later")
     st.begin("quit")
     with contextlib.suppress(_Closed, OSError):
         await client.command("QUIT")
@@ -530,8 +562,8 @@ async def _authenticate(st: _State, account: Account, creds: _Credentials) -> Ou
             reply = await client.command(base64.b64encode((creds.password or "").encode())
                                          .decode())
     else:
-        blob = base64.b64encode(f"user={ident}\x01auth=Bearer {creds.token}\x01\x01".encode())
-        reply = await client.command(f"AUTH XOAUTH2 {blob.decode()}")
+        sasl = f"user={ident}\x01auth=Bearer {creds.token}\x01\x01".encode()
+        reply = await client.command(f"AUTH XOAUTH2 {base64.b64encode(sasl).decode()}")
         if reply.code == 334:  # an error challenge: answer empty to get the final reply
             reply = await client.command("")
     return _auth_outcome(reply, mech, ident, account)
