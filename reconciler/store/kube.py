@@ -78,10 +78,13 @@ class RetryPolicy:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def _version_of(data: bytes) -> str:
-    # Same form as probe.credentials: a digest of the value, not the object's resourceVersion,
-    # so an unrelated change to the Secret does not trigger a re-probe.
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+def secret_version(namespace: str, ref: KeyRef, data: bytes) -> str:
+    """A digest of the value, bound to its location (the same as the local readers'), so an
+    unrelated change to the Secret does not trigger a re-probe and status shows no bare hash."""
+    digest = hashlib.sha256(
+        f"email-reconciler/v1\0{namespace}/{ref.kind}/{ref.name}/{ref.key}\0".encode())
+    digest.update(data)
+    return "sha256:" + digest.hexdigest()[:32]
 
 
 def _where(namespace: str | None) -> str:
@@ -191,7 +194,9 @@ class KubeStore:
             if os.environ.get("KUBERNETES_SERVICE_HOST"):
                 config.load_incluster_config(client_configuration=configuration)
             else:
-                config.load_kube_config(context=context, client_configuration=configuration)
+                # KUBECONFIG is read now, not when kubernetes was imported; it may list several.
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                        context=context, client_configuration=configuration)
         except (config.ConfigException, OSError, ValueError) as exc:
             raise UsageError(f"no usable Kubernetes configuration ({exc}); set KUBECONFIG, "
                              "pass --context, or use --store local:DIR") from exc
@@ -438,7 +443,7 @@ class KubeStore:
         def send() -> Any:
             # A fresh name per attempt: a 409 AlreadyExists is a name clash, not a conflict.
             name = f"{event.name}.{time.time_ns():x}{_random_token.token_hex(2)}"
-            body = {
+            body: dict[str, Any] = {
                 "apiVersion": "v1", "kind": "Event",
                 "metadata": {"name": name, "namespace": event.namespace},
                 "involvedObject": involved, "reason": event.reason, "message": event.message,
@@ -536,5 +541,5 @@ class ClusterSecretReader:
             raise SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail="key") from exc
 
     def version(self, namespace: str, ref: KeyRef) -> str:
-        """A sha256 of the value: unrelated changes to the object do not trigger a re-probe."""
-        return _version_of(self.read(namespace, ref))
+        """A digest of the value: unrelated changes to the object do not trigger a re-probe."""
+        return secret_version(namespace, ref, self.read(namespace, ref))

@@ -1,0 +1,559 @@
+"""The Kubernetes store through the official client, against tests/kubeapi.py over real HTTP,
+with the real reconcile run probing real SMTP servers on loopback (issue 5)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler.errors import SecretNotFound, StoreForbidden, StoreUnavailable
+from reconciler.manifest.load import load_paths
+from reconciler.model import KeyRef
+from reconciler.probe.credentials import DirSecretReader
+from reconciler.run.demo_servers import RunningServer, ServerLoop, SmtpServerOptions, ThrowawayCA
+from reconciler.run.reconcile import Reconciler, RunOptions, RunReport
+from reconciler.store import open_store
+from reconciler.store.kube import (
+    INVENTORY_NAME,
+    KubeStore,
+    RetryPolicy,
+    merge_patch_for,
+    same_as_applied,
+)
+from reconciler.store.local import LocalStore
+from tests.kube_fixtures import email_account_crd
+from tests.kubeapi import KubeAPIServer
+
+NS = "shop"
+PASSWORD = "kube-s3cr3t p@ss:w/rd%"
+FAST = RetryPolicy(base_delay=0.005, max_delay=0.02)
+WRITES = ("create", "update", "patch", "delete", "deletecollection")
+
+
+@dataclass
+class Servers:
+    ca: ThrowawayCA
+    starttls: RunningServer
+    smtps: RunningServer
+    users: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    """One STARTTLS and one SMTPS server for the module; logins checked against `users`."""
+    users: dict[str, str] = {}
+
+    def check(mechanism: str, login: str, secret: str) -> bool:
+        return users.get(login) == secret
+
+    with ServerLoop() as loop:
+        ca = ThrowawayCA()
+        starttls = loop.smtp(SmtpServerOptions(mode="STARTTLS", tls_context=ca.server_context(),
+                                               checker=check))
+        smtps = loop.smtp(SmtpServerOptions(mode="SMTPS", tls_context=ca.server_context(),
+                                            checker=check))
+        yield Servers(ca, starttls, smtps, users)
+
+
+@dataclass
+class Cluster:
+    """A fake API server, a folder of manifests, and helpers to run the real reconcile."""
+
+    api: KubeAPIServer
+    root: Path
+    servers: Servers
+    retry: RetryPolicy = FAST
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "accounts"
+
+    def secret(self, name: str, key: str, value: str, namespace: str = NS) -> None:
+        """Create or replace a Secret in the cluster (as `kubectl apply` would)."""
+        data = {key: base64.b64encode(value.encode()).decode()}
+        if self.api.get_object("secrets", namespace, name) is None:
+            self.api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                            "metadata": {"name": name, "namespace": namespace},
+                                            "data": data})
+            return
+        from kubernetes import client
+
+        with self.api.api_client() as api_client:
+            client.CoreV1Api(api_client).patch_namespaced_secret(name, namespace, {"data": data})
+
+    def account(self, name: str, *, smtps: bool = False, **spec_extra: Any) -> dict[str, Any]:
+        server = self.servers.smtps if smtps else self.servers.starttls
+        doc: dict[str, Any] = {
+            "apiVersion": "email.reconciler.io/v1alpha1",
+            "kind": "EmailAccount",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "provider": "custom",
+                "smtp": {
+                    "identity": {"emailAddress": f"{name}@example.com",
+                                 "displayName": name.title()},
+                    "connection": {"host": "127.0.0.1", "port": server.port,
+                                   "security": "SMTPS" if smtps else "STARTTLS",
+                                   "timeoutSeconds": 5,
+                                   "truststore": {"configMapRef": {"name": "ca", "key": "ca.crt"}}},
+                    "authentication": {"method": "Password",
+                                       "passwordSecretRef": {"name": f"{name}-smtp",
+                                                             "key": "password"}},
+                },
+                **spec_extra,
+            },
+        }
+        self.servers.users[f"{name}@example.com"] = PASSWORD
+        self.secret(f"{name}-smtp", "password", PASSWORD)
+        self.write(doc)
+        return doc
+
+    def write(self, doc: dict[str, Any]) -> None:
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        (self.manifests / f"{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc))
+
+    def reconcile(self, **options: Any) -> RunReport:
+        """One real reconcile run with a fresh KubeStore; credentials from the cluster."""
+        with KubeStore(self.api.api_client(), retry=self.retry) as store:
+            return Reconciler(store, store.secret_reader(), RunOptions(**options)).run(
+                load_paths([str(self.manifests)]))
+
+    def status(self, name: str) -> dict[str, Any]:
+        obj = self.api.get_object("emailaccounts", NS, name)
+        assert obj is not None, f"EmailAccount {name} missing"
+        return obj.get("status") or {}
+
+    def published(self, name: str) -> dict[str, str]:
+        obj = self.api.get_object("secrets", NS, name)
+        assert obj is not None, f"Secret {name} missing"
+        return {k: base64.b64decode(v).decode() for k, v in obj["data"].items()}
+
+
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions") or [] if c["type"] == ctype)
+
+
+def writes(api: KubeAPIServer) -> list[tuple[str, str | None, str | None]]:
+    return [(r.verb, r.resource, r.name) for r in api.requests
+            if r.resource is not None and r.verb in WRITES]
+
+
+@pytest.fixture
+def cluster(servers: Servers, tmp_path: Path) -> Iterator[Cluster]:
+    with KubeAPIServer(crds=[email_account_crd()]) as api:
+        c = Cluster(api, tmp_path, servers)
+        api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                                      "metadata": {"name": "ca", "namespace": NS},
+                                      "data": {"ca.crt": servers.ca.ca_pem}})
+        yield c
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def test_first_run_creates_accounts_status_secrets_events_and_inventory(cluster: Cluster) -> None:
+    cluster.account("billing")
+    cluster.account("alerts", smtps=True)
+    report = cluster.reconcile()
+    assert report.all_ready, [a.status for a in report.accounts]
+
+    obj = cluster.api.get_object("emailaccounts", NS, "billing")
+    assert obj is not None
+    assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "email-reconciler"
+    assert obj["metadata"]["generation"] == 1
+    status = obj["status"]
+    assert condition(status, "Ready")["status"] == "True"
+    assert (status["protocol"], status["connectivity"]) == ("STARTTLS",
+                                                            "SMTP (Connect using STARTTLS)")
+    assert status["tlsVersion"].startswith("TLSv1.")
+    assert status["observedGeneration"] == 1
+    assert cluster.status("alerts")["protocol"] == "SMTPS"
+
+    secret = cluster.api.get_object("secrets", NS, "billing-sender")
+    assert secret is not None
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "email-reconciler"
+    assert secret["metadata"]["annotations"]["email.reconciler.io/data-hash"].startswith("sha256:")
+    data = cluster.published("billing-sender")
+    assert data["SMTP_PASSWORD"] == PASSWORD
+    assert data["ca.crt"] == cluster.servers.ca.ca_pem
+
+    # a new account that came up fine gets no event: its status says so
+    assert cluster.api.objects("events", NS) == []
+    inventory = cluster.api.get_object("configmaps", NS, INVENTORY_NAME)
+    assert inventory is not None
+    assert yaml.safe_load(inventory["data"]["entries"]) == ["alerts", "billing"]
+    # status went through the status subresource, applies through server-side apply
+    patches = [r for r in cluster.api.requests if r.verb == "patch"]
+    assert {(r.resource, r.subresource) for r in patches} >= {
+        ("emailaccounts", None), ("emailaccounts", "status"), ("secrets", None)}
+
+
+def _second_run_requests(servers: Servers, tmp_path: Path, n: int) -> dict[str, int]:
+    with KubeAPIServer(crds=[email_account_crd()]) as api:
+        c = Cluster(api, tmp_path / f"n{n}", servers)
+        api.add_object("configmaps", {"metadata": {"name": "ca", "namespace": NS},
+                                      "data": {"ca.crt": servers.ca.ca_pem}})
+        for i in range(n):
+            c.account(f"acct-{i:02d}")
+        assert c.reconcile().all_ready
+        api.clear_requests()
+        report = c.reconcile()
+        assert not report.changed
+        assert writes(api) == []
+        return api.count_by_verb()
+
+
+def test_second_run_writes_nothing_and_reads_do_not_grow_with_accounts(
+        servers: Servers, tmp_path: Path) -> None:
+    three = _second_run_requests(servers, tmp_path, 3)
+    twelve = _second_run_requests(servers, tmp_path, 12)
+    assert three == twelve
+    # one LIST of accounts, of Secrets (credentials and published alike), of ConfigMaps (the
+    # truststore) and of inventories
+    assert three == {"list": 4}
+
+
+def test_spec_change_bumps_generation_and_reprobes(cluster: Cluster) -> None:
+    doc = cluster.account("billing")
+    cluster.reconcile()
+    connections = cluster.servers.starttls.connections
+    doc["spec"]["smtp"]["identity"]["displayName"] = "Billing Department"
+    cluster.write(doc)
+    report = cluster.reconcile()
+    assert report.accounts[0].probed
+    assert cluster.servers.starttls.connections > connections
+    obj = cluster.api.get_object("emailaccounts", NS, "billing")
+    assert obj is not None and obj["metadata"]["generation"] == 2
+    assert obj["status"]["observedGeneration"] == 2
+    assert condition(obj["status"], "Ready")["observedGeneration"] == 2
+    assert cluster.published("billing-sender")["SMTP_FROM_NAME"] == "Billing Department"
+
+
+def test_changed_password_secret_updates_published_secret(cluster: Cluster) -> None:
+    cluster.account("billing")
+    cluster.reconcile()
+    before = cluster.api.get_object("secrets", NS, "billing-sender")
+    cluster.servers.users["billing@example.com"] = "a brand new one"
+    cluster.secret("billing-smtp", "password", "a brand new one")
+    cluster.api.clear_requests()
+    report = cluster.reconcile()
+    assert report.accounts[0].probed and report.all_ready
+    assert cluster.published("billing-sender")["SMTP_PASSWORD"] == "a brand new one"
+    after = cluster.api.get_object("secrets", NS, "billing-sender")
+    assert before is not None and after is not None
+    assert after["metadata"]["annotations"] != before["metadata"]["annotations"]
+    # the account object was not rewritten: only the Secret (and status/events) changed
+    assert not [r for r in cluster.api.requests
+                if (r.verb, r.resource, r.subresource) == ("patch", "emailaccounts", None)]
+
+
+def test_removed_manifest_prunes_object_and_secret_but_not_unmanaged(cluster: Cluster) -> None:
+    cluster.account("billing")
+    cluster.account("alerts")
+    hand_made = {"apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
+                 "metadata": {"name": "by-hand", "namespace": NS}, "spec": {"provider": "custom"}}
+    cluster.api.add_object("emailaccounts", hand_made)
+    cluster.secret("unrelated", "token", "keep me")
+    cluster.reconcile()
+    assert cluster.api.get_object("secrets", NS, "alerts-sender") is not None
+
+    (cluster.manifests / "alerts.yaml").unlink()
+    report = cluster.reconcile()
+    assert report.pruned == [(NS, "alerts")]
+    assert cluster.api.get_object("emailaccounts", NS, "alerts") is None
+    assert cluster.api.get_object("secrets", NS, "alerts-sender") is None
+    assert cluster.api.get_object("emailaccounts", NS, "by-hand") is not None
+    assert cluster.api.get_object("secrets", NS, "unrelated") is not None
+    assert cluster.api.get_object("secrets", NS, "billing-sender") is not None
+    inventory = cluster.api.get_object("configmaps", NS, INVENTORY_NAME)
+    assert inventory is not None and yaml.safe_load(inventory["data"]["entries"]) == ["billing"]
+
+
+def test_foreign_secret_is_never_taken_over(cluster: Cluster) -> None:
+    cluster.account("billing")
+    cluster.secret("billing-sender", "SMTP_HOST", "theirs.example.com")
+    before = cluster.api.get_object("secrets", NS, "billing-sender")
+    cluster.reconcile()
+    status = cluster.status("billing")
+    assert condition(status, "SecretPublished")["reason"] == "SecretConflict"
+    assert condition(status, "Stalled")["status"] == "True"
+    assert cluster.api.get_object("secrets", NS, "billing-sender") == before
+    obj = cluster.api.get_object("emailaccounts", NS, "billing")
+    assert obj is not None
+    events = [e for e in cluster.api.objects("events", NS) if e["reason"] == "SecretConflict"]
+    assert events, cluster.api.objects("events", NS)
+    assert events[0]["type"] == "Warning"
+    assert events[0]["involvedObject"] == {
+        "apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount", "name": "billing",
+        "namespace": NS, "uid": obj["metadata"]["uid"]}
+    assert events[0]["source"]["component"] == "email-reconciler"
+    assert events[0]["reportingComponent"] == "email-reconciler"
+    assert events[0]["count"] == 1
+
+
+@pytest.mark.parametrize("fault", [409, 500, 429, "drop"])
+def test_injected_faults_are_retried_and_nothing_is_lost(cluster: Cluster,
+                                                         fault: int | str) -> None:
+    cluster.account("billing")
+    cluster.account("alerts", smtps=True)
+    for verb, resource in [("list", "emailaccounts"), ("patch", "emailaccounts"),
+                           ("list", "secrets"), ("patch", "secrets"),
+                           ("list", "configmaps"), ("patch", "configmaps")]:
+        cluster.api.inject(fault, 2, verb=verb, resource=resource)  # type: ignore[arg-type]
+    report = cluster.reconcile()
+    assert report.all_ready, [a.status for a in report.accounts]
+    failed = [r for r in cluster.api.requests if r.status == (0 if fault == "drop" else fault)]
+    assert len(failed) == 12
+    for name in ("billing", "alerts"):
+        assert condition(cluster.status(name), "Ready")["status"] == "True"
+        assert cluster.published(f"{name}-sender")["SMTP_PASSWORD"] == PASSWORD
+    inventory = cluster.api.get_object("configmaps", NS, INVENTORY_NAME)
+    assert inventory is not None and yaml.safe_load(inventory["data"]["entries"]) == [
+        "alerts", "billing"]
+    cluster.api.clear_requests()
+    assert not cluster.reconcile().changed
+    assert writes(cluster.api) == []
+
+
+def test_forbidden_secret_writes_name_verb_resource_and_namespace_in_status(
+        cluster: Cluster) -> None:
+    cluster.account("billing")
+    cluster.api.inject(403, 10, verb="patch", resource="secrets")
+    report = cluster.reconcile()
+    assert not report.all_ready
+    published = condition(cluster.status("billing"), "SecretPublished")
+    assert published["status"] == "False"
+    assert published["reason"] == "Forbidden"
+    assert ('forbidden: cannot patch secrets in namespace "shop" (check the RBAC Role of the '
+            'service account)') in published["message"]
+    assert cluster.api.get_object("secrets", NS, "billing-sender") is None
+    assert PASSWORD not in str(cluster.status("billing"))
+
+
+def test_api_unavailable_after_backoff_marks_the_account_and_the_run_goes_on(
+        cluster: Cluster) -> None:
+    cluster.account("billing")
+    cluster.account("alerts")
+    cluster.api.inject(503, 1000, verb="patch", resource="secrets")
+    report = cluster.reconcile()
+    assert len(report.accounts) == 2
+    for name in ("billing", "alerts"):
+        published = condition(cluster.status(name), "SecretPublished")
+        assert published["reason"] == "ApiUnavailable"
+        assert "patch secrets" in published["message"] and "5 times" in published["message"]
+    patches = [r for r in cluster.api.requests if (r.verb, r.resource) == ("patch", "secrets")]
+    assert len(patches) == 2 * FAST.attempts
+
+
+def test_kubectl_get_shows_protocol_tls_and_ready(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.account("billing")
+    cluster.account("alerts", smtps=True)
+    assert cluster.reconcile().all_ready
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-kubeconfig")}
+    base = ["kubectl", "--server", cluster.api.url, "get", "emailaccounts", "-A"]
+    for extra in ([], ["-o", "wide"]):
+        out = subprocess.run(base + extra, capture_output=True, text=True, env=env, timeout=60,
+                             check=True).stdout
+        print(out)
+        header, *lines = out.splitlines()
+        for column in ("PROTOCOL", "TLS", "READY"):
+            assert f" {column} " in f" {header} ", header
+        rows = {row["NAME"]: row for row in _table(header, lines)}
+        assert set(rows) == {"alerts", "billing"}
+        assert (rows["billing"]["PROTOCOL"], rows["billing"]["READY"]) == ("STARTTLS", "True")
+        assert rows["billing"]["TLS"].startswith("TLSv1.")
+        assert (rows["alerts"]["PROTOCOL"], rows["alerts"]["READY"]) == ("SMTPS", "True")
+
+
+def _table(header: str, lines: list[str]) -> list[dict[str, str]]:
+    """kubectl's table, cut at the header's column starts (empty cells stay empty)."""
+    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
+    names = header.split()
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    return [{name: line[a:b].strip() for name, (a, b) in zip(names, bounds, strict=True)}
+            for line in lines]
+
+
+def _comparable(status: dict[str, Any]) -> dict[str, Any]:
+    """A status without the fields that differ by store: times (uid-jittered) and uids."""
+    out = copy.deepcopy(status)
+    for key in ("lastProbeTime", "nextProbeTime", "lastAuthTime"):
+        out.pop(key, None)
+    for cond in out.get("conditions") or []:
+        cond.pop("lastTransitionTime", None)
+    return out
+
+
+def test_local_and_kubernetes_stores_agree(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.account("billing")
+    cluster.account("alerts", smtps=True)
+    secrets_dir = tmp_path / "secrets"
+    for name in ("billing", "alerts"):
+        (secrets_dir / NS / f"{name}-smtp").mkdir(parents=True)
+        (secrets_dir / NS / f"{name}-smtp" / "password").write_text(PASSWORD)
+    (secrets_dir / NS / "ca").mkdir()
+    (secrets_dir / NS / "ca" / "ca.crt").write_text(cluster.servers.ca.ca_pem)
+    now = datetime.now(UTC).replace(microsecond=0)
+    options = RunOptions(clock=lambda: now)
+
+    local = LocalStore(tmp_path / "store")
+    Reconciler(local, DirSecretReader(secrets_dir), options).run(
+        load_paths([str(cluster.manifests)]))
+    cluster.reconcile(clock=lambda: now)
+
+    for name in ("billing", "alerts"):
+        local_obj = local.get_account(NS, name)
+        assert local_obj is not None
+        assert _comparable(local_obj["status"]) == _comparable(cluster.status(name))
+        local_secret = local.get_secret(NS, f"{name}-sender")
+        kube_secret = cluster.api.get_object("secrets", NS, f"{name}-sender")
+        assert local_secret is not None and kube_secret is not None
+        assert local_secret["data"] == kube_secret["data"]
+        assert local_secret["metadata"]["labels"] == kube_secret["metadata"]["labels"]
+        assert (local_secret["metadata"]["annotations"]
+                == kube_secret["metadata"]["annotations"])
+
+
+# --------------------------------------------------------------------------- the store alone
+
+
+def test_secret_reader_uses_one_list_per_kind_and_namespace(cluster: Cluster) -> None:
+    cluster.secret("app", "password", "pw-1")
+    cluster.secret("other", "token", "t")
+    with KubeStore(cluster.api.api_client(), retry=FAST) as store:
+        store.list_accounts()
+        reader = store.secret_reader()
+        cluster.api.clear_requests()
+        assert reader.read(NS, KeyRef("app", "password")) == b"pw-1"
+        assert reader.read(NS, KeyRef("ca", "ca.crt", kind="ConfigMap")).startswith(b"-----BEGIN")
+        version = reader.version(NS, KeyRef("app", "password"))
+        assert version.startswith("sha256:") and "pw-1" not in version
+        assert store.list_secrets([NS])[(NS, "other")]["metadata"]["name"] == "other"
+        with pytest.raises(SecretNotFound, match="shop/app has no key 'user'"):
+            reader.read(NS, KeyRef("app", "user"))
+        with pytest.raises(SecretNotFound, match="Secret shop/missing not found"):
+            reader.read(NS, KeyRef("missing", "password"))
+        assert cluster.api.count_by_verb() == {"list": 2}
+
+
+def test_second_apply_with_same_manifest_sends_nothing(cluster: Cluster) -> None:
+    manifest = {"apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
+                "metadata": {"name": "a", "namespace": NS, "labels": {"team": "x"}},
+                "spec": {"provider": "custom"}}
+    with KubeStore(cluster.api.api_client(), retry=FAST) as store:
+        store.list_accounts()
+        first = store.apply_account(manifest)
+        store.list_accounts()
+        cluster.api.clear_requests()
+        assert store.apply_account(manifest)["metadata"]["uid"] == first["metadata"]["uid"]
+        assert writes(cluster.api) == []
+        changed = copy.deepcopy(manifest)
+        changed["spec"]["description"] = "now described"
+        assert store.apply_account(changed)["metadata"]["generation"] == 2
+
+
+def test_status_patch_removes_vanished_fields(cluster: Cluster) -> None:
+    manifest = {"metadata": {"name": "a", "namespace": NS}, "spec": {"provider": "custom"}}
+    with KubeStore(cluster.api.api_client(), retry=FAST) as store:
+        store.list_accounts()
+        store.apply_account(manifest)
+        store.write_status(NS, "a", {"protocol": "STARTTLS", "tlsVersion": "TLSv1.3",
+                                     "certificate": {"subject": "CN=x", "serial": "01"}})
+        store.write_status(NS, "a", {"protocol": "None", "certificate": {"subject": "CN=y"}})
+    obj = cluster.api.get_object("emailaccounts", NS, "a")
+    assert obj is not None
+    assert obj["status"] == {"protocol": "None", "certificate": {"subject": "CN=y"}}
+    assert obj["spec"] == {"provider": "custom"} and obj["metadata"]["generation"] == 1
+
+
+def test_forbidden_list_names_the_cluster_scope(cluster: Cluster) -> None:
+    cluster.api.inject(403, 1, verb="list", resource="emailaccounts")
+    with KubeStore(cluster.api.api_client(), retry=FAST) as store, \
+            pytest.raises(StoreForbidden, match="cannot list emailaccounts.email.reconciler.io "
+                                                "at the cluster scope"):
+        store.list_accounts()
+
+
+def test_unreachable_server_gives_store_unavailable(tmp_path: Path) -> None:
+    api = KubeAPIServer(crds=[email_account_crd()]).start()
+    url_client = api.api_client()
+    api.stop()  # nothing listens on that port any more
+    sleeps: list[float] = []
+    with KubeStore(url_client, retry=FAST, sleep=sleeps.append) as store, \
+            pytest.raises(StoreUnavailable, match="failed 5 times"):
+        store.list_accounts()
+    assert len(sleeps) == FAST.attempts - 1
+    assert all(0 < s <= FAST.max_delay for s in sleeps)
+
+
+def test_open_store_kube_reads_the_kubeconfig_context(cluster: Cluster, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(cluster.api.kubeconfig(tmp_path / "kubeconfig")))
+    cluster.api.add_object("emailaccounts", {"metadata": {"name": "a", "namespace": NS},
+                                             "spec": {"provider": "custom"}})
+    cluster.api.add_object("emailaccounts", {"metadata": {"name": "b", "namespace": "other"},
+                                             "spec": {"provider": "custom"}})
+    store = open_store("kube", context="kubeapi")
+    try:
+        assert isinstance(store, KubeStore)
+        assert {o["metadata"]["name"] for o in store.list_accounts()} == {"a", "b"}
+    finally:
+        store.close()
+    with KubeStore.from_config(namespace="other") as scoped:
+        assert [o["metadata"]["name"] for o in scoped.list_accounts()] == ["b"]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+@pytest.mark.parametrize(("old", "new", "patch"), [
+    ({}, {"a": 1}, {"a": 1}),
+    ({"a": 1, "b": 2}, {"a": 1}, {"a": 1, "b": None}),
+    ({"c": {"x": 1, "y": 2}}, {"c": {"x": 1}}, {"c": {"x": 1, "y": None}}),
+    ({"l": [1, 2]}, {"l": [3]}, {"l": [3]}),
+    ({"c": {"x": 1}}, {"c": "flat"}, {"c": "flat"}),
+])
+def test_merge_patch_for(old: dict[str, Any], new: dict[str, Any],
+                         patch: dict[str, Any]) -> None:
+    assert merge_patch_for(old, new) == patch
+
+
+@pytest.mark.parametrize(("stored_labels", "managed", "same"), [
+    ({"app.kubernetes.io/managed-by": "email-reconciler"}, None, True),
+    ({"app.kubernetes.io/managed-by": "email-reconciler", "added-by-kubectl": "x"}, None, True),
+    ({}, None, False),
+    ({"app.kubernetes.io/managed-by": "email-reconciler", "gone": "x"}, ["gone"], False),
+    ({"app.kubernetes.io/managed-by": "email-reconciler", "theirs": "x"}, [], True),
+])
+def test_same_as_applied(stored_labels: dict[str, str], managed: list[str] | None,
+                         same: bool) -> None:
+    desired = {"metadata": {"name": "a", "labels": {
+        "app.kubernetes.io/managed-by": "email-reconciler"}}, "spec": {"provider": "custom"}}
+    stored: dict[str, Any] = {"metadata": {"name": "a", "labels": stored_labels},
+                              "spec": {"provider": "custom"}}
+    if managed is not None:
+        fields = {f"f:{k}": {} for k in ["app.kubernetes.io/managed-by", *managed]}
+        stored["metadata"]["managedFields"] = [{
+            "manager": "email-reconciler", "operation": "Apply",
+            "fieldsV1": {"f:metadata": {"f:labels": fields}}}]
+    assert same_as_applied(stored, desired) is same
+
+
+def test_retry_delay_is_capped_exponential_with_jitter() -> None:
+    policy = RetryPolicy(base_delay=0.05, max_delay=1.0)
+    for failures, ceiling in [(1, 0.05), (2, 0.1), (3, 0.2), (6, 1.0), (20, 1.0)]:
+        delays = [policy.delay(failures) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+    assert policy.delay(1, retry_after=30) == 1.0
