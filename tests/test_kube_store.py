@@ -448,7 +448,8 @@ def test_secret_reader_uses_one_list_per_kind_and_namespace(cluster: Cluster) ->
 
 
 def test_second_apply_with_same_manifest_sends_nothing(cluster: Cluster) -> None:
-    manifest = {"apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
+    manifest: dict[str, Any] = {
+                "apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
                 "metadata": {"name": "a", "namespace": NS, "labels": {"team": "x"}},
                 "spec": {"provider": "custom"}}
     with KubeStore(cluster.api.api_client(), retry=FAST) as store:
@@ -544,7 +545,7 @@ def test_same_as_applied(stored_labels: dict[str, str], managed: list[str] | Non
     stored: dict[str, Any] = {"metadata": {"name": "a", "labels": stored_labels},
                               "spec": {"provider": "custom"}}
     if managed is not None:
-        fields = {f"f:{k}": {} for k in ["app.kubernetes.io/managed-by", *managed]}
+        fields: dict[str, Any] = {f"f:{k}": {} for k in ["app.kubernetes.io/managed-by", *managed]}
         stored["metadata"]["managedFields"] = [{
             "manager": "email-reconciler", "operation": "Apply",
             "fieldsV1": {"f:metadata": {"f:labels": fields}}}]

@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from reconciler.errors import (
     SecretNotFound,
@@ -452,7 +452,9 @@ class KubeStore:
                 "reportingComponent": FIELD_MANAGER,
                 "reportingInstance": os.environ.get("HOSTNAME", FIELD_MANAGER),
             }
-            return self._core.create_namespaced_event(event.namespace, body, **self._kw())
+            # the client takes a plain dict as well as its model (typed as the model only)
+            return self._core.create_namespaced_event(event.namespace, cast(Any, body),
+                                                      **self._kw())
 
         self._call("create", "events", event.namespace, send)
 
