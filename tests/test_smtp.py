@@ -578,3 +578,28 @@ def test_send_test_message_reports_auth_failure_and_bad_address(
                                         "ops@example.test\r\nBcc: x@y", now=NOW))
     assert bad.reason == reasons.INVALID_SPEC
     assert server.messages == []
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def test_signing_check_is_attached_to_the_probe(smtp_server: Factory, secrets_dir: Path) -> None:
+    from reconciler.model import Signing
+
+    server = smtp_server("STARTTLS", users=users())
+    account = make_account(port=server.port,
+                           signing=Signing(keystore=KeyRef("no-keystore", "keystore.p12")))
+    result = probe(account, secrets_dir)
+    assert result.connection.ok and result.authentication is not None
+    assert result.authentication.ok
+    assert result.signing is not None and not result.signing.outcome.ok
+    assert result.signing.outcome.reason in (reasons.KEYSTORE_NOT_FOUND, reasons.SECRET_NOT_FOUND)
+    assert "no-keystore" in result.signing.outcome.message
+    assert not result.ok
+
+
+def test_graph_accounts_go_to_the_graph_probe(secrets_dir: Path) -> None:
+    account = dataclasses.replace(make_account(), send_using="MicrosoftGraph", smtp=None)
+    result = probe(account, secrets_dir)
+    assert (result.connectivity, result.protocol) == ("Microsoft Graph", "MicrosoftGraph")
+    assert not result.connection.ok

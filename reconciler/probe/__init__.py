@@ -47,6 +47,10 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
     if account.smtp is not None and account.smtp.signing is not None:
         signing = await _check_signing(account, secrets, now=now)
         result = dataclasses.replace(result, signing=signing)
+    log.info("probed", namespace=account.namespace, name=account.name,
+             connectivity=result.connectivity, connection=result.connection.reason,
+             authentication=result.authentication.reason if result.authentication else None,
+             tls_version=result.tls_version, seconds=result.timings.get("total"))
     return result
 
 

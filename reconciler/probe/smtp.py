@@ -282,6 +282,8 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
             password = creds.password if creds else _read_text(secrets, account, auth.password)
             if password is not None:
                 credentials = {"username": identity, "password": password}
+    elif auth.method == "OAuth2":
+        credentials = {"username": identity}
 
     try:
         async with asyncio.timeout(conn.timeout_seconds):

@@ -271,8 +271,7 @@ class ServerLoop:
     def _track(self, transport: asyncio.BaseTransport) -> None:
         self._transports.add(transport)
 
-    def _closer(self, server: asyncio.base_events.Server,
-                record: RunningServer) -> Callable[[], None]:
+    def _closer(self, server: asyncio.base_events.Server) -> Callable[[], None]:
         async def stop() -> None:
             server.close()
             await server.wait_closed()
@@ -336,7 +335,7 @@ class ServerLoop:
             factory, LOOPBACK, 0, ssl=ssl_ctx)
         self._servers.append(server)
         record.port = server.sockets[0].getsockname()[1]
-        record._closer = self._closer(server, record)
+        record._closer = self._closer(server)
         return record
 
     # -------------------------------------------------------------- scripted faults
@@ -389,7 +388,7 @@ class ServerLoop:
         server = await asyncio.start_server(serve, LOOPBACK, 0)
         self._servers.append(server)
         record.port = server.sockets[0].getsockname()[1]
-        record._closer = self._closer(server, record)
+        record._closer = self._closer(server)
         return record
 
 
