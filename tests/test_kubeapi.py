@@ -490,3 +490,35 @@ def test_the_generated_crd_is_served(kube_api: KubeAPIServer, custom: client.Cus
     assert table["kind"] == "Table"
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", *names]
     assert table["rows"][0]["cells"][:2] == ["a", "gmail"]
+
+
+def test_events_with_generate_name_and_delete_collection(kube_api: KubeAPIServer,
+                                                         core: client.CoreV1Api) -> None:
+    for reason in ("Ready", "NotReady"):
+        core.create_namespaced_event("team", {
+            "metadata": {"generateName": "a.", "labels": {"r": reason}},
+            "involvedObject": {"kind": "EmailAccount", "name": "a", "namespace": "team"},
+            "reason": reason, "type": "Normal", "message": "m"})
+    names = [e["metadata"]["name"] for e in kube_api.objects("events", "team")]
+    assert len(names) == 2 and all(n.startswith("a.") and len(n) == 7 for n in names)
+    by_object = core.list_namespaced_event("team", field_selector="involvedObject.name=a")
+    assert len(by_object.items) == 2
+    core.delete_collection_namespaced_event("team", label_selector="r=Ready")
+    assert [e["reason"] for e in kube_api.objects("events", "team")] == ["NotReady"]
+    assert kube_api.count_by_verb()["deletecollection"] == 1
+
+
+@needs_kubectl
+def test_kubectl_server_side_apply_drops_fields_it_no_longer_applies(
+        kube_api: KubeAPIServer, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    body = {**account("a"), "metadata": {"name": "a", "namespace": "team"}}
+    body["spec"]["region"] = "eu-west-1"
+    manifest.write_text(yaml.safe_dump(body))
+    apply = ("apply", "--server-side", "--validate=false", "-f", str(manifest))
+    assert "serverside-applied" in kubectl(kube_api, tmp_path, *apply)
+    del body["spec"]["region"]
+    manifest.write_text(yaml.safe_dump(body))
+    kubectl(kube_api, tmp_path, *apply)
+    assert "region" not in kube_api.get_object(PLURAL, "team", "a")["spec"]
+    assert [r.status for r in kube_api.requests if r.verb == "patch"] == [201, 200]
