@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -996,7 +996,7 @@ class KubeAPIServer:
 
     def _watch_events(
         self, rtype: ResourceType, namespace: str | None, query: dict[str, str], deadline: float
-    ) -> Iterator[JSON]:
+    ) -> Generator[JSON, None, None]:
         """Check the request (raising ApiError), then return the generator of its watch events."""
         store = self._store
         requested = query.get("resourceVersion", "")
@@ -1021,7 +1021,7 @@ class KubeAPIServer:
         deadline: float,
         initial: list[JSON],
         cursor: int,
-    ) -> Iterator[JSON]:
+    ) -> Generator[JSON, None, None]:
         """Yield watch events until the deadline, server stop, or 410 Gone."""
         store = self._store
         yield from initial
@@ -1064,7 +1064,7 @@ class KubeAPIServer:
             return None
         now = self._matches(event.obj, query)
         before = event.prev is not None and self._matches(event.prev, query)
-        if event.type == "MODIFIED" and now != before:
+        if event.type == "MODIFIED" and event.prev is not None and now != before:
             if now:
                 return {"type": "ADDED", "object": event.obj}
             gone = copy.deepcopy(event.prev)
@@ -1133,6 +1133,8 @@ class _Handler(BaseHTTPRequestHandler):
     api: KubeAPIServer
     protocol_version = "HTTP/1.1"
     timeout = 120  # a forgotten keep-alive connection must not pin a thread forever
+    _request: tuple[str, str, dict[str, str], str, JSON]
+    _logged = False
 
     def setup(self) -> None:
         super().setup()
