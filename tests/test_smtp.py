@@ -465,7 +465,7 @@ class _BrokenReader:
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         if ref.name == self.broken_name:
-            raise RuntimeError("reader bug")
+            raise RuntimeError(f"reader bug near {PASSWORD}")
         return self.inner.read(namespace, ref)
 
     def version(self, namespace: str, ref: KeyRef) -> str:
@@ -479,11 +479,14 @@ def test_unexpected_exception_becomes_probe_error(smtp_server: Factory, secrets_
     accounts = [make_account(name="ok", port=server.port),
                 make_account(name="bad", port=server.port, password=KeyRef("buggy", "password"))]
     reader = _BrokenReader(DirSecretReader(secrets_dir), "buggy")
-    results = asyncio.run(probe_accounts(accounts, reader, now=NOW))
+    # concurrency 1: the good account reads (and so registers) the password first
+    results = asyncio.run(probe_accounts(accounts, reader, now=NOW, concurrency=1))
     assert results[0].ok
     assert results[1].connection.reason == reasons.PROBE_ERROR
-    assert "RuntimeError" in results[1].connection.message
-    assert '"name": "bad"' in log_stream.getvalue()
+    assert "RuntimeError: reader bug near [REDACTED]" in results[1].connection.message
+    logged = log_stream.getvalue()
+    assert '"name": "bad"' in logged and "Traceback" in logged
+    assert PASSWORD not in logged and PASSWORD not in repr(results)
 
 
 # --------------------------------------------------------------------------- secrecy
