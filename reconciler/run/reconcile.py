@@ -95,6 +95,8 @@ def _secret_versions(account: Account, secrets: SecretReader) -> dict[str, str]:
             out[f"{ref.kind}/{ref.name}/{ref.key}"] = secrets.version(account.namespace, ref)
         except SecretNotFound:
             out[f"{ref.kind}/{ref.name}/{ref.key}"] = "missing"
+        except StoreError:  # the store could not list Secrets now; the probe will say why
+            out[f"{ref.kind}/{ref.name}/{ref.key}"] = "unavailable"
     return out
 
 
@@ -108,6 +110,7 @@ class Reconciler:
         self.options = options
         self.tokens = tokens
         self.published: dict[Key, dict[str, Any]] = {}
+        self.secrets_error: StoreError | None = None
 
     # ------------------------------------------------------------------ the run
     def run(self, loaded: LoadResult) -> RunReport:
@@ -164,7 +167,13 @@ class Reconciler:
                             stored: Mapping[Key, Mapping[str, Any]], report: RunReport,
                             now: datetime) -> None:
         namespaces = {a.namespace for a in accounts} | {k[0] for k in stored}
-        self.published = self.store.list_secrets(namespaces)
+        self.secrets_error = None
+        try:
+            self.published = self.store.list_secrets(namespaces)
+        except StoreError as exc:  # without the list, conflicts cannot be seen: publish nothing
+            self.secrets_error = exc
+            self.published = {}
+            log.error("cannot list Secrets", error=redact_text(str(exc)))
         decisions = {}
         for account in accounts:
             old = (stored.get(account.key) or {}).get("status") or {}
@@ -244,6 +253,8 @@ class Reconciler:
     def _publish(self, account: Account, result: ProbeResult, old_status: Mapping[str, Any],
                  published: dict[Key, dict[str, Any]], entry: AccountReport) -> Outcome:
         ns, secret_name = account.namespace, account.publish.secret_name
+        if self.secrets_error is not None:
+            raise self.secrets_error
         desired = render.render_secret(account, result, owner_uid=account.uid or None)
         existing = published.get((ns, secret_name))
         if existing is not None and not render.is_managed(existing):
