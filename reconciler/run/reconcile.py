@@ -150,7 +150,9 @@ class Reconciler:
         stored = {object_key(o): dict(o) for o in objects}
         accounts = []
         for key, obj in stored.items():
-            diagnostics = validate_document(obj, file=f"{key[0]}/{key[1]}")
+            # Our own status (e.g. secretVersions digests) is not the manifest: validate the rest.
+            manifest = {k: v for k, v in obj.items() if k != "status"}
+            diagnostics = validate_document(manifest, file=f"{key[0]}/{key[1]}")
             errors = [d for d in diagnostics if d.severity == "error"]
             if errors:
                 self._mark_invalid(InvalidDocument(key[0], key[1], SourceRef(f"{key[0]}/{key[1]}", 1),
