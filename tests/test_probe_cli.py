@@ -65,3 +65,26 @@ def test_usage_errors_exit_2(tmp_path: object, capsys: pytest.CaptureFixture[str
     assert main(["probe", "/nonexistent/path"]) == 2
     assert main(["reconcile"]) == 2
     assert main(["probe", ".", "--concurrency", "0"]) == 2
+
+
+def test_send_test_to_delivers_a_signed_message(world: World,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.keystores import TestCA, cryptography_pfx
+
+    ca = TestCA.create()
+    key, cert = ca.issue_smime("billing@example.com")
+    world.secret("billing-signing", "keystore.p12", cryptography_pfx("billing", key, cert,
+                                                                     [ca.cert], "changeit"))
+    world.secret("billing-signing", "password", "changeit")
+    doc = world.account("billing")
+    doc["spec"]["smtp"]["signing"] = {
+        "keystoreSecretRef": {"name": "billing-signing", "key": "keystore.p12"},
+        "keystorePasswordSecretRef": {"name": "billing-signing", "key": "password"}}
+    world.write(doc)
+    assert probe(world, "--send-test-to", "ops@example.org") == 0
+    out = capsys.readouterr().out
+    assert "test message to ops@example.org" in out
+    received = world.starttls.messages[-1]
+    assert received.rcpt_tos == ("ops@example.org",)
+    assert b"multipart/signed" in received.content
+    assert b"pkcs7-signature" in received.content

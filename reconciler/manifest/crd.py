@@ -76,7 +76,7 @@ _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
 _READY = '.status.conditions[?(@.type=="Ready")]'
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Provider", "type": "string", "jsonPath": ".spec.provider"},
-    {"name": "Via", "type": "string", "jsonPath": ".spec.sendUsing"},
+    {"name": "Via", "type": "string", "jsonPath": ".status.via"},
     {"name": "Protocol", "type": "string", "jsonPath": ".status.protocol"},
     {"name": "TLS", "type": "string", "jsonPath": ".status.tlsVersion"},
     {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status"},

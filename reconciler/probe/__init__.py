@@ -44,6 +44,11 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
 
         result = await probe_smtp(account, secrets, now=now, authenticate=authenticate,
                                   tokens=tokens)
+        from reconciler.probe.oauth import basic_auth_warning
+
+        deprecated = basic_auth_warning(account)
+        if deprecated is not None:  # the probe still reports what the server answered
+            result = dataclasses.replace(result, warnings=(*result.warnings, deprecated))
     if account.smtp is not None and account.smtp.signing is not None:
         signing = await _check_signing(account, secrets, now=now)
         result = dataclasses.replace(result, signing=signing)

@@ -111,11 +111,24 @@ def _send_tests(accounts: Sequence[Any], results: Sequence[Any], secrets: Secret
     for account, result in zip(accounts, results, strict=True):
         if not result.ok or account.smtp is None:
             continue
-        outcome = asyncio.run(send_test_message(account, secrets, to, now=now, tokens=tokens))
+        outcome = asyncio.run(send_test_message(account, secrets, to, now=now, tokens=tokens,
+                                                signer=_signer(account, secrets)))
         ok = ok and outcome.ok
         out.write(f"{account.namespace}/{account.name}: test message to {to}: "
                   f"{outcome.reason}: {outcome.message}\n")
     return ok
+
+
+def _signer(account: Any, secrets: SecretReader) -> Any:
+    """A function that S/MIME-signs a message with the account's key, or None without signing."""
+    if account.smtp is None or account.smtp.signing is None:
+        return None
+    from reconciler.probe.signing import SigningMaterial, load_signing_material, sign_message
+
+    material = load_signing_material(account, secrets)
+    if not isinstance(material, SigningMaterial):
+        return None  # the probe already reported why signing is not ready
+    return lambda msg: sign_message(msg, material.key, [material.certificate, *material.chain])
 
 
 def _token_cache() -> Any:

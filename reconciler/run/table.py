@@ -9,7 +9,7 @@ from typing import Any
 # (header, path, wide-only). Paths are the CRD's additionalPrinterColumns in a simple form.
 COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("PROVIDER", "spec.provider", False),
-    ("VIA", "spec.sendUsing", False),
+    ("VIA", "status.via", False),
     ("PROTOCOL", "status.protocol", False),
     ("TLS", "status.tlsVersion", False),
     ("READY", "condition:Ready.status", False),
@@ -64,7 +64,8 @@ def rows(objects: Sequence[Mapping[str, Any]], *, wide: bool, now: datetime) -> 
                 continue
             value = _lookup(obj, path)
             if header_name == "VIA" and value is None:
-                value = "SMTP"
+                value = "Graph" if (obj.get("spec") or {}).get("sendUsing") == "MicrosoftGraph" \
+                    else "SMTP"
             if header_name == "AGE":
                 row.append(age(value, now))
             else:

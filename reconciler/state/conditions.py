@@ -356,6 +356,8 @@ def build_status(*, account: Account, old_status: Mapping[str, Any] | None,
     gen = account.generation
     status["observedGeneration"] = gen
     status["secretName"] = account.publish.secret_name
+    # For the VIA printer column: the spec may leave sendUsing to its default.
+    status["via"] = "Graph" if account.send_using == "MicrosoftGraph" else "SMTP"
     if account.probe.suspend:
         status["suspended"] = True
     else:
