@@ -77,7 +77,7 @@ def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
     tokens = _token_cache()
     results = asyncio.run(probe_accounts(accounts, secrets, now=now, concurrency=args.concurrency,
                                          authenticate=True, tokens=tokens))
-    entries = []
+    entries: list[dict[str, Any]] = []
     for account, result in zip(accounts, results, strict=True):
         status = build_status(account=account, old_status=None, result=result, published=None,
                               now=now, publishing=False)
