@@ -1,0 +1,118 @@
+"""Shared pieces of the benchmarks: the result row, timing, and how to run our CLI.
+
+The benchmarks run as `python bench/run.py`, so this folder is on sys.path and the repository root
+is added by run.py; helpers import each other as top-level modules.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+SCHEMA = REPO / "schemas" / "emailaccount.schema.json"
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Row:
+    """One line of the result table. `met` is None when the figure has no target (information)."""
+
+    figure: str
+    ours: str
+    reference: str
+    ratio: str
+    target: str
+    met: bool | None
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "MISSED", None: "-"}[self.met]
+
+
+def unavailable(figure: str, target: str, why: str) -> Row:
+    """A row for a benchmark that could not run here, with the reason."""
+    return Row(figure, "n/a", "n/a", "n/a", target, None, f"not available: {why}")
+
+
+def cli() -> list[str]:
+    """How to start `email-reconciler`: the installed console script, else `python -m reconciler`."""
+    script = VENV_BIN / "email-reconciler"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "reconciler"]
+
+
+def env() -> dict[str, str]:
+    """The environment for child processes: the repository importable, no cluster configured."""
+    out = dict(os.environ)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), out.get("PYTHONPATH", "")) if p)
+    out.pop("KUBECONFIG", None)
+    out.pop("KUBERNETES_SERVICE_HOST", None)
+    out["PYTHONDONTWRITEBYTECODE"] = out.get("PYTHONDONTWRITEBYTECODE", "")
+    return out
+
+
+def timed_run(argv: Sequence[str], *, cwd: Path | None = None, ok_codes: Sequence[int] = (0,),
+              stdout: int | None = subprocess.DEVNULL, timeout: float = 600
+              ) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+    """Run a command and return (wall seconds, the completed process); raise on an unexpected exit."""
+    start = time.perf_counter()
+    proc = subprocess.run(list(argv), cwd=cwd or REPO, env=env(), stdout=stdout,
+                          stderr=subprocess.PIPE, timeout=timeout, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode not in ok_codes:
+        err = proc.stderr.decode("utf-8", "replace")[-800:]
+        raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {err}")
+    return elapsed, proc
+
+
+def which(name: str) -> str | None:
+    """An executable from the venv first, then PATH."""
+    candidate = VENV_BIN / name
+    if candidate.exists():
+        return str(candidate)
+    return shutil.which(name)
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:.3f} s" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def fmt_ratio(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def render_table(rows: Sequence[Row]) -> str:
+    """The result table as GitHub-flavoured Markdown (also readable on a terminal)."""
+    header = ["figure", "ours", "reference", "ratio", "target", "result"]
+    body = [[r.figure, r.ours, r.reference, r.ratio, r.target, r.verdict] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+              for line in body]
+    notes = [f"- {r.figure}: {r.note}" for r in rows if r.note]
+    return "\n".join(lines) + ("\n\nNotes:\n" + "\n".join(notes) if notes else "") + "\n"
+
+
+def machine() -> str:
+    """nproc, CPU model and Python version, for the README."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, "
+            f"Python {sys.version.split()[0]} on {sys.platform}")
