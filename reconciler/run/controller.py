@@ -1,0 +1,546 @@
+"""Controller mode: informers feed a de-duplicating work queue, workers reconcile one key at a time.
+
+    EmailAccount informer ──┐                  ┌─ worker ─ Reconciler.reconcile_objects([obj])
+    Secret informer ────────┴─> WorkQueue ─────┼─ worker        (a KubeStore primed from the caches)
+                                 (dedupe,      └─ ...
+                                  delays, backoff)
+
+An account is queued when its spec changes (metadata.generation; our own status writes change
+nothing), when a Secret it references changes or appears, when its published Secret is deleted or
+edited, and again after each reconcile: on a jittered `--interval` (or its nextProbeTime, when
+sooner) while Ready, after a per-key exponential backoff with jitter and a cap while not Ready,
+and only on the interval while Stalled (retrying cannot fix it). With leader election, every
+replica keeps its caches warm but only the leader's workers reconcile.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import random
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import UsageError
+from reconciler.log import get_logger, redact_text
+from reconciler.model import (
+    ACCOUNT_LABEL,
+    HASH_ANNOTATION,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    REQUESTED_AT_ANNOTATION,
+)
+from reconciler.run.leader import LeaderConfig, LeaderElector
+from reconciler.run.metrics import HealthServer, Metrics
+from reconciler.store.base import Key, object_key
+
+log = get_logger("reconciler.controller")
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration ("10m", "1h30m", "1.5s", "250ms"); a bare number is seconds."""
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for match in _DURATION.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(value) or not value:
+        raise UsageError(f"invalid duration {text!r}: write it like 30s, 10m or 1h30m")
+    return total
+
+
+# --------------------------------------------------------------------------- the queue
+
+
+class WorkQueue:
+    """Keys to reconcile: each key at most once in the queue and at most once in progress.
+
+    A key added while a worker holds it is queued again when the worker is done (so the newest
+    state is always reconciled). `add_after` keeps the earliest pending due time of a key.
+    `backoff(key)` grows per key: `base * 2**n` capped, with jitter in its upper half, so
+    successive delays never shrink; `forget(key)` resets it.
+    """
+
+    def __init__(self, base: float = 0.5, cap: float = 300.0) -> None:
+        self.base, self.cap = base, cap
+        self._cv = threading.Condition()
+        self._ready: list[Key] = []
+        self._pending: set[Key] = set()
+        self._processing: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._due: dict[Key, float] = {}
+        self._heap: list[tuple[float, Key]] = []
+        self._failures: dict[Key, int] = {}
+        self._closed = False
+
+    def add(self, key: Key) -> None:
+        with self._cv:
+            self._add(key)
+
+    def _add(self, key: Key) -> None:
+        if self._closed or key in self._pending:
+            return
+        if key in self._processing:
+            self._dirty.add(key)
+            return
+        self._pending.add(key)
+        self._ready.append(key)
+        self._cv.notify()
+
+    def add_after(self, key: Key, delay: float) -> None:
+        if delay <= 0:
+            self.add(key)
+            return
+        with self._cv:
+            due = time.monotonic() + delay
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
+            heapq.heappush(self._heap, (due, key))
+            self._cv.notify()
+
+    def get(self, timeout: float | None = None) -> Key | None:
+        """The next key to work on (the caller must call `done`), or None on timeout/shutdown."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while True:
+                if self._closed:
+                    return None
+                self._release_due()
+                if self._ready:
+                    key = self._ready.pop(0)
+                    self._pending.discard(key)
+                    self._processing.add(key)
+                    return key
+                now = time.monotonic()
+                waits = [w for w in (self._heap[0][0] - now if self._heap else None,
+                                     None if deadline is None else deadline - now)
+                         if w is not None]
+                wait = min(waits) if waits else None
+                if deadline is not None and now >= deadline:
+                    return None
+                self._cv.wait(None if wait is None else max(wait, 0.001))
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        while self._heap and self._heap[0][0] <= now:
+            due, key = heapq.heappop(self._heap)
+            if self._due.get(key) == due:
+                del self._due[key]
+                self._add(key)
+
+    def done(self, key: Key) -> None:
+        with self._cv:
+            self._processing.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self._add(key)
+
+    def backoff(self, key: Key) -> float:
+        """The next delay for a failing key (and count the failure)."""
+        with self._cv:
+            n = self._failures.get(key, 0)
+            self._failures[key] = n + 1
+        ceiling = min(self.cap, self.base * 2.0 ** min(n, 64))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def failures(self, key: Key) -> int:
+        with self._cv:
+            return self._failures.get(key, 0)
+
+    def forget(self, key: Key) -> None:
+        with self._cv:
+            self._failures.pop(key, None)
+
+    def remove(self, key: Key) -> None:
+        """Drop a key entirely (its object is gone)."""
+        with self._cv:
+            self._failures.pop(key, None)
+            self._due.pop(key, None)
+            if key in self._pending:
+                self._pending.discard(key)
+                self._ready.remove(key)
+
+    def depth(self) -> int:
+        """Keys ready to be worked on now."""
+        with self._cv:
+            return len(self._ready)
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _secret_names(spec: Any) -> Iterator[str]:
+    """Names of the Secrets a spec references (any `...SecretRef`/`secretRef` with a name)."""
+    if isinstance(spec, Mapping):
+        for key, value in spec.items():
+            if (key.endswith("SecretRef") or key == "secretRef") and isinstance(value, Mapping):
+                if value.get("name"):
+                    yield str(value["name"])
+            else:
+                yield from _secret_names(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            yield from _secret_names(item)
+
+
+def _condition(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any]:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == ctype:
+            return cond
+    return {}
+
+
+def _data_hash(secret: Mapping[str, Any]) -> Any:
+    return ((secret.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
+
+
+def _probe_if_unpublished(obj: dict[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:
+    """The object to reconcile; when its published Secret is gone, with the probe made due.
+
+    A Secret is only (re)published from a fresh probe (a failing account never overwrites a good
+    Secret), so a deleted Secret needs one now rather than at the next interval. Dropping
+    `nextProbeTime` makes the probe due without forcing AUTH (authInterval still applies).
+    """
+    status = obj.get("status") or {}
+    name = status.get("secretName")
+    ready = _condition(status, "Ready").get("status") == "True"
+    if not name or name in secrets or not ready or "nextProbeTime" not in status:
+        return obj
+    out = dict(obj)
+    out["status"] = {k: v for k, v in status.items() if k != "nextProbeTime"}
+    return out
+
+
+def _seconds_until(timestamp: Any) -> float | None:
+    if not isinstance(timestamp, str) or not timestamp:
+        return None
+    from reconciler.state.schedule import parse_rfc3339
+
+    try:
+        return (parse_rfc3339(timestamp) - datetime.now(UTC)).total_seconds()
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- the controller
+
+
+class Controller:
+    """The controller, usable in-process: `start()`, then `stop()` (finishes in-flight work)."""
+
+    def __init__(self, api_client: Any, *, namespace: str | None = None, workers: int = 4,
+                 interval: float = 600.0, metrics_addr: str | None = None,
+                 leader: LeaderConfig | None = None, watch_seconds: int = 300,
+                 backoff_base: float = 0.5, backoff_cap: float = 300.0) -> None:
+        from reconciler.store.watch import account_informer, instrument_client, secret_informer
+
+        self.api_client = api_client
+        self.namespace = namespace
+        self.workers = workers
+        self.interval = interval
+        self.queue = WorkQueue(base=backoff_base, cap=backoff_cap)
+        self.metrics = Metrics(queue_depth=lambda: float(self.queue.depth()))
+        instrument_client(api_client, self.metrics.api_request)
+        self.accounts = account_informer(api_client, namespace, self._on_account,
+                                         watch_seconds=watch_seconds)
+        self.secrets = secret_informer(api_client, namespace, self._on_secret,
+                                       watch_seconds=watch_seconds)
+        self._lock = threading.Lock()
+        self._generations: dict[Key, int] = {}  # generation last reconciled
+        self._refs: dict[Key, set[str]] = {}  # account -> names of Secrets it reads
+        self._written: dict[Key, dict[str, Any]] = {}  # our last status write, until watched
+        self.reconciles: Counter[Key] = Counter()  # per key, for tests and logs
+        self._leading = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._local = threading.local()
+        self.elector: LeaderElector | None = None
+        if leader is not None:
+            from reconciler.store.lease import LeaseClient
+
+            self.elector = LeaderElector(LeaseClient(api_client, leader.namespace, leader.name),
+                                         leader, self._started_leading, self._stopped_leading)
+        self.health = (HealthServer(metrics_addr, self.metrics, lambda: self.synced)
+                       if metrics_addr else None)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def synced(self) -> bool:
+        """True once both informers listed: ready to lead or to stand by."""
+        return self.accounts.synced.is_set() and self.secrets.synced.is_set()
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading.is_set()
+
+    def start(self) -> None:
+        if self.health is not None:
+            self.health.start()
+        self.secrets.start()
+        self.accounts.start()
+        for i in range(self.workers):
+            t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.elector is not None:
+            self.elector.start()
+        else:
+            self._started_leading()
+
+    def wait_synced(self, timeout: float = 10.0) -> bool:
+        end = time.monotonic() + timeout
+        return all(informer.synced.wait(max(0.0, end - time.monotonic()))
+                   for informer in (self.secrets, self.accounts))
+
+    def stop(self) -> None:
+        """Stop taking work, finish in-flight reconciles, release the Lease, stop watching."""
+        self._stopping.set()
+        self.queue.shutdown()
+        for t in self._threads:
+            t.join(60)
+        if self.elector is not None:
+            self.elector.stop(release=True)
+        self._leading.clear()
+        self.accounts.stop()
+        self.secrets.stop()
+        if self.health is not None:
+            self.health.stop()
+
+    def _started_leading(self) -> None:
+        self._leading.set()
+        self.metrics.leader.set(1)
+        for key in self.accounts.cached_keys():
+            self.queue.add(key)
+
+    def _stopped_leading(self) -> None:
+        self._leading.clear()
+        self.metrics.leader.set(0)
+
+    # ------------------------------------------------------------------ events
+    def _on_account(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
+        key = object_key(obj)
+        if etype == "DELETED":
+            with self._lock:
+                self._generations.pop(key, None)
+                self._refs.pop(key, None)
+                self._written.pop(key, None)
+            self.queue.remove(key)
+            self.metrics.observe_account(key, None)
+            self.metrics.accounts.set(len(self.accounts.cached_keys()))
+            return
+        spec = obj.get("spec") or {}
+        names = set(_secret_names(spec))
+        with self._lock:
+            self._refs[key] = names
+            done = self._generations.get(key)
+        self.metrics.accounts.set(len(self.accounts.cached_keys()))
+        self.metrics.observe_account(key, obj.get("status") or {})
+        meta = obj.get("metadata") or {}
+        generation = int(meta.get("generation") or 0)
+        if prev is None:
+            if done != generation:
+                self.queue.add(key)
+            return
+        pmeta = prev.get("metadata") or {}
+        requested = (meta.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)
+        if (generation != int(pmeta.get("generation") or 0) or done != generation
+                or requested != (pmeta.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)):
+            self.queue.add(key)  # a spec change or a probe request; status-only updates are ours
+
+    def _on_secret(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
+        ns, name = object_key(obj)
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        data_changed = prev is None or etype == "DELETED" or prev.get("data") != obj.get("data")
+        owner = labels.get(ACCOUNT_LABEL) if labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE else None
+        if owner and prev is not None and (etype == "DELETED" or (
+                data_changed and _data_hash(prev) == _data_hash(obj))):
+            # Our Secret was deleted, or edited by someone else (our writes change data and its
+            # hash annotation together): put it back.
+            self.queue.add((ns, str(owner)))
+        if not data_changed:
+            return
+        with self._lock:
+            readers = [k for k, names in self._refs.items() if k[0] == ns and name in names]
+        for key in readers:
+            self.queue.add(key)
+
+    # ------------------------------------------------------------------ workers
+    def _store(self) -> Any:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            from reconciler.store.kube import KubeStore
+
+            store = self._local.store = KubeStore(self.api_client, self.namespace)
+        return store
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            key = self.queue.get(timeout=0.5)
+            if key is None:
+                continue
+            try:
+                if self._leading.is_set():
+                    self._reconcile(key)
+            except Exception as exc:  # a bug must not kill the worker; back off that key
+                log.error("reconcile crashed", account=f"{key[0]}/{key[1]}",
+                          error=redact_text(f"{type(exc).__name__}: {exc}"))
+                self.metrics.reconciles.labels(result="error").inc()
+                self.queue.add_after(key, self.queue.backoff(key))
+            finally:
+                self.queue.done(key)
+
+    def _reconcile(self, key: Key) -> None:
+        from reconciler.run.reconcile import Reconciler, RunOptions
+        from reconciler.store.watch import newest, prime_store, stored_account
+
+        cached = self.accounts.get(key)
+        if cached is None:
+            self.queue.remove(key)
+            return
+        with self._lock:
+            obj = newest(cached, self._written.get(key)) or cached
+        started = time.monotonic()
+        store = self._store()
+        secrets = self.secrets.by_namespace(key[0])
+        obj = _probe_if_unpublished(obj, secrets)
+        prime_store(store, obj, {key[0]: secrets})
+        with self._lock:  # before the status write, whose watch event must not queue it again
+            self._generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
+        report = Reconciler(store, store.secret_reader(),
+                            RunOptions(prune=False, concurrency=1)).reconcile_objects([obj])
+        self.metrics.duration.observe(time.monotonic() - started)
+        if self.accounts.get(key) is None:
+            self._clean_up_after(key, store, obj)
+            return
+        written = stored_account(store, key)
+        with self._lock:
+            if written is not None:
+                self._written[key] = written
+        self.reconciles[key] += 1
+        entry = report.accounts[0] if report.accounts else None
+        status = entry.status if entry is not None else {}
+        ready = _condition(status, "Ready")
+        if entry is not None and entry.probed:
+            self.metrics.probes.labels(reason=str(ready.get("reason") or "Unknown")).inc()
+        if entry is not None and not entry.error:
+            self.metrics.observe_account(key, status)
+        until_probe = _seconds_until(status.get("nextProbeTime"))
+        resync = self.interval * random.uniform(0.9, 1.1)
+        if entry is None or entry.error:
+            result, delay = "error", self.queue.backoff(key)
+            log.warning("reconcile failed", account=f"{key[0]}/{key[1]}",
+                        error=redact_text(str(entry.error if entry else "no report")))
+        elif entry.ready:
+            self.queue.forget(key)
+            result = "ready"
+            delay = resync if until_probe is None else min(resync, max(until_probe, 0.0) + 0.05)
+        elif _condition(status, "Stalled").get("status") == "True":
+            self.queue.forget(key)  # retrying cannot fix it: wait for a change or the interval
+            result, delay = "not_ready", resync
+        else:
+            result = "not_ready"
+            delay = max(self.queue.backoff(key), (until_probe or 0.0) + 0.05)
+        self.metrics.reconciles.labels(result=result).inc()
+        log.info("reconciled", account=f"{key[0]}/{key[1]}", result=result,
+                 probed=bool(entry and entry.probed), next_in=round(delay, 3))
+        self.queue.add_after(key, delay)
+
+
+    def _clean_up_after(self, key: Key, store: Any, obj: Mapping[str, Any]) -> None:
+        """The account was deleted while we reconciled it: a Secret we published meanwhile
+        would outlive it until the garbage collector notices, so delete it now."""
+        from reconciler.state.render import is_managed
+
+        spec = obj.get("spec") or {}
+        name = ((spec.get("publish") or {}).get("secretName")
+                or (obj.get("status") or {}).get("secretName") or f"{key[1]}-sender")
+        published = (getattr(store, "_secrets", None) or {}).get(key[0], {}).get(name)
+        labels = ((published or {}).get("metadata") or {}).get("labels") or {}
+        if published is not None and is_managed(published) and labels.get(ACCOUNT_LABEL) == key[1]:
+            store.delete_secret(key[0], name)
+        self.queue.remove(key)
+        log.info("account deleted during its reconcile; cleaned up", account=f"{key[0]}/{key[1]}")
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _lease_namespace(args: Any) -> str:
+    if getattr(args, "lease_namespace", None):
+        return str(args.lease_namespace)
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    sa_ns = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    if sa_ns.exists():
+        return sa_ns.read_text().strip()
+    return str(getattr(args, "namespace", None) or "default")
+
+
+def run_controller(args: Any) -> int:
+    """`email-reconciler controller`: run until SIGTERM/SIGINT, then shut down cleanly (exit 0)."""
+    from reconciler.store.kube import KubeStore
+
+    interval = parse_duration(args.interval)
+    if interval <= 0:
+        raise UsageError("--interval must be positive, e.g. 10m")
+    leader = None
+    if args.leader_elect:
+        identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        leader = LeaderConfig(name=args.lease_name, namespace=_lease_namespace(args),
+                              identity=identity, lease_duration=args.lease_duration,
+                              renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+        try:
+            leader.check()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    store = KubeStore.from_config(context=args.context, namespace=args.namespace)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            controller = Controller(store.api_client, namespace=args.namespace,
+                                    workers=args.workers, interval=interval,
+                                    metrics_addr=args.metrics_addr or None, leader=leader)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on --metrics-addr {args.metrics_addr}: {exc}") from exc
+        controller.start()
+        log.warning("controller started", namespace=args.namespace or "(all)",
+                    workers=args.workers, leader_elect=bool(leader))
+        while not stop.wait(1.0):
+            pass
+        log.warning("stopping: finishing in-flight work")
+        controller.stop()
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        store.close()

@@ -1,0 +1,293 @@
+"""List+watch caches (informers) over the official client, for the controller.
+
+An `Informer` lists one kind, then follows a watch from the list's resourceVersion, resuming from
+the last resourceVersion it saw when a watch ends, and relisting when the server answers 410 Gone
+(the history it would replay is gone). Every change of the cache is handed to one callback as
+`(event_type, object, previous)`, with `previous` None for ADDED. A relist turns into the same
+callbacks (objects that vanished meanwhile come out as DELETED), so a consumer never sees a gap.
+
+Also here, because only `reconciler.store` may import `kubernetes`:
+`instrument_client` (API request counts by verb and HTTP code, for /metrics) and
+`prime_store` (serve a KubeStore's per-run reads from the informer caches instead of LISTs).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from reconciler.log import get_logger
+from reconciler.model import API_GROUP, API_VERSION, PLURAL
+from reconciler.store.base import Key, object_key
+
+log = get_logger("reconciler.watch")
+
+Handler = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
+ListFn = Callable[..., Any]
+
+
+class Informer:
+    """A cache of one kind kept current by list+watch in a background thread."""
+
+    def __init__(self, kind: str, list_fn: ListFn, list_args: tuple[Any, ...],
+                 handler: Handler, *, watch_seconds: int = 300,
+                 retry_delay: float = 1.0) -> None:
+        self.kind = kind
+        self._list_fn = list_fn
+        self._list_args = list_args
+        self._handler = handler
+        self.watch_seconds = max(1, int(watch_seconds))
+        self.retry_delay = retry_delay
+        self._lock = threading.Lock()
+        self._cache: dict[Key, dict[str, Any]] = {}
+        self.synced = threading.Event()
+        self._stopping = threading.Event()
+        self._watch: Any = None
+        self._thread: threading.Thread | None = None
+        self.resource_version: str | None = None
+        self.relists = 0  # how often the cache was rebuilt from a LIST (410 Gone, errors)
+
+    # ------------------------------------------------------------------ reading the cache
+    def get(self, key: Key) -> dict[str, Any] | None:
+        """A copy of the cached object, or None."""
+        with self._lock:
+            obj = self._cache.get(key)
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def cached_keys(self) -> list[Key]:
+        with self._lock:
+            return sorted(self._cache)
+
+    def items(self) -> list[dict[str, Any]]:
+        """The cached objects (shared, do not modify)."""
+        with self._lock:
+            return list(self._cache.values())
+
+    def by_namespace(self, namespace: str) -> dict[str, dict[str, Any]]:
+        """name -> object for one namespace (shared objects, a new dict)."""
+        with self._lock:
+            return {k[1]: o for k, o in self._cache.items() if k[0] == namespace}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"informer-{self.kind}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop watching (the open watch connection is shut down at once) and join the thread."""
+        self._stopping.set()
+        w = self._watch
+        if w is not None:
+            w.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the loop
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        need_list = True
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if need_list:
+                    self._relist()
+                    need_list = False
+                self._follow()
+                failures = 0
+            except ApiException as exc:
+                if self._stopping.is_set():
+                    break
+                if exc.status == 410:
+                    log.info("watch expired; relisting", kind=self.kind)
+                    need_list = True
+                    continue
+                failures += 1
+                need_list = need_list or failures > 1
+                log.warning("watch failed", kind=self.kind, status=exc.status,
+                            error=str(exc.reason))
+                self._stopping.wait(self._delay(failures))
+            except Exception as exc:  # connection errors: back off, resume, relist if it persists
+                if self._stopping.is_set():
+                    break
+                failures += 1
+                need_list = need_list or failures > 1
+                log.warning("watch failed", kind=self.kind, error=f"{type(exc).__name__}: {exc}")
+                self._stopping.wait(self._delay(failures))
+
+    def _delay(self, failures: int) -> float:
+        ceiling = min(30.0, self.retry_delay * 2 ** min(failures - 1, 10))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _relist(self) -> None:
+        response = self._list_fn(*self._list_args, _preload_content=False,
+                                 _request_timeout=(5, 60))
+        try:
+            body = json.loads(response.data or b"{}")
+        finally:
+            response.release_conn()
+        fresh = {object_key(o): o for o in body.get("items") or []}
+        with self._lock:
+            old = self._cache
+            self._cache = fresh
+            self.resource_version = (body.get("metadata") or {}).get("resourceVersion")
+            self.relists += 1
+        for key, obj in fresh.items():
+            prev = old.get(key)
+            if prev is None:
+                self._handler("ADDED", obj, None)
+            elif (prev.get("metadata") or {}).get("resourceVersion") != (
+                    obj.get("metadata") or {}).get("resourceVersion"):
+                self._handler("MODIFIED", obj, prev)
+        for key, prev in old.items():
+            if key not in fresh:
+                self._handler("DELETED", prev, prev)
+        self.synced.set()
+
+    def _follow(self) -> None:
+        """One watch request, from the last resourceVersion, until the server ends it."""
+        from kubernetes import watch
+
+        w = watch.Watch(return_type="object")
+        self._watch = w
+        try:
+            if self._stopping.is_set():
+                return
+            stream = w.stream(self._list_fn, *self._list_args,
+                              resource_version=self.resource_version,
+                              timeout_seconds=self.watch_seconds,
+                              allow_watch_bookmarks=True,
+                              _request_timeout=(5, self.watch_seconds + 10))
+            for event in stream:
+                self._apply(str(event.get("type")), event.get("raw_object") or {})
+                if self._stopping.is_set():
+                    w.stop()
+        finally:
+            self._watch = None
+            w._api_client.close()
+
+    def _apply(self, etype: str, obj: dict[str, Any]) -> None:
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if etype == "BOOKMARK":
+            self.resource_version = rv or self.resource_version
+            return
+        key = object_key(obj)
+        with self._lock:
+            prev = self._cache.get(key)
+            if etype == "DELETED":
+                self._cache.pop(key, None)
+            else:
+                self._cache[key] = obj
+            if rv:
+                self.resource_version = rv
+        if etype == "DELETED":
+            self._handler("DELETED", obj, prev)
+        else:
+            self._handler("ADDED" if prev is None else "MODIFIED", obj, prev)
+
+
+def account_informer(api_client: Any, namespace: str | None, handler: Handler,
+                     **kwargs: Any) -> Informer:
+    """An informer over EmailAccounts in one namespace, or cluster-wide."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api_client)
+    if namespace:
+        return Informer(PLURAL, custom.list_namespaced_custom_object,
+                        (API_GROUP, API_VERSION, namespace, PLURAL), handler, **kwargs)
+    return Informer(PLURAL, custom.list_cluster_custom_object, (API_GROUP, API_VERSION, PLURAL),
+                    handler, **kwargs)
+
+
+def secret_informer(api_client: Any, namespace: str | None, handler: Handler,
+                    **kwargs: Any) -> Informer:
+    """An informer over the Secrets of one namespace, or of all namespaces."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    if namespace:
+        return Informer("secrets", core.list_namespaced_secret, (namespace,), handler, **kwargs)
+    return Informer("secrets", core.list_secret_for_all_namespaces, (), handler, **kwargs)
+
+
+# --------------------------------------------------------------------------- metrics hook
+
+
+def request_verb(method: str, url: str) -> str:
+    """The Kubernetes verb of a request, from its HTTP method and URL."""
+    method = method.upper()
+    if method != "GET":
+        return {"POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}.get(method, method.lower())
+    parts = urlsplit(url)
+    if "watch=true" in parts.query.lower():
+        return "watch"
+    segments = [s for s in parts.path.split("/") if s]
+    # /api/v1/... or /apis/<group>/<version>/...
+    rest = segments[2:] if segments[:1] == ["api"] else segments[3:]
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        rest = rest[2:] if len(rest) > 2 else rest[:1]
+    return "list" if len(rest) <= 1 else "get"
+
+
+def instrument_client(api_client: Any, record: Callable[[str, str], None]) -> None:
+    """Call `record(verb, code)` for every request the client sends (code "error": no answer)."""
+    rest = api_client.rest_client
+    original = rest.request
+
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        verb = request_verb(method, url)
+        try:
+            response = original(method, url, *args, **kwargs)
+        except Exception as exc:
+            status = getattr(exc, "status", None)
+            record(verb, str(status) if status else "error")
+            raise
+        record(verb, str(getattr(response, "status", "error")))
+        return response
+
+    rest.request = request
+
+
+# --------------------------------------------------------------------------- store priming
+
+
+def prime_store(store: Any, account: Mapping[str, Any],
+                secrets: Mapping[str, dict[str, dict[str, Any]]]) -> None:
+    """Start a KubeStore run over cached objects: the account as last seen, the Secrets of the
+    informer (namespace -> name -> object), so one reconcile sends no LIST for them."""
+    store._reset_run_cache()
+    store._accounts = {object_key(account): copy.deepcopy(dict(account))}
+    store._secrets = {ns: dict(objs) for ns, objs in secrets.items()}
+
+
+def stored_account(store: Any, key: Key) -> dict[str, Any] | None:
+    """The account as the KubeStore last saw it (after its own writes), or None."""
+    obj = (getattr(store, "_accounts", None) or {}).get(key)
+    return copy.deepcopy(obj) if obj is not None else None
+
+
+def newest(*objects: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The object with the highest resourceVersion (an informer may lag behind our own write).
+
+    resourceVersions are opaque in general; they compare as integers on every API server we
+    target (etcd revisions), and when one does not parse the informer's copy (first) wins.
+    """
+    best: dict[str, Any] | None = None
+    best_rv = -1
+    for obj in objects:
+        if obj is None:
+            continue
+        try:
+            rv = int((obj.get("metadata") or {}).get("resourceVersion") or -1)
+        except ValueError:
+            return objects[0] if objects[0] is not None else obj
+        if best is None or rv > best_rv:
+            best, best_rv = obj, rv
+    return best
