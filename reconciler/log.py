@@ -8,9 +8,9 @@ import threading
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-import structlog
-
 _lock = threading.Lock()
+# Settings given to configure_logging, applied when structlog is first needed (see there).
+_pending: tuple[str, str, Any] | None = None
 _secrets: set[str] = set()
 REDACTED = "[REDACTED]"
 _SENSITIVE_KEYS = ("password", "secret", "token", "authorization", "private_key", "assertion")
@@ -56,8 +56,25 @@ class RedactSecrets:
 
 
 def configure_logging(fmt: str = "auto", level: str = "warning", stream: Any = None) -> None:
-    """Configure structlog once for the process."""
-    stream = stream or sys.stderr
+    """Configure structlog once for the process.
+
+    structlog itself (about 0.03 s of imports) is loaded only once something logs: `validate`
+    never does and must start fast for pre-commit hooks (bench/README.md, start-up).
+    """
+    global _pending
+    _pending = (fmt, level, stream or sys.stderr)
+    if "structlog" in sys.modules:
+        _apply_pending()
+
+
+def _apply_pending() -> None:
+    global _pending
+    if _pending is None:
+        return
+    fmt, level, stream = _pending
+    _pending = None
+    import structlog
+
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
@@ -79,4 +96,8 @@ def configure_logging(fmt: str = "auto", level: str = "warning", stream: Any = N
 
 
 def get_logger(name: str = "reconciler") -> Any:
+    """A structlog logger, configured by configure_logging (even when called before it)."""
+    import structlog
+
+    _apply_pending()
     return structlog.get_logger(name)
