@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         print(f"--quick: scaled down ({sizes.validate} manifests to validate, {sizes.probe} probes, "
               f"{sizes.api} accounts in the API, {sizes.memory} for memory); targets still apply")
+    from reconciler.log import configure_logging
+
+    configure_logging(fmt="json", level="warning")  # in-process runs log like the CLI would
     rows: list[Row] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="email-reconciler-bench-") as tmp:
