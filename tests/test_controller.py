@@ -7,16 +7,26 @@ loopback; nothing of the controller is patched.
 from __future__ import annotations
 
 import base64
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.run.controller import Controller
+from reconciler.errors import UsageError
+from reconciler.run.controller import Controller, WorkQueue, parse_duration
 from reconciler.run.demo_servers import RunningServer, ServerLoop, SmtpServerOptions, ThrowawayCA
+from reconciler.run.leader import LeaderConfig
 from tests.kube_fixtures import email_account_crd
 from tests.kubeapi import KubeAPIServer
 
@@ -234,3 +244,265 @@ def test_deleted_account_leaves_nothing_behind(cluster: Cluster) -> None:
     assert cluster.api.get_object("secrets", NS, "billing-sender") is None
     assert cluster.api.get_object("emailaccounts", NS, "billing") is None
     assert ctl.queue.depth() == 0
+
+
+# --------------------------------------------------------------------------- backoff
+
+
+def test_failing_account_backs_off_while_others_stay_fast(cluster: Cluster) -> None:
+    from reconciler.run.demo_servers import unused_port
+
+    ctl = cluster.controller()
+    cluster.account("broken", port=unused_port(), probe={"retryInterval": "1s", "interval": "1m"})
+    seen: dict[int, float] = {}
+    start = time.monotonic()
+
+    def failed_probes() -> bool:
+        n = int(cluster.status("broken").get("failedProbes") or 0)
+        seen.setdefault(n, time.monotonic() - start)
+        return n >= 4
+
+    watcher = threading.Thread(target=wait_for, args=(failed_probes, 15, "four failed probes"))
+    watcher.start()
+    time.sleep(1.5)
+    cluster.account("billing")  # created while "broken" backs off: served at once
+    wait_for(lambda: cluster.ready("billing"), 3, "billing Ready despite a failing account")
+    watcher.join()
+    assert set(seen) >= {1, 2, 3, 4}, seen
+    gaps = [seen[n + 1] - seen[n] for n in (1, 2, 3)]
+    assert gaps[1] > gaps[0] * 1.4 and gaps[2] > gaps[1] * 1.4, gaps  # attempt times grow
+    status = cluster.status("broken")
+    assert condition(status, "Ready")["reason"] == "ConnectFailed"
+    assert condition(status, "Stalled").get("status") != "True"
+    assert ctl.queue.failures((NS, "broken")) >= 3
+    assert ctl.queue.failures((NS, "billing")) == 0
+
+
+# --------------------------------------------------------------------------- watch
+
+
+def test_watch_relists_after_410_gone_and_misses_nothing(cluster: Cluster) -> None:
+    ctl = cluster.controller(watch_seconds=1)  # watches end every second and are resumed
+    assert ctl.wait_synced(5)
+    assert ctl.accounts.relists == 1
+    # Unrelated writes move the server on; the history our resourceVersion points into is gone.
+    cluster.api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                                          "metadata": {"name": "other", "namespace": NS}})
+    cluster.api.expire_history()
+    wait_for(lambda: ctl.accounts.relists >= 2 and ctl.secrets.relists >= 2, 5,
+             "relists after 410 Gone")
+    cluster.account("billing")
+    wait_for(lambda: cluster.ready("billing"), 5, "billing Ready after the relist")
+    watches = [r for r in cluster.api.requests
+               if r.verb == "watch" and r.resource == "emailaccounts"]
+    assert len(watches) >= 2 and all(r.query.get("resourceVersion") for r in watches)
+
+
+# --------------------------------------------------------------------------- leader election
+
+
+def lease(cluster: Cluster) -> dict[str, Any]:
+    obj = cluster.api.get_object("leases", NS, "email-reconciler") or {}
+    return obj.get("spec") or {}
+
+
+def leader_config(identity: str) -> LeaderConfig:
+    return LeaderConfig(name="email-reconciler", namespace=NS, identity=identity,
+                        lease_duration=1.0, renew_deadline=0.7, retry_period=0.2)
+
+
+def test_only_the_leader_reconciles_and_the_standby_takes_over(cluster: Cluster) -> None:
+    one = cluster.controller(leader=leader_config("one"))
+    wait_for(lambda: lease(cluster).get("holderIdentity") == "one", 5, "one leads")
+    two = cluster.controller(leader=leader_config("two"))
+    assert two.wait_synced(5)
+    cluster.account("billing")
+    wait_for(lambda: cluster.ready("billing"), 5, "billing Ready")
+    time.sleep(0.5)
+    assert one.is_leader and not two.is_leader
+    assert sum(two.reconciles.values()) == 0
+    assert sum(one.reconciles.values()) >= 1
+    one.stop()
+    stopped = time.monotonic()
+    assert lease(cluster).get("holderIdentity") == ""  # released on the way out
+    wait_for(lambda: two.is_leader, 2.0, "two takes over within the lease duration")
+    assert time.monotonic() - stopped < 1.0
+    cluster.patch("emailaccounts", "billing",
+                  {"spec": {"smtp": {"identity": {"emailAddress": "billing@example.com",
+                                                  "displayName": "After Failover"}}}})
+    wait_for(lambda: cluster.status("billing").get("observedGeneration") == 2, 5,
+             "the new leader reconciles")
+    assert two.reconciles[(NS, "billing")] >= 1
+    assert lease(cluster)["leaseTransitions"] == 1
+
+
+def test_standby_waits_for_an_unreleased_lease_to_expire(cluster: Cluster) -> None:
+    from reconciler.run.leader import micro_time
+
+    cluster.api.add_object("leases", {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "email-reconciler", "namespace": NS},
+        "spec": {"holderIdentity": "crashed", "leaseDurationSeconds": 1,
+                 "renewTime": micro_time(), "acquireTime": micro_time(), "leaseTransitions": 0}})
+    start = time.monotonic()
+    ctl = cluster.controller(leader=leader_config("standby"))
+    time.sleep(0.6)
+    assert not ctl.is_leader  # the holder's lease has not run out on our clock yet
+    wait_for(lambda: ctl.is_leader, 3, "takeover after the lease duration")
+    assert time.monotonic() - start >= 1.0
+    assert lease(cluster)["holderIdentity"] == "standby"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def scrape(ctl: Controller, path: str = "/metrics") -> tuple[int, str]:
+    assert ctl.health is not None
+    host, port = ctl.health.address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_health_readiness_and_metrics(cluster: Cluster) -> None:
+    cluster.api.inject(503, count=1, verb="list", resource="secrets")  # one failed LIST, retried
+    ctl = cluster.controller(metrics_addr="127.0.0.1:0")
+    assert scrape(ctl, "/healthz") == (200, "ok\n")
+    assert ctl.wait_synced(8)
+    assert scrape(ctl, "/readyz")[0] == 200
+    cluster.account("billing")
+    wait_for(lambda: cluster.ready("billing"), 5, "billing Ready")
+    code, text = scrape(ctl)
+    assert code == 200
+    m = samples(text)
+    assert m[("email_reconciler_reconciles_total", (("result", "ready"),))] >= 1
+    assert m[("email_reconciler_reconcile_duration_seconds_count", ())] >= 1
+    assert m[("email_reconciler_probes_total", (("reason", "Ready"),))] >= 1
+    assert m[("email_reconciler_accounts_ready", ())] == 1
+    days = m[("email_reconciler_certificate_days_remaining", (("name", "billing"),
+                                                               ("namespace", NS)))]
+    assert days == cluster.status("billing")["certificate"]["daysRemaining"]
+    assert ("email_reconciler_queue_depth", ()) in m
+    assert m[("email_reconciler_api_requests_total", (("code", "503"), ("verb", "list")))] == 1
+    assert m[("email_reconciler_api_requests_total", (("code", "200"), ("verb", "watch")))] >= 2
+    assert m[("email_reconciler_api_requests_total", (("code", "200"), ("verb", "patch")))] >= 1
+    assert PASSWORD not in text
+    assert scrape(ctl, "/nope")[0] == 404
+
+
+def test_readyz_is_503_until_the_informers_synced(cluster: Cluster) -> None:
+    cluster.api.inject(500, count=1000, verb="list", resource="emailaccounts")
+    ctl = cluster.controller(metrics_addr="127.0.0.1:0")
+    time.sleep(0.3)
+    assert scrape(ctl, "/healthz")[0] == 200
+    assert scrape(ctl, "/readyz") == (503, "not ready\n")
+    assert not ctl.synced
+
+
+# --------------------------------------------------------------------------- the process
+
+
+def test_sigterm_exits_0_and_releases_the_lease(cluster: Cluster, tmp_path: Path) -> None:
+    kubeconfig = cluster.api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(ROOT)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    cluster.account("billing")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "controller", "--namespace", NS, "--leader-elect",
+         "--lease-namespace", NS, "--lease-duration", "2", "--renew-deadline", "1.5",
+         "--retry-period", "0.3", "--metrics-addr", "127.0.0.1:0", "--interval", "10m"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: lease(cluster).get("holderIdentity"), 10, "the subprocess leads")
+        wait_for(lambda: cluster.ready("billing"), 10, "billing Ready by the subprocess")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    spec = lease(cluster)
+    assert spec["holderIdentity"] == "" and spec.get("renewTime") is None
+    assert PASSWORD.encode() not in out + err
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("10m", 600.0), ("1h30m", 5400.0), ("1.5s", 1.5), ("250ms", 0.25), ("45", 45.0),
+    ("2h", 7200.0),
+])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "10x", "m10", "1h 5m", "ten"])
+def test_parse_duration_rejects_garbage(text: str) -> None:
+    with pytest.raises(UsageError, match="30s, 10m or 1h30m"):
+        parse_duration(text)
+
+
+def test_work_queue_deduplicates_and_requeues_keys_added_while_processing() -> None:
+    q = WorkQueue()
+    a, b = ("ns", "a"), ("ns", "b")
+    for key in (a, b, a, a):
+        q.add(key)
+    assert q.depth() == 2
+    assert q.get(0.1) == a
+    q.add(a)  # while a is being worked on: not handed to a second worker
+    assert q.get(0.1) == b
+    assert q.get(0.05) is None
+    q.done(a)
+    assert q.get(0.1) == a
+    q.done(a)
+    q.done(b)
+    q.shutdown()
+
+
+def test_work_queue_delays_keep_the_earliest_and_backoff_grows_to_a_cap() -> None:
+    q = WorkQueue(base=0.1, cap=1.0)
+    key = ("ns", "a")
+    q.add_after(key, 0.2)
+    q.add_after(key, 5.0)  # a later due time does not postpone the pending one
+    started = time.monotonic()
+    assert q.get(2.0) == key
+    assert 0.15 <= time.monotonic() - started < 1.0
+    q.done(key)
+    delays = [q.backoff(key) for _ in range(8)]
+    for earlier, later in zip(delays, delays[1:5], strict=False):
+        assert later >= earlier  # jitter stays in the upper half: never shrinks while growing
+    assert all(0.5 <= d <= 1.0 for d in delays[4:])  # capped
+    q.forget(key)
+    assert q.failures(key) == 0 and q.backoff(key) <= 0.1
+    q.shutdown()
+    assert q.get(0.1) is None
+
+
+def test_leader_config_rejects_inconsistent_timings() -> None:
+    with pytest.raises(ValueError, match="lease-duration > --renew-deadline"):
+        LeaderConfig(lease_duration=1.0, renew_deadline=2.0, retry_period=0.5).check()
+
+
+def test_secret_names_referenced_by_a_spec() -> None:
+    from reconciler.run.controller import _secret_names
+
+    spec = {"smtp": {"authentication": {"passwordSecretRef": {"name": "pw", "key": "p"}},
+                     "connection": {"truststore": {"secretRef": {"name": "ca", "key": "c"}}},
+                     "signing": {"keystoreSecretRef": {"name": "ks", "key": "k"},
+                                 "keystorePasswordSecretRef": {"name": "ksp", "key": "k"}}},
+            "graph": {"authentication": {"clientSecretSecretRef": {"name": "cs", "key": "k"}}},
+            "publish": {"secretName": "out"}}
+    assert sorted(_secret_names(spec)) == ["ca", "cs", "ks", "ksp", "pw"]
