@@ -67,7 +67,7 @@ def probe_throughput(work: Path, count: int, swaks_count: int) -> list[Row]:
     from reconciler.probe import probe_accounts
     from reconciler.probe.credentials import DirSecretReader
 
-    # Two server processes share the delayed load, so the servers are not what is measured.
+    # The servers run in their own process, so the probing process has a core to itself.
     with ServerProcess(count=2, banner_delay=BANNER_DELAY) as delayed, \
             ServerProcess(count=1, banner_delay=0.0) as fast:
         manifests, secrets_dir, users = _corpus(work, "probe", count, delayed)

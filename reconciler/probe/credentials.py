@@ -50,9 +50,11 @@ class DirSecretReader:
         if not folder.is_dir():
             raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
         path = folder / ref.key
-        # kubelet mounts keys as symlinks into ..data; they must stay inside the folder.
-        real, base = path.resolve(), folder.resolve()
-        if not path.is_file() or base not in real.parents:
+        if not path.is_file():
+            raise SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail="key")
+        # kubelet mounts keys as symlinks into ..data; they must stay inside the folder. (A plain
+        # file named by a checked key is inside it; resolving costs a stat per path component.)
+        if path.is_symlink() and folder.resolve() not in path.resolve().parents:
             raise SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail="key")
         return path
 

@@ -7,6 +7,7 @@ system store, host name checking on, `minTLSVersion` as the floor, TLS 1.3 allow
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ssl
 import warnings
 
@@ -39,10 +40,13 @@ def _lower_security_level(ctx: ssl.SSLContext) -> None:
     ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
 
 
+@functools.lru_cache(maxsize=128)
 def client_context(min_tls_version: str = "1.2", ca_pem: str | None = None) -> ssl.SSLContext:
     """A verifying client context: truststore (or system store), host name check, TLS floor.
 
-    Raises ssl.SSLError when ca_pem holds no usable certificate.
+    Raises ssl.SSLError when ca_pem holds no usable certificate. Contexts are cached and shared by
+    the probes (loading the CA certificates was a tenth of a probe's CPU time, bench/README.md):
+    callers must not change the returned context.
     """
     ctx = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
     ctx.check_hostname = True
