@@ -64,7 +64,7 @@ class LeaseClient:
             self.name, self.namespace, _preload_content=False, _request_timeout=self._timeout))
 
     def create(self, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        body: Any = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
         out = self._call("create", lambda: self._api.create_namespaced_lease(
             self.namespace, body, _preload_content=False, _request_timeout=self._timeout))
@@ -73,7 +73,7 @@ class LeaseClient:
     def replace(self, current: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         """PUT with the resourceVersion we read: 409 when someone wrote in between."""
         meta = current.get("metadata") or {}
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        body: Any = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self.name, "namespace": self.namespace,
                              "resourceVersion": meta.get("resourceVersion")},
                 "spec": spec}
