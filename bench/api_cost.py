@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ WRITES = ("create", "update", "patch", "delete", "deletecollection")
 READS = ("get", "list", "watch")
 TARGET_FIRST = "<= 3 writes/account"
 TARGET_SECOND = "0 writes; reads flat in N"
+PAGE = 500  # objects per LIST page (limit=500, as kubectl does)
 
 
 def _crd() -> dict[str, Any]:
@@ -79,6 +81,10 @@ def api_cost(work: Path, count: int) -> list[Row]:
     fixed = writes - slope * count
     reads_n, reads_small = _count(second, READS), _count(second_small, READS)
     second_writes = _count(second, WRITES)
+    # Reads must be LISTs, not a GET per object; a LIST of more than PAGE objects takes one more
+    # request per page (three objects an account: the EmailAccount, its password, its Secret).
+    pages = math.ceil(3 * (count - small) / PAGE)
+    flat = second.get("get", 0) == 0 and reads_n <= reads_small + pages
     rows = [
         Row(f"3a API writes, first run, {count} accounts", f"{per:.2f}/account",
             f"{slope:.2f}/added account", "-", TARGET_FIRST, slope <= 3,
@@ -87,8 +93,9 @@ def api_cost(work: Path, count: int) -> list[Row]:
         Row(f"3b API second run (nothing changed), {count} vs {small} accounts",
             f"{second_writes} writes, {reads_n} reads", f"{reads_small} reads at {small}",
             f"{reads_n / max(reads_small, 1):.2f}x reads", TARGET_SECOND,
-            second_writes == 0 and reads_n <= reads_small,
+            second_writes == 0 and flat,
             f"second run by verb at {count}: {json.dumps(second, sort_keys=True)}; at {small}: "
-            f"{json.dumps(second_small, sort_keys=True)}"),
+            f"{json.dumps(second_small, sort_keys=True)}; no GET per object, only LISTs, which "
+            f"take one request per {PAGE} objects (up to {pages} more at {count})"),
     ]
     return rows

@@ -25,6 +25,7 @@ __all__ = ["MAX_BYTES", "InvalidDocument", "LoadResult", "account_from_manifest"
            "load_paths", "manifest_files"]
 
 MAX_BYTES = 1024 * 1024
+_CROSS_CHECK_POINTERS = ("/metadata/name", "/spec/publish/secretName")  # what _cross_checks reports
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class _Doc:
     data: Any
     diagnostics: list[model.Diagnostic]
     root: yaml.Node | None = None
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)  # once root is dropped
 
     @property
     def valid(self) -> bool:
@@ -73,9 +75,21 @@ class _Doc:
         ns = meta.get("namespace") if isinstance(meta, dict) else None
         return (ns if isinstance(ns, str) and ns else "default", name)
 
+    def forget_nodes(self) -> None:
+        """Drop the node tree, keeping the positions the cross-document checks may report.
+
+        A tree with its marks is ~15 KB a document: kept for every document until the end, it
+        was most of the peak memory of a 10,000-manifest run (bench/README.md).
+        """
+        if self.root is not None:
+            self.positions = {p: yamlnodes.locate(self.root, p) for p in _CROSS_CHECK_POINTERS}
+            self.root = None
+
     def error(self, pointer: str, message: str) -> None:
-        line, col = (yamlnodes.locate(self.root, pointer) if self.root is not None
-                     else (self.source.line, self.source.column))
+        if self.root is not None:
+            line, col = yamlnodes.locate(self.root, pointer)
+        else:
+            line, col = self.positions.get(pointer, (self.source.line, self.source.column))
         self.diagnostics.append(model.Diagnostic(
             self.source.file, line, col, self.source.document, pointer, message))
 
@@ -142,7 +156,9 @@ def load_bytes(data: bytes, file: str) -> tuple[list[_Doc], list[model.Diagnosti
             parsing = index + 1
             if yamlnodes.is_empty(root):
                 continue
-            docs.append(_document(loader, root, file, index))
+            doc = _document(loader, root, file, index)
+            doc.forget_nodes()
+            docs.append(doc)
     except yaml.YAMLError as exc:
         errors.append(_yaml_error(file, exc, parsing))
     except Exception as exc:  # noqa: BLE001 - the file boundary: no traceback on any input
