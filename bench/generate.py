@@ -122,7 +122,7 @@ def probe_corpus(manifests: Path, secrets_dir: Path, count: int, ports: list[int
     ca.write_text(ca_pem)
     for i in range(count):
         doc, login = probe_account(i, ports[i % len(ports)])
-        password = secrets.token_urlsafe(18)
+        password = "p" + secrets.token_urlsafe(18)  # never starts with "-" (swaks reads options)
         users[login] = password
         name = doc["metadata"]["name"]
         path = secrets_dir / NAMESPACE / f"{name}-smtp" / "password"
