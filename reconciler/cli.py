@@ -149,9 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    from reconciler.log import configure_logging
-
     from reconciler.errors import UsageError
+    from reconciler.log import configure_logging
 
     configure_logging(fmt=args.log_format, level=args.log_level)
     try:
