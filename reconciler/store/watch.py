@@ -262,15 +262,13 @@ def prime_store(store: Any, account: Mapping[str, Any],
                 secrets: Mapping[str, dict[str, dict[str, Any]]]) -> None:
     """Start a KubeStore run over cached objects: the account as last seen, the Secrets of the
     informer (namespace -> name -> object), so one reconcile sends no LIST for them."""
-    store._reset_run_cache()
-    store._accounts = {object_key(account): copy.deepcopy(dict(account))}
-    store._secrets = {ns: dict(objs) for ns, objs in secrets.items()}
+    store.prime([account], secrets)
 
 
 def stored_account(store: Any, key: Key) -> dict[str, Any] | None:
     """The account as the KubeStore last saw it (after its own writes), or None."""
-    obj = (getattr(store, "_accounts", None) or {}).get(key)
-    return copy.deepcopy(obj) if obj is not None else None
+    cached: dict[str, Any] | None = store.cached_account(key)
+    return cached
 
 
 def newest(*objects: dict[str, Any] | None) -> dict[str, Any] | None:
