@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -304,6 +305,16 @@ class ServerLoop:
         excluded = [m for m in ("PLAIN", "LOGIN", "XOAUTH2") if m not in options.mechanisms]
 
         class _Smtp(SMTP):  # type: ignore[misc]
+            # AUTH XOAUTH2 lines with Microsoft tokens run to a few KB, which Exchange Online
+            # accepts (RFC 4954 allows 12288 octets); aiosmtpd's default limit is 512.
+            command_size_limit = 12288
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                # aiosmtpd's per-command limits default to the base class's 512, in a dict
+                # shared by every server: give this one its own.
+                self.command_size_limits = collections.defaultdict(lambda: 12288)
+
             def _create_session(self) -> Session:
                 return _Session(self.loop)
 
