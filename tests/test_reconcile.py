@@ -270,3 +270,23 @@ def test_demo_runs_as_a_subprocess_and_signs(tmp_path: Path) -> None:
                          .read_text())
     assert condition(obj["status"], "SigningReady")["status"] == "True"
     assert obj["status"]["signing"]["notAfter"]
+
+
+def test_no_secret_value_outside_the_published_secret(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.account("billing")
+    world.account("alerts", server=world.smtps, security="SMTPS")
+    assert main(["--log-level", "debug", "--log-format", "json", "reconcile",
+                 str(world.accounts), "--store", f"local:{world.store}",
+                 "--secrets-dir", str(world.secrets), "-o", "json"]) == 0
+    world.secret("alerts-smtp", "password", "another secret value")  # fails: server wants PASSWORD
+    assert main(["--log-level", "debug", "--log-format", "json", "reconcile",
+                 str(world.accounts), "--store", f"local:{world.store}",
+                 "--secrets-dir", str(world.secrets)]) == 1
+    captured = capsys.readouterr()
+    assert "AuthenticationFailed" in captured.out
+    everything = captured.out + captured.err + "".join(
+        p.read_text() for p in world.store.rglob("*") if p.is_file() and "secrets" not in p.parts)
+    for value in (PASSWORD, "another secret value"):
+        assert value not in everything
+    assert "probed" in captured.err  # the debug log did run
