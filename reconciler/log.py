@@ -95,6 +95,16 @@ def _apply_pending() -> None:
     )
 
 
+def reset_logging() -> None:
+    """Forget the configuration (tests: a captured stream must not outlive its test)."""
+    global _pending
+    _pending = None
+    if "structlog" in sys.modules:
+        import structlog
+
+        structlog.reset_defaults()
+
+
 def get_logger(name: str = "reconciler") -> Any:
     """A structlog logger, configured by configure_logging (even when called before it)."""
     import structlog

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from reconciler.log import configure_logging
+from reconciler.log import configure_logging, reset_logging
 from tests.smtpservers import (
     NAMESPACE,
     PASSWORD,
@@ -75,6 +75,15 @@ def secrets_dir(tmp_path: Path, ca: ThrowawayCA) -> Path:
     write_secret(root, NAMESPACE, PASSWORD_REF.name, PASSWORD_REF.key, PASSWORD + "\n")
     write_secret(root, NAMESPACE, TRUSTSTORE_REF.name, TRUSTSTORE_REF.key, ca.ca_pem)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Every test starts and ends with logging unconfigured: a CLI test configures structlog
+    with pytest's captured stderr, which is closed once that test is over."""
+    reset_logging()
+    yield
+    reset_logging()
 
 
 @pytest.fixture
