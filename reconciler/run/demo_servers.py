@@ -444,10 +444,12 @@ def start_demo_servers(users: Mapping[str, str], tokens: Mapping[str, str] | Non
     try:
         ca = ThrowawayCA()
         common: dict[str, Any] = {"users": dict(users), "tokens": dict(tokens or {})}
-        starttls = loop.smtp(SmtpServerOptions(mode="STARTTLS", tls_context=ca.server_context(),
-                                               **common))
-        smtps = loop.smtp(SmtpServerOptions(mode="SMTPS", tls_context=ca.server_context(),
-                                            **common))
+        # Certificates that live as long as public ones do, so CERT-DAYS reads like a real one.
+        expiry = dt.datetime.now(dt.UTC) + dt.timedelta(days=90)
+        starttls = loop.smtp(SmtpServerOptions(
+            mode="STARTTLS", tls_context=ca.server_context(not_after=expiry), **common))
+        smtps = loop.smtp(SmtpServerOptions(
+            mode="SMTPS", tls_context=ca.server_context(not_after=expiry), **common))
         plain = loop.smtp(SmtpServerOptions(mode="plain", **common))
     except BaseException:
         loop.close()
