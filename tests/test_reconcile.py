@@ -290,3 +290,21 @@ def test_no_secret_value_outside_the_published_secret(
     for value in (PASSWORD, "another secret value"):
         assert value not in everything
     assert "probed" in captured.err  # the debug log did run
+
+
+def test_renamed_secret_replaces_the_old_one_even_after_a_failed_probe(world: World) -> None:
+    doc = world.account("billing")
+    assert world.reconcile() == 0
+    old = world.store / NS / "secrets" / "billing-sender.yaml"
+    assert old.exists()
+    doc["spec"]["publish"] = {"secretName": "billing-mail"}
+    world.write(doc)
+    world.secret("billing-smtp", "password", "wrong for now")
+    assert world.reconcile() == 1  # the rename waits for a good probe
+    assert old.exists() and not (world.store / NS / "secrets" / "billing-mail.yaml").exists()
+    assert world.status("billing")["secretName"] == "billing-sender"
+    world.secret("billing-smtp", "password", PASSWORD)
+    assert world.reconcile() == 0
+    assert not old.exists()
+    assert world.published_data("billing-mail")["SMTP_PASSWORD"] == PASSWORD
+    assert world.status("billing")["secretName"] == "billing-mail"

@@ -355,7 +355,10 @@ def build_status(*, account: Account, old_status: Mapping[str, Any] | None,
     status: Status = copy.deepcopy(dict(old))
     gen = account.generation
     status["observedGeneration"] = gen
-    status["secretName"] = account.publish.secret_name
+    if published is not None and published.ok:
+        # Only a Secret that exists is named here: after a rename whose first probe failed, the
+        # old name stays so the next good run can remove the old Secret.
+        status["secretName"] = account.publish.secret_name
     # For the VIA printer column: the spec may leave sendUsing to its default.
     status["via"] = "Graph" if account.send_using == "MicrosoftGraph" else "SMTP"
     if account.probe.suspend:
