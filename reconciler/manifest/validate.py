@@ -8,13 +8,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any, Literal
-
-import jsonschema
+from typing import TYPE_CHECKING, Any, Literal
 
 from reconciler import model
 from reconciler.manifest import load_schema
+from reconciler.manifest.compiled_schema import CompiledSchema
 from reconciler.manifest.secrets_scan import escape, scan_document
+
+if TYPE_CHECKING:  # imported when a document needs its messages: 40 ms of start-up otherwise
+    import jsonschema
 
 Locate = Callable[[str], tuple[int, int]]
 Severity = Literal["error", "warning"]
@@ -25,12 +27,36 @@ _TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", in
                float: "number", type(None): "null"}
 
 
+def _is_email(value: object) -> bool:
+    return not isinstance(value, str) or bool(_EMAIL.match(value))
+
+
+#: The formats the schema checks, for both validators (any other format is an annotation only).
+_FORMATS = {"email": _is_email}
+
+
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.Draft202012Validator:
-    """The schema validator, compiled once per process."""
+    """The schema validator, compiled once per process: the source of every schema message."""
+    import jsonschema
+
     checker = jsonschema.FormatChecker(formats=())
-    checker.checks("email")(lambda v: not isinstance(v, str) or bool(_EMAIL.match(v)))
+    for name, check in _FORMATS.items():
+        checker.checks(name)(check)
     return jsonschema.Draft202012Validator(_inline_refs(load_schema()), format_checker=checker)
+
+
+@lru_cache(maxsize=1)
+def _compiled() -> CompiledSchema:
+    """The compiled validator that vouches for valid documents (bench/README.md, 1b)."""
+    return CompiledSchema(load_schema(), _FORMATS)
+
+
+def schema_errors(doc: Any) -> Iterator[jsonschema.ValidationError]:
+    """The schema errors of a document: none when the compiled validator vouches for it."""
+    if _compiled().verdict(doc) is True:
+        return iter(())
+    return _validator().iter_errors(doc)
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +162,7 @@ def validate_document(doc: Any, *, file: str = "<input>", document: int = 1,
     flagged_ptrs = {p for p, _ in flagged}
     out += [_diag(file, document, locate, p, m) for p, m in flagged]
     seen: set[tuple[str, str]] = set()
-    for err in _validator().iter_errors(doc):
+    for err in schema_errors(doc):
         for pointer, message in _schema_messages(err):
             if pointer in flagged_ptrs or any(pointer.startswith(f + "/") for f in flagged_ptrs):
                 continue

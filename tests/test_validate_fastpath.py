@@ -1,0 +1,232 @@
+"""The compiled schema validator (jsonschema-rs) decides exactly as the Python one does.
+
+`validate` trusts the compiled verdict "valid" and skips the Python validator; a document the
+compiled validator wrongly passed would lose its errors. So the two must agree on every example
+manifest and on Hypothesis-made mutations of the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reconciler.manifest import load_schema
+from reconciler.manifest.compiled_schema import CompiledSchema, json_only, python_patterns
+from reconciler.manifest.load import load_bytes
+from reconciler.manifest.validate import _compiled, _validator, schema_errors, validate_document
+
+ROOT = Path(__file__).parent.parent
+EXAMPLE_FILES = sorted([*(ROOT / "tests" / "manifests").rglob("*.yaml"),
+                        *(ROOT / "accounts").glob("*.yaml")])
+
+
+def _documents(path: Path) -> list[Any]:
+    """The documents of a file as `validate` reads them (none with aliases: billion laughs)."""
+    docs, _errors = load_bytes(path.read_bytes(), str(path))
+    return [d.data for d in docs if d.data is not None]
+
+
+EXAMPLES = [(f"{p.relative_to(ROOT)}#{i}", d) for p in EXAMPLE_FILES
+            for i, d in enumerate(_documents(p), 1)]
+VALID = [d for _, d in EXAMPLES if isinstance(d, dict) and _validator().is_valid(d)]
+
+
+def _property_names(schema: Any) -> set[str]:
+    names: set[str] = set()
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "properties" and isinstance(value, dict):
+                names |= set(value)
+            if key not in ("enum", "const"):
+                names |= _property_names(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            names |= _property_names(item)
+    return names
+
+
+def _enum_values(schema: Any) -> set[Any]:
+    found: set[Any] = set()
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "enum" and isinstance(value, list):
+                found |= {v for v in value if isinstance(v, str | int)}
+            elif key == "const" and isinstance(value, str | int):
+                found.add(value)
+            else:
+                found |= _enum_values(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            found |= _enum_values(item)
+    return found
+
+
+KEYS = sorted(_property_names(load_schema()))
+WORDS = sorted(_enum_values(load_schema()), key=repr) + [
+    "smtp.example.com", "user@example.com", "not an address", "a@b", "30s", "1h30m", "5x",
+    "https://login.example.com/token", "http://x y", "my-secret", "Name\n", "x\x1cy", "é@ü.de",
+    "eu-west-1", "UPPER", "-lead", "trail-", "a" * 300, "",
+]
+SCALARS = (st.none() | st.booleans() | st.integers(min_value=-5, max_value=70000)
+           | st.integers() | st.floats(allow_nan=False) | st.sampled_from(WORDS)
+           | st.text(alphabet=st.sampled_from(list("aZ09-._@ :/\n\r\x00\x1c\u2028é\t")), max_size=12))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner,
+                                        max_size=3), max_leaves=6)
+
+
+def _seen_values(node: Any, into: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Every value the valid examples give each key: edits that keep a document plausible."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            into.setdefault(key, []).append(value)
+            _seen_values(value, into)
+    elif isinstance(node, list):
+        for item in node:
+            _seen_values(item, into)
+    return into
+
+
+SEEN = _seen_values(VALID, {})
+
+
+def _containers(node: Any) -> list[Any]:
+    """Every dict and list in a document (the places a mutation can act)."""
+    found = [node]
+    children = node.values() if isinstance(node, dict) else node
+    for child in children:
+        if isinstance(child, dict | list):
+            found += _containers(child)
+    return found
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> Any:
+    """A valid example with one to four random edits: drop, add, swap or retype a field, edit a list.
+
+    "swap" sets a key to a value some valid example gives that key (often valid again, e.g. another
+    provider or security mode), so the documents stay near the border between valid and invalid.
+    """
+    doc = copy.deepcopy(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        target = draw(st.sampled_from(_containers(doc)))
+        op = draw(st.sampled_from(["drop", "set", "swap", "swap", "swap", "tweak"]))
+        if isinstance(target, dict):
+            if op == "drop" and target:
+                del target[draw(st.sampled_from(sorted(target)))]
+            elif op == "swap":
+                key = draw(st.sampled_from(list(target) or KEYS) | st.sampled_from(KEYS))
+                target[key] = copy.deepcopy(draw(st.sampled_from(SEEN.get(key) or WORDS)))
+            elif op == "tweak" and target:
+                key = draw(st.sampled_from(sorted(target)))
+                value = target[key]
+                if isinstance(value, str):
+                    target[key] = value + draw(st.sampled_from(["\n", " ", "\x1c", "x", "@", "/"]))
+                elif isinstance(value, bool | int):
+                    target[key] = draw(st.sampled_from([-1, 0, 1, 65536, str(value), 1.0 * value]))
+                else:
+                    target[key] = draw(SCALARS)
+            else:
+                key = draw(st.sampled_from([*target, *KEYS]))
+                target[key] = draw(VALUES)
+        elif op == "drop" and target:
+            target.pop(draw(st.integers(min_value=0, max_value=len(target) - 1)))
+        else:
+            target.append(draw(VALUES))
+    return doc
+
+
+def _agree(doc: Any) -> None:
+    fast = _compiled().verdict(doc)
+    slow = _validator().is_valid(doc)
+    assert fast is None or fast == slow, f"compiled says valid={fast}, Python says {slow}"
+
+
+def test_compiled_validator_is_installed_and_used() -> None:
+    assert _compiled().available
+    assert VALID, "no valid example manifest found"
+    assert all(_compiled().verdict(d) is True for d in VALID)
+
+
+@pytest.mark.parametrize(("where", "doc"), EXAMPLES, ids=[w for w, _ in EXAMPLES])
+def test_verdicts_agree_on_every_example(where: str, doc: Any) -> None:
+    _agree(doc)
+    if json_only(doc):
+        assert _compiled().verdict(doc) is not None
+
+
+def test_examples_include_schema_invalid_documents() -> None:
+    invalid = [d for _, d in EXAMPLES if json_only(d) and not _validator().is_valid(d)]
+    assert len(invalid) >= 10
+    assert all(_compiled().verdict(d) is False for d in invalid)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_verdicts_agree_on_mutated_documents(doc: Any) -> None:
+    _agree(doc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated())
+def test_fast_path_reports_the_same_messages(doc: Any) -> None:
+    python = sorted(e.message for e in _validator().iter_errors(doc))
+    assert sorted(e.message for e in schema_errors(doc)) == python
+
+
+@pytest.mark.parametrize(("definition", "value"), [
+    ("url", "https://login.example.com/\x1ctoken"),  # in Python's \s, not in Rust's
+    ("url", "https://login.example.com/token"),
+    ("url", "https://login.example.com/\u00a0"),
+    ("headerValue", "Alerts\n"),  # Python's $ matches before a final newline: valid there
+    ("headerValue", "Al\nerts"),
+    ("hostname", "smtp.example.com\n"),
+])
+def test_python_regex_semantics_decide(definition: str, value: str) -> None:
+    schema = load_schema()["$defs"][definition]
+    compiled = CompiledSchema(schema, {})
+    import jsonschema
+
+    assert compiled.verdict(value) is jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+@pytest.mark.parametrize("value", [
+    datetime.date(2024, 1, 2), datetime.datetime(2024, 1, 2, 3, 4), {"a", "b"}, b"bytes",
+    ("a", 1), [("key", "value")], {1: "x"}, {None: "x"}, "\ud800",
+])
+def test_non_json_values_get_no_verdict(value: Any) -> None:
+    doc = copy.deepcopy(VALID[0])
+    doc["spec"]["extra"] = value
+    assert _compiled().verdict(doc) is not True  # None, or False before reaching the value
+    assert validate_document(doc), "the Python path still reports the document"
+
+
+@pytest.mark.parametrize(("doc", "expected"), [
+    ({"a": [1, 2.5, True, None, "x"]}, True),
+    ({"a": (1, 2)}, False),
+    ({1: "a"}, False),
+    ([datetime.date(2024, 1, 1)], False),
+    ("plain", True),
+])
+def test_json_only(doc: Any, expected: bool) -> None:
+    assert json_only(doc) is expected
+
+
+def test_python_patterns_renames_keywords_not_property_names() -> None:
+    schema = {"properties": {"pattern": {"type": "string", "pattern": "^a$"}},
+              "items": {"pattern": "b"}, "enum": [{"pattern": "c"}]}
+    assert python_patterns(schema) == {
+        "properties": {"pattern": {"type": "string", "x-python-pattern": "^a$"}},
+        "items": {"x-python-pattern": "b"}, "enum": [{"pattern": "c"}]}
+
+
+def test_trailing_newline_follows_python_dollar() -> None:
+    compiled = CompiledSchema({"type": "string", "pattern": "^[a-z]+$"}, {})
+    assert compiled.verdict("abc\n") is True  # re.search: $ matches before a final newline
+    assert compiled.verdict("abc\nx") is False
