@@ -11,7 +11,6 @@ READY = "Ready"
 NOT_STALLED = "NotStalled"
 PROGRESSING = "Progressing"
 AUTH_SKIPPED = "AuthCheckDeferred"  # not attempted this run (authInterval); previous result kept
-SUSPENDED = "Suspended"
 
 # validation / configuration
 INVALID_SPEC = "InvalidSpec"
