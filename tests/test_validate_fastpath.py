@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from hypothesis import strategies as st
 
 from reconciler.manifest import load_schema
 from reconciler.manifest.compiled_schema import CompiledSchema, json_only, python_patterns
-from reconciler.manifest.load import load_bytes
+from reconciler.manifest.load import PARALLEL_MIN_FILES, load_bytes, load_paths
+from reconciler.manifest.pool import map_chunks
 from reconciler.manifest.validate import _compiled, _validator, schema_errors, validate_document
 
 ROOT = Path(__file__).parent.parent
@@ -230,3 +232,43 @@ def test_trailing_newline_follows_python_dollar() -> None:
     compiled = CompiledSchema({"type": "string", "pattern": "^[a-z]+$"}, {})
     assert compiled.verdict("abc\n") is True  # re.search: $ matches before a final newline
     assert compiled.verdict("abc\nx") is False
+
+
+# --- loading a large folder in parallel -------------------------------------------------------
+
+def _double(items: Sequence[int]) -> list[int]:
+    return [2 * i for i in items]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_map_chunks_keeps_the_order(workers: int) -> None:
+    assert map_chunks(_double, list(range(1001)), workers) == [2 * i for i in range(1001)]
+
+
+def _write_folder(folder: Path, count: int) -> None:
+    """count files from the example accounts, every 7th invalid, duplicates across the folder."""
+    examples = sorted((ROOT / "accounts").glob("*.yaml"))
+    for i in range(count):
+        text = examples[i % len(examples)].read_text(encoding="utf-8")
+        name = "twin" if i in (3, count - 2) else f"acct-{i:04d}"  # first and last chunk
+        text = text.replace("\n  name: ", f"\n  name: {name}\n  labels: {{was: ", 1)
+        text = text.replace("\n  namespace:", "}\n  namespace:", 1)
+        if i % 7 == 0:
+            text = text.replace("spec:\n", "spec:\n  colour: blue\n", 1)
+        (folder / f"m-{i:04d}.yaml").write_text(text, encoding="utf-8")
+
+
+def test_parallel_load_equals_sequential(tmp_path: Path) -> None:
+    count = PARALLEL_MIN_FILES + 40
+    _write_folder(tmp_path, count)
+    sequential = load_paths([str(tmp_path)])
+    parallel = load_paths([str(tmp_path)], parallel=True)
+    assert parallel.files == sequential.files == count
+    assert parallel.diagnostics == sequential.diagnostics
+    assert parallel.accounts == sequential.accounts
+    assert parallel.invalid == sequential.invalid
+    messages = [d.message for d in parallel.diagnostics]
+    assert sum("unknown field 'colour'" in m for m in messages) == len(range(0, count, 7))
+    twin = [d for d in parallel.diagnostics if "is already defined at" in d.message]
+    assert len(twin) == 1 and twin[0].file.endswith(f"m-{count - 2:04d}.yaml")
+    assert len(parallel.accounts) > count // 2

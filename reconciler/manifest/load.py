@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,16 @@ import yaml
 
 from reconciler import model
 from reconciler.errors import UsageError
-from reconciler.manifest import yamlnodes
+from reconciler.manifest import pool, yamlnodes
 from reconciler.manifest.account import account_from_manifest
-from reconciler.manifest.validate import validate_document
+from reconciler.manifest.validate import validate_manifest
 
 __all__ = ["MAX_BYTES", "InvalidDocument", "LoadResult", "account_from_manifest", "load_bytes",
            "load_paths", "manifest_files"]
 
 MAX_BYTES = 1024 * 1024
+#: Below this many files a worker's start-up and the results' pickling cost more than they save.
+PARALLEL_MIN_FILES = 200
 _CROSS_CHECK_POINTERS = ("/metadata/name", "/spec/publish/secretName")  # what _cross_checks reports
 
 
@@ -62,6 +64,7 @@ class _Doc:
     diagnostics: list[model.Diagnostic]
     root: yaml.Node | None = None
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)  # once root is dropped
+    account: model.Account | None = None  # built by validation: kept while the document is valid
 
     @property
     def valid(self) -> bool:
@@ -186,9 +189,10 @@ def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
             file, f"cannot read a value ({type(exc).__name__}); quote it", line, col, index))
         return doc
     try:
-        doc.diagnostics += validate_document(
+        diagnostics, doc.account = validate_manifest(
             doc.data, file=file, document=index,
             locate=lambda p: yamlnodes.locate(root, p))
+        doc.diagnostics += diagnostics
     except Exception as exc:  # noqa: BLE001 - a bug in a rule must not hide other documents
         doc.diagnostics.append(_file_error(
             file, f"internal error while validating ({type(exc).__name__})", line, col, index))
@@ -243,17 +247,19 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_paths(paths: Sequence[str]) -> LoadResult:
-    """Load every manifest under paths. Raises UsageError for a path that does not exist."""
+def load_paths(paths: Sequence[str], *, parallel: bool = False) -> LoadResult:
+    """Load every manifest under paths. Raises UsageError for a path that does not exist.
+
+    ``parallel``: spread a large folder's files over forked processes (`reconciler.manifest.pool`);
+    only for a process that runs no other thread. The result is the same either way.
+    """
     with _gc_paused():
-        return _load_paths(paths)
+        return _load_paths(paths, parallel)
 
 
-def _load_paths(paths: Sequence[str]) -> LoadResult:
-    files = manifest_files(paths)
-    result = LoadResult(files=len(files))
+def _load_files(files: Sequence[str]) -> list[tuple[list[model.Diagnostic], list[_Doc]]]:
+    """(file errors, documents) of each file, in order: the per-file work, done anywhere."""
     per_file: list[tuple[list[model.Diagnostic], list[_Doc]]] = []
-    all_docs: list[_Doc] = []
     for file in files:
         try:
             data = Path(file).read_bytes()
@@ -262,8 +268,18 @@ def _load_paths(paths: Sequence[str]) -> LoadResult:
             continue
         docs, errors = load_bytes(data, file)
         per_file.append((errors, docs))
-        all_docs += docs
-    _cross_checks(all_docs)
+    return per_file
+
+
+def _load_paths(paths: Sequence[str], parallel: bool) -> LoadResult:
+    files = manifest_files(paths)
+    result = LoadResult(files=len(files))
+    if parallel and len(files) >= PARALLEL_MIN_FILES:
+        per_file = pool.map_chunks(_load_files, files, pool.cpu_count())
+    else:
+        per_file = _load_files(files)
+    all_docs = [d for _errors, docs in per_file for d in docs]
+    _cross_checks(all_docs)  # across all files, so after every worker's results are merged
     for errors, docs in per_file:
         file_diags = list(errors)
         for d in docs:
@@ -272,7 +288,8 @@ def _load_paths(paths: Sequence[str]) -> LoadResult:
             ident = d.ident()
             if d.valid:
                 warnings = tuple(x for x in d.diagnostics if x.severity == "warning")
-                result.accounts.append(account_from_manifest(d.data, d.source, warnings))
+                account = d.account or account_from_manifest(d.data)
+                result.accounts.append(replace(account, source=d.source, warnings=warnings))
             else:
                 result.invalid.append(InvalidDocument(
                     ident[0] if ident else None, ident[1] if ident else None, d.source,

@@ -28,7 +28,7 @@ def run_validate(paths: Sequence[str], *, output: str = "text", show_effective: 
 
     out = out or sys.stdout
     try:
-        result = load_paths(paths)
+        result = load_paths(paths, parallel=True)  # the CLI process runs no other thread
     except UsageError as exc:
         sys.stderr.write(f"email-reconciler validate: error: {exc}\n")
         return EXIT_USAGE

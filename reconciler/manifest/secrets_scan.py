@@ -12,6 +12,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 _CREDENTIAL_KEY = re.compile(
@@ -35,6 +36,9 @@ _SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("a Google OAuth client secret", re.compile(r"\bGOCSPX-[A-Za-z0-9_-]{20,}")),
 )
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+_BASE64_MIN = 32
+#: Any of the shapes: one search rules most strings out (the ordered list then names the shape).
+_ANY_SHAPE = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _SHAPES))
 
 
 def _entropy(text: str) -> float:
@@ -54,10 +58,11 @@ def _high_entropy(text: str) -> bool:
 
 def credential_shape(text: str) -> str | None:
     """What a string looks like ("a private key", ...) when it looks like a credential."""
-    for label, pattern in _SHAPES:
-        if pattern.search(text):
-            return label
-    if _high_entropy(text):
+    if _ANY_SHAPE.search(text):
+        for label, pattern in _SHAPES:
+            if pattern.search(text):
+                return label
+    if len(text) >= _BASE64_MIN and _high_entropy(text):
         return "a high-entropy key or token"
     return None
 
@@ -82,16 +87,27 @@ def suggest_ref(pointer: str, key: str) -> str:
     return "passwordSecretRef"
 
 
-def _walk(value: Any, pointer: str) -> Iterator[tuple[str, str, Any]]:
-    """(parent pointer, key, value) for every member of every mapping/list, depth first."""
+def _members(value: Any) -> Iterator[tuple[str, Any]]:
+    """(key, value) of a mapping's or a list's members; nothing for a scalar."""
     if isinstance(value, dict):
-        for k, v in value.items():
-            yield pointer, str(k), v
-            yield from _walk(v, f"{pointer}/{escape(str(k))}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield pointer, str(i), v
-            yield from _walk(v, f"{pointer}/{i}")
+        return ((str(k), v) for k, v in value.items())
+    if isinstance(value, list):
+        return ((str(i), v) for i, v in enumerate(value))
+    return iter(())
+
+
+@lru_cache(maxsize=1024)
+def _credential_key(key: str, parent_kind: str) -> bool:
+    """Whether a key names a literal credential, in a plain, free-form or `advanced` map."""
+    if parent_kind == "advanced":
+        return bool(_CREDENTIAL_KEY.search(key.rsplit(".", 1)[-1]))
+    return parent_kind == "plain" and bool(_CREDENTIAL_KEY.search(key)) and not _SAFE_SUFFIX.search(key)
+
+
+def _parent_kind(pointer: str) -> str:
+    if pointer.endswith(_FREE_KEYS):
+        return "free"
+    return "advanced" if pointer.endswith("/advanced") else "plain"
 
 
 def escape(token: str) -> str:
@@ -102,22 +118,32 @@ def escape(token: str) -> str:
 def scan_document(doc: Any) -> list[tuple[str, str]]:
     """(pointer, message) for every inline credential in a document; messages never echo values."""
     found: list[tuple[str, str]] = []
-    for parent, key, value in _walk(doc, ""):
-        pointer = f"{parent}/{escape(key)}"
+    _scan(doc, "", found)
+    return found
+
+
+def _scan(node: Any, parent: str, found: list[tuple[str, str]]) -> None:
+    """Check every member of node, depth first in document order, appending to found."""
+    kind = _parent_kind(parent)
+    for key, value in _members(node):
+        if isinstance(value, dict | list):
+            _scan(value, f"{parent}/{escape(key)}", found)
+            continue
         if isinstance(value, bool) or not isinstance(value, str | int | float) or value == "":
             continue
-        dotted = pointer.lstrip("/").replace("/", ".")
-        free = parent.endswith(_FREE_KEYS)
-        if (not free and not parent.endswith("/advanced") and _CREDENTIAL_KEY.search(key)
-                and not _SAFE_SUFFIX.search(key)) or (
-                parent.endswith("/advanced") and _CREDENTIAL_KEY.search(key.rsplit(".", 1)[-1])):
+        if _credential_key(key, kind):
+            pointer = f"{parent}/{escape(key)}"
             ref = suggest_ref(parent, key)
-            found.append((pointer, f"{dotted} looks like an inline credential; put it in a Secret "
-                                   f"and reference it with {ref}"))
+            found.append((pointer, f"{_dotted(pointer)} looks like an inline credential; put it in "
+                                   f"a Secret and reference it with {ref}"))
             continue
         shape = credential_shape(value) if isinstance(value, str) else None
         if shape:
+            pointer = f"{parent}/{escape(key)}"
             ref = suggest_ref(parent, key)
-            found.append((pointer, f"{dotted} looks like an inline credential ({shape}); put it in "
-                                   f"a Secret and reference it with {ref}"))
-    return found
+            found.append((pointer, f"{_dotted(pointer)} looks like an inline credential ({shape}); "
+                                   f"put it in a Secret and reference it with {ref}"))
+
+
+def _dotted(pointer: str) -> str:
+    return pointer.lstrip("/").replace("/", ".")

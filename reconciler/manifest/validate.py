@@ -153,10 +153,21 @@ def validate_document(doc: Any, *, file: str = "<input>", document: int = 1,
 
     ``locate`` maps a JSON pointer to (line, column) in the source file.
     """
+    return validate_manifest(doc, file=file, document=document, locate=locate)[0]
+
+
+def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
+                      locate: Locate | None = None
+                      ) -> tuple[list[model.Diagnostic], model.Account | None]:
+    """validate_document's diagnostics, and the effective account its semantic rules checked.
+
+    The account (without source or warnings) is None when the schema or the scan failed; the
+    loader reuses it rather than building it a second time.
+    """
     if not isinstance(doc, dict):
         return [_diag(file, document, locate, "",
                       f"document must be a mapping (an EmailAccount object), found "
-                      f"{_type_name(doc)}")]
+                      f"{_type_name(doc)}")], None
     out: list[model.Diagnostic] = []
     flagged = scan_document(doc)
     flagged_ptrs = {p for p, _ in flagged}
@@ -170,11 +181,11 @@ def validate_document(doc: Any, *, file: str = "<input>", document: int = 1,
                 seen.add((pointer, message))
                 out.append(_diag(file, document, locate, pointer, message))
     if out:
-        return out
+        return out, None
     from reconciler.manifest.account import account_from_manifest
     from reconciler.manifest.semantics import check_account
 
     account = account_from_manifest(doc)
     for pointer, message, severity in check_account(account, doc):
         out.append(_diag(file, document, locate, pointer, message, severity))
-    return out
+    return out, account
