@@ -29,32 +29,29 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def map_chunks(work: Callable[[Sequence[T]], list[R]], items: Sequence[T], workers: int,
-               chunks_per_worker: int = 16) -> list[R]:
-    """``work`` over contiguous chunks of items in ``workers`` processes; results in item order.
+def map_chunks(work: Callable[[Sequence[T]], list[R]], items: Sequence[T], workers: int) -> list[R]:
+    """``work`` over contiguous slices of items, one per worker; the results concatenated in order.
 
-    Forked workers take chunks from the front while this process, the last worker, takes them
-    from the back as long as no worker has started them (work stealing: a worker slowed by fork,
-    pickling or a neighbour on the machine does not leave the others waiting). With one worker,
-    or where fork is not available, everything runs here. A worker that dies is made up for here.
+    This process works on the first slice itself while forked workers do the others, so one
+    worker fewer is started and its results need not be pickled. With one worker, or where fork
+    is not available, everything runs here. A worker that dies is made up for here.
+
+    Static slices, not many small chunks taken on demand: each chunk's result crosses a pipe read
+    by the executor's thread, which waits for the GIL while this process works, and that cost
+    more than the balance won (measured, bench/README.md).
     """
     workers = max(1, min(workers, len(items)))
     if workers == 1 or sys.platform != "linux":
         return work(items)
-    size = max(1, -(-len(items) // (workers * chunks_per_worker)))
-    chunks = [items[i:i + size] for i in range(0, len(items), size)]
-    done: list[list[R] | None] = [None] * len(chunks)
+    size = -(-len(items) // workers)
+    slices = [items[i:i + size] for i in range(0, len(items), size)]
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers - 1, mp_context=context) as pool:
-        futures = [pool.submit(work, chunk) for chunk in chunks]
-        for i in reversed(range(len(chunks))):
-            if not futures[i].cancel():  # a worker has it: all before it are theirs too
-                break
-            done[i] = work(chunks[i])
-        for i, future in enumerate(futures):
-            if done[i] is None:
-                try:
-                    done[i] = future.result()
-                except Exception:  # noqa: BLE001 - e.g. a worker killed for memory: redo it here
-                    done[i] = work(chunks[i])
-    return [r for part in done for r in part or ()]
+    with ProcessPoolExecutor(len(slices) - 1, mp_context=context) as pool:
+        futures = [pool.submit(work, chunk) for chunk in slices[1:]]
+        results = work(slices[0])
+        for chunk, future in zip(slices[1:], futures, strict=True):
+            try:
+                results += future.result()
+            except Exception:  # noqa: BLE001 - e.g. a worker killed for memory: redo it here
+                results += work(chunk)
+    return results
