@@ -21,12 +21,18 @@ def _diag_json(d: model.Diagnostic) -> dict[str, Any]:
 def run_validate(paths: Sequence[str], *, output: str = "text", show_effective: bool = False,
                  out: IO[str] | None = None) -> int:
     """Validate every manifest under paths; 0 valid, 1 invalid, 2 usage error."""
+    from reconciler.manifest.load import gc_paused
+
+    with gc_paused():
+        return _run_validate(paths, output, show_effective, out or sys.stdout)
+
+
+def _run_validate(paths: Sequence[str], output: str, show_effective: bool, out: IO[str]) -> int:
     import yaml
 
     from reconciler.manifest.effective import effective_manifest
     from reconciler.manifest.load import load_paths
 
-    out = out or sys.stdout
     try:
         result = load_paths(paths, parallel=True)  # the CLI process runs no other thread
     except UsageError as exc:
