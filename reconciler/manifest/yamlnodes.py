@@ -35,31 +35,47 @@ def is_empty(node: yaml.Node | None) -> bool:
 
 
 def check_structure(root: yaml.Node) -> None:
-    """Raise NodeProblem on aliases, duplicate keys or nesting deeper than MAX_DEPTH."""
-    seen: set[int] = set()
-    stack: list[tuple[yaml.Node, int, yaml.Node]] = [(root, 0, root)]
-    while stack:
-        node, depth, where = stack.pop()
-        if id(node) in seen:
-            raise NodeProblem(where, "YAML aliases (*name) are not allowed in manifests; "
-                                     "write the value out in full")
-        seen.add(id(node))
-        if depth > MAX_DEPTH:
-            raise NodeProblem(node, f"nesting deeper than {MAX_DEPTH} levels is not allowed")
-        if isinstance(node, yaml.MappingNode):
-            keys: dict[str, yaml.Node] = {}
-            for key, _value in node.value:  # duplicates: the first occurrence keeps the name
-                if isinstance(key, yaml.ScalarNode):
-                    if key.value in keys and key.value != "<<":
-                        line, _ = mark_of(keys[key.value])
-                        raise NodeProblem(key, f"duplicate key {key.value!r} (first defined on "
-                                               f"line {line}); remove one of them")
-                    keys[key.value] = key
-            for key, value in reversed(node.value):  # reversed: popped in document order
-                stack.append((value, depth + 1, key))
-                stack.append((key, depth + 1, key))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend((item, depth + 1, node) for item in reversed(node.value))
+    """Raise NodeProblem on aliases, duplicate keys or nesting deeper than MAX_DEPTH.
+
+    Depth first in document order, so the first problem in the file is the one reported.
+    """
+    seen: set[int] = {id(root)}
+    _check_children(root, 0, seen)
+
+
+def _check_children(node: yaml.Node, depth: int, seen: set[int]) -> None:
+    """Check node's children (node itself is checked); recursion is bounded by MAX_DEPTH.
+
+    Recursive rather than with an explicit stack: a quarter faster, and this runs for every
+    document (bench/README.md).
+    """
+    if isinstance(node, yaml.MappingNode):
+        keys: dict[str, yaml.Node] = {}
+        for key, _value in node.value:  # duplicates: the first occurrence keeps the name
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in keys and key.value != "<<":
+                    line, _ = mark_of(keys[key.value])
+                    raise NodeProblem(key, f"duplicate key {key.value!r} (first defined on "
+                                           f"line {line}); remove one of them")
+                keys[key.value] = key
+        for key, value in node.value:
+            _check_child(key, depth + 1, key, seen)
+            _check_child(value, depth + 1, key, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_child(item, depth + 1, node, seen)
+
+
+def _check_child(node: yaml.Node, depth: int, where: yaml.Node, seen: set[int]) -> None:
+    """An alias is a node met twice (reported at ``where``, the key or list naming it)."""
+    if id(node) in seen:
+        raise NodeProblem(where, "YAML aliases (*name) are not allowed in manifests; "
+                                 "write the value out in full")
+    seen.add(id(node))
+    if depth > MAX_DEPTH:
+        raise NodeProblem(node, f"nesting deeper than {MAX_DEPTH} levels is not allowed")
+    if not isinstance(node, yaml.ScalarNode):
+        _check_children(node, depth, seen)
 
 
 def _unescape(token: str) -> str:
