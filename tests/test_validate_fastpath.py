@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -272,3 +275,22 @@ def test_parallel_load_equals_sequential(tmp_path: Path) -> None:
     twin = [d for d in parallel.diagnostics if "is already defined at" in d.message]
     assert len(twin) == 1 and twin[0].file.endswith(f"m-{count - 2:04d}.yaml")
     assert len(parallel.accounts) > count // 2
+
+
+def test_cli_validate_in_processes_equals_sequential_load(tmp_path: Path) -> None:
+    """The CLI (a process with one thread, so it forks) reports what a sequential load finds."""
+    count = PARALLEL_MIN_FILES + 40
+    _write_folder(tmp_path, count)
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "validate", str(tmp_path),
+                           "--output", "json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    sequential = load_paths([str(tmp_path)])
+    errors = [d for d in sequential.diagnostics if d.severity == "error"]
+    assert report["files"] == count
+    assert [(e["file"], e["line"], e["pointer"], e["message"]) for e in report["errors"]] == [
+        (d.file, d.line, d.pointer, d.message) for d in errors]
+    assert [(a["namespace"], a["name"]) for a in report["accounts"]] == [
+        (a.namespace, a.name) for a in sequential.accounts]
+    assert any("is already defined at" in e["message"] for e in report["errors"])

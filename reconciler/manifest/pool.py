@@ -2,7 +2,8 @@
 
 Loading a large folder is CPU-bound Python (YAML construction, scans, rules), so threads would
 not help; forked processes start in milliseconds with everything already imported. Only
-`validate` asks for this (its process runs no other thread, which fork needs to be safe).
+`validate` asks for this, and only a process running no other thread forks (fork needs that to be
+safe; elsewhere the work simply runs in this process).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -33,16 +35,17 @@ def map_chunks(work: Callable[[Sequence[T]], list[R]], items: Sequence[T], worke
     """``work`` over contiguous slices of items, one per worker; the results concatenated in order.
 
     This process works on the first slice itself while forked workers do the others, so one
-    worker fewer is started and its results need not be pickled. With one worker, or where fork
-    is not available, everything runs here. A worker that dies is made up for here.
+    worker fewer is started and its results need not be pickled. With one worker, where fork is
+    not available, or when other threads run, everything runs here. A worker that dies is made
+    up for here.
 
     Static slices, not many small chunks taken on demand: each chunk's result crosses a pipe read
     by the executor's thread, which waits for the GIL while this process works, and that cost
     more than the balance won (measured, bench/README.md).
     """
     workers = max(1, min(workers, len(items)))
-    if workers == 1 or sys.platform != "linux":
-        return work(items)
+    if workers == 1 or sys.platform != "linux" or threading.active_count() > 1:
+        return work(items)  # fork copies one thread: a lock another one holds would stay held
     size = -(-len(items) // workers)
     slices = [items[i:i + size] for i in range(0, len(items), size)]
     context = multiprocessing.get_context("fork")
