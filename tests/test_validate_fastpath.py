@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -189,7 +190,7 @@ def test_fast_path_reports_the_same_messages(doc: Any) -> None:
     ("url", "https://login.example.com/\x1ctoken"),  # in Python's \s, not in Rust's
     ("url", "https://login.example.com/token"),
     ("url", "https://login.example.com/\u00a0"),
-    ("headerValue", "Alerts\n"),  # Python's $ matches before a final newline: valid there
+    ("headerValue", "Alerts\n"),  # our $ is ECMA's: no match before a final newline
     ("headerValue", "Al\nerts"),
     ("hostname", "smtp.example.com\n"),
 ])
@@ -198,7 +199,11 @@ def test_python_regex_semantics_decide(definition: str, value: str) -> None:
     compiled = CompiledSchema(schema, {})
     import jsonschema
 
-    assert compiled.verdict(value) is jsonschema.Draft202012Validator(schema).is_valid(value)
+    from reconciler.manifest.patterns import pattern_keyword
+
+    python = jsonschema.validators.extend(jsonschema.Draft202012Validator,
+                                          {"pattern": pattern_keyword})(schema)
+    assert compiled.verdict(value) is python.is_valid(value)
 
 
 @pytest.mark.parametrize("value", [
@@ -231,10 +236,20 @@ def test_python_patterns_renames_keywords_not_property_names() -> None:
         "items": {"x-python-pattern": "b"}, "enum": [{"pattern": "c"}]}
 
 
-def test_trailing_newline_follows_python_dollar() -> None:
+def test_dollar_means_end_of_text_as_in_ecma_and_re2() -> None:
     compiled = CompiledSchema({"type": "string", "pattern": "^[a-z]+$"}, {})
-    assert compiled.verdict("abc\n") is True  # re.search: $ matches before a final newline
+    assert compiled.verdict("abc") is True
+    assert compiled.verdict("abc\n") is False  # Python's bare $ would accept it
     assert compiled.verdict("abc\nx") is False
+
+
+@pytest.mark.parametrize("field", ["displayName", "replyTo", "userId"])
+def test_a_trailing_newline_in_a_header_value_is_rejected(field: str) -> None:
+    doc = yaml.safe_load((ROOT / "accounts" / "billing.yaml").read_text(encoding="utf-8"))
+    doc["spec"]["smtp"]["identity"][field] = "billing@example.com\n"
+    diagnostics = validate_document(doc, file="billing.yaml")
+    assert [d.pointer for d in diagnostics if d.severity == "error"] == [
+        f"/spec/smtp/identity/{field}"]
 
 
 # --- loading a large folder in parallel -------------------------------------------------------

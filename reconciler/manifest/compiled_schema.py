@@ -18,9 +18,10 @@ Without jsonschema-rs installed every verdict is None and the Python path does a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from reconciler.manifest.patterns import compile_pattern
 
 FormatCheck = Callable[[str], bool]
 
@@ -39,7 +40,7 @@ class _PythonPattern:
     """The `pattern` keyword with Python `re.search` semantics (as jsonschema checks it)."""
 
     def __init__(self, parent_schema: dict[str, Any], value: str, schema_path: list[Any]) -> None:
-        self.regex = re.compile(value)
+        self.regex = compile_pattern(value)
 
     def validate(self, instance: Any) -> None:
         if isinstance(instance, str) and not self.regex.search(instance):

@@ -43,7 +43,10 @@ def _validator() -> jsonschema.Draft202012Validator:
     checker = jsonschema.FormatChecker(formats=())
     for name, check in _FORMATS.items():
         checker.checks(name)(check)
-    return jsonschema.Draft202012Validator(_inline_refs(load_schema()), format_checker=checker)
+    from reconciler.manifest.patterns import pattern_keyword
+
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": pattern_keyword})
+    return cls(_inline_refs(load_schema()), format_checker=checker)
 
 
 @lru_cache(maxsize=1)
