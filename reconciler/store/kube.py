@@ -221,24 +221,25 @@ class KubeStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _reset_run_cache(self) -> None:
+        self._accounts: dict[Key, dict[str, Any]] | None = None
+        self._secrets: dict[str, dict[str, dict[str, Any]]] = {}
+        self._configmaps: dict[str, dict[str, dict[str, Any]]] = {}
+        self._inventory: dict[str, set[str]] | None = None
+
     def prime(self, accounts: Iterable[Mapping[str, Any]],
               secrets: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
         """Start a run over objects an informer already holds (namespace -> name -> Secret), so
         the run sends no LIST for them (controller mode)."""
         self._reset_run_cache()
         self._accounts = {object_key(a): copy.deepcopy(dict(a)) for a in accounts}
-        self._secrets = {ns: dict(objs) for ns, objs in secrets.items()}
+        self._secrets = {ns: {name: dict(obj) for name, obj in objs.items()}
+                         for ns, objs in secrets.items()}
 
     def cached_account(self, key: Key) -> dict[str, Any] | None:
         """The account as this store last saw it (after its own writes), or None."""
         obj = (self._accounts or {}).get(key)
         return copy.deepcopy(obj) if obj is not None else None
-
-    def _reset_run_cache(self) -> None:
-        self._accounts: dict[Key, dict[str, Any]] | None = None
-        self._secrets: dict[str, dict[str, dict[str, Any]]] = {}
-        self._configmaps: dict[str, dict[str, dict[str, Any]]] = {}
-        self._inventory: dict[str, set[str]] | None = None
 
     # ------------------------------------------------------------------ the one boundary
     def _call(self, verb: str, resource: str, namespace: str | None,
