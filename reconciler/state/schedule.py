@@ -156,6 +156,8 @@ def probe_delay_seconds(account: Account, *, failed_probes: int) -> float:
 
 
 def next_probe_time(account: Account, *, now: datetime, failed_probes: int) -> datetime:
-    """When to probe next: `now` plus `probe_delay_seconds`, truncated to whole seconds."""
+    """When to probe next: `now` plus `probe_delay_seconds`, rounded up to whole seconds (the
+    status has seconds precision; rounding down could make a backoff of 1 s due at once)."""
     delay = probe_delay_seconds(account, failed_probes=failed_probes)
-    return (now + timedelta(seconds=delay)).replace(microsecond=0)
+    at = now + timedelta(seconds=delay)
+    return at if at.microsecond == 0 else at.replace(microsecond=0) + timedelta(seconds=1)
