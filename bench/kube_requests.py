@@ -26,23 +26,14 @@ from reconciler.run.reconcile import Reconciler, RunOptions  # noqa: E402
 from reconciler.store.kube import KubeStore  # noqa: E402
 from tests.kube_fixtures import email_account_crd  # noqa: E402
 from tests.kubeapi import KubeAPIServer  # noqa: E402
+from tests.manifests_factory import loopback_account  # noqa: E402
 
 NS = "bench"
 PASSWORD = "bench-password-1"
 
 
 def manifest(name: str, port: int) -> dict[str, object]:
-    return {
-        "apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"provider": "custom", "smtp": {
-            "identity": {"emailAddress": f"{name}@example.com"},
-            "connection": {"host": "127.0.0.1", "port": port, "security": "STARTTLS",
-                           "timeoutSeconds": 10,
-                           "truststore": {"configMapRef": {"name": "ca", "key": "ca.crt"}}},
-            "authentication": {"method": "Password",
-                               "passwordSecretRef": {"name": "smtp", "key": "password"}}}},
-    }
+    return loopback_account(name, NS, port, timeout=10, password_secret="smtp")
 
 
 def main(n: int = 100) -> None:

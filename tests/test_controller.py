@@ -29,6 +29,7 @@ from reconciler.run.demo_servers import RunningServer, ServerLoop, SmtpServerOpt
 from reconciler.run.leader import LeaderConfig
 from tests.kube_fixtures import email_account_crd
 from tests.kubeapi import KubeAPIServer
+from tests.manifests_factory import loopback_account
 
 NS = "shop"
 PASSWORD = "ctl-s3cret-p4ss!"
@@ -109,23 +110,8 @@ class Cluster:
                 **spec_extra: Any) -> None:
         self.servers.users[f"{name}@example.com"] = PASSWORD
         self.secret(f"{name}-smtp", "password", password)
-        self.api.add_object("emailaccounts", {
-            "apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "provider": "custom",
-                "smtp": {
-                    "identity": {"emailAddress": f"{name}@example.com"},
-                    "connection": {"host": "127.0.0.1", "port": port or self.servers.starttls.port,
-                                   "security": "STARTTLS", "timeoutSeconds": 2,
-                                   "truststore": {"configMapRef": {"name": "ca", "key": "ca.crt"}}},
-                    "authentication": {"method": "Password",
-                                       "passwordSecretRef": {"name": f"{name}-smtp",
-                                                             "key": "password"}},
-                },
-                **spec_extra,
-            },
-        })
+        self.api.add_object("emailaccounts", loopback_account(
+            name, NS, port or self.servers.starttls.port, timeout=2, **spec_extra))
 
     def status(self, name: str) -> dict[str, Any]:
         obj = self.api.get_object("emailaccounts", NS, name)

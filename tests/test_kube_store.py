@@ -33,6 +33,7 @@ from reconciler.store.kube import (
 from reconciler.store.local import LocalStore
 from tests.kube_fixtures import email_account_crd
 from tests.kubeapi import KubeAPIServer
+from tests.manifests_factory import loopback_account
 
 NS = "shop"
 PASSWORD = "kube-s3cr3t p@ss:w/rd%"
@@ -93,26 +94,8 @@ class Cluster:
 
     def account(self, name: str, *, smtps: bool = False, **spec_extra: Any) -> dict[str, Any]:
         server = self.servers.smtps if smtps else self.servers.starttls
-        doc: dict[str, Any] = {
-            "apiVersion": "email.reconciler.io/v1alpha1",
-            "kind": "EmailAccount",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "provider": "custom",
-                "smtp": {
-                    "identity": {"emailAddress": f"{name}@example.com",
-                                 "displayName": name.title()},
-                    "connection": {"host": "127.0.0.1", "port": server.port,
-                                   "security": "SMTPS" if smtps else "STARTTLS",
-                                   "timeoutSeconds": 5,
-                                   "truststore": {"configMapRef": {"name": "ca", "key": "ca.crt"}}},
-                    "authentication": {"method": "Password",
-                                       "passwordSecretRef": {"name": f"{name}-smtp",
-                                                             "key": "password"}},
-                },
-                **spec_extra,
-            },
-        }
+        doc = loopback_account(name, NS, server.port, security="SMTPS" if smtps else "STARTTLS",
+                               display_name=name.title(), **spec_extra)
         self.servers.users[f"{name}@example.com"] = PASSWORD
         self.secret(f"{name}-smtp", "password", PASSWORD)
         self.write(doc)

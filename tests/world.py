@@ -18,6 +18,7 @@ from reconciler.run.demo_servers import (
     SmtpServerOptions,
     ThrowawayCA,
 )
+from tests.manifests_factory import loopback_account
 
 NS = "shop"
 PASSWORD = "s3cr3t p@ss:w/rd%"
@@ -53,25 +54,8 @@ class World:
     def account(self, name: str, *, server: RunningServer | None = None,
                 security: str = "STARTTLS", **spec_extra: Any) -> dict[str, Any]:
         server = server or self.starttls
-        doc: dict[str, Any] = {
-            "apiVersion": "email.reconciler.io/v1alpha1",
-            "kind": "EmailAccount",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "provider": "custom",
-                "smtp": {
-                    "identity": {"emailAddress": f"{name}@example.com",
-                                 "displayName": name.title()},
-                    "connection": {"host": "127.0.0.1", "port": server.port,
-                                   "security": security, "timeoutSeconds": 5,
-                                   "truststore": {"configMapRef": {"name": "ca", "key": "ca.crt"}}},
-                    "authentication": {"method": "Password",
-                                       "passwordSecretRef": {"name": f"{name}-smtp",
-                                                             "key": "password"}},
-                },
-                **spec_extra,
-            },
-        }
+        doc = loopback_account(name, NS, server.port, security=security,
+                               display_name=name.title(), **spec_extra)
         self.users[f"{name}@example.com"] = PASSWORD
         self.secret(f"{name}-smtp", "password", PASSWORD)
         self.write(doc)
