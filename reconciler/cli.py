@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
     p.add_argument("--send-test-to", metavar="ADDRESS",
                    help="also send one real test message through each account")
+    p.add_argument("--secrets-from-cluster", action="store_true",
+                   help="read credentials from the cluster's Secrets and ConfigMaps instead")
+    p.add_argument("--context", help="kubeconfig context (with --secrets-from-cluster)")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("reconcile", help="validate, probe, write status and publish Secrets")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -541,3 +542,21 @@ def test_retry_delay_is_capped_exponential_with_jitter() -> None:
         delays = [policy.delay(failures) for _ in range(50)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
     assert policy.delay(1, retry_after=30) == 1.0
+
+
+def test_probe_reads_credentials_from_the_cluster(cluster: Cluster, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(cluster.api.kubeconfig(tmp_path / "kubeconfig")))
+    cluster.account("billing")
+    cluster.api.clear_requests()
+    assert main(["probe", str(cluster.manifests), "--secrets-from-cluster", "-o", "json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    ready = next(c for c in entry["status"]["conditions"] if c["type"] == "Ready")
+    assert (entry["name"], ready["status"]) == ("billing", "True")
+    assert set(cluster.api.count_by_verb()) == {"list"}  # reads Secrets/ConfigMaps, writes nothing
+    assert main(["probe", str(cluster.manifests), "--secrets-from-cluster",
+                 "--secrets-dir", str(tmp_path)]) == 2

@@ -72,7 +72,14 @@ def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
         accounts = [a for a in accounts if a.name in wanted or f"{a.namespace}/{a.name}" in wanted]
         if not accounts:
             raise UsageError(f"no account named {', '.join(sorted(wanted))}")
-    secrets = _secret_reader(args.secrets_dir)
+    if args.secrets_from_cluster:
+        if args.secrets_dir:
+            raise UsageError("--secrets-dir and --secrets-from-cluster exclude each other")
+        from reconciler.store import open_store
+
+        secrets = _secret_reader(None, open_store("kube", context=args.context))
+    else:
+        secrets = _secret_reader(args.secrets_dir)
     now = datetime.now(UTC)
     tokens = _token_cache()
     results = asyncio.run(probe_accounts(accounts, secrets, now=now, concurrency=args.concurrency,
