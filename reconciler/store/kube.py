@@ -87,6 +87,15 @@ def secret_version(namespace: str, ref: KeyRef, data: bytes) -> str:
     return "sha256:" + digest.hexdigest()[:32]
 
 
+def read_json(response: Any) -> dict[str, Any]:
+    """The decoded body of an unpreloaded client response; the connection goes back to the pool."""
+    try:
+        raw = response.data
+    finally:
+        response.release_conn()
+    return json.loads(raw) if raw else {}
+
+
 def _where(namespace: str | None) -> str:
     return f'in namespace "{namespace}"' if namespace else "at the cluster scope"
 
@@ -257,12 +266,7 @@ class KubeStore:
         while True:
             self.requests[verb] += 1
             try:
-                response = send()
-                try:
-                    raw = response.data
-                finally:
-                    response.release_conn()
-                return json.loads(raw) if raw else {}
+                return read_json(send())
             except ApiException as exc:
                 status = int(exc.status or 0)
                 if status == 404 and missing_ok:

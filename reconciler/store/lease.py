@@ -8,10 +8,10 @@ renew this time".
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from reconciler.errors import StoreConflict, StoreError, StoreForbidden, StoreUnavailable
+from reconciler.store.kube import read_json
 
 
 class LeaseConflict(StoreConflict):
@@ -34,12 +34,7 @@ class LeaseClient:
         from urllib3.exceptions import HTTPError
 
         try:
-            response = send()
-            try:
-                raw = response.data
-            finally:
-                response.release_conn()
-            return json.loads(raw) if raw else {}
+            return read_json(send())
         except ApiException as exc:
             if exc.status == 404 and verb == "get":
                 return None
