@@ -308,3 +308,16 @@ def test_renamed_secret_replaces_the_old_one_even_after_a_failed_probe(world: Wo
     assert not old.exists()
     assert world.published_data("billing-mail")["SMTP_PASSWORD"] == PASSWORD
     assert world.status("billing")["secretName"] == "billing-mail"
+
+
+def test_a_missing_secret_is_not_reprobed_until_it_appears(world: World) -> None:
+    world.account("billing")
+    (world.secrets / NS / "billing-smtp" / "password").unlink()
+    assert world.reconcile() == 1
+    assert condition(world.status("billing"), "Ready")["reason"] == "SecretNotFound"
+    seen = world.starttls.connections
+    assert world.reconcile() == 1  # nothing changed: within retryInterval, no new probe
+    assert world.starttls.connections == seen
+    world.secret("billing-smtp", "password", PASSWORD)
+    assert world.reconcile() == 0  # the Secret appeared: probed at once
+    assert world.starttls.connections == seen + 1

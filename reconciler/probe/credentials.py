@@ -7,25 +7,17 @@ Both implement `reconciler.model.SecretReader`. The directory layout is
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from reconciler.errors import SecretNotFound
 from reconciler.model import KeyRef
+from reconciler.secretrefs import secret_version
 
 # DNS-1123 names (namespaces, Secrets, ConfigMaps) and Secret data keys ([-._a-zA-Z0-9]+).
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
-
-
-def _version_of(namespace: str, ref: KeyRef, data: bytes) -> str:
-    """A sha256 of the value, domain-separated by its location so it is no bare password hash."""
-    h = hashlib.sha256(f"email-reconciler/v1\0{namespace}/{ref.kind}/{ref.name}/{ref.key}\0"
-                       .encode())
-    h.update(data)
-    return "sha256:" + h.hexdigest()[:32]
 
 
 def _check_names(namespace: str, ref: KeyRef) -> None:
@@ -68,7 +60,7 @@ class DirSecretReader:
 
     def version(self, namespace: str, ref: KeyRef) -> str:
         """A sha256 of the content, so a changed password is noticed."""
-        return _version_of(namespace, ref, self.read(namespace, ref))
+        return secret_version(namespace, ref, self.read(namespace, ref))
 
 
 class MappingSecretReader:
@@ -88,4 +80,4 @@ class MappingSecretReader:
 
     def version(self, namespace: str, ref: KeyRef) -> str:
         """A sha256 of the content."""
-        return _version_of(namespace, ref, self.read(namespace, ref))
+        return secret_version(namespace, ref, self.read(namespace, ref))

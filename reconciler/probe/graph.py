@@ -29,6 +29,7 @@ from reconciler.model import (
     SecretReader,
 )
 from reconciler.probe.oauth import GraphToken, TokenCache, https_context
+from reconciler.secretrefs import secret_versions
 
 CONNECTIVITY = "Microsoft Graph"
 PROTOCOL = "MicrosoftGraph"
@@ -70,7 +71,7 @@ async def probe_graph(account: Account, secrets: SecretReader, *, now: datetime,
                            connectivity=CONNECTIVITY, protocol=PROTOCOL)
     provider = tokens if isinstance(tokens, GraphTokenProvider) else TokenCache()
     timings: dict[str, float] = {}
-    versions = _secret_versions(account, secrets)
+    versions = secret_versions(account, secrets)
     credentials = _credentials(account, secrets)
 
     started = time.monotonic()
@@ -213,16 +214,6 @@ def _name(rdns: Any) -> str:
              "countryName": "C", "stateOrProvinceName": "ST", "localityName": "L"}
     parts = [f"{short.get(k, k)}={v}" for rdn in rdns for (k, v) in rdn]
     return ", ".join(parts)
-
-
-def _secret_versions(account: Account, secrets: SecretReader) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for ref in account.secret_refs():
-        try:
-            out[f"{ref.kind}/{ref.name}/{ref.key}"] = secrets.version(account.namespace, ref)
-        except SecretNotFound:
-            continue
-    return out
 
 
 def _credentials(account: Account, secrets: SecretReader) -> dict[str, str]:

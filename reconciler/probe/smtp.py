@@ -31,6 +31,7 @@ from reconciler.model import (
     SecretReader,
 )
 from reconciler.probe import tls
+from reconciler.secretrefs import secret_versions
 
 if TYPE_CHECKING:
     from reconciler.probe import TokenProvider
@@ -48,15 +49,6 @@ def secret_not_found(exc: SecretNotFound, ref: KeyRef | None = None) -> Outcome:
     where = f" (referenced by {ref.field})" if ref is not None and ref.field else ""
     return Outcome(False, reasons.SECRET_NOT_FOUND,
                    f"{exc}{where}: create it or correct the reference")
-
-
-def secret_versions(account: Account, secrets: SecretReader) -> dict[str, str]:
-    """{"Secret/<name>/<key>": version} for every ref the account reads that exists."""
-    out: dict[str, str] = {}
-    for ref in account.secret_refs():
-        with contextlib.suppress(SecretNotFound):
-            out[f"{ref.kind}/{ref.name}/{ref.key}"] = secrets.version(account.namespace, ref)
-    return out
 
 
 # --------------------------------------------------------------------------- the wire

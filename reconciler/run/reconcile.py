@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import reasons
-from reconciler.errors import SecretNotFound, StoreError, StoreForbidden
+from reconciler.errors import StoreError, StoreForbidden
 from reconciler.log import get_logger, redact_text
 from reconciler.manifest.load import InvalidDocument, LoadResult
 from reconciler.model import (
@@ -27,6 +27,7 @@ from reconciler.model import (
     SecretReader,
     SourceRef,
 )
+from reconciler.secretrefs import secret_versions
 from reconciler.state import conditions, render, schedule
 from reconciler.store.base import Key, StateStore, account_object, is_ours, object_key
 
@@ -86,18 +87,6 @@ def _condition(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any]:
         if c.get("type") == ctype:
             return c
     return {}
-
-
-def _secret_versions(account: Account, secrets: SecretReader) -> dict[str, str]:
-    out = {}
-    for ref in account.secret_refs():
-        try:
-            out[f"{ref.kind}/{ref.name}/{ref.key}"] = secrets.version(account.namespace, ref)
-        except SecretNotFound:
-            out[f"{ref.kind}/{ref.name}/{ref.key}"] = "missing"
-        except StoreError:  # the store could not list Secrets now; the probe will say why
-            out[f"{ref.kind}/{ref.name}/{ref.key}"] = "unavailable"
-    return out
 
 
 class Reconciler:
@@ -179,7 +168,7 @@ class Reconciler:
         decisions = {}
         for account in accounts:
             old = (stored.get(account.key) or {}).get("status") or {}
-            versions = _secret_versions(account, self.secrets)
+            versions = secret_versions(account, self.secrets)
             decisions[account.key] = schedule.probe_decision(
                 account=account, old_status=old, secret_versions=versions, now=now)
         due = [a for a in accounts if decisions[a.key].probe]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import json
 import os
 import random
@@ -47,6 +46,7 @@ from reconciler.model import (
     Event,
     KeyRef,
 )
+from reconciler.secretrefs import secret_version
 from reconciler.store.base import Key, account_object, object_key
 
 APPLY = "application/apply-patch+yaml"
@@ -76,15 +76,6 @@ class RetryPolicy:
             return min(retry_after, self.max_delay)
         ceiling = min(self.max_delay, self.base_delay * (2 ** (failures - 1)))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def secret_version(namespace: str, ref: KeyRef, data: bytes) -> str:
-    """A digest of the value, bound to its location (the same as the local readers'), so an
-    unrelated change to the Secret does not trigger a re-probe and status shows no bare hash."""
-    digest = hashlib.sha256(
-        f"email-reconciler/v1\0{namespace}/{ref.kind}/{ref.name}/{ref.key}\0".encode())
-    digest.update(data)
-    return "sha256:" + digest.hexdigest()[:32]
 
 
 def read_json(response: Any) -> dict[str, Any]:
