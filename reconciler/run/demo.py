@@ -1,28 +1,41 @@
 """`email-reconciler demo`: the whole product on a fresh machine, in one command.
 
-Starts STARTTLS, SMTPS and plain SMTP servers on 127.0.0.1 with a throwaway CA, writes the
-credentials they accept into a temporary secrets folder, points the example accounts that use
-them at those servers, reconciles them into a temporary local store and prints the table and one
-published Secret with its values masked. Nothing outlives the command (also on Ctrl-C).
+Starts STARTTLS, SMTPS and plain SMTP servers on 127.0.0.1 with a throwaway CA, and HTTPS fakes of
+Google's token endpoint, the Microsoft identity platform and Microsoft Graph with the same CA
+(reconciler/run/demo_idp.py). Writes the credentials they accept into a temporary secrets folder
+(passwords, a service-account key, a client secret and certificate, an S/MIME keystore), points
+the example accounts at those servers, reconciles them into a temporary local store and prints
+the table and one published Secret with its values masked. HTTPS trust for msal and our urllib
+calls goes through REQUESTS_CA_BUNDLE / SSL_CERT_FILE, set to the demo CA for the run only.
+Nothing outlives the command (also on Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
+import os
 import secrets as pysecrets
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
 from reconciler.errors import UsageError
 
+if TYPE_CHECKING:
+    from reconciler.model import Account
+    from reconciler.run.demo_idp import DemoIdentity
+    from reconciler.run.demo_servers import AuthChecker
+
 DEMO_NAMESPACE = "demo"
 CA_CONFIGMAP = ("demo-ca", "ca.crt")
+CA_ENV = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")  # what msal/requests and oauth.ca_bundle() read
+SMTP_SEND_AS_APP = ("SMTP.SendAsApp",)
 
 
 def find_examples() -> Path:
@@ -34,19 +47,34 @@ def find_examples() -> Path:
 
 
 def _local_examples(folder: Path) -> list[dict[str, Any]]:
-    """The example documents a loopback server can answer: SMTP, password or no authentication."""
+    """The example documents the local servers can answer."""
     from reconciler.manifest.load import load_paths
 
     loaded = load_paths([str(folder)])
-    out = []
-    for account in loaded.accounts:
-        smtp = account.smtp
-        if (account.send_using != "SMTP" or smtp is None
-                or smtp.authentication.method not in ("Password", "None")
-                or account.provider not in ("custom",)):
-            continue
-        out.append(copy.deepcopy(dict(account.manifest)))
-    return out
+    return [copy.deepcopy(dict(a.manifest)) for a in loaded.accounts if _demonstrable(a)]
+
+
+def _demonstrable(account: Account) -> bool:
+    """Custom SMTP with a password or none, SMTP with OAuth 2.0 (any provider), and Graph."""
+    if account.send_using == "MicrosoftGraph":
+        return account.graph is not None
+    smtp = account.smtp
+    if smtp is None:
+        return False
+    method = smtp.authentication.method
+    return method == "OAuth2" or (method in ("Password", "None") and account.provider == "custom")
+
+
+def _tenants(examples: list[dict[str, Any]]) -> list[str]:
+    """The Microsoft tenant names the examples use, in order of appearance."""
+    names = []
+    for doc in examples:
+        spec = doc["spec"]
+        auth = ((spec.get("graph") or {}).get("authentication")
+                or ((spec.get("smtp") or {}).get("authentication") or {}).get("oauth2") or {})
+        if auth.get("tenantId"):
+            names.append(str(auth["tenantId"]))
+    return names
 
 
 def _point_at(doc: dict[str, Any], ports: Mapping[str, int]) -> str:
@@ -66,6 +94,64 @@ def _write_secret(root: Path, name: str, key: str, value: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(value)
     path.chmod(0o600)
+
+
+def _write_ref(root: Path, ref: Mapping[str, str], value: bytes) -> None:
+    _write_secret(root, ref["name"], ref["key"], value)
+
+
+def _enroll_app(auth: Mapping[str, Any], identity: DemoIdentity, secrets_dir: Path,
+                roles: tuple[str, ...] | None = None) -> None:
+    """Register the app of an OAuth2/Graph authentication block and write its client credential.
+
+    An app with neither a client secret nor a certificate is a public client (password grant).
+    """
+    from reconciler.run.demo_idp import client_certificate
+
+    client_id = str(auth["clientId"])
+    extra: dict[str, Any] = {"roles": roles} if roles else {}
+    if auth.get("clientSecretSecretRef"):
+        secret = pysecrets.token_urlsafe(24)
+        identity.enroll_app(client_id, secret=secret, **extra)
+        _write_ref(secrets_dir, auth["clientSecretSecretRef"], secret.encode())
+    elif auth.get("clientCertificateSecretRef"):
+        certificate, pem = client_certificate(f"{client_id}.demo.invalid")
+        identity.enroll_app(client_id, certificate=certificate, **extra)
+        _write_ref(secrets_dir, auth["clientCertificateSecretRef"], pem)
+    else:
+        identity.enroll_app(client_id, public=True, **extra)
+
+
+def _point_smtp_oauth2_at(doc: dict[str, Any], identity: DemoIdentity, secrets_dir: Path) -> None:
+    """Point an SMTP OAuth2 manifest at the identity fakes and write its credentials."""
+    smtp = doc["spec"]["smtp"]
+    oauth2 = smtp["authentication"]["oauth2"]
+    if oauth2.get("grantType") == "JWTBearer":
+        oauth2["tokenUrl"] = identity.google.token_url
+        subject = oauth2.get("subject") or smtp["identity"]["emailAddress"]
+        _write_ref(secrets_dir, oauth2["serviceAccountKeySecretRef"],
+                   identity.enroll_service_account(str(subject)))
+    else:
+        oauth2["authority"] = identity.microsoft.url
+        _enroll_app(oauth2, identity, secrets_dir, roles=SMTP_SEND_AS_APP)
+
+
+def _point_graph_at(doc: dict[str, Any], identity: DemoIdentity, secrets_dir: Path) -> None:
+    """Point a Microsoft Graph manifest at the identity and Graph fakes and write its credentials."""
+    graph = doc["spec"]["graph"]
+    auth = graph["authentication"]
+    graph["endpoint"] = identity.graph.url
+    auth["authority"] = identity.microsoft.url
+    doc["metadata"]["namespace"] = DEMO_NAMESPACE
+    upn = str(graph["userPrincipalName"])
+    _enroll_app(auth, identity, secrets_dir)
+    if auth.get("grantType") == "Password":
+        password = pysecrets.token_urlsafe(18)
+        identity.enroll_user(upn, password)
+        _write_ref(secrets_dir, auth["usernameSecretRef"], upn.encode())
+        _write_ref(secrets_dir, auth["passwordSecretRef"], password.encode())
+    else:
+        identity.enroll_mailbox(upn)
 
 
 def _signing_keystore(email: str, password: bytes, alias: str) -> bytes:
@@ -106,23 +192,43 @@ def demo_users(examples: list[dict[str, Any]]) -> dict[str, str]:
     """A fresh password for every example that authenticates: login -> password."""
     users: dict[str, str] = {}
     for doc in examples:
-        smtp = doc["spec"]["smtp"]
+        smtp = doc["spec"].get("smtp") or {}
         if (smtp.get("authentication") or {}).get("method") == "Password":
             login = smtp["identity"].get("userId") or smtp["identity"]["emailAddress"]
             users[login] = pysecrets.token_urlsafe(18)
     return users
 
 
+def demo_checker(users: Mapping[str, str], identity: DemoIdentity) -> AuthChecker:
+    """The SMTP servers' AUTH check: demo passwords, and XOAUTH2 tokens the fakes issued."""
+    def check(mechanism: str, login: str, secret: str) -> bool:
+        if mechanism == "XOAUTH2":
+            return identity.accepts_xoauth2(login, secret)
+        return login in users and pysecrets.compare_digest(users[login], secret)
+    return check
+
+
 def prepare(examples: list[dict[str, Any]], work: Path, ports: Mapping[str, int],
-            ca_pem: str, users: Mapping[str, str]) -> None:
+            ca_pem: str, users: Mapping[str, str], identity: DemoIdentity | None = None) -> None:
     """Write the rewritten manifests and the secrets they reference under work."""
     accounts_dir, secrets_dir = work / "accounts", work / "secrets"
     accounts_dir.mkdir(parents=True, exist_ok=True)
     _write_secret(secrets_dir, *CA_CONFIGMAP, ca_pem.encode())
     for doc in examples:
+        name = doc["metadata"]["name"]
+        if doc["spec"].get("sendUsing") == "MicrosoftGraph":
+            if identity is None:
+                raise UsageError(f"{name}: Microsoft Graph needs the identity provider fakes")
+            _point_graph_at(doc, identity, secrets_dir)
+            (accounts_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+            continue
         _point_at(doc, ports)
         smtp = doc["spec"]["smtp"]
         auth = smtp.get("authentication") or {}
+        if auth.get("method") == "OAuth2":
+            if identity is None:
+                raise UsageError(f"{name}: OAuth 2.0 needs the identity provider fakes")
+            _point_smtp_oauth2_at(doc, identity, secrets_dir)
         if auth.get("method") == "Password":
             ref = auth["passwordSecretRef"]
             login = smtp["identity"].get("userId") or smtp["identity"]["emailAddress"]
@@ -137,7 +243,6 @@ def prepare(examples: list[dict[str, Any]], work: Path, ports: Mapping[str, int]
             if signing.get("keystorePasswordSecretRef"):
                 pw = signing["keystorePasswordSecretRef"]
                 _write_secret(secrets_dir, pw["name"], pw["key"], ks_password)
-        name = doc["metadata"]["name"]
         (accounts_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -152,7 +257,8 @@ def run_demo(*, keep: str | None, out: IO[str]) -> int:
     """Run the demo; exit 0 when every demo account is Ready."""
     from reconciler.probe.credentials import DirSecretReader
     from reconciler.run.commands import render_report
-    from reconciler.run.demo_servers import start_demo_servers
+    from reconciler.run.demo_idp import DemoIdentity
+    from reconciler.run.demo_servers import ThrowawayCA, start_demo_servers
     from reconciler.run.reconcile import Reconciler, RunOptions
     from reconciler.run.table import format_table, rows
     from reconciler.store.local import LocalStore
@@ -163,16 +269,26 @@ def run_demo(*, keep: str | None, out: IO[str]) -> int:
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="email-reconciler-demo-"))
     try:
         users = demo_users(examples)
-        with start_demo_servers(users) as servers:
+        ca = ThrowawayCA("email-reconciler demo CA")
+        bundle = work / "demo-ca.pem"
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        bundle.write_text(ca.ca_pem)
+        with (DemoIdentity(ca, _tenants(examples)) as identity,
+              start_demo_servers(users, checker=demo_checker(users, identity), ca=ca) as servers,
+              _trusting(bundle)):
             ports = {"STARTTLS": servers.starttls.port, "SMTPS": servers.smtps.port,
                      "None": servers.plain.port}
-            prepare(examples, work, ports, servers.ca_pem, users)
+            https = {"Google token": identity.google.url, "Microsoft identity":
+                     identity.microsoft.url, "Graph": identity.graph.url}
+            prepare(examples, work, ports, servers.ca_pem, users, identity)
             store = LocalStore(work / "store")
             report = Reconciler(store, DirSecretReader(work / "secrets"), RunOptions()).run(
                 _load(work / "accounts"))
         out.write(f"Reconciled {len(report.accounts)} demo accounts against local SMTP servers "
                   f"(STARTTLS :{ports['STARTTLS']}, SMTPS :{ports['SMTPS']}, "
-                  f"plain :{ports['None']}) into {store.description}\n\n")
+                  f"plain :{ports['None']}) and HTTPS fakes ("
+                  + ", ".join(f"{k} :{v.rsplit(':', 1)[1]}" for k, v in https.items())
+                  + f") into {store.description}\n\n")
         render_report(report, out=out, output="table", dry_run=False)
         out.write("\n$ email-reconciler get -o wide\n")
         out.write(format_table(rows(store.list_accounts(), wide=True,
@@ -190,6 +306,21 @@ def run_demo(*, keep: str | None, out: IO[str]) -> int:
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _trusting(bundle: Path) -> Iterator[None]:
+    """Trust only the demo CA for HTTPS (msal, requests, urllib) while the block runs."""
+    saved = {name: os.environ.get(name) for name in CA_ENV}
+    os.environ.update({name: str(bundle) for name in CA_ENV})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _load(folder: Path) -> Any:

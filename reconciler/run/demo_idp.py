@@ -52,6 +52,7 @@ CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
 OUTLOOK_AUDIENCE = "https://outlook.office365.com"
 DEFAULT_TENANT = "11111111-2222-3333-4444-555555555555"
+CERTIFICATE_LIFETIME = dt.timedelta(days=90)
 
 
 # ---------------------------------------------------------------------- JWT and key helpers
@@ -169,7 +170,8 @@ class _Handler(BaseHTTPRequestHandler):
 def _server_context(ca: ThrowawayCA | trustme.CA) -> ssl.SSLContext:
     """A server context with a certificate for 127.0.0.1 and localhost from ca."""
     if isinstance(ca, ThrowawayCA):
-        return ca.server_context()
+        # As long-lived as public certificates, so the demo's CERT-DAYS reads like a real one.
+        return ca.server_context(not_after=dt.datetime.now(dt.UTC) + CERTIFICATE_LIFETIME)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(LOOPBACK, "localhost").configure_cert(context)
     return context

@@ -437,13 +437,19 @@ class DemoServers:
         self.close()
 
 
-def start_demo_servers(users: Mapping[str, str], tokens: Mapping[str, str] | None = None
+def start_demo_servers(users: Mapping[str, str], tokens: Mapping[str, str] | None = None, *,
+                       checker: AuthChecker | None = None, ca: ThrowawayCA | None = None
                        ) -> DemoServers:
-    """Start the three demo servers on 127.0.0.1; certificates name 127.0.0.1 and localhost."""
+    """Start the three demo servers on 127.0.0.1; certificates name 127.0.0.1 and localhost.
+
+    checker, when given, decides every AUTH instead of users/tokens (the demo checks XOAUTH2
+    tokens against its identity provider fakes); ca defaults to a new ThrowawayCA.
+    """
     loop = ServerLoop()
     try:
-        ca = ThrowawayCA()
-        common: dict[str, Any] = {"users": dict(users), "tokens": dict(tokens or {})}
+        ca = ca or ThrowawayCA()
+        common: dict[str, Any] = {"users": dict(users), "tokens": dict(tokens or {}),
+                                  "checker": checker}
         # Certificates that live as long as public ones do, so CERT-DAYS reads like a real one.
         expiry = dt.datetime.now(dt.UTC) + dt.timedelta(days=90)
         starttls = loop.smtp(SmtpServerOptions(
