@@ -399,6 +399,10 @@ class Controller:
         return store
 
     def _work(self) -> None:
+        # Like client-go's WaitForCacheSync: reconciling before the Secret cache is filled would
+        # see credentials as missing, then probe again the moment they show up.
+        while not self.synced and not self._stopping.wait(0.05):
+            pass
         while not self._stopping.is_set():
             key = self.queue.get(timeout=0.5)
             if key is None:
