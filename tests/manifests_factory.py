@@ -1,8 +1,13 @@
-"""One builder for the EmailAccount manifests that tests and benchmarks point at loopback servers."""
+"""The loopback world shared by tests and benchmarks: SMTP servers and the manifests pointing at them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
+
+from reconciler.run.demo_servers import RunningServer, ServerLoop, SmtpServerOptions, ThrowawayCA
 
 
 def loopback_account(name: str, namespace: str, port: int, *, security: str = "STARTTLS",
@@ -31,3 +36,30 @@ def loopback_account(name: str, namespace: str, port: int, *, security: str = "S
             **spec_extra,
         },
     }
+
+
+@dataclass
+class LoopbackServers:
+    """A STARTTLS and an SMTPS server sharing a throwaway CA; logins checked against `users`."""
+
+    ca: ThrowawayCA
+    starttls: RunningServer
+    smtps: RunningServer
+    users: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def loopback_servers() -> Iterator[LoopbackServers]:
+    """Start the pair on 127.0.0.1 (the users table can change while they run); stop at exit."""
+    users: dict[str, str] = {}
+
+    def check(mechanism: str, login: str, secret: str) -> bool:
+        return users.get(login) == secret
+
+    with ServerLoop() as loop:
+        ca = ThrowawayCA()
+        starttls = loop.smtp(SmtpServerOptions(mode="STARTTLS", tls_context=ca.server_context(),
+                                               checker=check))
+        smtps = loop.smtp(SmtpServerOptions(mode="SMTPS", tls_context=ca.server_context(),
+                                            checker=check))
+        yield LoopbackServers(ca, starttls, smtps, users)

@@ -25,11 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.errors import UsageError
 from reconciler.run.controller import Controller, WorkQueue, parse_duration
-from reconciler.run.demo_servers import RunningServer, ServerLoop, SmtpServerOptions, ThrowawayCA
 from reconciler.run.leader import LeaderConfig
 from tests.kube_fixtures import email_account_crd
 from tests.kubeapi import KubeAPIServer
-from tests.manifests_factory import loopback_account
+from tests.manifests_factory import LoopbackServers as Servers
+from tests.manifests_factory import loopback_account, loopback_servers
 
 NS = "shop"
 PASSWORD = "ctl-s3cret-p4ss!"
@@ -37,26 +37,11 @@ NEW_PASSWORD = "ctl-r0tated-p4ss?"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass
-class Servers:
-    ca: ThrowawayCA
-    starttls: RunningServer
-    users: dict[str, str] = field(default_factory=dict)
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
-    """One STARTTLS server for the module; logins checked against `users`."""
-    users: dict[str, str] = {}
-
-    def check(mechanism: str, login: str, secret: str) -> bool:
-        return users.get(login) == secret
-
-    with ServerLoop() as loop:
-        ca = ThrowawayCA()
-        starttls = loop.smtp(SmtpServerOptions(mode="STARTTLS", tls_context=ca.server_context(),
-                                               checker=check))
-        yield Servers(ca, starttls, users)
+    """A STARTTLS and an SMTPS server for the module; logins checked against `users`."""
+    with loopback_servers() as started:
+        yield started
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

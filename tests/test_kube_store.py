@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from reconciler.errors import SecretNotFound, StoreForbidden, StoreUnavailable
 from reconciler.manifest.load import load_paths
 from reconciler.model import KeyRef
 from reconciler.probe.credentials import DirSecretReader
-from reconciler.run.demo_servers import RunningServer, ServerLoop, SmtpServerOptions, ThrowawayCA
 from reconciler.run.reconcile import Reconciler, RunOptions, RunReport
 from reconciler.store import open_store
 from reconciler.store.kube import (
@@ -34,7 +33,8 @@ from reconciler.store.kube import (
 from reconciler.store.local import LocalStore
 from tests.kube_fixtures import email_account_crd
 from tests.kubeapi import KubeAPIServer
-from tests.manifests_factory import loopback_account
+from tests.manifests_factory import LoopbackServers as Servers
+from tests.manifests_factory import loopback_account, loopback_servers
 
 NS = "shop"
 PASSWORD = "kube-s3cr3t p@ss:w/rd%"
@@ -42,29 +42,11 @@ FAST = RetryPolicy(base_delay=0.005, max_delay=0.02)
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 
 
-@dataclass
-class Servers:
-    ca: ThrowawayCA
-    starttls: RunningServer
-    smtps: RunningServer
-    users: dict[str, str] = field(default_factory=dict)
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
-    """One STARTTLS and one SMTPS server for the module; logins checked against `users`."""
-    users: dict[str, str] = {}
-
-    def check(mechanism: str, login: str, secret: str) -> bool:
-        return users.get(login) == secret
-
-    with ServerLoop() as loop:
-        ca = ThrowawayCA()
-        starttls = loop.smtp(SmtpServerOptions(mode="STARTTLS", tls_context=ca.server_context(),
-                                               checker=check))
-        smtps = loop.smtp(SmtpServerOptions(mode="SMTPS", tls_context=ca.server_context(),
-                                            checker=check))
-        yield Servers(ca, starttls, smtps, users)
+    """A STARTTLS and an SMTPS server for the module; logins checked against `users`."""
+    with loopback_servers() as started:
+        yield started
 
 
 @dataclass
