@@ -444,3 +444,18 @@ def test_probe_passed() -> None:
     assert probe_passed(account=account("None"), old_status=None, result=skipped)
     assert not probe_passed(account=account(), old_status=good,
                             result=result(Outcome(False, reasons.TIMEOUT, "t"), None))
+
+
+def test_sender_and_host_fill_the_wide_columns_for_smtp_and_graph() -> None:
+    from reconciler.model import GraphSpec
+
+    s = build_status(account=account(), old_status=None, result=result(), published=PUBLISHED,
+                     now=T0)
+    assert (s["via"], s["sender"], s["host"]) == ("SMTP", account().smtp.identity.email_address,
+                                                  account().smtp.connection.host)
+    graph = dataclasses.replace(account(), send_using="MicrosoftGraph", smtp=None, graph=GraphSpec(
+        user_principal_name="orders@example.com", tenant_id="t", client_id="c",
+        endpoint="https://graph.microsoft.us"))
+    g = build_status(account=graph, old_status=None, result=result(), published=PUBLISHED, now=T0)
+    assert (g["via"], g["sender"], g["host"]) == ("Graph", "orders@example.com",
+                                                  "graph.microsoft.us")

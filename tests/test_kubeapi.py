@@ -439,7 +439,7 @@ def test_kubectl_get_prints_the_printer_columns(kube_api: KubeAPIServer, tmp_pat
                                                 custom: client.CustomObjectsApi) -> None:
     create(custom, account("a"))
     custom.patch_namespaced_custom_object_status(GROUP, VERSION, "team", PLURAL, "a", {"status": {
-        "protocol": "STARTTLS", "tlsVersion": "TLSv1.3",
+        "protocol": "STARTTLS", "tlsVersion": "TLSv1.3", "host": "smtp.example.com",
         "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]}})
     table = kubectl(kube_api, tmp_path, "get", "emailaccounts", "-A").splitlines()
     header = table[0].split()

@@ -15,8 +15,8 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("READY", "condition:Ready.status", False),
     ("REASON", "condition:Ready.reason", False),
     ("AGE", "metadata.creationTimestamp", False),
-    ("EMAIL", "spec.smtp.identity.emailAddress", True),
-    ("HOST", "spec.smtp.connection.host", True),
+    ("EMAIL", "status.sender", True),
+    ("HOST", "status.host", True),
     ("CERT-DAYS", "status.certificate.daysRemaining", True),
     ("SECRET", "status.secretName", True),
 )

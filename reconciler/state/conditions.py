@@ -23,6 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from reconciler import reasons
 from reconciler.model import REQUESTED_AT_ANNOTATION, Account, Diagnostic, Outcome, ProbeResult
@@ -361,6 +362,13 @@ def build_status(*, account: Account, old_status: Mapping[str, Any] | None,
         status["secretName"] = account.publish.secret_name
     # For the VIA printer column: the spec may leave sendUsing to its default.
     status["via"] = "Graph" if account.send_using == "MicrosoftGraph" else "SMTP"
+    # For the EMAIL and HOST printer columns, whichever way the account sends.
+    if account.graph is not None:
+        status["sender"] = account.graph.user_principal_name
+        status["host"] = urlsplit(account.graph.endpoint).hostname or account.graph.endpoint
+    elif account.smtp is not None:
+        status["sender"] = account.smtp.identity.email_address
+        status["host"] = account.smtp.connection.host
     if account.probe.suspend:
         status["suspended"] = True
     else:
