@@ -32,12 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_crd)
 
     p = sub.add_parser("probe", help="test connectivity of each account; no store needed")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    _probe_args(p)
     p.add_argument("--name", action="append", help="only this account (NAME or NAMESPACE/NAME)")
-    p.add_argument("--secrets-dir", metavar="DIR",
-                   help="credentials laid out as DIR/<namespace>/<secret-name>/<key>")
-    p.add_argument("--concurrency", type=_positive_int, default=32)
-    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
     p.add_argument("--send-test-to", metavar="ADDRESS",
                    help="also send one real test message through each account")
     p.add_argument("--secrets-from-cluster", action="store_true",
@@ -46,17 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("reconcile", help="validate, probe, write status and publish Secrets")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    _probe_args(p)
     p.add_argument("--once", action="store_true", help="one pass, then exit (the default)")
     p.add_argument("--dry-run", action="store_true",
                    help="write nothing; print what would change; exit 1 if anything would")
     p.add_argument("--no-prune", action="store_true",
                    help="keep accounts that left git, and their Secrets")
-    p.add_argument("--concurrency", type=_positive_int, default=32)
     _store_args(p)
-    p.add_argument("--secrets-dir", metavar="DIR",
-                   help="credentials laid out as DIR/<namespace>/<secret-name>/<key>")
-    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("get", help="the `kubectl get emailaccounts` table, from either store")
@@ -88,6 +80,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    """What every command that probes takes: manifests, credentials, parallelism, output."""
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--secrets-dir", metavar="DIR",
+                   help="credentials laid out as DIR/<namespace>/<secret-name>/<key>")
+    p.add_argument("--concurrency", type=_positive_int, default=32)
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
 
 def _store_args(p: argparse.ArgumentParser, *, local: bool = True) -> None:

@@ -341,6 +341,14 @@ class Condition:
         )
 
 
+def status_condition(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any]:
+    """The condition of that type in a status block, or {} when it has none."""
+    for cond in (status or {}).get("conditions") or ():
+        if isinstance(cond, Mapping) and cond.get("type") == type_:
+            return cond
+    return {}
+
+
 @dataclass(frozen=True)
 class Event:
     """A Kubernetes-style event about an account (Normal/Warning), recorded on transitions."""

@@ -13,7 +13,7 @@ from typing import IO, Any
 import yaml
 
 from reconciler.errors import SecretNotFound, StoreError, UsageError
-from reconciler.model import KeyRef, SecretReader
+from reconciler.model import KeyRef, SecretReader, status_condition
 from reconciler.run.table import format_table, rows
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -27,12 +27,6 @@ class NoSecrets:
 
     def version(self, namespace: str, ref: KeyRef) -> str:
         raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
-
-
-def _check_paths(paths: Sequence[str]) -> None:
-    missing = [p for p in paths if not Path(p).exists()]
-    if missing:
-        raise UsageError(f"no such file or directory: {', '.join(missing)}")
 
 
 def _secret_reader(secrets_dir: str | None, store: Any = None) -> SecretReader:
@@ -63,7 +57,6 @@ def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
     from reconciler.probe import probe_accounts
     from reconciler.state.conditions import build_status
 
-    _check_paths(args.paths)
     loaded = load_paths(args.paths)
     _print_diagnostics(loaded, None)
     accounts = list(loaded.accounts)
@@ -98,14 +91,14 @@ def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
     else:
         table = [["NAMESPACE", "NAME", "CONNECTIVITY", "TLS", "AUTH", "READY", "REASON", "MESSAGE"]]
         for e, r in zip(entries, results, strict=True):
-            ready = _cond(e["status"], "Ready")
+            ready = status_condition(e["status"], "Ready")
             table.append([e["namespace"], e["name"], r.connectivity or "-", r.tls_version or "-",
                           r.auth_mechanism or (r.authentication.reason if r.authentication
                                                else "-"),
                           ready.get("status", "Unknown"), ready.get("reason", ""),
                           _short(ready.get("message", ""))])
         out.write(format_table(table))
-    ready_all = all(_cond(e["status"], "Ready").get("status") == "True" for e in entries)
+    ready_all = all(status_condition(e["status"], "Ready").get("status") == "True" for e in entries)
     invalid = not loaded.ok
     return EXIT_OK if ready_all and sent_ok and not invalid and entries else EXIT_FAIL
 
@@ -146,13 +139,6 @@ def _token_cache() -> Any:
     return TokenCache()
 
 
-def _cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    for c in status.get("conditions") or []:
-        if c.get("type") == ctype:
-            return c
-    return {}
-
-
 def _short(text: str, limit: int = 100) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -167,7 +153,6 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
     from reconciler.run.reconcile import Reconciler, RunOptions
     from reconciler.store import open_store
 
-    _check_paths(args.paths)
     loaded = load_paths(args.paths)
     _print_diagnostics(loaded, None)
     try:
@@ -203,7 +188,7 @@ def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> N
     table = [["NAMESPACE", "NAME", "READY", "REASON", "PROTOCOL", "TLS", "SECRET",
               "WOULD CHANGE" if dry_run else "CHANGED"]]
     for a in report.accounts:
-        ready = _cond(a.status, "Ready")
+        ready = status_condition(a.status, "Ready")
         table.append([a.namespace, a.name, ready.get("status", "Unknown"),
                       ready.get("reason", ""), str(a.status.get("protocol") or "-"),
                       str(a.status.get("tlsVersion") or "-"),
@@ -219,7 +204,7 @@ def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> N
     if report.prune_skipped:
         out.write(f"prune skipped: {report.prune_skipped}\n")
     for a in report.accounts:
-        ready = _cond(a.status, "Ready")
+        ready = status_condition(a.status, "Ready")
         if ready.get("status") != "True" and ready.get("message"):
             out.write(f"{a.namespace}/{a.name}: {ready.get('reason')}: {ready['message']}\n")
 

@@ -38,6 +38,7 @@ from reconciler.model import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     REQUESTED_AT_ANNOTATION,
+    status_condition,
 )
 from reconciler.run.leader import LeaderConfig, LeaderElector
 from reconciler.run.metrics import HealthServer, Metrics
@@ -207,13 +208,6 @@ def _secret_names(spec: Any) -> Iterator[str]:
             yield from _secret_names(item)
 
 
-def _condition(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any]:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == ctype:
-            return cond
-    return {}
-
-
 def _data_hash(secret: Mapping[str, Any]) -> Any:
     return ((secret.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
 
@@ -227,7 +221,7 @@ def _probe_if_unpublished(obj: dict[str, Any], secrets: Mapping[str, Any]) -> di
     """
     status = obj.get("status") or {}
     name = status.get("secretName")
-    ready = _condition(status, "Ready").get("status") == "True"
+    ready = status_condition(status, "Ready").get("status") == "True"
     if not name or name in secrets or not ready or "nextProbeTime" not in status:
         return obj
     out = dict(obj)
@@ -448,7 +442,7 @@ class Controller:
         self.reconciles[key] += 1
         entry = report.accounts[0] if report.accounts else None
         status = entry.status if entry is not None else {}
-        ready = _condition(status, "Ready")
+        ready = status_condition(status, "Ready")
         if entry is not None and entry.probed:
             self.metrics.probes.labels(reason=str(ready.get("reason") or "Unknown")).inc()
         if entry is not None and not entry.error:
@@ -463,7 +457,7 @@ class Controller:
             self.queue.forget(key)
             result = "ready"
             delay = resync if until_probe is None else min(resync, max(until_probe, 0.0) + 0.05)
-        elif _condition(status, "Stalled").get("status") == "True":
+        elif status_condition(status, "Stalled").get("status") == "True":
             self.queue.forget(key)  # retrying cannot fix it: wait for a change or the interval
             result, delay = "not_ready", resync
         else:

@@ -19,6 +19,8 @@ from reconciler.errors import StoreError, StoreForbidden
 from reconciler.log import get_logger, redact_text
 from reconciler.manifest.load import InvalidDocument, LoadResult
 from reconciler.model import (
+    ACCOUNT_LABEL,
+    HASH_ANNOTATION,
     MANAGED_BY_LABEL,
     Account,
     Event,
@@ -26,6 +28,7 @@ from reconciler.model import (
     ProbeResult,
     SecretReader,
     SourceRef,
+    status_condition,
 )
 from reconciler.secretrefs import secret_versions
 from reconciler.state import conditions, render, schedule
@@ -58,7 +61,7 @@ class AccountReport:
 
     @property
     def ready(self) -> bool:
-        return _condition(self.status, "Ready").get("status") == "True"
+        return status_condition(self.status, "Ready").get("status") == "True"
 
     @property
     def changed(self) -> bool:
@@ -80,13 +83,6 @@ class RunReport:
     @property
     def changed(self) -> bool:
         return bool(self.pruned) or any(a.changed for a in self.accounts)
-
-
-def _condition(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any]:
-    for c in status.get("conditions") or []:
-        if c.get("type") == ctype:
-            return c
-    return {}
 
 
 class Reconciler:
@@ -254,7 +250,7 @@ class Reconciler:
                            "email-reconciler; it was left untouched. Delete it, or set "
                            "spec.publish.secretName to another name.")
         owner = ((existing or {}).get("metadata") or {}).get("labels", {}).get(
-            "email.reconciler.io/account")
+            ACCOUNT_LABEL)
         if existing is not None and owner not in (None, account.name):
             return Outcome(False, reasons.SECRET_CONFLICT,
                            f"Secret {ns}/{secret_name} is published for EmailAccount {owner}; "
@@ -262,8 +258,8 @@ class Reconciler:
         diff = render.secret_diff(existing, desired)
         entry.secret_changes = diff
         old_hash = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(
-            "email.reconciler.io/data-hash")
-        new_hash = desired["metadata"]["annotations"].get("email.reconciler.io/data-hash")
+            HASH_ANNOTATION)
+        new_hash = desired["metadata"]["annotations"].get(HASH_ANNOTATION)
         meta_changed = existing is not None and _meta_differs(existing, desired)
         if (existing is None or old_hash != new_hash or meta_changed) and not self.options.dry_run:
             self.store.apply_secret(desired)

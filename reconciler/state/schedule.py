@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler import reasons
-from reconciler.model import REQUESTED_AT_ANNOTATION, Account
+from reconciler.model import REQUESTED_AT_ANNOTATION, Account, status_condition
 
 #: The jitter is at most this fraction of the interval, either way.
 JITTER_FRACTION = 0.10
@@ -72,13 +72,6 @@ def _parse_or_none(value: Any) -> datetime | None:
         return None
 
 
-def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for cond in status.get("conditions") or ():
-        if isinstance(cond, Mapping) and cond.get("type") == type_:
-            return cond
-    return None
-
-
 def _changed_refs(old: Mapping[str, Any], current: Mapping[str, str]) -> list[str]:
     recorded = old.get("secretVersions")
     if not isinstance(recorded, Mapping):
@@ -107,8 +100,8 @@ def _auth_due(account: Account, old: Mapping[str, Any], now: datetime) -> tuple[
     last_auth = _parse_or_none(old.get("lastAuthTime"))
     if last_auth is None:
         return True, "never authenticated"
-    cond = _condition(old, "Authenticated")
-    if cond is not None and cond.get("status") != "True":
+    cond = status_condition(old, "Authenticated")
+    if cond and cond.get("status") != "True":
         reason = str(cond.get("reason", ""))
         if reason in reasons.TERMINAL:
             return False, f"last AUTH failed with {reason}; waiting for a changed credential"

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from reconciler.errors import StoreError
-from reconciler.model import Event, SecretReader
+from reconciler.model import GROUP_VERSION, Event, SecretReader
 from reconciler.store.base import Key, account_object, object_key
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -196,7 +196,7 @@ class LocalStore:
     def write_inventory(self, keys: Iterable[Key]) -> None:
         entries = [{"namespace": ns, "name": name} for ns, name in sorted(set(keys))]
         self._write(self.root / ".inventory.yaml",
-                    {"apiVersion": "email.reconciler.io/v1alpha1", "kind": "Inventory",
+                    {"apiVersion": GROUP_VERSION, "kind": "Inventory",
                      "entries": entries})
 
     def secret_reader(self) -> SecretReader | None:
