@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.errors import UsageError
+from reconciler.model import status_condition as condition
 from reconciler.run.controller import Controller, WorkQueue, parse_duration
 from reconciler.run.leader import LeaderConfig
 from tests.kube_fixtures import email_account_crd
@@ -124,8 +125,6 @@ class Cluster:
         return ctl
 
 
-def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c["type"] == ctype), {})
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import yaml
 from reconciler.errors import SecretNotFound, StoreForbidden, StoreUnavailable
 from reconciler.manifest.load import load_paths
 from reconciler.model import KeyRef
+from reconciler.model import status_condition as condition
 from reconciler.probe.credentials import DirSecretReader
 from reconciler.run.reconcile import Reconciler, RunOptions, RunReport
 from reconciler.store import open_store
@@ -105,8 +106,6 @@ class Cluster:
         return {k: base64.b64decode(v).decode() for k, v in obj["data"].items()}
 
 
-def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next(c for c in status.get("conditions") or [] if c["type"] == ctype)
 
 
 def writes(api: KubeAPIServer) -> list[tuple[str, str | None, str | None]]:

@@ -81,8 +81,6 @@ class World:
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
 
-def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next(c for c in status["conditions"] if c["type"] == ctype)
 
 
 @pytest.fixture(scope="module")
