@@ -8,7 +8,8 @@ import json
 import pytest
 
 from reconciler.cli import main
-from tests.world import NS, PASSWORD, World, condition, servers, world  # noqa: F401
+from reconciler.model import status_condition as condition
+from tests.world import NS, PASSWORD, World, servers, world  # noqa: F401
 
 
 def probe(world: World, *extra: str) -> int:

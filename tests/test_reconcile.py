@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from reconciler.cli import main
+from reconciler.model import status_condition as condition
 from reconciler.run.demo_servers import RunningServer
-from tests.world import NS, PASSWORD, World, condition, mtimes, servers, world  # noqa: F401
+from tests.world import NS, PASSWORD, World, mtimes, servers, world  # noqa: F401
 
 
 def test_first_run_publishes_status_and_secret(world: World,
