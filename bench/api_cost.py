@@ -1,4 +1,4 @@
-"""Benchmark 3: requests to the Kubernetes API per reconcile, by verb (tests/kubeapi.py server)."""
+"""Benchmark 3: requests to the Kubernetes API per reconcile, by verb (tests/kubeapi/ server)."""
 
 from __future__ import annotations
 

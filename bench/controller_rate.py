@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/controller_rate.py [--accounts 500] [--workers 8]
 
-A fake Kubernetes API (tests/kubeapi.py, real HTTP) and STARTTLS aiosmtpd servers on 127.0.0.1 with
+A fake Kubernetes API (tests/kubeapi/, real HTTP) and STARTTLS aiosmtpd servers on 127.0.0.1 with
 a throwaway CA. Phase 1 creates the accounts with the controller running and times until every one
 is Ready with its Secret published (each: a watch event, a full probe with TLS and AUTH, a status
 patch, a Secret apply). Phase 2 changes every spec (a generation bump) and times until every

@@ -3,7 +3,7 @@
     .venv/bin/python bench/kube_requests.py [N]      (default N=100 accounts)
 
 Runs the real reconcile run (real SMTP probes against a loopback STARTTLS server with a
-throwaway CA) through the official client against tests/kubeapi.py, and prints the API server's
+throwaway CA) through the official client against tests/kubeapi/, and prints the API server's
 request log by verb for each run. Credentials come from Secrets in the fake cluster.
 """
 

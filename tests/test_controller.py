@@ -1,6 +1,6 @@
 """Controller mode (issue 8): informers, work queue, backoff, leader election, metrics, SIGTERM.
 
-Against tests/kubeapi.py over real HTTP through the official client, with real SMTP servers on
+Against tests/kubeapi/ over real HTTP through the official client, with real SMTP servers on
 loopback; nothing of the controller is patched.
 """
 

@@ -1,4 +1,4 @@
-"""The Kubernetes store through the official client, against tests/kubeapi.py over real HTTP,
+"""The Kubernetes store through the official client, against tests/kubeapi/ over real HTTP,
 with the real reconcile run probing real SMTP servers on loopback (issue 5)."""
 
 from __future__ import annotations

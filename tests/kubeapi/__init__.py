@@ -1,0 +1,57 @@
+"""A small, faithful Kubernetes API server for the tests (real HTTP on 127.0.0.1).
+
+There is no kube-apiserver on these machines, so the Kubernetes store, the controller and kubectl
+are tested against this module. It follows the API conventions the product relies on, not the
+whole API:
+
+- discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>[/<version>]``, ``/version``; the
+  aggregated-discovery Accept types get plain JSON (clients fall back); ``/openapi/*`` is 404;
+- resources: core v1 Secrets, ConfigMaps, Events, Namespaces (cluster-scoped),
+  coordination.k8s.io/v1 Leases, and every served version of the CRDs given to the constructor;
+- CRUD with 201 on create, 409 AlreadyExists, PUT with 409 on a stale ``metadata.resourceVersion``,
+  merge / JSON / strategic-merge (treated as merge) patches, and a simplified server-side apply
+  (``application/apply-patch+yaml``: creates when absent; applied fields replace; fields the same
+  field manager applied last time but omits now are removed; no conflicts between managers);
+- status-subresource isolation, ``metadata.generation`` (custom resources only, bumped when anything
+  but metadata and status changes), a global ``resourceVersion`` counter; a write that changes
+  nothing is not stored (no new resourceVersion, no watch event), as in etcd-backed storage;
+- label and field selectors, ``limit``/``continue``, ``stringData`` folded into Secret ``data``,
+  ownerReference cascade on delete (synchronous, for determinism; ``propagationPolicy=Orphan``
+  skips it; deleting a Namespace deletes everything in it);
+- watch (chunked newline-delimited JSON) with ``resourceVersion`` replay from a bounded history,
+  ``timeoutSeconds``, and an ``ERROR`` event with a 410 Expired Status for a too-old version;
+- Table output (``Accept: application/json;as=Table;g=meta.k8s.io;v=v1``) from the CRD's
+  ``additionalPrinterColumns``; core resources get NAME and AGE;
+- errors as ``Status`` objects; fault injection (:meth:`KubeAPIServer.inject`) and a request log.
+
+Simplifications, on purpose: no authentication or admission, no finalizers, no conversion between
+CRD versions, no OpenAPI validation; namespaces are created on first use (``default`` exists from
+the start); PUT never creates; fault injection applies to resource requests only, not discovery.
+"""
+
+from tests.kubeapi.model import (
+    BUILTIN_TYPES,
+    JSON,
+    ApiError,
+    RequestRecord,
+    ResourceType,
+    resource_types_from_crd,
+)
+from tests.kubeapi.patches import json_patch, merge_patch
+from tests.kubeapi.selectors import field_selector_matches, jsonpath_first, label_selector_matches
+from tests.kubeapi.server import KubeAPIServer
+
+__all__ = [
+    "BUILTIN_TYPES",
+    "JSON",
+    "ApiError",
+    "KubeAPIServer",
+    "RequestRecord",
+    "ResourceType",
+    "field_selector_matches",
+    "json_patch",
+    "jsonpath_first",
+    "label_selector_matches",
+    "merge_patch",
+    "resource_types_from_crd",
+]

@@ -1,0 +1,664 @@
+"""The API server object: lifecycle, test hooks, discovery, CRUD, patch/apply, watch."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Generator, Sequence
+from datetime import UTC, datetime
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tests.kubeapi.http import _Handler
+from tests.kubeapi.model import (
+    ALL_VERBS,
+    BUILTIN_TYPES,
+    JSON,
+    VERSION_INFO,
+    ApiError,
+    RequestRecord,
+    ResourceType,
+    _Event,
+    _Fault,
+    resource_types_from_crd,
+)
+from tests.kubeapi.patches import _apply_merge, _leaf_paths, _remove_path, json_patch, merge_patch
+from tests.kubeapi.selectors import field_selector_matches, label_selector_matches
+from tests.kubeapi.store import _Store
+from tests.kubeapi.tables import table
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+
+class KubeAPIServer:
+    """The API server: ``with KubeAPIServer(crds=[crd]) as api: ... api.url ...``."""
+
+    def __init__(self, crds: Sequence[JSON] = ()) -> None:
+        self.types: list[ResourceType] = [
+            *BUILTIN_TYPES,
+            *(resource_types_from_crd(c) for c in crds),
+        ]
+        self.requests: list[RequestRecord] = []
+        self._faults: list[_Fault] = []
+        self._store = _Store()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._ensure_namespace("default")
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> KubeAPIServer:
+        """Listen on 127.0.0.1 on an ephemeral port and serve in a background thread."""
+        server = self
+
+        class Handler(_Handler):
+            api = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="kubeapi", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End watches, close client connections and the listening socket, join every thread."""
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        with self._store.lock:
+            self._store.stopping = True
+            self._store.lock.notify_all()
+            for conn in list(self._connections):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._httpd = None
+
+    def __enter__(self) -> KubeAPIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        if self._httpd is None:
+            raise RuntimeError("KubeAPIServer is not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    # ----------------------------------------------------------------- test hooks
+
+    def inject(
+        self,
+        status: int | Literal["drop"],
+        count: int = 1,
+        *,
+        verb: str | None = None,
+        resource: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` matching resource requests with ``status`` (or drop them)."""
+        with self._store.lock:
+            self._faults.append(_Fault(status, count, verb, resource))
+
+    def clear_requests(self) -> None:
+        """Forget the request log."""
+        with self._store.lock:
+            self.requests.clear()
+
+    def count_by_verb(self) -> dict[str, int]:
+        """Resource requests in the log by Kubernetes verb (discovery is not counted)."""
+        with self._store.lock:
+            return dict(Counter(r.verb for r in self.requests if r.resource is not None))
+
+    def expire_history(self) -> None:
+        """Forget the watch history: any watch from an older resourceVersion now gets 410 Gone."""
+        with self._store.lock:
+            self._store.history.clear()
+            self._store.floor = self._store.rv
+
+    @property
+    def resource_version(self) -> str:
+        """The current global resourceVersion."""
+        return str(self._store.rv)
+
+    def objects(self, resource: str, namespace: str | None = None) -> list[JSON]:
+        """Copies of the stored objects of a resource (by plural), optionally in one namespace."""
+        rtype = self._type_by_plural(resource)
+        with self._store.lock:
+            items = sorted(self._store.bucket(rtype).items())
+            return [copy.deepcopy(o) for (ns, _), o in items if namespace is None or ns == namespace]
+
+    def get_object(self, resource: str, namespace: str | None, name: str) -> JSON | None:
+        """A copy of one stored object, or None."""
+        rtype = self._type_by_plural(resource)
+        with self._store.lock:
+            obj = self._store.bucket(rtype).get((namespace or "", name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def add_object(self, resource: str, obj: JSON) -> JSON:
+        """Create an object directly (as a POST would), to seed a test; returns the stored copy."""
+        rtype = self._type_by_plural(resource)
+        namespace = obj.get("metadata", {}).get("namespace", "default") if rtype.namespaced else None
+        return self._create(rtype, rtype.versions[0], namespace, copy.deepcopy(obj))
+
+    def api_client(self) -> Any:
+        """A ``kubernetes.client.ApiClient`` for this server; close it (or use ``with``)."""
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = self.url
+        return client.ApiClient(configuration)
+
+    def kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
+        """Write a kubeconfig whose current context points at this server; returns the path."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "kubeapi",
+            "clusters": [{"name": "kubeapi", "cluster": {"server": self.url}}],
+            "users": [{"name": "kubeapi", "user": {"token": "test-token"}}],
+            "contexts": [
+                {
+                    "name": "kubeapi",
+                    "context": {"cluster": "kubeapi", "user": "kubeapi", "namespace": namespace},
+                }
+            ],
+        }
+        path = Path(path)
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # ----------------------------------------------------------------- lookups
+
+    def _type_by_plural(self, plural: str) -> ResourceType:
+        for rtype in self.types:
+            if rtype.plural == plural or rtype.qualified == plural:
+                return rtype
+        raise KeyError(f"unknown resource {plural!r}")
+
+    def _type_at(self, group: str, version: str, plural: str) -> ResourceType:
+        for rtype in self.types:
+            if rtype.group == group and version in rtype.versions and rtype.plural == plural:
+                return rtype
+        raise ApiError(404, "the server could not find the requested resource")
+
+    def _take_fault(self, verb: str, resource: str) -> _Fault | None:
+        with self._store.lock:
+            for fault in self._faults:
+                if fault.verb in (None, verb) and fault.resource in (None, resource):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    # ----------------------------------------------------------------- discovery
+
+    def discovery(self, path: str) -> JSON:
+        """The JSON of a discovery (or /version) path; raises ApiError(404) for anything else."""
+        port = self.url.rsplit(":", 1)[1]
+        if path == "/version":
+            return VERSION_INFO
+        if path == "/api":
+            return {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{port}"}],
+            }
+        if path == "/api/v1":
+            return self._resource_list("", "v1")
+        groups = {t.group: t.versions for t in self.types if t.group}
+        if path == "/apis":
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [self._group(g, v) for g, v in sorted(groups.items())],
+            }
+        parts = path.strip("/").split("/")
+        if parts[0] == "apis" and len(parts) == 2 and parts[1] in groups:
+            return {
+                "kind": "APIGroup",
+                "apiVersion": "v1",
+                **self._group(parts[1], groups[parts[1]]),
+            }
+        if parts[0] == "apis" and len(parts) == 3 and parts[2] in groups.get(parts[1], ()):
+            return self._resource_list(parts[1], parts[2])
+        raise ApiError(404, "the server could not find the requested resource")
+
+    @staticmethod
+    def _group(group: str, versions: tuple[str, ...]) -> JSON:
+        listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"name": group, "versions": listed, "preferredVersion": listed[0]}
+
+    def _resource_list(self, group: str, version: str) -> JSON:
+        resources: list[JSON] = []
+        for rtype in self.types:
+            if rtype.group != group or version not in rtype.versions:
+                continue
+            entry = {
+                "name": rtype.plural,
+                "singularName": rtype.kind.lower(),
+                "namespaced": rtype.namespaced,
+                "kind": rtype.kind,
+                "verbs": ALL_VERBS,
+            }
+            if rtype.short_names:
+                entry["shortNames"] = list(rtype.short_names)
+            resources.append(entry)
+            if rtype.status_subresource or rtype.plural == "namespaces":
+                resources.append(
+                    {
+                        "name": f"{rtype.plural}/status",
+                        "singularName": "",
+                        "namespaced": rtype.namespaced,
+                        "kind": rtype.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
+
+    # ----------------------------------------------------------------- objects in and out
+
+    def _out(self, rtype: ResourceType, version: str, obj: JSON) -> JSON:
+        out = copy.deepcopy(obj)
+        out["apiVersion"], out["kind"] = rtype.api_version(version), rtype.kind
+        return out
+
+    def _not_found(self, rtype: ResourceType, name: str) -> ApiError:
+        return ApiError(
+            404,
+            f'{rtype.qualified} "{name}" not found',
+            details={"name": name, "group": rtype.group, "kind": rtype.plural},
+        )
+
+    def _conflict(self, rtype: ResourceType, name: str) -> ApiError:
+        return ApiError(
+            409,
+            f'Operation cannot be fulfilled on {rtype.qualified} "{name}": the object '
+            "has been modified; please apply your changes to the latest version and try again",
+            details={"name": name, "group": rtype.group, "kind": rtype.plural},
+        )
+
+    def _ensure_namespace(self, namespace: str) -> None:
+        """Namespaces are created on first use, so tests need not create them."""
+        ns_type = self.types[0]
+        with self._store.lock:
+            if ("", namespace) not in self._store.bucket(ns_type):
+                self._create(ns_type, "v1", None, {"metadata": {"name": namespace}})
+
+    @staticmethod
+    def _normalize_secret(obj: JSON) -> None:
+        """Fold stringData into data (base64) and check that data values are base64."""
+        data = obj.get("data") or {}
+        for key, value in (obj.pop("stringData", None) or {}).items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        for key, value in data.items():
+            try:
+                base64.b64decode(value, validate=True)
+            except (ValueError, TypeError) as exc:
+                raise ApiError(
+                    400,
+                    f"Secret data[{key!r}] is not valid base64; encode the value or put it under stringData",
+                ) from exc
+        if data:
+            obj["data"] = data
+        else:
+            obj.pop("data", None)
+
+    @staticmethod
+    def _spec_part(rtype: ResourceType, obj: JSON) -> JSON:
+        return {
+            k: v
+            for k, v in obj.items()
+            if k not in ("metadata", "apiVersion", "kind") and not (k == "status" and rtype.status_subresource)
+        }
+
+    def _create(self, rtype: ResourceType, version: str, namespace: str | None, body: JSON) -> JSON:
+        meta = body.setdefault("metadata", {})
+        if namespace is not None and meta.get("namespace", namespace) != namespace:
+            raise ApiError(
+                400,
+                f"the namespace of the object ({meta['namespace']}) does not match "
+                f"the namespace on the request ({namespace})",
+            )
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        name = meta.get("name")
+        if not name:
+            raise ApiError(
+                422,
+                f"{rtype.kind} is invalid: metadata.name: Required value: name or generateName is required",
+            )
+        if rtype.plural == "secrets":
+            self._normalize_secret(body)
+        if rtype.status_subresource:
+            body.pop("status", None)
+        if namespace is not None:
+            self._ensure_namespace(namespace)
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        with self._store.lock:
+            bucket = self._store.bucket(rtype)
+            if (namespace or "", name) in bucket:
+                raise ApiError(
+                    409,
+                    f'{rtype.qualified} "{name}" already exists',
+                    "AlreadyExists",
+                    {"name": name, "group": rtype.group, "kind": rtype.plural},
+                )
+            meta.update(
+                uid=str(uuid.uuid4()),
+                creationTimestamp=_now(),
+                resourceVersion=self._store.next_rv(),
+            )
+            if rtype.custom:
+                meta["generation"] = 1
+            meta.pop("managedFields", None)
+            stored = self._out(rtype, version, body)
+            bucket[(namespace or "", name)] = stored
+            self._store.record(rtype, "ADDED", stored, None)
+            return copy.deepcopy(stored)
+
+    def _current(self, rtype: ResourceType, namespace: str | None, name: str) -> JSON:
+        obj = self._store.bucket(rtype).get((namespace or "", name))
+        if obj is None:
+            raise self._not_found(rtype, name)
+        return obj
+
+    def _replace(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        new: JSON,
+        subresource: str | None,
+    ) -> JSON:
+        """Store ``new`` in place of the current object, keeping what the caller may not change."""
+        with self._store.lock:
+            old = self._current(rtype, namespace, name)
+            meta = new.setdefault("metadata", {})
+            if meta.get("name", name) != name:
+                raise ApiError(
+                    400,
+                    f"the name of the object ({meta['name']}) does not match the name on the request ({name})",
+                )
+            given_rv = meta.get("resourceVersion")
+            if given_rv not in (None, "") and given_rv != old["metadata"]["resourceVersion"]:
+                raise self._conflict(rtype, name)
+            if rtype.status_subresource and subresource == "status":
+                new = {**copy.deepcopy(old), "status": new.get("status")}
+                if new["status"] is None:
+                    new.pop("status")
+            elif rtype.status_subresource:
+                new = {k: v for k, v in new.items() if k != "status"}
+                if "status" in old:
+                    new["status"] = copy.deepcopy(old["status"])
+            if rtype.plural == "secrets":
+                self._normalize_secret(new)
+            meta = new["metadata"]
+            for key in (
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "resourceVersion",
+                "deletionTimestamp",
+            ):
+                if key in old["metadata"]:
+                    meta[key] = old["metadata"][key]
+            meta["name"] = name
+            if namespace is not None:
+                meta["namespace"] = namespace
+            meta.pop("managedFields", None)
+            new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+            if new == old:
+                return copy.deepcopy(old)  # a no-op write is not stored, as in etcd
+            if rtype.custom and self._spec_part(rtype, new) != self._spec_part(rtype, old):
+                meta["generation"] = old["metadata"].get("generation", 1) + 1
+            meta["resourceVersion"] = self._store.next_rv()
+            self._store.bucket(rtype)[(namespace or "", name)] = new
+            self._store.record(rtype, "MODIFIED", new, old)
+            return copy.deepcopy(new)
+
+    def _delete(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        options: JSON,
+        cascade: bool = True,
+    ) -> JSON:
+        with self._store.lock:
+            old = self._current(rtype, namespace, name)
+            pre = options.get("preconditions") or {}
+            if pre.get("uid") not in (None, old["metadata"]["uid"]) or pre.get("resourceVersion") not in (
+                None,
+                old["metadata"]["resourceVersion"],
+            ):
+                raise self._conflict(rtype, name)
+            del self._store.bucket(rtype)[(namespace or "", name)]
+            gone = copy.deepcopy(old)
+            gone["metadata"]["resourceVersion"] = self._store.next_rv()
+            self._store.record(rtype, "DELETED", gone, None)
+            uid = old["metadata"]["uid"]
+            if cascade and options.get("propagationPolicy") != "Orphan":
+                self._delete_dependents(uid, name if rtype.plural == "namespaces" else None)
+            return gone
+
+    def _delete_dependents(self, uid: str, namespace_name: str | None) -> None:
+        for rtype in self.types:
+            for (ns, name), obj in list(self._store.bucket(rtype).items()):
+                owners = obj["metadata"].get("ownerReferences") or []
+                owned = any(o.get("uid") == uid for o in owners)
+                inside = namespace_name is not None and ns == namespace_name
+                # an earlier cascade in this loop may have deleted it already
+                if (owned or inside) and (ns, name) in self._store.bucket(rtype):
+                    self._delete(rtype, ns or None, name, {})
+
+    def _list(self, rtype: ResourceType, namespace: str | None, query: dict[str, str]) -> list[JSON]:
+        with self._store.lock:
+            return [
+                copy.deepcopy(o)
+                for (ns, _), o in sorted(self._store.bucket(rtype).items())
+                if (namespace is None or ns == namespace) and self._matches(o, query)
+            ]
+
+    @staticmethod
+    def _matches(obj: JSON, query: dict[str, str]) -> bool:
+        labels = obj.get("metadata", {}).get("labels") or {}
+        return label_selector_matches(query.get("labelSelector", ""), labels) and field_selector_matches(
+            query.get("fieldSelector", ""), obj
+        )
+
+    # ----------------------------------------------------------------- patch and apply
+
+    def _patch(
+        self,
+        rtype: ResourceType,
+        version: str,
+        namespace: str | None,
+        name: str,
+        subresource: str | None,
+        content_type: str,
+        body: bytes,
+        query: dict[str, str],
+    ) -> tuple[int, JSON]:
+        media = content_type.split(";")[0].strip()
+        if media == "application/apply-patch+yaml":
+            return self._apply(rtype, version, namespace, name, subresource, body, query)
+        try:
+            patch = json.loads(body or b"null")
+        except ValueError as exc:
+            raise ApiError(400, f"the patch body is not JSON: {exc}") from exc
+        with self._store.lock:
+            current = copy.deepcopy(self._current(rtype, namespace, name))
+            if media == "application/json-patch+json":
+                if not isinstance(patch, list):
+                    raise ApiError(400, "a JSON patch must be a list of operations")
+                new = json_patch(current, patch)
+            elif media in (
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+            ):
+                new = merge_patch(current, patch)
+            else:
+                raise ApiError(415, f"the patch content type {media!r} is not supported")
+            return 200, self._replace(rtype, namespace, name, new, subresource)
+
+    def _apply(
+        self,
+        rtype: ResourceType,
+        version: str,
+        namespace: str | None,
+        name: str,
+        subresource: str | None,
+        body: bytes,
+        query: dict[str, str],
+    ) -> tuple[int, JSON]:
+        manager = query.get("fieldManager", "")
+        if not manager:
+            raise ApiError(
+                422,
+                'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+            )
+        try:
+            applied = yaml.safe_load(body)
+        except yaml.YAMLError as exc:
+            raise ApiError(400, f"the apply patch is not YAML or JSON: {exc}") from exc
+        if not isinstance(applied, dict):
+            raise ApiError(400, "the apply patch must be an object")
+        if rtype.status_subresource:
+            applied = (
+                {"metadata": applied.get("metadata", {}), "status": applied.get("status", {})}
+                if subresource == "status"
+                else {k: v for k, v in applied.items() if k != "status"}
+            )
+        applied.pop("apiVersion", None)
+        applied.pop("kind", None)
+        applied.setdefault("metadata", {})["name"] = name
+        if namespace is not None:
+            applied["metadata"]["namespace"] = namespace
+        paths = _leaf_paths(applied)
+        with self._store.lock:
+            exists = (namespace or "", name) in self._store.bucket(rtype)
+            if not exists:
+                if subresource:
+                    raise self._not_found(rtype, name)
+                created = self._create(rtype, version, namespace, copy.deepcopy(applied))
+                self._store.applied[(created["metadata"]["uid"], manager, "")] = paths
+                return 201, created
+            current = self._current(rtype, namespace, name)
+            key = (current["metadata"]["uid"], manager, subresource or "")
+            new = _apply_merge(current, applied)
+            new["metadata"].pop("resourceVersion", None)  # apply is never conditional on it
+            for stale in self._store.applied.get(key, set()) - paths:
+                _remove_path(new, stale)
+            result = self._replace(rtype, namespace, name, new, subresource)
+            self._store.applied[key] = paths
+            return 200, result
+
+    # ----------------------------------------------------------------- watch
+
+    def _watch_events(
+        self, rtype: ResourceType, namespace: str | None, query: dict[str, str], deadline: float
+    ) -> Generator[JSON, None, None]:
+        """Check the request (raising ApiError), then return the generator of its watch events."""
+        store = self._store
+        requested = query.get("resourceVersion", "")
+        self._matches({}, query)  # a bad selector is an error response, not a broken stream
+        with store.lock:
+            if requested in ("", "0"):  # start from now, with the current objects as ADDED
+                initial = [{"type": "ADDED", "object": o} for o in self._list(rtype, namespace, query)]
+                cursor = store.rv
+            else:
+                initial = []
+                try:
+                    cursor = int(requested)
+                except ValueError as exc:
+                    raise ApiError(400, f"invalid resourceVersion {requested!r}") from exc
+        return self._follow(rtype, namespace, query, deadline, initial, cursor)
+
+    def _follow(
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        query: dict[str, str],
+        deadline: float,
+        initial: list[JSON],
+        cursor: int,
+    ) -> Generator[JSON, None, None]:
+        """Yield watch events until the deadline, server stop, or 410 Gone."""
+        store = self._store
+        yield from initial
+        while True:
+            with store.lock:
+                if cursor < store.floor:
+                    yield {
+                        "type": "ERROR",
+                        "object": {
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "metadata": {},
+                            "status": "Failure",
+                            "message": f"too old resource version: {cursor} ({store.floor + 1})",
+                            "reason": "Expired",
+                            "code": 410,
+                        },
+                    }
+                    return
+                pending = [e for e in store.history if e.rv > cursor]
+                if not pending:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or store.stopping:
+                        return
+                    store.lock.wait(min(remaining, 1.0))
+                    continue
+            for event in pending:
+                cursor = event.rv
+                translated = self._translate(rtype, namespace, query, event)
+                if translated is not None:
+                    yield translated
+
+    def _translate(
+        self, rtype: ResourceType, namespace: str | None, query: dict[str, str], event: _Event
+    ) -> JSON | None:
+        """The event as this watcher sees it, honouring namespace and selectors (or None)."""
+        if event.key != (rtype.group, rtype.plural):
+            return None
+        if namespace is not None and event.obj["metadata"].get("namespace") != namespace:
+            return None
+        now = self._matches(event.obj, query)
+        before = event.prev is not None and self._matches(event.prev, query)
+        if event.type == "MODIFIED" and event.prev is not None and now != before:
+            if now:
+                return {"type": "ADDED", "object": event.obj}
+            gone = copy.deepcopy(event.prev)
+            gone["metadata"]["resourceVersion"] = str(event.rv)
+            return {"type": "DELETED", "object": gone}
+        return {"type": event.type, "object": event.obj} if now else None
+
+    # ----------------------------------------------------------------- tables
+
+    def _table(self, rtype: ResourceType, items: list[JSON], rv: str, include: str) -> JSON:
+        return table(rtype, items, rv, include)
