@@ -357,8 +357,18 @@ def test_health_readiness_and_metrics(cluster: Cluster) -> None:
     assert scrape(ctl, "/readyz")[0] == 200
     cluster.account("billing")
     wait_for(lambda: cluster.ready("billing"), 5, "billing Ready")
-    code, text = scrape(ctl)
-    assert code == 200
+    # The worker records its metrics after the status write that made billing Ready: wait for
+    # them rather than reading them in the gap (the KeyError of a loaded machine).
+    # The same for the informers' watch requests, counted when their responses start.
+    ready_metric = ("email_reconciler_reconciles_total", (("result", "ready"),))
+    watches = ("email_reconciler_api_requests_total", (("code", "200"), ("verb", "watch")))
+
+    def recorded() -> tuple[int, str] | None:
+        code, text = scrape(ctl)
+        m = samples(text) if code == 200 else {}
+        return (code, text) if ready_metric in m and m.get(watches, 0) >= 2 else None
+
+    code, text = wait_for(recorded, 10, "the reconcile's metrics")
     m = samples(text)
     assert m[("email_reconciler_reconciles_total", (("result", "ready"),))] >= 1
     assert m[("email_reconciler_reconcile_duration_seconds_count", ())] >= 1

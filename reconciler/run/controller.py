@@ -479,7 +479,9 @@ class Controller:
                 or (obj.get("status") or {}).get("secretName") or f"{key[1]}-sender")
         published = (getattr(store, "_secrets", None) or {}).get(key[0], {}).get(name)
         labels = ((published or {}).get("metadata") or {}).get("labels") or {}
-        if published is not None and is_managed(published) and labels.get(ACCOUNT_LABEL) == key[1]:
+        orphan = (spec.get("publish") or {}).get("deletionPolicy") == "Orphan"
+        if (published is not None and is_managed(published) and not orphan
+                and labels.get(ACCOUNT_LABEL) == key[1]):
             store.delete_secret(key[0], name)
         self.queue.remove(key)
         log.info("account deleted during its reconcile; cleaned up", account=f"{key[0]}/{key[1]}")

@@ -20,7 +20,9 @@ from reconciler.log import get_logger, redact_text
 from reconciler.manifest.load import InvalidDocument, LoadResult
 from reconciler.model import (
     ACCOUNT_LABEL,
+    API_GROUP,
     HASH_ANNOTATION,
+    KIND,
     MANAGED_BY_LABEL,
     Account,
     Event,
@@ -32,7 +34,14 @@ from reconciler.model import (
 )
 from reconciler.secretrefs import secret_versions
 from reconciler.state import conditions, render, schedule
-from reconciler.store.base import Key, StateStore, account_object, is_ours, object_key
+from reconciler.store.base import (
+    Key,
+    StateStore,
+    account_object,
+    is_ours,
+    object_key,
+    owned_keys,
+)
 
 log = get_logger("reconciler.run")
 
@@ -242,7 +251,11 @@ class Reconciler:
         ns, secret_name = account.namespace, account.publish.secret_name
         if self.secrets_error is not None:
             raise self.secrets_error
-        desired = render.render_secret(account, result, owner_uid=account.uid or None)
+        # Orphan: no ownerReference at all, so deleting the account by any means (kubectl, Flux,
+        # Argo CD) leaves the Secret to its application instead of to the garbage collector.
+        orphan = account.publish.deletion_policy == "Orphan"
+        desired = render.render_secret(account, result,
+                                       owner_uid=None if orphan else account.uid or None)
         existing = published.get((ns, secret_name))
         if existing is not None and not render.is_managed(existing):
             return Outcome(False, reasons.SECRET_CONFLICT,
@@ -260,7 +273,7 @@ class Reconciler:
         old_hash = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(
             HASH_ANNOTATION)
         new_hash = desired["metadata"]["annotations"].get(HASH_ANNOTATION)
-        meta_changed = existing is not None and _meta_differs(existing, desired)
+        meta_changed = existing is not None and secret_metadata_differs(existing, desired)
         if (existing is None or old_hash != new_hash or meta_changed) and not self.options.dry_run:
             self.store.apply_secret(desired)
             published[(ns, secret_name)] = desired
@@ -383,8 +396,29 @@ class Reconciler:
         log.info("pruned", account=f"{ns}/{name}")
 
 
-def _meta_differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    em, dm = existing.get("metadata") or {}, desired.get("metadata") or {}
-    return any((em.get(k) or {}) != (dm.get(k) or {}) for k in ("labels", "annotations")) or (
-        (em.get("ownerReferences") or []) != (dm.get("ownerReferences") or []))
+def secret_metadata_differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether applying `desired` would change a metadata field we own on `existing`.
 
+    Like server-side apply's field ownership: labels and annotations other managers added, and
+    their ownerReferences, are theirs; only our keys (the desired ones, and keys under our own
+    prefix, or in our managedFields, that we no longer want) and our ownerReference count.
+    """
+    em, dm = existing.get("metadata") or {}, desired.get("metadata") or {}
+    for part in ("labels", "annotations"):
+        have, want = em.get(part) or {}, dm.get(part) or {}
+        if any(have.get(k) != v for k, v in want.items()):
+            return True
+        owned = owned_keys(existing, part)
+        if owned is None:  # no managedFields (local store): keys under our prefix are ours
+            owned = {k for k in have if k.startswith(_OUR_PREFIX)}
+        if any(k in have and k not in want for k in owned):
+            return True  # a key we applied has left the desired object: apply removes it
+    return _our_owners(em.get("ownerReferences")) != _our_owners(dm.get("ownerReferences"))
+
+
+_OUR_PREFIX = f"{API_GROUP}/"
+
+
+def _our_owners(refs: Any) -> list[Any]:
+    return [r for r in refs or [] if isinstance(r, Mapping)
+            and str(r.get("apiVersion", "")).startswith(_OUR_PREFIX) and r.get("kind") == KIND]

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from reconciler.model import (
+    FIELD_MANAGER,
     GROUP_VERSION,
     KIND,
     MANAGED_BY_LABEL,
@@ -97,3 +98,18 @@ def is_ours(obj: Mapping[str, Any]) -> bool:
 def object_key(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace") or "default"), str(meta.get("name")))
+
+
+def owned_keys(obj: Mapping[str, Any], field: str,
+               manager: str = FIELD_MANAGER) -> set[str] | None:
+    """Label/annotation keys `manager` applied, from managedFields; None when unknown."""
+    entries = (obj.get("metadata") or {}).get("managedFields")
+    if not entries:
+        return None
+    owned: set[str] = set()
+    for entry in entries:
+        if entry.get("manager") != manager or entry.get("subresource"):
+            continue
+        fields = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get(f"f:{field}") or {}
+        owned |= {k[2:] for k in fields if k.startswith("f:")}
+    return owned

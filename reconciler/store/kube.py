@@ -47,7 +47,7 @@ from reconciler.model import (
     KeyRef,
 )
 from reconciler.secretrefs import secret_version
-from reconciler.store.base import Key, account_object, object_key
+from reconciler.store.base import Key, account_object, object_key, owned_keys
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
@@ -134,20 +134,6 @@ def merge_patch_for(old: Any, new: Any) -> Any:
     return patch
 
 
-def _owned_keys(obj: Mapping[str, Any], field: str) -> set[str] | None:
-    """Label/annotation keys our field manager applied, from managedFields; None when unknown."""
-    entries = (obj.get("metadata") or {}).get("managedFields")
-    if not entries:
-        return None
-    owned: set[str] = set()
-    for entry in entries:
-        if entry.get("manager") != FIELD_MANAGER or entry.get("subresource"):
-            continue
-        fields = ((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get(f"f:{field}") or {}
-        owned |= {k[2:] for k in fields if k.startswith("f:")}
-    return owned
-
-
 def same_as_applied(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     """Whether applying `desired` would leave `current` (as stored) unchanged."""
     if current.get("spec") != desired.get("spec"):
@@ -157,7 +143,7 @@ def same_as_applied(current: Mapping[str, Any], desired: Mapping[str, Any]) -> b
         have, want = have_meta.get(field) or {}, want_meta.get(field) or {}
         if any(have.get(k) != v for k, v in want.items()):
             return False
-        owned = _owned_keys(current, field)
+        owned = owned_keys(current, field)
         if owned is not None and owned - set(want):
             return False  # a key we applied earlier has left git: apply removes it
     return True
