@@ -6,7 +6,10 @@ Diagnostic (FILE:LINE:COL: document N: /pointer: message).
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -49,6 +52,10 @@ class LoadResult:
     invalid: list[InvalidDocument] = field(default_factory=list)
     diagnostics: list[model.Diagnostic] = field(default_factory=list)
     files: int = 0
+    #: Files that failed to load as a whole or in part (unreadable, too large, not UTF-8, a YAML
+    #: syntax error, not a regular file): each with its first error. Accounts they may hold are
+    #: unknown, so a run prunes nothing while this is not empty.
+    failed_files: list[model.Diagnostic] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -99,17 +106,34 @@ class _Doc:
 
 def manifest_files(paths: Sequence[str]) -> list[str]:
     """Files named, plus *.yaml/*.yml under folders (recursive, sorted); UsageError if absent."""
+    return _find_files(paths)[0]
+
+
+def _find_files(paths: Sequence[str]) -> tuple[list[str], list[model.Diagnostic]]:
+    """Manifest files under paths, and an error for each folder that could not be listed.
+
+    Every entry named *.yaml/*.yml is returned, whatever it is (a dangling symlink, a FIFO, a
+    symlink loop): the loader reports why it cannot be read instead of skipping it silently.
+    Symlinked folders are not followed (as before: `Path.rglob` did not follow them either).
+    """
     files: list[str] = []
+    errors: list[model.Diagnostic] = []
     for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            files += sorted(str(f) for f in path.rglob("*")
-                            if f.suffix in (".yaml", ".yml") and f.is_file())
-        elif path.is_file():
-            files.append(str(path))
+        if os.path.isdir(p):
+            found: list[str] = []
+
+            def unlisted(exc: OSError, top: str = p) -> None:
+                where = str(exc.filename or top)
+                errors.append(_file_error(where, f"cannot list folder: {exc.strerror or exc}"))
+
+            for folder, _dirs, names in os.walk(p, onerror=unlisted):
+                found += [str(Path(folder, n)) for n in names if n.endswith((".yaml", ".yml"))]
+            files += sorted(found)
+        elif os.path.lexists(p):
+            files.append(p)
         else:
             raise UsageError(f"{p}: no such file or directory")
-    return files
+    return files, errors
 
 
 def _file_error(file: str, message: str, line: int = 1, col: int = 1,
@@ -259,14 +283,77 @@ def load_paths(paths: Sequence[str], *, parallel: bool = False) -> LoadResult:
         return _load_paths(paths, parallel)
 
 
+def _read_manifest(file: str) -> bytes | model.Diagnostic:
+    """The bytes of a regular file of at most MAX_BYTES, or the error saying why not.
+
+    The size and the kind of file are checked before anything is read (a 200 MB file is never
+    read whole, a FIFO never blocks), and again on the open descriptor, in case the file changed.
+    """
+    try:
+        info = os.stat(file)
+    except OSError as exc:
+        return _file_error(file, _stat_problem(file, exc))
+    problem = _kind_problem(info)
+    if problem is not None:
+        return _file_error(file, problem)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        return _file_error(file, _stat_problem(file, exc))
+    try:
+        problem = _kind_problem(os.fstat(fd))
+        if problem is not None:
+            return _file_error(file, problem)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        return _file_error(file, f"cannot read file: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
+    if size > MAX_BYTES:
+        return _file_error(file, "file is larger than 1 MiB (it grew while being read); "
+                                 "split it into several files")
+    return b"".join(chunks)
+
+
+def _stat_problem(file: str, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "cannot read file: a symlink loop (the link points back at itself)"
+    if exc.errno == errno.ENOENT and os.path.islink(file):
+        try:
+            target = os.readlink(file)
+        except OSError:
+            target = "?"
+        return f"cannot read file: a dangling symlink (its target {target} does not exist)"
+    return f"cannot read file: {exc.strerror or exc}"
+
+
+def _kind_problem(info: os.stat_result) -> str | None:
+    mode = info.st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
+                or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a folder" if stat.S_ISDIR(mode) else "not a regular file")
+        return f"cannot read file: {kind}, not a regular file"
+    if info.st_size > MAX_BYTES:
+        return (f"file is larger than 1 MiB ({info.st_size} bytes); split it into several "
+                "files")
+    return None
+
+
 def _load_files(files: Sequence[str]) -> list[tuple[list[model.Diagnostic], list[_Doc]]]:
     """(file errors, documents) of each file, in order: the per-file work, done anywhere."""
     per_file: list[tuple[list[model.Diagnostic], list[_Doc]]] = []
     for file in files:
-        try:
-            data = Path(file).read_bytes()
-        except OSError as exc:
-            per_file.append(([_file_error(file, f"cannot read file: {exc.strerror}")], []))
+        data = _read_manifest(file)
+        if isinstance(data, model.Diagnostic):
+            per_file.append(([data], []))
             continue
         docs, errors = load_bytes(data, file)
         per_file.append((errors, docs))
@@ -274,8 +361,10 @@ def _load_files(files: Sequence[str]) -> list[tuple[list[model.Diagnostic], list
 
 
 def _load_paths(paths: Sequence[str], parallel: bool) -> LoadResult:
-    files = manifest_files(paths)
+    files, unlisted = _find_files(paths)
     result = LoadResult(files=len(files))
+    result.diagnostics += unlisted
+    result.failed_files += unlisted
     if parallel and len(files) >= PARALLEL_MIN_FILES:
         per_file = pool.map_chunks(_load_files, files, pool.cpu_count())
     else:
@@ -284,6 +373,9 @@ def _load_paths(paths: Sequence[str], parallel: bool) -> LoadResult:
     _cross_checks(all_docs)  # across all files, so after every worker's results are merged
     for errors, docs in per_file:
         file_diags = list(errors)
+        failed = [e for e in errors if e.severity == "error"]
+        if failed:
+            result.failed_files.append(failed[0])
         for d in docs:
             d.diagnostics.sort(key=lambda x: (x.line, x.column))
             file_diags += d.diagnostics

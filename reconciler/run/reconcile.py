@@ -355,6 +355,14 @@ class Reconciler:
         unnamed = [d for d in loaded.invalid if not d.name]
         if not self.options.prune:
             report.prune_skipped = "--no-prune"
+        elif loaded.failed_files:
+            # A file we could not read may hold accounts that still exist in git: deleting them
+            # (and the Secrets applications mount) because of a typo would be the worst outcome.
+            files = "; ".join(f"{d.file}: {d.message}" for d in loaded.failed_files)
+            report.prune_skipped = (f"{len(loaded.failed_files)} file(s) could not be loaded "
+                                    f"({files}); nothing was pruned this run")
+            log.error("prune skipped", reason="files could not be loaded",
+                      files=[d.file for d in loaded.failed_files])
         elif unnamed:
             # A document we could not identify might be an account that still exists in git.
             report.prune_skipped = (f"{len(unnamed)} document(s) could not be read; nothing was "
