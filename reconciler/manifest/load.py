@@ -30,7 +30,8 @@ __all__ = ["MAX_BYTES", "InvalidDocument", "LoadResult", "account_from_manifest"
 MAX_BYTES = 1024 * 1024
 #: Below this many files a worker's start-up and the results' pickling cost more than they save.
 PARALLEL_MIN_FILES = 200
-_CROSS_CHECK_POINTERS = ("/metadata/name", "/spec/publish/secretName")  # what _cross_checks reports
+#: What _cross_checks and _scope report once the node tree is gone.
+_CROSS_CHECK_POINTERS = ("/metadata/name", "/metadata/namespace", "/spec/publish/secretName")
 
 
 @dataclass(frozen=True)
@@ -273,14 +274,36 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_paths(paths: Sequence[str], *, parallel: bool = False) -> LoadResult:
+def load_paths(paths: Sequence[str], *, parallel: bool = False,
+               namespace: str | None = None, enforce_namespace: bool = False) -> LoadResult:
     """Load every manifest under paths. Raises UsageError for a path that does not exist.
 
     ``parallel``: spread a large folder's files over forked processes (`reconciler.manifest.pool`);
     only for a process that runs no other thread. The result is the same either way.
+    ``namespace``: where a manifest without metadata.namespace goes (kubectl's rule; "default"
+    when None). With ``enforce_namespace`` (an explicit --namespace) a manifest naming another
+    namespace is an error, as `kubectl apply -n NS` refuses it.
     """
     with gc_paused():
-        return _load_paths(paths, parallel)
+        return _load_paths(paths, parallel, namespace or "default", enforce_namespace)
+
+
+def _scope(docs: list[_Doc], namespace: str, enforce: bool) -> None:
+    """Put namespace-less documents into `namespace`; flag others when it is enforced."""
+    for d in docs:
+        meta = d.data.get("metadata") if isinstance(d.data, dict) else None
+        if not isinstance(meta, dict):
+            continue
+        ns = meta.get("namespace")
+        if ns is None or ns == "":
+            meta["namespace"] = namespace
+            if d.account is not None:
+                d.account = replace(d.account, namespace=namespace)
+        elif enforce and ns != namespace:
+            d.error("/metadata/namespace",
+                    f"the namespace of this manifest ({ns!r}) does not match --namespace "
+                    f"{namespace!r}; remove metadata.namespace or run with --namespace={ns}")
+            d.account = None
 
 
 def _read_manifest(file: str) -> bytes | model.Diagnostic:
@@ -360,7 +383,8 @@ def _load_files(files: Sequence[str]) -> list[tuple[list[model.Diagnostic], list
     return per_file
 
 
-def _load_paths(paths: Sequence[str], parallel: bool) -> LoadResult:
+def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default",
+                enforce: bool = False) -> LoadResult:
     files, unlisted = _find_files(paths)
     result = LoadResult(files=len(files))
     result.diagnostics += unlisted
@@ -370,6 +394,7 @@ def _load_paths(paths: Sequence[str], parallel: bool) -> LoadResult:
     else:
         per_file = _load_files(files)
     all_docs = [d for _errors, docs in per_file for d in docs]
+    _scope(all_docs, namespace, enforce)
     _cross_checks(all_docs)  # across all files, so after every worker's results are merged
     for errors, docs in per_file:
         file_diags = list(errors)

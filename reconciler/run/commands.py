@@ -153,10 +153,17 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
     from reconciler.run.reconcile import Reconciler, RunOptions
     from reconciler.store import open_store
 
-    loaded = load_paths(args.paths)
-    _print_diagnostics(loaded, None)
     try:
         store = open_store(args.store, context=args.context, namespace=args.namespace)
+    except StoreError as exc:
+        print(f"email-reconciler: store error: {exc}", file=__import__("sys").stderr)
+        return EXIT_USAGE
+    # kubectl's rule: a manifest without metadata.namespace goes to --namespace, else to the
+    # kubeconfig context's namespace; with --namespace, one naming another namespace is an error.
+    loaded = load_paths(args.paths, namespace=getattr(store, "default_namespace", None),
+                        enforce_namespace=bool(args.namespace))
+    _print_diagnostics(loaded, None)
+    try:
         secrets = _secret_reader(args.secrets_dir, store)
         options = RunOptions(dry_run=args.dry_run, prune=not args.no_prune,
                              concurrency=args.concurrency)

@@ -375,6 +375,9 @@ class Reconciler:
                 self._prune_one(key, obj, published, report)
         if not self.options.dry_run:
             keep = in_git if report.prune_skipped is None else in_git | self.store.read_inventory()
+            scope = getattr(self.store, "namespace", None)
+            if scope:  # a manifest of another namespace was refused: it has no inventory here
+                keep = {k for k in keep if k[0] == scope}
             if self.store.read_inventory() != keep:
                 self.store.write_inventory(keep)
 

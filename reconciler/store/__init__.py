@@ -30,7 +30,7 @@ def open_store(spec: str | None, *, context: str | None = None,
         from reconciler.store.local import LocalStore
 
         root = spec.partition(":")[2] or DEFAULT_LOCAL_DIR
-        return LocalStore(root)
+        return LocalStore(root, namespace=namespace)
     if spec == "kube":
         from reconciler.store.kube import KubeStore
 

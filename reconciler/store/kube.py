@@ -149,16 +149,44 @@ def same_as_applied(current: Mapping[str, Any], desired: Mapping[str, Any]) -> b
     return True
 
 
+_SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _pod_namespace() -> str | None:
+    """In a pod, kubectl's default namespace: POD_NAMESPACE, else the service account's."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        with open(_SA_NAMESPACE, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _context_namespace(config_file: str | None, context: str | None) -> str | None:
+    """The namespace of the kubeconfig context in use (`kubectl config set-context --namespace`)."""
+    from kubernetes import config
+
+    contexts, active = config.list_kube_config_contexts(config_file=config_file)
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    ns = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(ns) if ns else None
+
+
 class KubeStore:
     """StateStore over the Kubernetes API through the official client."""
 
     def __init__(self, api_client: Any, namespace: str | None = None, *,
                  retry: RetryPolicy | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 default_namespace: str | None = None) -> None:
         from kubernetes import client
 
         self.api_client = api_client
         self.namespace = namespace
+        #: Where a manifest without metadata.namespace goes (kubectl's rule): --namespace, else
+        #: the kubeconfig context's namespace (or the pod's, in a cluster), else "default".
+        self.default_namespace = namespace or default_namespace or "default"
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._core = client.CoreV1Api(api_client)
@@ -179,15 +207,19 @@ class KubeStore:
         try:
             if os.environ.get("KUBERNETES_SERVICE_HOST"):
                 config.load_incluster_config(client_configuration=configuration)
+                default_ns = _pod_namespace()
             else:
                 # KUBECONFIG is read now, not when kubernetes was imported; it may list several.
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
-                                        context=context, client_configuration=configuration)
+                config_file = os.environ.get("KUBECONFIG") or None
+                config.load_kube_config(config_file=config_file, context=context,
+                                        client_configuration=configuration)
+                default_ns = _context_namespace(config_file, context)
         except (config.ConfigException, OSError, ValueError) as exc:
             raise UsageError(f"no usable Kubernetes configuration ({exc}); set KUBECONFIG, "
                              "pass --context, or use --store local:DIR") from exc
         configuration.retries = False
-        return cls(client.ApiClient(configuration), namespace, **kwargs)
+        return cls(client.ApiClient(configuration), namespace, default_namespace=default_ns,
+                   **kwargs)
 
     @staticmethod
     def _disable_client_retries(api_client: Any) -> None:

@@ -69,9 +69,13 @@ def _safe_name(name: str) -> str:
 class LocalStore:
     """State store on the local file system."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, namespace: str | None = None) -> None:
         self.root = Path(root)
-        self.description = f"local:{self.root}"
+        #: Like KubeStore's: reads and the inventory are limited to this namespace when set.
+        self.namespace = namespace
+        self.default_namespace = namespace or "default"
+        self.description = f"local:{self.root}" + (f" (namespace {namespace})" if namespace
+                                                   else "")
         self.writes = 0  # files actually written, for reports and tests
 
     # ------------------------------------------------------------------ paths
@@ -97,7 +101,8 @@ class LocalStore:
     def _namespaces(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and (self.namespace is None or p.name == self.namespace))
 
     # ------------------------------------------------------------------ accounts
     def list_accounts(self) -> list[dict[str, Any]]:
@@ -187,14 +192,21 @@ class LocalStore:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def read_inventory(self) -> set[Key]:
+    def _inventory_entries(self) -> set[Key]:
         data = self._read(self.root / ".inventory.yaml") or {}
         entries = data.get("entries") or []
         return {(str(e["namespace"]), str(e["name"])) for e in entries
                 if isinstance(e, dict) and "namespace" in e and "name" in e}
 
+    def read_inventory(self) -> set[Key]:
+        return {k for k in self._inventory_entries()
+                if self.namespace is None or k[0] == self.namespace}
+
     def write_inventory(self, keys: Iterable[Key]) -> None:
-        entries = [{"namespace": ns, "name": name} for ns, name in sorted(set(keys))]
+        # With a namespace, the other namespaces' entries are not this run's to change.
+        keep = ({k for k in self._inventory_entries() if k[0] != self.namespace}
+                if self.namespace is not None else set())
+        entries = [{"namespace": ns, "name": name} for ns, name in sorted(set(keys) | keep)]
         self._write(self.root / ".inventory.yaml",
                     {"apiVersion": GROUP_VERSION, "kind": "Inventory",
                      "entries": entries})
