@@ -130,7 +130,8 @@ class GraphSpec:
 @dataclass(frozen=True)
 class Publish:
     secret_name: str
-    formats: tuple[str, ...] = ("env", "url", "javamail", "spring", "django", "json")
+    formats: tuple[str, ...] = ("env", "url", "symfony", "javamail", "spring", "django",
+                                "nodemailer", "json")
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     deletion_policy: Literal["Delete", "Orphan"] = "Delete"

@@ -55,6 +55,10 @@ SIGNING_CERTIFICATE_NOT_FOR_EMAIL = "SigningCertificateNotForEmail"
 SENDER_NOT_IN_CERTIFICATE = "SenderNotInCertificate"  # warning
 SIGNATURE_FAILED = "SignatureFailed"
 
+# published formats (issue 15): a selected format whose consumers cannot use the account
+FORMAT_CANNOT_AUTHENTICATE = "FormatCannotAuthenticate"  # warning: XOAUTH2 in URL/Django forms
+PASSWORD_NOT_ASCII = "PasswordNotASCII"  # warning: smtplib/Django send AUTH as ASCII only
+
 # publishing / store
 SECRET_CONFLICT = "SecretConflict"
 API_UNAVAILABLE = "ApiUnavailable"

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -37,6 +38,17 @@ def _table_rows(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
+def _yaml_items(text: str) -> list[dict[str, Any]]:
+    """The objects of `get -o yaml` (a List, or one document per object)."""
+    items: list[dict[str, Any]] = []
+    for doc in yaml.safe_load_all(text):
+        if isinstance(doc, dict) and isinstance(doc.get("items"), list):
+            items += doc["items"]
+        elif isinstance(doc, dict):
+            items.append(doc)
+    return items
+
+
 def test_demo_subprocess_shows_oauth_and_graph_ready_quickly(tmp_path: Path) -> None:
     keep = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
@@ -59,6 +71,20 @@ def test_demo_subprocess_shows_oauth_and_graph_ready_quickly(tmp_path: Path) -> 
     assert statuses["gmail-oauth"]["connectivity"] == "SMTP (Connect using STARTTLS)"
     assert statuses["graph-app"]["connectivity"] == "Microsoft Graph"
     assert "XOAUTH2" in statuses["office365-oauth"]["authMechanisms"]
+    # The new client formats are printed (masked), and `get -o yaml` shows an OAuth2 account
+    # that selects django (by default) with the Warning naming that format (issue 15).
+    for key in ("MAILER_DSN", "EMAIL_URL", "nodemailer.json", "truststore.jks",
+                "TRUSTSTORE_PASSWORD"):
+        assert f"  {key}: '********'" in proc.stdout
+    got = subprocess.run([sys.executable, "-m", "reconciler", "get", "-o", "yaml", "--store",
+                          f"local:{keep / 'store'}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert got.returncode == 0, got.stderr
+    shown_status = {item["metadata"]["name"]: item["status"]
+                    for item in _yaml_items(got.stdout)}
+    warning = next(c for c in shown_status["gmail-oauth"]["conditions"] if c["type"] == "Warning")
+    assert warning["status"] == "True" and warning["reason"] == "FormatCannotAuthenticate"
+    assert "django" in warning["message"]
 
     # No generated credential is printed or written into a status.
     shown = proc.stdout + proc.stderr + "".join(

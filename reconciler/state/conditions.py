@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from reconciler import reasons
 from reconciler.model import REQUESTED_AT_ANNOTATION, Account, Diagnostic, Outcome, ProbeResult
+from reconciler.state.render import format_warnings
 from reconciler.state.schedule import next_probe_time, rfc3339
 
 #: Conditions appear in this order; anything else follows, sorted by type.
@@ -226,11 +227,11 @@ def _signing_status(result: ProbeResult) -> dict[str, Any] | None:
     return out
 
 
-def _warnings(result: ProbeResult) -> list[Outcome]:
+def _warnings(account: Account, result: ProbeResult) -> list[Outcome]:
     found = list(result.warnings)
     if result.signing is not None:
         found += list(result.signing.warnings)
-    return found
+    return found + list(format_warnings(account, result))
 
 
 def _apply_result(account: Account, status: Status, result: ProbeResult,
@@ -276,7 +277,7 @@ def _apply_result(account: Account, status: Status, result: ProbeResult,
         conds = remove_condition(conds, "SigningReady")
         status.pop("signing", None)
 
-    warnings = _warnings(result)
+    warnings = _warnings(account, result)
     if warnings:
         conds = set_condition(conds, "Warning", "True", warnings[0].reason,
                               "; ".join(w.message or w.reason for w in warnings), now, gen)
