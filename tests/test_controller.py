@@ -110,7 +110,7 @@ class Cluster:
         obj = self.api.get_object("secrets", NS, name)
         if obj is None:
             return None
-        return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+        return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (obj.get("data") or {}).items()}
 
     def controller(self, **kwargs: Any) -> Controller:
         """A started in-process controller on its own client; stopped at teardown."""

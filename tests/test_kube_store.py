@@ -103,7 +103,7 @@ class Cluster:
     def published(self, name: str) -> dict[str, str]:
         obj = self.api.get_object("secrets", NS, name)
         assert obj is not None, f"Secret {name} missing"
-        return {k: base64.b64decode(v).decode() for k, v in obj["data"].items()}
+        return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in obj["data"].items()}
 
 
 

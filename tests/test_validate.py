@@ -110,7 +110,13 @@ def test_messages_never_echo_credential_values() -> None:
 def test_examples_are_valid_without_errors_or_warnings() -> None:
     result = load_paths([str(ACCOUNTS)])
     assert result.ok, [str(d) for d in result.diagnostics]
-    assert result.diagnostics == []
+    # Issue 15: an OAuth2 example that keeps the default formats selects django and the URL
+    # forms, which cannot carry XOAUTH2; that warning is on purpose (the demo shows it).
+    others = [d for d in result.diagnostics
+              if not (d.severity == "warning" and d.message.startswith("FormatCannotAuthenticate"))]
+    assert others == []
+    assert {Path(d.file).name for d in result.diagnostics} <= {"gmail-oauth.yaml",
+                                                               "office365-oauth.yaml"}
     assert len(result.accounts) >= 15
 
 

@@ -78,7 +78,7 @@ class World:
 
     def published_data(self, name: str) -> dict[str, str]:
         data = self.published(name)["data"]
-        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+        return {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
 
 
 
