@@ -159,6 +159,7 @@ class Account:
     smtp: SmtpSpec | None = None
     graph: GraphSpec | None = None
     region: str | None = None
+    tier: str | None = None  # provider account tier where it changes the host (zoho: free, paid)
     description: str | None = None
     generation: int = 1
     uid: str = ""
@@ -199,7 +200,7 @@ class Diagnostic:
     document: int | None  # None for file-level errors (unreadable, too large)
     pointer: str  # JSON pointer, "" for the document itself
     message: str
-    severity: Literal["error", "warning"] = "error"
+    severity: Literal["error", "warning", "note"] = "error"  # a note informs, never fails
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}:"
@@ -207,7 +208,7 @@ class Diagnostic:
             where += f" document {self.document}:"
         if self.pointer:
             where += f" {self.pointer}:"
-        prefix = "warning: " if self.severity == "warning" else ""
+        prefix = f"{self.severity}: " if self.severity != "error" else ""
         return f"{where} {prefix}{self.message}"
 
 

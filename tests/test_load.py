@@ -174,7 +174,9 @@ def test_show_effective_prints_preset_host_and_port(tmp_path: Path) -> None:
     out = io.StringIO()
     assert run_validate([str(ROOT / "accounts" / "yahoo-marketing.yaml")], show_effective=True,
                         out=out) == 0
-    effective = next(yaml.safe_load_all(out.getvalue().rsplit("\n1 files", 1)[0]))
+    # diagnostics (here the app-password note) come first, then the effective documents
+    effective = next(yaml.safe_load_all(out.getvalue().split("---\n", 1)[1].rsplit("\n1 files",
+                                                                              1)[0]))
     conn = effective["spec"]["smtp"]["connection"]
     assert (conn["host"], conn["port"], conn["security"]) == ("smtp.mail.yahoo.com", 465, "SMTPS")
     assert effective["spec"]["publish"]["secretName"] == "yahoo-marketing-sender"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.manifest.account import account_from_manifest, parse_duration
-from reconciler.manifest.providers import PRESETS, default_security, preset_for
+from reconciler.manifest.providers import PRESETS, PROVIDERS, default_security, preset_for
 
 
 @pytest.mark.parametrize(("provider", "region", "expected"), [
@@ -19,6 +19,10 @@ from reconciler.manifest.providers import PRESETS, default_security, preset_for
     ("mailgun", None, ("smtp.mailgun.org", 587, "STARTTLS")),
     ("amazon-ses", "eu-west-1", ("email-smtp.eu-west-1.amazonaws.com", 587, "STARTTLS")),
     ("amazon-ses", None, None),
+    ("zoho", "eu", ("smtp.zoho.eu", 465, "SMTPS")),
+    ("zoho", "xx", None),
+    ("mailgun", "eu", ("smtp.eu.mailgun.org", 587, "STARTTLS")),
+    ("postmark", None, ("smtp.postmarkapp.com", 587, "STARTTLS")),
     ("custom", None, None),
 ])
 def test_preset_for(provider: str, region: str | None, expected: object) -> None:
@@ -30,7 +34,8 @@ def test_every_schema_provider_is_known() -> None:
 
     enum = load_schema()["$defs"] and load_schema()["properties"]["spec"]["properties"][
         "provider"]["enum"]
-    assert set(enum) == {*PRESETS, "amazon-ses", "custom"}
+    assert set(enum) == {*PRESETS, "amazon-ses", "custom"} == set(PROVIDERS)
+    assert len(enum) == len(PROVIDERS) == 17
 
 
 @pytest.mark.parametrize(("port", "security"), [(465, "SMTPS"), (25, "None"), (587, "STARTTLS"),

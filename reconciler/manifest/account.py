@@ -34,8 +34,9 @@ def _ref(block: Mapping[str, Any], key: str, pointer: str,
                         kind=cast(Any, kind), field=f"{pointer}/{key}")
 
 
-def _connection(provider: str, region: str | None, raw: Mapping[str, Any]) -> model.Connection:
-    preset = providers.preset_for(provider, region)
+def _connection(provider: str, region: str | None, tier: str | None,
+                raw: Mapping[str, Any]) -> model.Connection:
+    preset = providers.preset_for(provider, region, tier)
     host = raw.get("host") or (preset[0] if preset else "")
     port = raw.get("port")
     security = raw.get("security")
@@ -43,7 +44,8 @@ def _connection(provider: str, region: str | None, raw: Mapping[str, Any]) -> mo
         use_preset = preset is not None and security in (None, preset[2])
         port = preset[1] if preset and use_preset else providers.default_port(security)
     if security is None:
-        security = preset[2] if preset and port == preset[1] else providers.default_security(port)
+        security = (providers.preset_security(provider, int(port)) if preset else None) \
+            or providers.default_security(port)
     p = "/spec/smtp/connection/truststore"
     ts = raw.get("truststore") or {}
     truststore = _ref(ts, "secretRef", p) or _ref(ts, "configMapRef", p, "ConfigMap")
@@ -73,11 +75,15 @@ def _oauth2(provider: str, raw: Mapping[str, Any]) -> model.OAuth2:
         authority=str(raw.get("authority", providers.MICROSOFT_AUTHORITY)))
 
 
-def _smtp(provider: str, region: str | None, raw: Mapping[str, Any]) -> model.SmtpSpec:
+def _smtp(provider: str, region: str | None, tier: str | None,
+          raw: Mapping[str, Any]) -> model.SmtpSpec:
     ident = raw["identity"]
+    preset = providers.preset(provider)
+    fixed = preset.username if preset else None
     identity = model.Identity(
         email_address=ident["emailAddress"], display_name=ident.get("displayName"),
-        user_id=ident.get("userId") or ident["emailAddress"], reply_to=ident.get("replyTo"))
+        user_id=ident.get("userId") or fixed or ident["emailAddress"],
+        reply_to=ident.get("replyTo"))
     auth_raw = raw.get("authentication") or {}
     p = "/spec/smtp/authentication"
     auth = model.Authentication(
@@ -93,7 +99,8 @@ def _smtp(provider: str, region: str | None, raw: Mapping[str, Any]) -> model.Sm
                                 keystore_password=_ref(s, "keystorePasswordSecretRef", p),
                                 alias=s.get("alias") or None)
     return model.SmtpSpec(identity=identity,
-                          connection=_connection(provider, region, raw.get("connection") or {}),
+                          connection=_connection(provider, region, tier,
+                                                 raw.get("connection") or {}),
                           authentication=auth, signing=signing, advanced=_map(raw.get("advanced")))
 
 
@@ -133,7 +140,9 @@ def account_from_manifest(doc: Mapping[str, Any], source: model.SourceRef | None
     spec = doc.get("spec") or {}
     name = str(meta["name"])
     provider = str(spec["provider"])
-    region = spec.get("region")
+    preset = providers.preset(provider)
+    region = spec.get("region") or (preset.default_region if preset else None)
+    tier = spec.get("tier") or (preset.default_tier if preset else None)
     send_using = spec.get("sendUsing", "SMTP")
     pub = spec.get("publish") or {}
     publish = model.Publish(
@@ -146,9 +155,9 @@ def account_from_manifest(doc: Mapping[str, Any], source: model.SourceRef | None
     return model.Account(
         namespace=str(meta.get("namespace") or "default"), name=name, provider=provider,
         send_using=send_using, publish=publish, probe=_probe(spec.get("probe") or {}),
-        smtp=_smtp(provider, region, smtp_raw) if smtp_raw else None,
+        smtp=_smtp(provider, region, tier, smtp_raw) if smtp_raw else None,
         graph=_graph(spec["graph"]) if spec.get("graph") else None,
-        region=region, description=spec.get("description"),
+        region=region, tier=tier, description=spec.get("description"),
         generation=int(meta.get("generation") or 1), uid=str(meta.get("uid") or ""),
         labels=_map(meta.get("labels")), annotations=_map(meta.get("annotations")),
         source=source, manifest=doc, warnings=warnings)

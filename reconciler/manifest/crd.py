@@ -8,10 +8,11 @@ with if/then are restated as CEL `x-kubernetes-validations`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from reconciler import model
-from reconciler.manifest import load_schema
+from reconciler.manifest import load_schema, providers
 
 #: Keywords copied as they are (all valid in apiextensions.k8s.io/v1 JSONSchemaProps).
 _KEEP = ("type", "description", "format", "enum", "pattern", "minimum", "maximum",
@@ -72,6 +73,34 @@ _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
                     "clientCertificateSecretRef"},
     ],
 }
+
+
+
+def _provider_rules() -> list[dict[str, str]]:
+    """CEL for the regions and tiers of providers.PRESET_LIST (validate's check_region/tier)."""
+    def quoted(names: Iterable[str]) -> str:
+        return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+    regional = [p for p in providers.PRESET_LIST if p.regions or p.host_template]
+    rules = [{"rule": f"!has(self.region) || self.provider in "
+                      f"{quoted(p.provider for p in regional)}",
+              "message": "spec.region is only used by providers with regions: "
+                         + ", ".join(p.provider for p in regional)}]
+    for p in regional:
+        if p.regions:
+            rules.append({"rule": f"self.provider != '{p.provider}' || !has(self.region) || "
+                                  f"self.region in {quoted(p.regions)}",
+                          "message": f"provider {p.provider} has the regions "
+                                     f"{', '.join(p.regions)}"})
+    tiered = [p for p in providers.PRESET_LIST if p.tiers]
+    rules.append({"rule": f"!has(self.tier) || self.provider in "
+                          f"{quoted(p.provider for p in tiered)}",
+                  "message": "spec.tier is only used by providers with tiers: "
+                             + ", ".join(p.provider for p in tiered)})
+    return rules
+
+
+_RULES[("spec",)] += _provider_rules()
 
 _READY = '.status.conditions[?(@.type=="Ready")]'
 PRINTER_COLUMNS: list[dict[str, Any]] = [

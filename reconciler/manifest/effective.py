@@ -77,7 +77,8 @@ def effective_manifest(account: model.Account) -> dict[str, Any]:
     """The account as an EmailAccount document with every preset and default filled in."""
     p, pr = account.publish, account.probe
     spec: dict[str, Any] = _prune({
-        "provider": account.provider, "region": account.region, "sendUsing": account.send_using,
+        "provider": account.provider, "region": account.region, "tier": account.tier,
+        "sendUsing": account.send_using,
         "description": account.description,
         "smtp": _smtp(account.smtp) if account.smtp else None,
         "graph": _graph(account.graph) if account.graph else None,

@@ -1,26 +1,232 @@
-"""Provider presets: host, port and security for each provider of DESIGN §3."""
+"""Provider presets as data: hosts, ports, regions, tiers, usernames and each provider's rules.
+
+One `Preset` per provider of DESIGN §3. The manifest loader fills host, port, security and a fixed
+username from it when the manifest leaves them out (explicit values win); the semantic checks read
+its rules (accepted authentication methods, TLS floor, app passwords); the README's provider table
+is rendered from it (`python -m reconciler.manifest.providers`, kept equal by a test).
+
+Every entry names the provider documentation its host, port and username rules were checked
+against, and the date of that check. Change a rule only together with its source.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final
 
 from reconciler.model import Security
 
-Preset = tuple[str, int, Security]
+#: The day every entry below was last checked against its source.
+CHECKED: Final = "2026-12-01"
 
-#: provider -> (host, port, security). amazon-ses is regional (see preset_for); custom has none.
-PRESETS: Final[dict[str, Preset]] = {
-    "gmail": ("smtp.gmail.com", 587, "STARTTLS"),
-    "office365": ("smtp.office365.com", 587, "STARTTLS"),
-    "outlook": ("smtp-mail.outlook.com", 587, "STARTTLS"),
-    "yahoo": ("smtp.mail.yahoo.com", 465, "SMTPS"),
-    "icloud": ("smtp.mail.me.com", 587, "STARTTLS"),
-    "zoho": ("smtp.zoho.com", 465, "SMTPS"),
-    "sendgrid": ("smtp.sendgrid.net", 587, "STARTTLS"),
-    "mailgun": ("smtp.mailgun.org", 587, "STARTTLS"),
-}
+#: AWS region names (eu-west-1, us-gov-west-1, ap-southeast-3).
+AWS_REGION: Final = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
 
-PROVIDERS: Final[tuple[str, ...]] = (*PRESETS, "amazon-ses", "custom")
+
+def _frozen(d: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One provider: where its SMTP submission service listens and what it accepts."""
+
+    provider: str
+    title: str
+    #: region -> host; the key "" holds the host of a provider without regions. amazon-ses has
+    #: a host template instead (any AWS region).
+    hosts: Mapping[str, str]
+    port: int
+    security: Security
+    #: other documented submission ports, as (port, security)
+    other_ports: tuple[tuple[int, Security], ...] = ()
+    default_region: str | None = None
+    host_template: str | None = None  # "{region}" is replaced; for providers with open regions
+    #: tier -> host prefix (zoho: free accounts "smtp.", paid custom-domain accounts "smtppro.")
+    tiers: Mapping[str, str] = field(default_factory=_frozen)
+    default_tier: str | None = None
+    username: str | None = None  # the username the provider fixes (sendgrid: "apikey")
+    username_rule: str = "the mailbox address"  # what the username is, in words
+    auth_methods: tuple[str, ...] = ("Password",)  # spec.smtp.authentication.method values
+    min_tls: str | None = None  # the lowest TLS version the provider accepts, when documented
+    app_password: bool = False  # Password means an app(-specific) password, never the login one
+    notes: str = ""
+    source: str = ""
+    checked: str = CHECKED
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The region names the provider accepts (empty for one host, or open AWS regions)."""
+        return tuple(r for r in self.hosts if r)
+
+    def host(self, region: str | None = None, tier: str | None = None) -> str | None:
+        """The host for a region and tier; None when the region or tier is unknown here."""
+        if self.host_template is not None:
+            return self.host_template.format(region=region) if region else None
+        key = region if self.regions else ""
+        if key is None:
+            key = self.default_region or ""
+        host = self.hosts.get(key)
+        if host is None:
+            return None
+        if self.tiers:
+            prefix = self.tiers.get(tier or self.default_tier or "")
+            if prefix is None:
+                return None
+            default_prefix = self.tiers[self.default_tier or ""]
+            host = prefix + host.removeprefix(default_prefix)
+        return host
+
+
+_ZOHO_HOSTS = {"us": "smtp.zoho.com", "eu": "smtp.zoho.eu", "in": "smtp.zoho.in",
+               "au": "smtp.zoho.com.au", "jp": "smtp.zoho.jp", "cn": "smtp.zoho.com.cn",
+               "sa": "smtp.zoho.sa"}
+
+#: Every provider but custom, in the order of the schema's enum.
+PRESET_LIST: Final[tuple[Preset, ...]] = (
+    Preset(
+        "gmail", "Gmail / Google Workspace", _frozen({"": "smtp.gmail.com"}), 587, "STARTTLS",
+        other_ports=((465, "SMTPS"),), username_rule="the full Gmail or Workspace address",
+        auth_methods=("Password", "OAuth2"), app_password=True,
+        notes="Password means an app password (2-Step Verification on). OAuth2 JWTBearer works "
+              "only for Google Workspace with domain-wide delegation.",
+        source="support.google.com/a/answer/176600 (Gmail SMTP settings); "
+               "support.google.com/accounts/answer/185833 (app passwords)"),
+    Preset(
+        "office365", "Microsoft 365 / Exchange Online", _frozen({"": "smtp.office365.com"}), 587,
+        "STARTTLS", username_rule="the mailbox's user principal name",
+        auth_methods=("OAuth2", "Password"), min_tls="1.2",
+        notes="OAuth2 ClientCredentials or sendUsing: MicrosoftGraph; Basic SMTP AUTH (Password) "
+              "follows Microsoft's retirement schedule (BasicAuthDeprecated). TLS 1.0/1.1 are "
+              "refused (421 4.7.66).",
+        source="learn.microsoft.com/exchange/mail-flow-best-practices/how-to-set-up-a-"
+               "multifunction-device-or-application-to-send-email-using-microsoft-365-or-office-"
+               "365; techcommunity.microsoft.com Exchange Team blog 2026-01-27 (SMTP AUTH Basic "
+               "Authentication deprecation timeline); learn.microsoft.com opt-in-exchange-online-"
+               "endpoint-for-legacy-tls-using-smtp-auth"),
+    Preset(
+        "outlook", "Outlook.com (consumer)", _frozen({"": "smtp-mail.outlook.com"}), 587,
+        "STARTTLS", username_rule="the Outlook.com address", auth_methods=(),
+        notes="Consumer Outlook.com takes no passwords since 2024-09-16 (Modern Authentication "
+              "only) and has no client credentials: use a Microsoft 365 mailbox (provider: "
+              "office365) or another provider.",
+        source="support.microsoft.com Outlook.com 'Modern authentication methods now needed to "
+               "continue syncing Outlook Email in non-Microsoft email apps' (2024-09-16)"),
+    Preset(
+        "yahoo", "Yahoo Mail", _frozen({"": "smtp.mail.yahoo.com"}), 465, "SMTPS",
+        other_ports=((587, "STARTTLS"),), username_rule="the full Yahoo address",
+        app_password=True, notes="Password means an app password generated under Account "
+                                 "Security; the login password is refused.",
+        source="help.yahoo.com/kb/SLN4075 (IMAP server settings for Yahoo Mail); "
+               "help.yahoo.com/kb/SLN15241 (app passwords)"),
+    Preset(
+        "icloud", "iCloud Mail", _frozen({"": "smtp.mail.me.com"}), 587, "STARTTLS",
+        username_rule="the full iCloud address (name@icloud.com)", app_password=True,
+        notes="Password means an app-specific password (two-factor authentication on); the "
+              "username is the full address.",
+        source="support.apple.com/102525 (iCloud Mail server settings)"),
+    Preset(
+        "zoho", "Zoho Mail", _frozen(_ZOHO_HOSTS), 465, "SMTPS", other_ports=((587, "STARTTLS"),),
+        default_region="us", tiers=_frozen({"free": "smtp.", "paid": "smtppro."}),
+        default_tier="free", username_rule="the full Zoho address",
+        notes="spec.region picks the data centre (us, eu, in, au, jp, cn, sa); spec.tier: paid "
+              "for paid organization (custom-domain) accounts uses smtppro.; an app-specific "
+              "password when two-factor authentication is on.",
+        source="zoho.com/mail/help/zoho-smtp.html (SMTP server configuration)"),
+    Preset(
+        "sendgrid", "Twilio SendGrid", _frozen({"": "smtp.sendgrid.net"}), 587, "STARTTLS",
+        other_ports=((25, "STARTTLS"), (2525, "STARTTLS"), (465, "SMTPS")), username="apikey",
+        username_rule="the literal string apikey",
+        notes="The password is an API key with Mail Send permission.",
+        source="twilio.com/docs/sendgrid/for-developers/sending-email/integrating-with-the-smtp-"
+               "api"),
+    Preset(
+        "mailgun", "Mailgun", _frozen({"us": "smtp.mailgun.org", "eu": "smtp.eu.mailgun.org"}),
+        587, "STARTTLS", other_ports=((25, "STARTTLS"), (2525, "STARTTLS"), (465, "SMTPS")),
+        default_region="us", username_rule="the domain's SMTP login (postmaster@your-domain)",
+        notes="spec.region: eu for domains created in the EU region; SMTP credentials are per "
+              "sending domain.",
+        source="documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/send-smtp; "
+               "documentation.mailgun.com/docs/mailgun/api-reference (US and EU regions)"),
+    Preset(
+        "amazon-ses", "Amazon SES", _frozen(), 587, "STARTTLS",
+        other_ports=((2587, "STARTTLS"), (25, "STARTTLS"), (465, "SMTPS"), (2465, "SMTPS")),
+        host_template="email-smtp.{region}.amazonaws.com",
+        username_rule="the SMTP user name (an IAM access key id)",
+        auth_methods=("Password", "AWSAccessKey"), min_tls="1.2",
+        notes="spec.region (an AWS region) is required: SMTP credentials are per region. "
+              "AWSAccessKey derives the SMTP password from an IAM access key for that region.",
+        source="docs.aws.amazon.com/ses/latest/dg/smtp-connect.html; "
+               "docs.aws.amazon.com/ses/latest/dg/smtp-credentials.html; "
+               "docs.aws.amazon.com/ses/latest/dg/security-protocols.html (TLS 1.2 and 1.3)"),
+    Preset(
+        "postmark", "Postmark", _frozen({"": "smtp.postmarkapp.com"}), 587, "STARTTLS",
+        other_ports=((25, "STARTTLS"), (2525, "STARTTLS")),
+        username_rule="the Server API token (the same value as the password), or an SMTP "
+                      "token's access key",
+        notes="No implicit-TLS port. Set userId to an SMTP token's access key, or put the "
+              "Server API token as both username and password; broadcasts use "
+              "smtp-broadcasts.postmarkapp.com (set host).",
+        source="postmarkapp.com/support/article/811-what-are-the-smtp-details-api-tokens-i-"
+               "should-be-using"),
+    Preset(
+        "brevo", "Brevo (Sendinblue)", _frozen({"": "smtp-relay.brevo.com"}), 587, "STARTTLS",
+        other_ports=((2525, "STARTTLS"), (465, "SMTPS")),
+        username_rule="the SMTP login shown under SMTP & API",
+        notes="The password is an SMTP key, not the API key and not the account password.",
+        source="developers.brevo.com/docs/smtp-integration"),
+    Preset(
+        "sparkpost", "SparkPost",
+        _frozen({"us": "smtp.sparkpostmail.com", "eu": "smtp.eu.sparkpostmail.com"}), 587,
+        "STARTTLS", other_ports=((2525, "STARTTLS"),), default_region="us",
+        username="SMTP_Injection", username_rule="the literal string SMTP_Injection",
+        notes="spec.region: eu for SparkPost EU accounts; the password is an API key with "
+              "'Send via SMTP' permission.",
+        source="developers.sparkpost.com/api/smtp/"),
+    Preset(
+        "resend", "Resend", _frozen({"": "smtp.resend.com"}), 465, "SMTPS",
+        other_ports=((2465, "SMTPS"), (587, "STARTTLS"), (2587, "STARTTLS"), (25, "STARTTLS")),
+        username="resend", username_rule="the literal string resend",
+        notes="The password is a Resend API key.",
+        source="resend.com/docs/send-with-smtp"),
+    Preset(
+        "scaleway", "Scaleway Transactional Email", _frozen({"": "smtp.tem.scaleway.com"}), 587,
+        "STARTTLS", other_ports=((2587, "STARTTLS"), (465, "SMTPS"), (2465, "SMTPS")),
+        username_rule="the Scaleway Project ID",
+        notes="TLS is mandatory; the password is the secret key of an IAM API key with "
+              "Transactional Email permissions.",
+        source="scaleway.com/en/docs/transactional-email/reference-content/smtp-configuration; "
+               "scaleway.com/en/docs/transactional-email/how-to/generate-api-keys-for-tem-with-"
+               "iam"),
+    Preset(
+        "fastmail", "Fastmail", _frozen({"": "smtp.fastmail.com"}), 465, "SMTPS",
+        username_rule="the full Fastmail address", app_password=True,
+        notes="Every SMTP connection needs its own app password; the login password is refused.",
+        source="fastmail.com/help/technical/servernamesandports.html"),
+    Preset(
+        "mailjet", "Mailjet", _frozen({"": "in-v3.mailjet.com"}), 587, "STARTTLS",
+        other_ports=((25, "STARTTLS"), (465, "SMTPS")),
+        username_rule="the API key (the password is its secret key)",
+        notes="The username is the API key, the password the secret key of the same pair.",
+        source="mailjet.com/support/what-are-the-api-key-and-secret-keys-how-should-i-use-"
+               "them,109.htm"),
+)
+
+PRESET_BY_NAME: Final[Mapping[str, Preset]] = MappingProxyType(
+    {p.provider: p for p in PRESET_LIST})
+
+Triple = tuple[str, int, Security]
+
+#: provider -> (host, port, security) in its default region and tier (amazon-ses has no default).
+PRESETS: Final[Mapping[str, Triple]] = MappingProxyType({
+    p.provider: (h, p.port, p.security)
+    for p in PRESET_LIST if (h := p.host()) is not None})
+
+PROVIDERS: Final[tuple[str, ...]] = (*PRESET_BY_NAME, "custom")
 
 GOOGLE_TOKEN_URL: Final = "https://oauth2.googleapis.com/token"
 GOOGLE_SMTP_SCOPE: Final = "https://mail.google.com/"
@@ -29,11 +235,20 @@ MICROSOFT_SMTP_SCOPE: Final = "https://outlook.office365.com/.default"
 GRAPH_ENDPOINT: Final = "https://graph.microsoft.com"
 
 
-def preset_for(provider: str, region: str | None = None) -> Preset | None:
-    """(host, port, security) of a provider; None for custom or amazon-ses without a region."""
-    if provider == "amazon-ses":
-        return (f"email-smtp.{region}.amazonaws.com", 587, "STARTTLS") if region else None
-    return PRESETS.get(provider)
+def preset(provider: str) -> Preset | None:
+    """The preset of a provider; None for custom."""
+    return PRESET_BY_NAME.get(provider)
+
+
+def preset_for(provider: str, region: str | None = None, tier: str | None = None
+               ) -> Triple | None:
+    """(host, port, security) of a provider in a region and tier; None when there is none
+    (custom, amazon-ses without a region, an unknown region or tier)."""
+    p = PRESET_BY_NAME.get(provider)
+    if p is None:
+        return None
+    host = p.host(region, tier)
+    return (host, p.port, p.security) if host else None
 
 
 def default_security(port: int) -> Security:
@@ -45,6 +260,121 @@ def default_security(port: int) -> Security:
     return "STARTTLS"
 
 
+def preset_security(provider: str, port: int) -> Security | None:
+    """The security a provider documents for one of its ports; None for an undocumented port."""
+    p = PRESET_BY_NAME.get(provider)
+    if p is None:
+        return None
+    return dict(((p.port, p.security), *p.other_ports)).get(port)
+
+
 def default_port(security: Security | None) -> int:
     """Port implied by a security mode when the manifest names none."""
     return {"SMTPS": 465, "None": 25}.get(security or "STARTTLS", 587)
+
+
+# --------------------------------------------------------------------------- dated deprecations
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """One step of a provider's published schedule, worded for before and after its date."""
+
+    date: dt.date
+    ahead: str  # while today is before `date`
+    passed: str  # from `date` on
+
+
+#: Microsoft's schedule for Basic authentication with SMTP AUTH in Exchange Online, as the Exchange
+#: Team announced it on 2026-01-27 ("Updated Exchange Online SMTP AUTH Basic Authentication
+#: Deprecation Timeline", techcommunity.microsoft.com; checked 2026-12-01). A date change is one line.
+BASIC_AUTH_SCHEDULE: Final[tuple[Milestone, ...]] = (
+    Milestone(dt.date(2026, 12, 31),
+              "unchanged until the end of December 2026, then disabled by default for existing "
+              "tenants on 2026-12-31 (an admin can re-enable it)",
+              "disabled by default for existing tenants since 2026-12-31 (works only where an "
+              "admin re-enabled it)"),
+    Milestone(dt.date(2026, 12, 31),
+              "unavailable for tenants created after December 2026",
+              "unavailable for tenants created after December 2026"),
+    Milestone(dt.date(2027, 7, 1),
+              "Microsoft announces the final removal date in the second half of 2027",
+              "the final removal date is announced from the second half of 2027: check "
+              "Microsoft's Exchange Team blog"),
+)
+
+BASIC_AUTH_FIX: Final = ("set spec.smtp.authentication.method: OAuth2 with oauth2.grantType: "
+                         "ClientCredentials, or sendUsing: MicrosoftGraph")
+
+
+def basic_auth_schedule(now: dt.datetime) -> str:
+    """Microsoft's Basic SMTP AUTH schedule worded for the day `now` falls on (UTC)."""
+    today = now.astimezone(dt.UTC).date() if now.tzinfo else now.date()
+    return "; ".join(m.passed if today >= m.date else m.ahead for m in BASIC_AUTH_SCHEDULE)
+
+
+def basic_auth_message(host: str, now: dt.datetime) -> str:
+    """The BasicAuthDeprecated message for a password account on Exchange Online."""
+    return (f"basic authentication (password) for SMTP AUTH to {host} is being retired by "
+            f"Microsoft: {basic_auth_schedule(now)} (Exchange Team, 2026-01-27): "
+            f"{BASIC_AUTH_FIX}")
+
+
+# --------------------------------------------------------------------------- README table
+
+TABLE_BEGIN: Final = "<!-- providers table: generated by `python -m reconciler.manifest.providers`"
+TABLE_END: Final = "<!-- end of providers table -->"
+
+
+def _hosts_cell(p: Preset) -> str:
+    if p.host_template is not None:
+        return f"`{p.host_template}` (spec.region required)"
+    parts = []
+    for region, host in p.hosts.items():
+        label = f"{region}{' (default)' if region == p.default_region else ''}: " if region else ""
+        parts.append(f"{label}`{host}`")
+    text = "<br>".join(parts)
+    if p.tiers:
+        tiers = ", ".join(f"{t}{' (default)' if t == p.default_tier else ''} → `{pre}…`"
+                          for t, pre in p.tiers.items())
+        text += f"<br>spec.tier: {tiers}"
+    return text
+
+
+def _ports_cell(p: Preset) -> str:
+    others = ", ".join(f"{port} {sec}" for port, sec in p.other_ports)
+    return f"**{p.port} {p.security}**" + (f"; also {others}" if others else "")
+
+
+def render_table() -> str:
+    """The README's provider table (Markdown), from PRESET_LIST."""
+    lines = [f"{TABLE_BEGIN} -->",
+             "| provider | host | port | username | authentication | TLS floor | notes | "
+             "checked against |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in PRESET_LIST:
+        user = f"`{p.username}` (fixed)" if p.username else p.username_rule
+        methods = ", ".join(p.auth_methods) or "none we support"
+        if p.app_password:
+            methods += " (app password)"
+        cells = [f"`{p.provider}`", _hosts_cell(p), _ports_cell(p), user, methods,
+                 p.min_tls or "–", p.notes, f"{p.source} ({p.checked})"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines.append("| `custom` | spec.smtp.connection.host (required) | 587 STARTTLS, 465 SMTPS, "
+                 "25 None (from the port) | userId, else emailAddress | Password, OAuth2, None | "
+                 "– | | |")
+    lines.append(TABLE_END)
+    return "\n".join(lines) + "\n"
+
+
+def replace_table(readme: str) -> str:
+    """The README text with its provider table replaced by a freshly rendered one."""
+    start = readme.index(TABLE_BEGIN)
+    end = readme.index(TABLE_END) + len(TABLE_END) + 1
+    return readme[:start] + render_table() + readme[end:]
+
+
+if __name__ == "__main__":  # pragma: no cover - the regeneration command
+    import sys
+
+    sys.stdout.write(render_table())

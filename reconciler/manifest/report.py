@@ -40,6 +40,7 @@ def _run_validate(paths: Sequence[str], output: str, show_effective: bool, out: 
         return EXIT_USAGE
     errors = [d for d in result.diagnostics if d.severity == "error"]
     warnings = [d for d in result.diagnostics if d.severity == "warning"]
+    notes = [d for d in result.diagnostics if d.severity == "note"]
     if output == "json":
         accounts = []
         for a in result.accounts:
@@ -52,7 +53,8 @@ def _run_validate(paths: Sequence[str], output: str, show_effective: bool, out: 
             accounts.append(entry)
         json.dump({"valid": result.ok, "files": result.files, "accounts": accounts,
                    "errors": [_diag_json(d) for d in errors],
-                   "warnings": [_diag_json(d) for d in warnings]}, out, indent=2)
+                   "warnings": [_diag_json(d) for d in warnings],
+                   "notes": [_diag_json(d) for d in notes]}, out, indent=2)
         out.write("\n")
     else:
         for d in result.diagnostics:
@@ -61,6 +63,7 @@ def _run_validate(paths: Sequence[str], output: str, show_effective: bool, out: 
             for a in result.accounts:
                 out.write("---\n")
                 out.write(yaml.safe_dump(effective_manifest(a), sort_keys=False))
+        noted = f", {len(notes)} notes" if notes else ""
         out.write(f"{result.files} files, {len(result.accounts)} accounts, {len(errors)} errors, "
-                  f"{len(warnings)} warnings\n")
+                  f"{len(warnings)} warnings{noted}\n")
     return EXIT_OK if result.ok else EXIT_FAIL

@@ -5,12 +5,14 @@ Each check returns (pointer, message, severity) findings; pointers name the fiel
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from reconciler import model
+from reconciler.manifest import providers
 
-Finding = tuple[str, str, Literal["error", "warning"]]
+Finding = tuple[str, str, Literal["error", "warning", "note"]]
 _CONN = "/spec/smtp/connection"
 _AUTH = "/spec/smtp/authentication"
 
@@ -66,15 +68,122 @@ def check_insecure_auth(a: model.Account, doc: Mapping[str, Any]) -> list[Findin
     return []
 
 
-def check_basic_auth_deprecated(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+def check_basic_auth_deprecated(a: model.Account, doc: Mapping[str, Any],
+                                now: dt.datetime | None = None) -> list[Finding]:
     if a.provider == "office365" and a.smtp and a.smtp.authentication.method == "Password":
-        return [(f"{_AUTH}/method", "BasicAuthDeprecated: Microsoft rejects basic-auth SMTP for "
-                 "Office 365; use method: OAuth2 (ClientCredentials) or sendUsing: MicrosoftGraph",
-                 "warning")]
+        when = now or dt.datetime.now(dt.UTC)
+        return [(f"{_AUTH}/method", "BasicAuthDeprecated: " + providers.basic_auth_message(
+            a.smtp.connection.host, when), "warning")]
     return []
 
 
+def _spec(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec = doc.get("spec")
+    return spec if isinstance(spec, Mapping) else {}
+
+
+def check_region(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+    """spec.region must be one the provider has; a provider without regions takes none."""
+    written = _spec(doc).get("region")
+    p = providers.preset(a.provider)
+    if written is None:
+        return []
+    if p is None or (not p.regions and p.host_template is None):
+        return [("/spec/region", f"provider {a.provider} has no regions: remove spec.region",
+                 "error")]
+    if p.host_template is not None:
+        if not providers.AWS_REGION.match(str(written)):
+            return [("/spec/region", f"provider {a.provider} needs an AWS region name such as "
+                                     "eu-west-1 or us-east-1", "error")]
+        return []
+    if written not in p.regions:
+        return [("/spec/region", f"provider {a.provider} has the regions "
+                                 f"{', '.join(p.regions)}: set one of them (default "
+                                 f"{p.default_region})", "error")]
+    return []
+
+
+def check_tier(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+    written = _spec(doc).get("tier")
+    p = providers.preset(a.provider)
+    if written is None:
+        return []
+    if p is None or not p.tiers:
+        return [("/spec/tier", f"provider {a.provider} has no tiers that change the host: "
+                               "remove spec.tier", "error")]
+    if written not in p.tiers:
+        return [("/spec/tier", f"provider {a.provider} has the tiers {', '.join(p.tiers)}",
+                 "error")]
+    return []
+
+
+def check_provider_auth(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+    """The provider's rules about authentication methods and app passwords."""
+    p = providers.preset(a.provider)
+    if p is None or a.smtp is None or a.send_using != "SMTP":
+        return []
+    auth = a.smtp.authentication
+    if auth.method == "None":
+        return []
+    if a.provider == "outlook" and auth.method == "Password":
+        return [(f"{_AUTH}/method",
+                 "provider outlook (consumer Outlook.com) no longer accepts passwords for SMTP "
+                 "(Microsoft requires Modern Authentication since 2024-09-16) and consumer "
+                 "accounts have no client credentials: send from a Microsoft 365 mailbox "
+                 "(provider: office365 with method: OAuth2, oauth2.grantType: "
+                 "ClientCredentials, or sendUsing: MicrosoftGraph) or use another provider",
+                 "error")]
+    if auth.method not in p.auth_methods and auth.method != "OAuth2":
+        accepted = ", ".join(p.auth_methods) or "no method this reconciler supports"
+        return [(f"{_AUTH}/method", f"provider {a.provider} does not accept method "
+                                    f"{auth.method}; it accepts {accepted}", "error")]
+    if p.app_password and auth.method == "Password" and auth.password is not None:
+        where = _first(doc, f"{_AUTH}/passwordSecretRef", f"{_AUTH}/method")
+        extra = (" (or use method: OAuth2 with a Google Workspace service account and "
+                 "domain-wide delegation)" if a.provider == "gmail" else "")
+        return [(where, f"provider {a.provider} requires an app password, not the "
+                        f"account's login password: put an app-specific password in Secret "
+                        f"{auth.password.name} key {auth.password.key!r}{extra}", "note")]
+    return []
+
+
+def check_fixed_username(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+    """A userId that contradicts the username the provider fixes."""
+    p = providers.preset(a.provider)
+    if p is None or p.username is None or a.smtp is None:
+        return []
+    if a.smtp.authentication.method != "Password":
+        return []
+    ident = (_spec(doc).get("smtp") or {}).get("identity") or {}
+    written = ident.get("userId") if isinstance(ident, Mapping) else None
+    if written is None or written == p.username:
+        return []
+    return [("/spec/smtp/identity/userId",
+             f"provider {a.provider} fixes the SMTP username to {p.username!r}: remove userId "
+             f"(the preset fills it in) or set it to {p.username!r}", "warning")]
+
+
+def _below(version: str, floor: str) -> bool:
+    return tuple(map(int, version.split("."))) < tuple(map(int, floor.split(".")))
+
+
+def check_tls_floor(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+    """minTLSVersion below the lowest version the provider accepts."""
+    p = providers.preset(a.provider)
+    if p is None or p.min_tls is None or a.smtp is None:
+        return []
+    version = a.smtp.connection.min_tls_version
+    if not _below(version, p.min_tls):
+        return []
+    refusal = " (it answers 421 4.7.66)" if a.provider == "office365" else ""
+    return [(f"{_CONN}/minTLSVersion",
+             f"provider {a.provider} refuses TLS below {p.min_tls}{refusal}: set minTLSVersion "
+             f"\"{p.min_tls}\" or higher, or remove it (default \"1.2\")", "error")]
+
+
 def check_min_tls(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+    if check_tls_floor(a, doc):
+        return []  # the provider's floor already makes it an error
     if a.smtp and a.smtp.connection.min_tls_version in ("1.0", "1.1"):
         return [(f"{_CONN}/minTLSVersion", f"TLS {a.smtp.connection.min_tls_version} is "
                  "deprecated and insecure; use minTLSVersion \"1.2\" or higher", "warning")]
@@ -114,11 +223,19 @@ def check_oauth_formats(a: model.Account, doc: Mapping[str, Any]) -> list[Findin
 
 
 CHECKS: tuple[Callable[[model.Account, Mapping[str, Any]], list[Finding]], ...] = (
-    check_port_security, check_port25_password, check_insecure_auth,
+    check_region, check_tier, check_port_security, check_port25_password, check_insecure_auth,
+    check_provider_auth, check_fixed_username, check_tls_floor,
     check_basic_auth_deprecated, check_min_tls, check_oauth2_provider, check_oauth_formats,
 )
 
 
-def check_account(account: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
-    """Every finding of every semantic check, in check order."""
-    return [f for check in CHECKS for f in check(account, doc)]
+def check_account(account: model.Account, doc: Mapping[str, Any],
+                  now: dt.datetime | None = None) -> list[Finding]:
+    """Every finding of every semantic check, in check order; `now` words dated rules."""
+    out = []
+    for check in CHECKS:
+        if check is check_basic_auth_deprecated:
+            out += check_basic_auth_deprecated(account, doc, now)
+        else:
+            out += check(account, doc)
+    return out

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # imported when a document needs its messages: 40 ms of start
     import jsonschema
 
 Locate = Callable[[str], tuple[int, int]]
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "warning", "note"]
 
 _EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _REQUIRED = re.compile(r"^'(.+)' is a required property$")
