@@ -43,6 +43,12 @@ MAILBOX_NOT_FOUND = "MailboxNotFound"
 INSUFFICIENT_PERMISSIONS = "InsufficientPermissions"
 GRAPH_UNAVAILABLE = "GraphUnavailable"
 
+# probe bounds, politeness and the envelope check (issues 12 and 14)
+PROTOCOL_VIOLATION = "ProtocolViolation"  # oversized reply or body, 503 bad sequence, not SMTP
+SERVER_BUSY = "ServerBusy"  # 421 greeting or reply, still after retries within the deadline
+SENDER_REJECTED = "SenderRejected"  # MAIL FROM:<emailAddress> refused (e.g. 553 5.7.1)
+TLS_REQUIRED = "TLSRequired"  # 530 5.7.0 Must issue a STARTTLS command first (plain session)
+
 # signing
 KEYSTORE_NOT_FOUND = "KeystoreNotFound"
 KEYSTORE_PASSWORD_WRONG = "KeystorePasswordWrong"

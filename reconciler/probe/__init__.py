@@ -71,8 +71,12 @@ async def _probe_graph(account: Account, secrets: SecretReader, *, now: dt.datet
                                "Microsoft Graph probing is not available in this build: "
                                "use sendUsing SMTP or upgrade the reconciler"),
             connectivity="Microsoft Graph", protocol="MicrosoftGraph")
+    from reconciler.probe.limits import Deadline, deadline_scope
+
+    timeout = account.graph.timeout_seconds if account.graph is not None else 30.0
     try:
-        result: ProbeResult = await probe_graph(account, secrets, now=now, tokens=tokens)
+        with deadline_scope(Deadline.start(timeout)):
+            result: ProbeResult = await probe_graph(account, secrets, now=now, tokens=tokens)
     except SecretNotFound as exc:
         from reconciler.probe.smtp import secret_not_found
 

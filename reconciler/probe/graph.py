@@ -1,13 +1,13 @@
 """Microsoft Graph probe: acquire the token, look up the mailbox, check the Mail.Send permission.
 
-``GET {endpoint}/v1.0/users/{userPrincipalName}`` goes over http.client on a verifying TLS socket
-so that the negotiated version, cipher and server certificate are recorded like SMTP's. No message
-is sent.
+``GET {endpoint}/v1.0/users/{userPrincipalName}`` goes over the bounded HTTPS client
+(reconciler.probe.httpclient: timeoutSeconds per request, the probe's deadline, 1 MiB) on a
+verifying TLS socket, so that the negotiated version, cipher and server certificate are recorded
+like SMTP's. No message is sent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import ssl
@@ -28,6 +28,8 @@ from reconciler.model import (
     ProbeResult,
     SecretReader,
 )
+from reconciler.probe.httpclient import Cutoff, ResponseTooLarge, fetch, run_bounded
+from reconciler.probe.limits import current_deadline
 from reconciler.probe.oauth import GraphToken, TokenCache, https_context
 from reconciler.secretrefs import secret_versions
 
@@ -83,7 +85,14 @@ async def probe_graph(account: Account, secrets: SecretReader, *, now: datetime,
                            credentials=credentials)
 
     started = time.monotonic()
-    answer = await asyncio.to_thread(_get_user, g, token.access_token)
+    deadline = current_deadline(g.timeout_seconds)
+    try:
+        answer = await run_bounded(lambda cutoff: _get_user(cutoff, g, token.access_token),
+                                   end=deadline.end)
+    except TimeoutError:
+        answer = _unavailable(g, f"no complete answer within {g.timeout_seconds:g}s or the "
+                                 f"probe's deadline; raise graph.timeoutSeconds or check the "
+                                 f"network path")
     timings["mailbox"] = round(time.monotonic() - started, 6)
     connection = answer if isinstance(answer, Outcome) else _mailbox_outcome(g, answer)
     tls = answer if isinstance(answer, _Answer) else _Answer(status=0)
@@ -102,44 +111,36 @@ async def probe_graph(account: Account, secrets: SecretReader, *, now: datetime,
     )
 
 
-def _get_user(g: GraphSpec, access_token: str) -> _Answer | Outcome:
-    """GET the user over HTTPS (blocking; run in a thread)."""
+def _get_user(cutoff: Cutoff, g: GraphSpec, access_token: str) -> _Answer | Outcome:
+    """GET the user over HTTPS (blocking; run in a thread by run_bounded)."""
     base = urllib.parse.urlsplit(g.endpoint)
     if base.scheme != "https" or not base.hostname:
         return Outcome(False, reasons.INVALID_SPEC,
                        f"graph.endpoint {g.endpoint!r} must be an https:// URL")
     path = (f"{base.path.rstrip('/')}/v1.0/users/"
             f"{urllib.parse.quote(g.user_principal_name, safe='@')}")
-    conn = http.client.HTTPSConnection(base.hostname, base.port or 443,
-                                       timeout=g.timeout_seconds, context=https_context())
+    url = urllib.parse.urlunsplit(("https", base.netloc, path, "", ""))
     try:
-        conn.request("GET", path, headers={"Authorization": f"Bearer {access_token}",
-                                           "Accept": "application/json"})
-        sock = conn.sock
-        tls_version = cipher = None
-        peer: dict[str, Any] | None = None
-        if isinstance(sock, ssl.SSLSocket):
-            tls_version = sock.version()
-            cipher = (sock.cipher() or (None,))[0]
-            peer = sock.getpeercert() or None
-        resp = conn.getresponse()
-        body = resp.read()
+        resp = fetch(cutoff, "GET", url, timeout=g.timeout_seconds, context=https_context(),
+                     headers={"Authorization": f"Bearer {access_token}",
+                              "Accept": "application/json"})
     except ssl.SSLCertVerificationError as exc:
         return _unavailable(g, f"the certificate of {base.hostname} is not trusted "
                                f"({exc.verify_message}); set REQUESTS_CA_BUNDLE or SSL_CERT_FILE "
                                f"to a CA bundle that trusts it")
     except TimeoutError:
-        return _unavailable(g, f"no answer from {base.hostname} within "
+        return _unavailable(g, f"no complete answer from {base.hostname} within "
                                f"{g.timeout_seconds:g}s; raise graph.timeoutSeconds or check "
                                f"the network path")
-    except (OSError, http.client.HTTPException) as exc:
+    except ResponseTooLarge as exc:
+        return Outcome(False, reasons.PROTOCOL_VIOLATION,
+                       f"{g.endpoint}: {exc}; the connection was dropped: check graph.endpoint")
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         return _unavailable(g, f"cannot reach {base.hostname}: {type(exc).__name__}: {exc}; "
                                f"check graph.endpoint and the network path")
-    finally:
-        conn.close()
-    code, message = _graph_error(body)
+    code, message = _graph_error(resp.body)
     return _Answer(status=resp.status, error_code=code, error_message=message,
-                   tls_version=tls_version, cipher=cipher, peer_cert=peer)
+                   tls_version=resp.tls_version, cipher=resp.cipher, peer_cert=resp.peer_cert)
 
 
 def _mailbox_outcome(g: GraphSpec, a: _Answer) -> Outcome:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import http.client
 import json
 import os
 import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,14 @@ from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.log import get_logger, redact_text, register_secret
 from reconciler.model import Account, GraphSpec, KeyRef, OAuth2, Outcome, SecretReader
+from reconciler.probe.httpclient import (
+    Cutoff,
+    MsalHttpClient,
+    ResponseTooLarge,
+    fetch,
+    run_bounded,
+)
+from reconciler.probe.limits import Deadline, current_deadline
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GOOGLE_SCOPE = "https://mail.google.com/"
@@ -147,20 +154,21 @@ class TokenCache:
 
     # ------------------------------------------------------------------ sharing one request
 
-    async def _once(self, key: Hashable,
-                    fetch: Callable[[], Awaitable[_Token | Outcome]]) -> _Token | Outcome:
-        """Run fetch once per key; concurrent callers await the same task."""
+    async def _once(self, key: Hashable, fetch: Callable[[], Awaitable[_Token | Outcome]],
+                    deadline: Deadline, url: str) -> _Token | Outcome:
+        """Run fetch once per key; concurrent callers await the same task, each until its own
+        deadline (the task itself is bounded by the deadline of the probe that started it)."""
         if key in self._done:
             return self._done[key]
         task = self._pending.get(key)
         if task is None:
             task = asyncio.ensure_future(self._count(fetch))
             self._pending[key] = task
-        try:
-            result = await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._pending.pop(key, None)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline.remaining()))
+        if not done:
+            return _timed_out(url, deadline.timeout)
+        self._pending.pop(key, None)
+        result = task.result()
         self._done[key] = result
         return result
 
@@ -188,8 +196,11 @@ class TokenCache:
             return _failed("oauth2.subject is empty: set it to the mailbox to send as")
         cache_key = ("google", oauth2.token_url, key["client_email"], subject, oauth2.scope,
                      _digest(key["private_key"]))
-        return await self._once(cache_key, lambda: asyncio.wait_for(asyncio.to_thread(
-            _google_exchange, key, subject, oauth2, timeout, _where(namespace, ref)), timeout + 5))
+        deadline = current_deadline(timeout)
+        where = _where(namespace, ref)
+        return await self._once(cache_key, lambda: _bounded(
+            lambda cutoff: _google_exchange(cutoff, key, subject, oauth2, timeout, where),
+            deadline, oauth2.token_url), deadline, oauth2.token_url)
 
     # ------------------------------------------------------------------ Microsoft (msal)
 
@@ -205,7 +216,7 @@ class TokenCache:
         req = _MsalRequest(authority=oauth2.authority, tenant_id=oauth2.tenant_id,
                            client_id=oauth2.client_id, scope=scope, credential=cred,
                            timeout=timeout)
-        return await self._once(req.cache_key(), lambda: asyncio.to_thread(_msal_exchange, req))
+        return await self._msal(req, current_deadline(timeout))
 
     async def _microsoft_graph(self, secrets: SecretReader, namespace: str,
                                g: GraphSpec) -> _Token | Outcome:
@@ -224,7 +235,21 @@ class TokenCache:
         req = _MsalRequest(authority=g.authority, tenant_id=g.tenant_id, client_id=g.client_id,
                            scope=GRAPH_SCOPE, credential=cred, timeout=g.timeout_seconds,
                            username=username, password=password)
-        return await self._once(req.cache_key(), lambda: asyncio.to_thread(_msal_exchange, req))
+        return await self._msal(req, current_deadline(g.timeout_seconds))
+
+    async def _msal(self, req: _MsalRequest, deadline: Deadline) -> _Token | Outcome:
+        url = req.authority_url
+        return await self._once(req.cache_key(), lambda: _bounded(
+            lambda cutoff: _msal_exchange(cutoff, req), deadline, url), deadline, url)
+
+
+async def _bounded(work: Callable[[Cutoff], _Token | Outcome], deadline: Deadline,
+                   url: str) -> _Token | Outcome:
+    """Run a blocking token exchange bounded by the probe's deadline."""
+    try:
+        return await run_bounded(work, end=deadline.end)
+    except TimeoutError:
+        return _timed_out(url, deadline.timeout)
 
 
 # ---------------------------------------------------------------------- Google helpers
@@ -287,9 +312,9 @@ def google_assertion(key: dict[str, str], subject: str, scope: str, audience: st
     return f"{signing_input.decode()}.{_b64url(signature)}"
 
 
-def _google_exchange(key: dict[str, str], subject: str, oauth2: OAuth2, timeout: float,
-                     where: str) -> _Token | Outcome:
-    """POST the JWT assertion to the token URL (blocking; run in a thread)."""
+def _google_exchange(cutoff: Cutoff, key: dict[str, str], subject: str, oauth2: OAuth2,
+                     timeout: float, where: str) -> _Token | Outcome:
+    """POST the JWT assertion to the token URL (blocking; run in a thread by _bounded)."""
     try:
         assertion = google_assertion(key, subject, oauth2.scope, oauth2.token_url)
     except ValueError:
@@ -297,23 +322,22 @@ def _google_exchange(key: dict[str, str], subject: str, oauth2: OAuth2, timeout:
                        f"key: download a new JSON key for {key['client_email']}")
     register_secret(assertion)
     body = urllib.parse.urlencode({"grant_type": JWT_BEARER_GRANT, "assertion": assertion})
-    request = urllib.request.Request(
-        oauth2.token_url, data=body.encode(), method="POST",
-        headers={"Content-Type": "application/x-www-form-urlencoded",
-                 "Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout, context=https_context()) as resp:
-            payload = resp.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            answer = _json_or_empty(exc.read())
-        return _idp_error(oauth2.token_url, exc.code, answer,
+        resp = fetch(cutoff, "POST", oauth2.token_url, timeout=timeout, body=body.encode(),
+                     headers={"Content-Type": "application/x-www-form-urlencoded",
+                              "Accept": "application/json"}, context=https_context())
+    except TimeoutError:
+        return _timed_out(oauth2.token_url, timeout)
+    except ResponseTooLarge as exc:
+        return _too_large(oauth2.token_url, exc)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return _unreachable(oauth2.token_url, exc)
+    if resp.status >= 400:
+        return _idp_error(oauth2.token_url, resp.status, _json_or_empty(resp.body),
                           f"check the service-account key in {where}, that "
                           f"{key['client_email']} has domain-wide delegation for scope "
                           f"{oauth2.scope}, and oauth2.subject {subject}")
-    except (urllib.error.URLError, OSError) as exc:
-        return _unreachable(oauth2.token_url, exc)
-    return _token_from(oauth2.token_url, _json_or_empty(payload))
+    return _token_from(oauth2.token_url, _json_or_empty(resp.body))
 
 
 # ---------------------------------------------------------------------- Microsoft helpers
@@ -367,16 +391,18 @@ def _certificate_credential(pem: bytes) -> dict[str, str] | str:
             "public_certificate": leaf.public_bytes(serialization.Encoding.PEM).decode()}
 
 
-def _msal_exchange(req: _MsalRequest) -> _Token | Outcome:
-    """Acquire a token with msal (blocking; run in a thread)."""
-    import msal
-    import requests
+def _msal_exchange(cutoff: Cutoff, req: _MsalRequest) -> _Token | Outcome:
+    """Acquire a token with msal (blocking; run in a thread by _bounded).
 
-    session = _MsalSession(req.authority, req.timeout)
+    msal talks HTTP through MsalHttpClient: every request bounded in time and size.
+    """
+    import msal
+
+    client = MsalHttpClient(cutoff, req.authority, req.timeout, https_context())
     try:
         common: dict[str, Any] = {
             "authority": req.authority_url,
-            "http_client": session,
+            "http_client": client,
             "instance_discovery": _is_public_cloud(req.authority),
             "validate_authority": _is_public_cloud(req.authority),
         }
@@ -391,10 +417,12 @@ def _msal_exchange(req: _MsalRequest) -> _Token | Outcome:
                 req.username, req.password or "", scopes=[req.scope])
         else:
             result = app.acquire_token_for_client(scopes=[req.scope])
-    except (requests.RequestException, ValueError, OSError) as exc:
+    except TimeoutError:
+        return _timed_out(req.authority_url, req.timeout)
+    except ResponseTooLarge as exc:
+        return _too_large(req.authority_url, exc)
+    except (http.client.HTTPException, ValueError, OSError) as exc:
         return _unreachable(req.authority_url, exc)
-    finally:
-        session.close()
     if not isinstance(result, dict):
         return _failed(f"the identity platform at {req.authority_url} gave no answer")
     if "access_token" not in result:
@@ -407,41 +435,6 @@ def _msal_exchange(req: _MsalRequest) -> _Token | Outcome:
 
 def _is_public_cloud(authority: str) -> bool:
     return (urllib.parse.urlsplit(authority).hostname or "").lower() == PUBLIC_CLOUD_HOST
-
-
-def _msal_session_class() -> type:
-    import requests
-
-    class MsalSession(requests.Session):
-        """requests.Session with a timeout, the environment's CA bundle, and the authority's port.
-
-        msal builds the user-realm discovery URL from the authority's host name alone; an
-        authority on a non-default port (a private or test identity platform) needs it back.
-        """
-
-        def __init__(self, authority: str, timeout: float) -> None:
-            super().__init__()
-            parts = urllib.parse.urlsplit(authority)
-            self._host, self._port = (parts.hostname or "").lower(), parts.port
-            self._timeout = timeout
-            self.verify = ca_bundle() or True
-
-        def request(self, method: str, url: str | bytes,  # type: ignore[override]
-                    *args: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("timeout", self._timeout)
-            text = url.decode() if isinstance(url, bytes) else url
-            parts = urllib.parse.urlsplit(text)
-            if (self._port is not None and parts.port is None
-                    and (parts.hostname or "").lower() == self._host):
-                text = parts._replace(netloc=f"{parts.netloc}:{self._port}").geturl()
-            return super().request(method, text, *args, **kwargs)
-
-    return MsalSession
-
-
-def _MsalSession(authority: str, timeout: float) -> Any:  # noqa: N802 (a lazy class)
-    """Build the msal HTTP session; requests is imported only when a token is needed."""
-    return _msal_session_class()(authority, timeout)
 
 
 # ---------------------------------------------------------------------- results and messages
@@ -479,6 +472,19 @@ def _unreachable(url: str, exc: BaseException) -> Outcome:
     return _failed(redact_text(f"token request to {url} failed: {type(exc).__name__}: {reason}; "
                                f"check the URL, the network path and the CA bundle "
                                f"(REQUESTS_CA_BUNDLE/SSL_CERT_FILE)"))
+
+
+def _timed_out(url: str, timeout: float) -> Outcome:
+    return Outcome(ok=False, reason=reasons.TIMEOUT,
+                   message=f"token request to {url}: no complete answer within {timeout:g}s "
+                           f"(or the probe's deadline): check the URL and the network path, "
+                           f"or raise timeoutSeconds")
+
+
+def _too_large(url: str, exc: ResponseTooLarge) -> Outcome:
+    return Outcome(ok=False, reason=reasons.PROTOCOL_VIOLATION,
+                   message=f"token request to {url}: {exc}; the connection was dropped: check "
+                           f"that the URL points at a token endpoint")
 
 
 def _failed(message: str) -> Outcome:

@@ -1,0 +1,256 @@
+"""Bounds every probe obeys: its deadline, and politeness towards each mail server.
+
+- `Deadline`: one per probe. `timeoutSeconds` is the connect timeout and the per-operation
+  timeout (one SMTP command and its reply, one HTTP request and its response), as JavaMail's
+  `mail.smtp.timeout`, Django's `EMAIL_TIMEOUT` and smtplib's `timeout=` use it; the deadline
+  (`overall_deadline`: 4 x timeoutSeconds, at most `MAX_DEADLINE_SECONDS`) bounds the whole probe,
+  token requests, Graph calls, retries after a 421 and the TLS diagnostic session included.
+  The current probe's deadline is a context variable, so the OAuth module finds it without every
+  TokenProvider growing a parameter.
+- `Politeness`: process-wide, shared by every run and every controller worker (each with its own
+  event loop): at most `max_sessions_per_server` sessions per (host, port), AUTH attempts per
+  server rate-limited to `max_auth_per_minute` (a token bucket holding one minute's worth), and
+  after an authentication failure the server's next AUTHs go one at a time, so that the other
+  accounts do not race the penalty delay servers such as Dovecot add after a wrong password.
+  Waiting for a turn is not part of a probe's deadline: the deadline bounds what a server can do
+  to us, the waiting is our own politeness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+#: The overall deadline of one probe is this many times its timeoutSeconds ...
+DEADLINE_FACTOR = 4
+#: ... but never more than this. With the schema's maximum timeoutSeconds (120) a probe ends
+#: within 120 x 4 = 480 s > 300 s cap; the CronJob's activeDeadlineSeconds is 540 (README).
+MAX_DEADLINE_SECONDS = 300.0
+
+DEFAULT_MAX_SESSIONS_PER_SERVER = 4
+DEFAULT_MAX_AUTH_PER_MINUTE = 60
+
+
+def overall_deadline(timeout_seconds: float) -> float:
+    """Seconds one probe may take end to end for a given timeoutSeconds."""
+    return min(DEADLINE_FACTOR * timeout_seconds, MAX_DEADLINE_SECONDS)
+
+
+class DeadlineExceeded(TimeoutError):
+    """The probe's overall deadline passed (a TimeoutError, so callers treat it as one)."""
+
+
+@dataclass
+class Deadline:
+    """A per-operation timeout and an end (time.monotonic) for everything together."""
+
+    timeout: float
+    end: float
+
+    @classmethod
+    def start(cls, timeout_seconds: float, total: float | None = None) -> Deadline:
+        total = overall_deadline(timeout_seconds) if total is None else total
+        return cls(timeout=timeout_seconds, end=time.monotonic() + total)
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def budget(self, timeout: float | None = None) -> float:
+        """Seconds the next operation may take: its timeout, cut by what is left overall."""
+        op = self.timeout if timeout is None else timeout
+        return max(0.0, min(op, self.remaining()))
+
+    @property
+    def total(self) -> float:
+        return self.remaining()
+
+
+_current: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "reconciler_probe_deadline", default=None)
+
+
+def current_deadline(timeout_seconds: float) -> Deadline:
+    """The running probe's deadline, or a fresh one when called outside a probe."""
+    found = _current.get()
+    return found if found is not None else Deadline.start(timeout_seconds)
+
+
+@contextlib.contextmanager
+def deadline_scope(deadline: Deadline) -> Iterator[Deadline]:
+    """Make `deadline` the current one for the code (and the tasks it starts) inside."""
+    token = _current.set(deadline)
+    try:
+        yield deadline
+    finally:
+        _current.reset(token)
+
+
+# --------------------------------------------------------------------------- politeness
+
+
+class _Turns:
+    """A counting gate usable from any thread's event loop, first come first served."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+
+@dataclass
+class _Server:
+    sessions: _Turns = field(default_factory=_Turns)
+    auth_turn: _Turns = field(default_factory=_Turns)
+    tokens: float = -1.0  # AUTH token bucket; -1: not started
+    refilled: float = 0.0
+    penalized: bool = False  # an AUTH failed; the next ones go one at a time
+    busy_until: float = 0.0  # after a 421: no new session before this (monotonic)
+
+
+class Politeness:
+    """Per-(host, port) session limit, AUTH rate and penalty serialisation; thread-safe."""
+
+    def __init__(self, max_sessions_per_server: int = DEFAULT_MAX_SESSIONS_PER_SERVER,
+                 max_auth_per_minute: int = DEFAULT_MAX_AUTH_PER_MINUTE) -> None:
+        self.max_sessions = max(1, max_sessions_per_server)
+        self.max_auth_per_minute = max(1, max_auth_per_minute)
+        self._lock = threading.Lock()
+        self._servers: dict[tuple[str, int], _Server] = {}
+        self.peak_sessions: dict[tuple[str, int], int] = {}  # for tests and benchmarks
+
+    def _server(self, key: tuple[str, int]) -> _Server:
+        server = self._servers.get(key)
+        if server is None:
+            server = self._servers[key] = _Server()
+        return server
+
+    # ---------------------------------------------------------------- generic gate
+    async def _acquire(self, turns: _Turns, limit: int) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if turns.active < limit and not turns.waiters:
+                turns.active += 1
+                return
+            fut: asyncio.Future[None] = loop.create_future()
+            entry = (loop, fut)
+            turns.waiters.append(entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            with self._lock:
+                if entry in turns.waiters:
+                    turns.waiters.remove(entry)
+                    raise
+            # Granted (or being granted) when cancelled: hand the turn on.
+            if fut.done() and not fut.cancelled():
+                self._release(turns, limit)
+            raise
+
+    def _release(self, turns: _Turns, limit: int) -> None:
+        with self._lock:
+            if not turns.waiters:
+                turns.active -= 1
+                return
+            loop, fut = turns.waiters.popleft()  # the turn passes on, active unchanged
+
+        def grant() -> None:
+            if fut.cancelled():
+                self._release(turns, limit)
+            else:
+                fut.set_result(None)
+
+        try:
+            loop.call_soon_threadsafe(grant)
+        except RuntimeError:  # that loop is closed: give the turn to the next one
+            self._release(turns, limit)
+
+    # ---------------------------------------------------------------- sessions
+    @contextlib.asynccontextmanager
+    async def session(self, host: str, port: int) -> AsyncIterator[None]:
+        """Hold one of the server's session slots (the TLS diagnostic session uses it too)."""
+        key = (host.lower(), port)
+        with self._lock:
+            server = self._server(key)
+        await self._acquire(server.sessions, self.max_sessions)
+        with self._lock:
+            self.peak_sessions[key] = max(self.peak_sessions.get(key, 0),
+                                          server.sessions.active)
+        try:
+            yield
+        finally:
+            self._release(server.sessions, self.max_sessions)
+
+    # ---------------------------------------------------------------- AUTH
+    async def auth_allowance(self, host: str, port: int) -> None:
+        """Wait until the server's AUTH rate allows one more attempt, and take it."""
+        key = (host.lower(), port)
+        rate = self.max_auth_per_minute / 60.0
+        while True:
+            with self._lock:
+                server = self._server(key)
+                now = time.monotonic()
+                if server.tokens < 0:
+                    server.tokens, server.refilled = float(self.max_auth_per_minute), now
+                server.tokens = min(float(self.max_auth_per_minute),
+                                    server.tokens + (now - server.refilled) * rate)
+                server.refilled = now
+                if server.tokens >= 1.0:
+                    server.tokens -= 1.0
+                    return
+                wait = (1.0 - server.tokens) / rate
+            await asyncio.sleep(wait)
+
+    def penalized(self, host: str, port: int) -> bool:
+        with self._lock:
+            return self._server((host.lower(), port)).penalized
+
+    @contextlib.asynccontextmanager
+    async def auth_turn(self, host: str, port: int) -> AsyncIterator[bool]:
+        """After an AUTH failure on the server, AUTHs there go one at a time until one succeeds.
+
+        Yields whether the server is penalised (the caller then allows the AUTH reply the
+        remaining deadline rather than one timeout, since the server delays it on purpose).
+        """
+        key = (host.lower(), port)
+        with self._lock:
+            server = self._server(key)
+            serial = server.penalized
+        if not serial:
+            yield False
+            return
+        await self._acquire(server.auth_turn, 1)
+        try:
+            yield True
+        finally:
+            self._release(server.auth_turn, 1)
+
+    def auth_result(self, host: str, port: int, *, ok: bool) -> None:
+        """Record an AUTH outcome: a failure starts the penalty mode, a success ends it."""
+        with self._lock:
+            self._server((host.lower(), port)).penalized = not ok
+
+
+_politeness = Politeness()
+
+
+def politeness() -> Politeness:
+    """The process-wide politeness limits (one per process, shared by all runs and workers)."""
+    return _politeness
+
+
+def configure(max_sessions_per_server: int = DEFAULT_MAX_SESSIONS_PER_SERVER,
+              max_auth_per_minute: int = DEFAULT_MAX_AUTH_PER_MINUTE) -> Politeness:
+    """Replace the process-wide limits (the CLI calls this once, from its flags)."""
+    global _politeness
+    _politeness = Politeness(max_sessions_per_server, max_auth_per_minute)
+    return _politeness
+
+
+__all__ = ["DEADLINE_FACTOR", "DEFAULT_MAX_AUTH_PER_MINUTE", "DEFAULT_MAX_SESSIONS_PER_SERVER",
+           "MAX_DEADLINE_SECONDS", "Deadline", "DeadlineExceeded", "Politeness", "configure",
+           "current_deadline", "deadline_scope", "overall_deadline", "politeness"]
