@@ -80,9 +80,7 @@ class HostileServers:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          b"Connection: close\r\n\r\n{\"access_token\": \"")
             block = b"A" * 65536
-            while not writer.transport.is_closing():
-                writer.write(block)
-                await writer.drain()
+            await _flood(reader, writer, block)
         return self.start(handler, tls)
 
     # ---------------------------------------------------------------- SMTP
@@ -92,9 +90,7 @@ class HostileServers:
             await writer.drain()
             await reader.readline()
             block = b"250-PIPELINING PIPELINING PIPELINING PIPELINING\r\n" * 1000
-            while not writer.transport.is_closing():
-                writer.write(block)
-                await writer.drain()
+            await _flood(reader, writer, block)
         return self.start(handler)
 
     def smtp_endless_535(self) -> int:
@@ -109,9 +105,7 @@ class HostileServers:
                     writer.write(b"250-endless.test\r\n250 AUTH PLAIN LOGIN\r\n")
                 elif line.upper().startswith(b"AUTH"):
                     block = b"535-5.7.8 no no no no no no no no no no no no no no no\r\n" * 1000
-                    while not writer.transport.is_closing():
-                        writer.write(block)
-                        await writer.drain()
+                    await _flood(reader, writer, block)
                     return
                 else:
                     writer.write(b"250 ok\r\n")
@@ -121,6 +115,19 @@ class HostileServers:
     def mini_smtp(self, smtp: MiniSmtp) -> MiniSmtp:
         smtp.port = self.start(smtp.serve)
         return smtp
+
+
+FLOOD_LIMIT = 32 << 20  # far past every bound of the probe (64 KiB SMTP, 1 MiB HTTP)
+
+
+async def _flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, block: bytes) -> None:
+    """Write block after block until the client goes away (or 32 MiB: a safety net)."""
+    sent = 0
+    while sent < FLOOD_LIMIT and not writer.transport.is_closing() and not reader.at_eof():
+        writer.write(block)
+        sent += len(block)
+        await writer.drain()
+        await asyncio.sleep(0)
 
 
 @dataclass
