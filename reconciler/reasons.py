@@ -35,7 +35,7 @@ AUTHENTICATION_FAILED = "AuthenticationFailed"
 AUTHENTICATION_TEMPORARY_FAILURE = "AuthenticationTemporaryFailure"
 AUTH_MECHANISM_UNAVAILABLE = "AuthMechanismUnavailable"
 INSECURE_AUTH_REFUSED = "InsecureAuthRefused"
-BASIC_AUTH_DEPRECATED = "BasicAuthDeprecated"  # warning
+BASIC_AUTH_DEPRECATED = "BasicAuthDeprecated"  # a warning; terminal when the server says 5.7.30
 
 # OAuth2 / Graph
 TOKEN_REQUEST_FAILED = "TokenRequestFailed"
@@ -75,6 +75,7 @@ FORBIDDEN = "Forbidden"
 TERMINAL = frozenset({
     INVALID_SPEC,
     AUTHENTICATION_FAILED,
+    BASIC_AUTH_DEPRECATED,
     INSECURE_AUTH_REFUSED,
     AUTH_MECHANISM_UNAVAILABLE,
     STARTTLS_NOT_OFFERED,

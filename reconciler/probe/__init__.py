@@ -46,7 +46,7 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
                                   tokens=tokens)
         from reconciler.probe.oauth import basic_auth_warning
 
-        deprecated = basic_auth_warning(account)
+        deprecated = basic_auth_warning(account, now)
         if deprecated is not None:  # the probe still reports what the server answered
             result = dataclasses.replace(result, warnings=(*result.warnings, deprecated))
     if account.smtp is not None and account.smtp.signing is not None:

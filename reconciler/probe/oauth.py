@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import hashlib
 import http.client
 import json
@@ -89,21 +90,20 @@ def jwt_claims(token: str) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
-def basic_auth_warning(account: Account) -> Outcome | None:
-    """BasicAuthDeprecated for Office 365 SMTP with a password; None for every other account."""
+def basic_auth_warning(account: Account, now: dt.datetime | None = None) -> Outcome | None:
+    """BasicAuthDeprecated for Office 365 SMTP with a password, worded for `now` by Microsoft's
+    schedule (reconciler.manifest.providers.BASIC_AUTH_SCHEDULE); None for every other account."""
     smtp = account.smtp
     if account.send_using != "SMTP" or smtp is None or smtp.authentication.method != "Password":
         return None
     host = smtp.connection.host.lower().rstrip(".")
     if account.provider != "office365" and not host.endswith("office365.com"):
         return None
-    return Outcome(
-        ok=False,
-        reason=reasons.BASIC_AUTH_DEPRECATED,
-        message=(f"Microsoft rejects basic authentication (password) for SMTP submission to "
-                 f"{smtp.connection.host}: set spec.smtp.authentication.method: OAuth2 with "
-                 f"oauth2.grantType: ClientCredentials, or sendUsing: MicrosoftGraph"),
-    )
+    from reconciler.manifest.providers import basic_auth_message
+
+    return Outcome(ok=False, reason=reasons.BASIC_AUTH_DEPRECATED,
+                   message=basic_auth_message(smtp.connection.host,
+                                              now or dt.datetime.now(dt.UTC)))
 
 
 class TokenCache:

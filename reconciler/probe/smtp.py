@@ -569,6 +569,12 @@ def _auth_outcome(reply: Reply, mech: str, ident: str, account: Account) -> Outc
     if 200 <= reply.code < 300:
         return Outcome(True, reasons.SUCCEEDED,
                        f"authenticated as {ident} using {mech} ({reply.text})")
+    if reply.code == 550 and "5.7.30" in reply.text:  # Exchange Online: Basic auth switched off
+        from reconciler.manifest.providers import BASIC_AUTH_FIX
+
+        return Outcome(False, reasons.BASIC_AUTH_DEPRECATED,
+                       f"the server no longer accepts basic authentication (password) for "
+                       f"{ident}: {reply.text}: {BASIC_AUTH_FIX}")
     if 400 <= reply.code < 500:
         return Outcome(False, reasons.AUTHENTICATION_TEMPORARY_FAILURE,
                        f"the server could not authenticate {ident} using {mech} now: "
