@@ -27,15 +27,26 @@ if [ ${#missing[@]} -gt 0 ]; then
            && apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/email-reconciler-apt.log 2>&1; } \
       || { echo "tests/system/install.sh: apt-get failed, see /tmp/email-reconciler-apt.log"; tail -20 /tmp/email-reconciler-apt.log; }
     rm -f /usr/sbin/policy-rc.d
-    for svc in postfix dovecot; do
-      if command -v systemctl >/dev/null && systemctl is-enabled "$svc" >/dev/null 2>&1; then
-        systemctl disable --now "$svc" >/dev/null 2>&1 || true
-      fi
-      command -v update-rc.d >/dev/null && update-rc.d -f "$svc" remove >/dev/null 2>&1 || true
-    done
   else
     echo "tests/system/install.sh: not root with apt-get; install these for the full suite: ${missing[*]}"
   fi
+fi
+
+# The packages' own daemons stay off, also when the packages came from elsewhere (an image, a
+# plain apt-get): stopped, and disabled for systemd and SysV init alike ("disable" rather than
+# "remove", so a package upgrade does not re-enable them). `systemctl disable` works without a
+# running systemd (containers); --now would fail there before disabling anything.
+if [ "$(id -u)" = 0 ]; then
+  for svc in postfix dovecot; do
+    [ -e "/lib/systemd/system/$svc.service" ] || [ -e "/etc/init.d/$svc" ] || continue
+    if command -v systemctl >/dev/null; then
+      systemctl stop "$svc" >/dev/null 2>&1 || true
+      systemctl disable "$svc" >/dev/null 2>&1 || true
+    fi
+    if [ -x "/etc/init.d/$svc" ] && command -v update-rc.d >/dev/null; then
+      update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 # Extra installers (npm packages into a cache folder, ...): tests/system/extra-*.sh, each idempotent.
