@@ -69,6 +69,7 @@ PASSWORD_NOT_ASCII = "PasswordNotASCII"  # warning: smtplib/Django send AUTH as 
 SECRET_CONFLICT = "SecretConflict"
 API_UNAVAILABLE = "ApiUnavailable"
 FORBIDDEN = "Forbidden"
+STORE_WRITE_FAILED = "StoreWriteFailed"  # the store refused one account's write (e.g. an OSError)
 
 #: Reasons that retrying without a change cannot fix: the account is Stalled until the spec
 #: or a referenced Secret changes.

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import reasons
-from reconciler.errors import StoreError, StoreForbidden
+from reconciler.errors import StoreError, StoreForbidden, StoreUnavailable
 from reconciler.log import get_logger, redact_text
 from reconciler.manifest.load import InvalidDocument, LoadResult
 from reconciler.model import (
@@ -176,12 +178,33 @@ class Reconciler:
             versions = secret_versions(account, self.secrets)
             decisions[account.key] = schedule.probe_decision(
                 account=account, old_status=old, secret_versions=versions, now=now)
-        due = [a for a in accounts if decisions[a.key].probe]
-        results = self._probe(due, decisions, now)
         by_key = {(r.namespace, r.name): r for r in report.accounts}
+        # Accounts not due first (no probe to wait for), then each probed account the moment
+        # its own probe ends: a run killed halfway keeps everything that had finished.
         for account in accounts:
-            self._finish(account, stored.get(account.key), results.get(account.key),
-                         self.published, by_key[account.key], now)
+            if not decisions[account.key].probe:
+                self._finish_guarded(account, stored.get(account.key), None, by_key[account.key],
+                                     now)
+        # Changed accounts (spec, credentials, a request: AUTH wanted) are probed first.
+        due = sorted((a for a in accounts if decisions[a.key].probe),
+                     key=lambda a: not decisions[a.key].authenticate)
+        for account, result in self._probe(due, decisions, now):
+            self._finish_guarded(account, stored.get(account.key), result, by_key[account.key],
+                                 now)
+
+    def _finish_guarded(self, account: Account, stored: Mapping[str, Any] | None,
+                        result: ProbeResult | None, entry: AccountReport, now: datetime) -> None:
+        """`_finish`, with a store failure (an OSError included) made this account's reason."""
+        try:
+            self._finish(account, stored, result, self.published, entry, now)
+        except (StoreError, OSError) as exc:
+            text = redact_text(str(exc) if isinstance(exc, StoreError)
+                               else f"{type(exc).__name__}: {exc.strerror or exc}")
+            entry.error = text
+            entry.status = {"conditions": [{"type": "Ready", "status": "Unknown",
+                                            "reason": _store_reason(exc), "message": text}]}
+            log.error("writing the account failed", account=f"{account.namespace}/{account.name}",
+                      error=text)
 
     def _applied(self, account: Account, stored: Mapping[Key, dict[str, Any]],
                  report: RunReport) -> Account:
@@ -206,9 +229,14 @@ class Reconciler:
                                    uid=str(meta.get("uid") or ""))
 
     def _probe(self, due: Sequence[Account], decisions: Mapping[Key, Any],
-               now: datetime) -> dict[Key, ProbeResult]:
+               now: datetime) -> Iterator[tuple[Account, ProbeResult]]:
+        """Probe `due` concurrently; yield each (account, result) as soon as its probe ends.
+
+        The probes run on an event loop in a thread of their own while this thread writes the
+        results one by one (the store is used from one thread only).
+        """
         if not due:
-            return {}
+            return
         from reconciler.probe import probe_accounts
 
         tokens = self.tokens
@@ -219,10 +247,34 @@ class Reconciler:
                 tokens = TokenCache()
             except ImportError:  # pragma: no cover - OAuth support missing
                 tokens = None
-        results = asyncio.run(probe_accounts(
-            due, self.secrets, now=now, concurrency=self.options.concurrency,
-            authenticate=lambda a: decisions[a.key].authenticate, tokens=tokens))
-        return {a.key: r for a, r in zip(due, results, strict=True)}
+
+        def probe_all(on_result: Callable[[int, ProbeResult], None] | None = None) -> Any:
+            return probe_accounts(
+                due, self.secrets, now=now, concurrency=self.options.concurrency,
+                authenticate=lambda a: decisions[a.key].authenticate, tokens=tokens,
+                on_result=on_result)
+
+        if len(due) == 1:  # nothing to overlap with (the controller's case): no thread
+            yield due[0], asyncio.run(probe_all())[0]
+            return
+        finished: queue.SimpleQueue[tuple[int, ProbeResult] | BaseException | None] = (
+            queue.SimpleQueue())
+
+        def run() -> None:
+            try:
+                asyncio.run(probe_all(lambda i, r: finished.put((i, r))))
+            except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+                finished.put(exc)
+            finally:
+                finished.put(None)
+
+        # A daemon: a probe stuck past every deadline must not keep the process alive at exit.
+        threading.Thread(target=run, name="probes", daemon=True).start()
+        while (item := finished.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            index, result = item
+            yield due[index], result
 
     # ------------------------------------------------------------------ one account
     def _finish(self, account: Account, stored: Mapping[str, Any] | None,
@@ -239,7 +291,7 @@ class Reconciler:
         except StoreForbidden as exc:
             publish_outcome = Outcome(False, reasons.FORBIDDEN, str(exc))
         except StoreError as exc:
-            publish_outcome = Outcome(False, reasons.API_UNAVAILABLE, str(exc))
+            publish_outcome = Outcome(False, _store_reason(exc), str(exc))
         finally:
             new_status = conditions.build_status(account=account, old_status=old_status,
                                                  result=result, published=publish_outcome, now=now)
@@ -300,13 +352,7 @@ class Reconciler:
         entry.status_changed = conditions.status_differs(old, new)
         if not entry.status_changed or self.options.dry_run:
             return
-        try:
-            self.store.write_status(account.namespace, account.name, new)
-        except StoreError as exc:
-            entry.error = str(exc)
-            log.error("status write failed", account=f"{account.namespace}/{account.name}",
-                      error=redact_text(str(exc)))
-            return
+        self.store.write_status(account.namespace, account.name, new)  # raises: _finish_guarded
         for etype, reason, message, _ctype in conditions.transitions(old, new):
             if etype == "Normal" and not old.get("conditions"):
                 continue  # a new account that came up fine: its status says so, no event needed
@@ -372,7 +418,12 @@ class Reconciler:
             for key, obj in sorted(stored.items()):
                 if key in in_git or key not in inventory or not is_ours(obj):
                     continue
-                self._prune_one(key, obj, published, report)
+                try:
+                    self._prune_one(key, obj, published, report)
+                except StoreError as exc:  # the next run tries again; the others go on
+                    report.diagnostics.append(f"prune {key[0]}/{key[1]} failed: {exc}")
+                    log.error("prune failed", account=f"{key[0]}/{key[1]}",
+                              error=redact_text(str(exc)))
         if not self.options.dry_run:
             keep = in_git if report.prune_skipped is None else in_git | self.store.read_inventory()
             scope = getattr(self.store, "namespace", None)
@@ -405,6 +456,14 @@ class Reconciler:
                 self.store.delete_secret(ns, secret_name)
         self.store.delete_account(ns, name)
         log.info("pruned", account=f"{ns}/{name}")
+
+
+def _store_reason(exc: BaseException) -> str:
+    if isinstance(exc, StoreForbidden):
+        return reasons.FORBIDDEN
+    if isinstance(exc, StoreUnavailable):
+        return reasons.API_UNAVAILABLE
+    return reasons.STORE_WRITE_FAILED
 
 
 def secret_metadata_differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:

@@ -66,6 +66,12 @@ def _safe_name(name: str) -> str:
     return name
 
 
+def _os_error(verb: str, path: Path, exc: OSError) -> StoreError:
+    """A file system failure as a store error naming the file (its name may be very long)."""
+    shown = str(path) if len(path.name) <= 80 else f"{path.parent}/{path.name[:60]}..."
+    return StoreError(f"cannot {verb} {shown}: {exc.strerror or type(exc).__name__}")
+
+
 class LocalStore:
     """State store on the local file system."""
 
@@ -90,13 +96,25 @@ class LocalStore:
             data = yaml.load(path.read_bytes(), Loader=_Loader)
         except FileNotFoundError:
             return None
+        except OSError as exc:  # e.g. File name too long: this object's failure, not a crash
+            raise _os_error("read", path, exc) from exc
         except yaml.YAMLError as exc:
             raise StoreError(f"{path}: not a readable manifest: {exc}") from exc
         return data if isinstance(data, dict) else None
 
     def _write(self, path: Path, obj: Mapping[str, Any], mode: int = 0o644) -> None:
-        if write_atomic(path, _dump(obj), mode):
+        try:
+            written = write_atomic(path, _dump(obj), mode)
+        except OSError as exc:
+            raise _os_error("write", path, exc) from exc
+        if written:
             self.writes += 1
+
+    def _unlink(self, path: Path) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _os_error("delete", path, exc) from exc
 
     def _namespaces(self) -> list[Path]:
         if not self.root.is_dir():
@@ -153,7 +171,7 @@ class LocalStore:
         self._write(path, obj)
 
     def delete_account(self, namespace: str, name: str) -> None:
-        self._account_path(namespace, name).unlink(missing_ok=True)
+        self._unlink(self._account_path(namespace, name))
 
     # ------------------------------------------------------------------ secrets
     def list_secrets(self, namespaces: Iterable[str]) -> dict[Key, dict[str, Any]]:
@@ -173,17 +191,20 @@ class LocalStore:
         self._write(self._secret_path(namespace, name), secret, mode=0o600)
 
     def delete_secret(self, namespace: str, name: str) -> None:
-        self._secret_path(namespace, name).unlink(missing_ok=True)
+        self._unlink(self._secret_path(namespace, name))
 
     # ------------------------------------------------------------------ events, inventory
     def record_event(self, event: Event) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"time": event.time, "namespace": event.namespace,
                            "involvedObject": {"kind": "EmailAccount", "name": event.name},
                            "type": event.type, "reason": event.reason,
                            "message": event.message}, sort_keys=True)
-        with open(self.root / "events.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / "events.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+        except OSError as exc:
+            raise _os_error("write", self.root / "events.jsonl", exc) from exc
 
     def read_events(self) -> list[dict[str, Any]]:
         try:
