@@ -69,6 +69,18 @@ CASES = [
     ("unknown-tag", 13, 1, "", "constructor"),
     ("wrong-api-version", 1, 1, "/apiVersion", "email.reconciler.io/v1alpha1"),
     ("wrong-kind", 2, 1, "/kind", "kind must be EmailAccount"),
+    # what the API server refuses with 422 (ObjectMeta) or our CRD at admission (issue 13)
+    ("bad-label-key", 7, 1, "/metadata/labels/team~1payments~1eu", "not a valid key"),
+    ("bad-annotation-key", 7, 1, "/metadata/annotations/-leading-dash", "not a valid key"),
+    ("name-too-long", 4, 1, "/metadata/name", "at most 63 characters (found 64)"),
+    ("publish-label-value", 19, 1, "/spec/publish/labels/app", "label value must be at most 63"),
+    ("publish-label-key", 19, 1, "/spec/publish/labels/Example.COM~1app", "not a valid key"),
+    ("publish-annotation-key", 19, 1, "/spec/publish/annotations/reloader.stakater.com~1"
+     "this-name-part-is-longer-than-sixty-three-characters-allowed-by-kubernetes",
+     "not a valid key"),
+    ("secret-name-too-long", 18, 1, "/spec/publish/secretName", "at most 250 characters"),
+    ("jwt-bearer-office365", 14, 1, "/spec/smtp/authentication/oauth2/grantType",
+     "only for provider: gmail or custom"),
 ]
 
 

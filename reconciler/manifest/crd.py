@@ -12,12 +12,27 @@ from collections.abc import Iterable
 from typing import Any
 
 from reconciler import model
-from reconciler.manifest import load_schema, providers
+from reconciler.manifest import load_schema, objectmeta, providers
 
 #: Keywords copied as they are (all valid in apiextensions.k8s.io/v1 JSONSchemaProps).
 _KEEP = ("type", "description", "format", "enum", "pattern", "minimum", "maximum",
          "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
          "required")
+
+# CEL string literals: `[.]` instead of `\.`, which would be an escape sequence there.
+_KEY_RULE = {
+    "rule": f"self.all(k, k.matches('{objectmeta.KEY_SYNTAX.replace(chr(92) + '.', '[.]')}') && "
+            f"k.matches('{objectmeta.KEY_LENGTHS}'))",
+    "message": "keys are an optional DNS subdomain prefix (at most 253 characters) and '/', then "
+               "a name of at most 63 letters, digits, '-', '_' or '.'"}
+_OAUTH2 = ("has(self.smtp) && has(self.smtp.authentication) && "
+           "has(self.smtp.authentication.oauth2)")
+#: Rules about the whole object: the API server lets root rules see metadata.name.
+_ROOT_RULES = [
+    {"rule": f"self.metadata.name.size() <= {objectmeta.MAX_NAME}",
+     "message": f"metadata.name must be at most {objectmeta.MAX_NAME} characters: it is the value "
+                "of the email.reconciler.io/account label of the published Secret"},
+]
 
 _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
     ("spec",): [
@@ -37,7 +52,23 @@ _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
         {"rule": "self.provider != 'custom' || (has(self.smtp) && has(self.smtp.connection) && "
                  "has(self.smtp.connection.host))",
          "message": "provider: custom needs spec.smtp.connection.host"},
+        {"rule": f"!({_OAUTH2}) || !has(self.smtp.authentication.oauth2.grantType) || "
+                 "self.smtp.authentication.oauth2.grantType != 'ClientCredentials' || "
+                 "self.provider == 'office365'",
+         "message": "grantType ClientCredentials (Microsoft identity platform) is only for "
+                    "provider: office365"},
+        {"rule": f"!({_OAUTH2}) || !has(self.smtp.authentication.oauth2.grantType) || "
+                 "self.smtp.authentication.oauth2.grantType != 'JWTBearer' || "
+                 "self.provider in ['gmail', 'custom']",
+         "message": "grantType JWTBearer (Google service account) is only for provider: gmail "
+                    "or custom"},
     ],
+    ("spec", "smtp", "advanced"): [
+        {"rule": "self.all(k, k.size() <= 256 && k.matches('^[A-Za-z0-9][-A-Za-z0-9_.]*$'))",
+         "message": "advanced keys are letters, digits, '-', '_' and '.' (at most 256)"},
+    ],
+    ("spec", "publish", "labels"): [_KEY_RULE],
+    ("spec", "publish", "annotations"): [_KEY_RULE],
     ("spec", "smtp", "connection"): [
         {"rule": "!has(self.port) || !has(self.security) || "
                  "!(self.port == 465 && self.security == 'STARTTLS')",
@@ -74,8 +105,6 @@ _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
     ],
 }
 
-
-
 def _provider_rules() -> list[dict[str, str]]:
     """CEL for the regions and tiers of providers.PRESET_LIST (validate's check_region/tier)."""
     def quoted(names: Iterable[str]) -> str:
@@ -99,7 +128,6 @@ def _provider_rules() -> list[dict[str, str]]:
                              + ", ".join(p.provider for p in tiered)})
     return rules
 
-
 _RULES[("spec",)] += _provider_rules()
 
 _READY = '.status.conditions[?(@.type=="Ready")]'
@@ -118,13 +146,11 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Secret", "type": "string", "priority": 1, "jsonPath": ".status.secretName"},
 ]
 
-
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in node:
         target = defs[node["$ref"].rsplit("/", 1)[-1]]
         node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
     return node
-
 
 def structural(node: dict[str, Any], defs: dict[str, Any],
                path: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -148,7 +174,6 @@ def structural(node: dict[str, Any], defs: dict[str, Any],
         out["x-kubernetes-validations"] = _RULES[path]
     return out
 
-
 def openapi_schema() -> dict[str, Any]:
     """The CRD's openAPIV3Schema: spec from the JSON schema, metadata and status left open."""
     schema = load_schema()
@@ -165,8 +190,8 @@ def openapi_schema() -> dict[str, Any]:
             "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
                        "description": "Observed state, written by the reconciler."},
         },
+        "x-kubernetes-validations": _ROOT_RULES,
     }
-
 
 def crd_object() -> dict[str, Any]:
     """The CustomResourceDefinition as a dict."""
@@ -188,7 +213,6 @@ def crd_object() -> dict[str, Any]:
             }],
         },
     }
-
 
 def render_crd() -> str:
     """The CRD as YAML text (deploy/crd.yaml is this, byte for byte)."""

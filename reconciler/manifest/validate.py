@@ -186,9 +186,10 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
     if out:
         return out, None
     from reconciler.manifest.account import account_from_manifest
+    from reconciler.manifest.objectmeta import check_object_meta
     from reconciler.manifest.semantics import check_account
 
     account = account_from_manifest(doc)
-    for pointer, message, severity in check_account(account, doc):
+    for pointer, message, severity in [*check_object_meta(doc), *check_account(account, doc)]:
         out.append(_diag(file, document, locate, pointer, message, severity))
     return out, account
