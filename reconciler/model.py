@@ -90,9 +90,12 @@ class OAuth2:
 
 @dataclass(frozen=True)
 class Authentication:
-    method: Literal["Password", "OAuth2", "None"] = "None"
+    method: Literal["Password", "OAuth2", "AWSAccessKey", "None"] = "None"
     password: KeyRef | None = None
     oauth2: OAuth2 | None = None
+    # AWSAccessKey (amazon-ses): two keys of one Secret; the SMTP password is derived per region
+    access_key_id: KeyRef | None = None
+    secret_access_key: KeyRef | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,8 @@ class Account:
         refs: list[KeyRef | None] = []
         if self.smtp is not None:
             a = self.smtp.authentication
-            refs += [self.smtp.connection.truststore, a.password]
+            refs += [self.smtp.connection.truststore, a.password, a.access_key_id,
+                     a.secret_access_key]
             if a.oauth2 is not None:
                 refs += [a.oauth2.service_account_key, a.oauth2.client_secret,
                          a.oauth2.client_certificate]

@@ -30,6 +30,8 @@ def _manifest(provider: str, *, region: str | None = None, tier: str | None = No
     auth: dict[str, Any] = {"method": method}
     if method == "Password":
         auth["passwordSecretRef"] = {"name": "smtp", "key": "password"}
+    if method == "AWSAccessKey":
+        auth["accessKeySecretRef"] = {"name": "iam"}
     spec["smtp"] = {"identity": {"emailAddress": "sender@example.com", **(identity or {})},
                     "authentication": auth}
     if connection:
@@ -184,6 +186,10 @@ def _findings(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
      ["has no regions", "remove spec.region"]),
     (_manifest("amazon-ses", region="eu"), "error", "/spec/region", ["AWS region name"]),
     (_manifest("sendgrid", tier="paid"), "error", "/spec/tier", ["remove spec.tier"]),
+    (_manifest("postmark"), "warning", "/spec/smtp/identity",
+     ["SMTP token", "set userId"]),
+    (_manifest("custom", method="AWSAccessKey", connection={"host": "mail.example.com"}),
+     "error", "/spec/smtp/authentication/method", ["only for provider: amazon-ses"]),
 ])
 def test_provider_rules(doc: dict[str, Any], severity: str, pointer: str,
                         words: list[str]) -> None:
@@ -209,6 +215,18 @@ def test_provider_rule_diagnostics_name_file_document_and_field(tmp_path: Path) 
             "outlook" in text), text
     assert "document 1: /spec/smtp/authentication/passwordSecretRef: note: provider gmail" in text
     assert "1 errors, 0 warnings, 1 notes" in text
+
+
+def test_aws_access_key_effective_manifest(tmp_path: Path) -> None:
+    spec = _effective(tmp_path, _manifest("amazon-ses", region="eu-central-1",
+                                          method="AWSAccessKey"))["spec"]
+    assert spec["smtp"]["authentication"]["accessKeySecretRef"] == {
+        "name": "iam", "accessKeyIdKey": "AWS_ACCESS_KEY_ID",
+        "secretAccessKeyKey": "AWS_SECRET_ACCESS_KEY"}
+    assert "userId" not in spec["smtp"]["identity"]  # the username is the access key id
+    doc = _manifest("amazon-ses", region="eu-central-1", method="AWSAccessKey",
+                    identity={"userId": "someone"})
+    assert [(s, p) for s, p, _ in _findings(doc)] == [("warning", "/spec/smtp/identity/userId")]
 
 
 def test_a_fixed_username_equal_to_the_preset_and_floors_met_are_quiet() -> None:

@@ -10,6 +10,9 @@ from reconciler import model
 from reconciler.manifest import providers
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
+#: Default keys of spec.smtp.authentication.accessKeySecretRef (the AWS CLI's variable names).
+AWS_ACCESS_KEY_ID_KEY = "AWS_ACCESS_KEY_ID"
+AWS_SECRET_ACCESS_KEY_KEY = "AWS_SECRET_ACCESS_KEY"
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -82,13 +85,23 @@ def _smtp(provider: str, region: str | None, tier: str | None,
     fixed = preset.username if preset else None
     identity = model.Identity(
         email_address=ident["emailAddress"], display_name=ident.get("displayName"),
-        user_id=ident.get("userId") or fixed or ident["emailAddress"],
+        user_id=None if (raw.get("authentication") or {}).get("method") == "AWSAccessKey"
+        else ident.get("userId") or fixed or ident["emailAddress"],  # AWS: the access key id
         reply_to=ident.get("replyTo"))
     auth_raw = raw.get("authentication") or {}
     p = "/spec/smtp/authentication"
+    aws = auth_raw.get("accessKeySecretRef")
+    aws_field = f"{p}/accessKeySecretRef"
     auth = model.Authentication(
         method=auth_raw.get("method", "None"),
         password=_ref(auth_raw, "passwordSecretRef", p),
+        access_key_id=model.KeyRef(
+            name=str(aws["name"]), key=str(aws.get("accessKeyIdKey", AWS_ACCESS_KEY_ID_KEY)),
+            field=aws_field) if isinstance(aws, Mapping) else None,
+        secret_access_key=model.KeyRef(
+            name=str(aws["name"]),
+            key=str(aws.get("secretAccessKeyKey", AWS_SECRET_ACCESS_KEY_KEY)),
+            field=aws_field) if isinstance(aws, Mapping) else None,
         oauth2=_oauth2(provider, auth_raw["oauth2"]) if auth_raw.get("oauth2") else None)
     signing = None
     if raw.get("signing"):

@@ -83,6 +83,8 @@ _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
          "message": "method Password needs passwordSecretRef"},
         {"rule": "self.method != 'OAuth2' || has(self.oauth2)",
          "message": "method OAuth2 needs oauth2"},
+        {"rule": "self.method != 'AWSAccessKey' || has(self.accessKeySecretRef)",
+         "message": "method AWSAccessKey needs accessKeySecretRef"},
     ],
     ("spec", "smtp", "authentication", "oauth2"): [
         {"rule": "self.grantType != 'JWTBearer' || "

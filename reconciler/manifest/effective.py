@@ -33,6 +33,10 @@ def _smtp(s: model.SmtpSpec) -> dict[str, Any]:
         kind = "configMapRef" if c.truststore.kind == "ConfigMap" else "secretRef"
         truststore = {kind: _ref(c.truststore)}
     auth: dict[str, Any] = _prune({"method": a.method, "passwordSecretRef": _ref(a.password)})
+    if a.access_key_id is not None and a.secret_access_key is not None:
+        auth["accessKeySecretRef"] = {"name": a.access_key_id.name,
+                                      "accessKeyIdKey": a.access_key_id.key,
+                                      "secretAccessKeyKey": a.secret_access_key.key}
     if a.oauth2 is not None:
         o = a.oauth2
         auth["oauth2"] = _prune({

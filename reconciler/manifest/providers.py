@@ -166,11 +166,11 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
     Preset(
         "postmark", "Postmark", _frozen({"": "smtp.postmarkapp.com"}), 587, "STARTTLS",
         other_ports=((25, "STARTTLS"), (2525, "STARTTLS")),
-        username_rule="the Server API token (the same value as the password), or an SMTP "
-                      "token's access key",
-        notes="No implicit-TLS port. Set userId to an SMTP token's access key, or put the "
-              "Server API token as both username and password; broadcasts use "
-              "smtp-broadcasts.postmarkapp.com (set host).",
+        username_rule="an SMTP token's access key (set userId), or the Server API token (the "
+                      "same value as the password)",
+        notes="No implicit-TLS port. Set userId to an SMTP token's access key and put its "
+              "secret key in the password Secret (validate warns without userId); broadcasts "
+              "use smtp-broadcasts.postmarkapp.com (set host).",
         source="postmarkapp.com/support/article/811-what-are-the-smtp-details-api-tokens-i-"
                "should-be-using"),
     Preset(

@@ -119,11 +119,15 @@ def check_tier(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
 
 def check_provider_auth(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
     """The provider's rules about authentication methods and app passwords."""
-    p = providers.preset(a.provider)
-    if p is None or a.smtp is None or a.send_using != "SMTP":
+    if a.smtp is None or a.send_using != "SMTP":
         return []
     auth = a.smtp.authentication
-    if auth.method == "None":
+    if auth.method == "AWSAccessKey" and a.provider != "amazon-ses":
+        return [(f"{_AUTH}/method", "method AWSAccessKey (an IAM access key turned into SES "
+                                    "SMTP credentials) is only for provider: amazon-ses; use "
+                                    "method: Password here", "error")]
+    p = providers.preset(a.provider)
+    if p is None or auth.method == "None":
         return []
     if a.provider == "outlook" and auth.method == "Password":
         return [(f"{_AUTH}/method",
@@ -150,12 +154,24 @@ def check_provider_auth(a: model.Account, doc: Mapping[str, Any]) -> list[Findin
 def check_fixed_username(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
     """A userId that contradicts the username the provider fixes."""
     p = providers.preset(a.provider)
-    if p is None or p.username is None or a.smtp is None:
-        return []
-    if a.smtp.authentication.method != "Password":
+    if p is None or a.smtp is None:
         return []
     ident = (_spec(doc).get("smtp") or {}).get("identity") or {}
     written = ident.get("userId") if isinstance(ident, Mapping) else None
+    if a.smtp.authentication.method == "AWSAccessKey" and written is not None:
+        return [("/spec/smtp/identity/userId",
+                 "userId is not used with method AWSAccessKey: the SMTP username is the access "
+                 "key id from accessKeySecretRef; remove userId", "warning")]
+    if a.smtp.authentication.method != "Password":
+        return []
+    if a.provider == "postmark" and written is None:
+        return [("/spec/smtp/identity",
+                 "provider postmark authenticates with an SMTP token (set userId to its access "
+                 "key, the password Secret to its secret key) or with the Server API token as "
+                 "both username and password; without userId the username would be the "
+                 "emailAddress, which Postmark refuses: set userId", "warning")]
+    if p.username is None:
+        return []
     if written is None or written == p.username:
         return []
     return [("/spec/smtp/identity/userId",

@@ -274,6 +274,11 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
             password = creds.password if creds else _read_text(secrets, account, auth.password)
             if password is not None:
                 credentials = {"username": identity, "password": password}
+    elif auth.method == "AWSAccessKey":
+        # The published Secret carries the derived SMTP password, never the IAM secret key.
+        with contextlib.suppress(SecretNotFound):
+            ses = (creds.identity, creds.password) if creds else _ses(account, secrets)
+            credentials = {"username": ses[0], "password": ses[1] or ""}
     elif auth.method == "OAuth2":
         credentials = {"username": identity}
 
@@ -335,6 +340,14 @@ def _read_text(secrets: SecretReader, account: Account, ref: KeyRef) -> str:
     return value
 
 
+def _ses(account: Account, secrets: SecretReader) -> tuple[str, str]:
+    """(access key id, derived SES SMTP password) of an AWSAccessKey account."""
+    from reconciler.probe.aws import ses_credentials
+
+    ses = ses_credentials(account, secrets)
+    return ses.username, ses.password
+
+
 async def _resolve_credentials(account: Account, secrets: SecretReader, identity: str,
                                tokens: TokenProvider | None, security: str
                                ) -> _Credentials | Outcome:
@@ -353,6 +366,12 @@ async def _resolve_credentials(account: Account, secrets: SecretReader, identity
             return _Credentials(identity, password=_read_text(secrets, account, auth.password))
         except SecretNotFound as exc:
             return secret_not_found(exc, auth.password)
+    if auth.method == "AWSAccessKey":
+        try:
+            key_id, password = _ses(account, secrets)
+        except SecretNotFound as exc:
+            return secret_not_found(exc)
+        return _Credentials(key_id, password=password)
     if tokens is None:
         return Outcome(False, reasons.TOKEN_REQUEST_FAILED,
                        "no OAuth2 token provider is configured in this run")
@@ -586,6 +605,10 @@ def _auth_outcome(reply: Reply, mech: str, ident: str, account: Account) -> Outc
     if auth.method == "Password" and auth.password is not None:
         fix = (f"check userId and the password in Secret {account.namespace}/"
                f"{auth.password.name} key {auth.password.key!r}")
+    elif auth.method == "AWSAccessKey" and auth.secret_access_key is not None:
+        fix = (f"check the access key in Secret {account.namespace}/"
+               f"{auth.secret_access_key.name}, that its IAM user may ses:SendRawEmail, and "
+               f"that spec.region ({account.region}) is the SES region to send from")
     else:
         fix = "check the OAuth2 subject, scopes and the client's permission to send as it"
     return Outcome(False, reasons.AUTHENTICATION_FAILED,

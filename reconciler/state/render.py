@@ -83,6 +83,9 @@ TRUSTSTORE_HINT = ("# The CA: run java with -Djavax.net.ssl.trustStore=<mount>/t
 SPRING_BUNDLE = "email-reconciler"
 #: Formats whose consumers take only a user and a password (no XOAUTH2 token source).
 PASSWORD_ONLY_FORMATS = ("url", "symfony", "django")
+#: Authentication methods whose consumers log in with a user and password (AWSAccessKey: the
+#: access key id and the SES SMTP password derived from it; never the IAM secret key).
+PASSWORD_METHODS = ("Password", "AWSAccessKey")
 #: Formats read by Python's smtplib, which sends AUTH as ASCII only.
 SMTPLIB_FORMATS = ("django",)
 
@@ -116,7 +119,7 @@ def _username(smtp: SmtpSpec, creds: Mapping[str, str]) -> str | None:
 
 
 def _password(smtp: SmtpSpec, creds: Mapping[str, str]) -> str | None:
-    return creds.get("password") if smtp.authentication.method == "Password" else None
+    return creds.get("password") if smtp.authentication.method in PASSWORD_METHODS else None
 
 
 def format_address(address: str, name: str | None) -> str:
@@ -390,7 +393,8 @@ def sender_json(account: Account, creds: Mapping[str, str]) -> str:
                                      else None),
                    "timeoutSeconds": _int_if_whole(conn.timeout_seconds),
                    "authMethod": ("XOAUTH2" if smtp.authentication.method == "OAuth2"
-                                  else smtp.authentication.method),
+                                  else "Password" if smtp.authentication.method
+                                  in PASSWORD_METHODS else smtp.authentication.method),
                    "username": _username(smtp, creds), "password": _password(smtp, creds),
                    "oauth2": {_camel(k): v for k, v in sorted(oauth.items())},
                    "advanced": dict(sorted(smtp.advanced.items())),
@@ -404,7 +408,7 @@ def _int_if_whole(value: float) -> int | float:
 
 def _nodemailer_auth(smtp: SmtpSpec, creds: Mapping[str, str]) -> dict[str, Any] | None:
     auth, user = smtp.authentication, _username(smtp, creds)
-    if auth.method == "Password":
+    if auth.method in PASSWORD_METHODS:
         return {"user": user, "pass": _password(smtp, creds) or ""}
     if auth.method != "OAuth2" or auth.oauth2 is None:
         return None
@@ -533,7 +537,7 @@ def format_warnings(account: Account, result: ProbeResult | None) -> tuple[Outco
                                  "take a user and password only and cannot do OAuth2 (XOAUTH2); "
                                  "use env, json, nodemailer or javamail"))
     password = (result.credentials.get("password") if result is not None else None) or ""
-    if smtp.authentication.method == "Password" and not password.isascii():
+    if smtp.authentication.method in PASSWORD_METHODS and not password.isascii():
         names = [f for f in selected if f in SMTPLIB_FORMATS]
         if names:
             found.append(Outcome(False, reasons.PASSWORD_NOT_ASCII,
