@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from reconciler.log import configure_logging, reset_logging
+from tests.mta.harness import mta, mta_bed  # noqa: F401  (fixtures of tests/test_mta_*.py)
 from tests.smtpservers import (
     NAMESPACE,
     PASSWORD,

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.mta.dovecot import AuthRequest, Dovecot
+from tests.mta.dovecot import AuthRequest, AuthResult, Dovecot
 from tests.mta.pki import ServerCertificates
 from tests.mta.postfix import DAEMON_DIRECTORY, Postfix, Service, Session, sessions
 from tests.mta.process import wait_for
@@ -123,17 +123,21 @@ class Bed:
                 self.postfix.log_lines(service, since))) from None
         return found
 
-    def auth_requests(self, dovecot: str, since: int, timeout: float = 20) -> list[AuthRequest]:
-        """A Dovecot's AUTH requests logged after offset `since`, once each has its result line
-        (Dovecot's log process writes a little after the reply went out)."""
-        found: list[AuthRequest] = []
+    def auth_log(self, dovecot: str, since: int, timeout: float = 20
+                 ) -> tuple[list[AuthRequest], list[AuthResult]]:
+        """A Dovecot's AUTH requests and results logged after offset `since`, once every
+        request has its result (the log process writes a little after the reply went out)."""
+        found: tuple[list[AuthRequest], list[AuthResult]] = ([], [])
 
         def complete() -> bool:
             nonlocal found
-            found = self.dovecots[dovecot].auth_requests(since)
-            return all(r.result for r in found)
+            found = self.dovecots[dovecot].auth_log(since)
+            return len(found[0]) == len(found[1])
 
-        wait_for(complete, timeout=timeout, what=f"dovecot {dovecot} to log its AUTH results")
+        try:
+            wait_for(complete, timeout=timeout, what=f"dovecot {dovecot} to log AUTH results")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}:\n{self.dovecots[dovecot].log_text()[since:]}") from None
         return found
 
     def stop(self) -> None:
