@@ -1,7 +1,8 @@
 """The MTA test bed as pytest fixtures, and the helpers the tests/test_mta_*.py modules share.
 
-`mta_bed` (session scope: one Postfix and its Dovecots for every MTA test module) skips, or
-fails with CI=true, when Postfix or Dovecot is missing. `mta` (per test) is a `Run`: accounts
+`mta_bed` (module scope: one Postfix and its Dovecots per MTA test module, stopped as soon as
+the module is done rather than idling through the rest of the suite) skips, or fails with
+CI=true, when Postfix or Dovecot is missing. `mta` (per test) is a `Run`: accounts
 written as EmailAccount manifests and probed through the CLI, with the MTAs' log offsets taken
 when the test began, so a test reads only what its own probes caused. tests/conftest.py
 imports both fixtures.
@@ -30,7 +31,7 @@ NS = "mta"
 INSTALL = "apt-get install postfix dovecot-core (tests/system/packages-mta.txt)"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mta_bed() -> Iterator[Bed]:
     """The running bed; at the end, nothing queued and no generated password in any log."""
     gone = missing_tools()

@@ -136,7 +136,9 @@ class Postfix:
     def _master_cf(self) -> str:
         lines = []
         for name, service in self.services.items():
-            opts = {"syslog_name": f"postfix/{name}", **service.options}
+            # an idle smtpd leaves after 5 s (default 100 s): dozens of them would otherwise
+            # stay for minutes, ~10 MB each, on a machine other test runs share
+            opts = {"syslog_name": f"postfix/{name}", "max_idle": "5s", **service.options}
             args = " ".join(_option(k, v) for k, v in opts.items())
             lines.append(f"127.0.0.1:{self.ports[name]} inet n - n - - smtpd {args}")
         # the daemons smtpd talks to, none chrooted (the queue directory has no chroot tree)
