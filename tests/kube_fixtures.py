@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kubeapi import KubeAPIServer
+from tests.kubeapi import SYSTEM_NAMESPACES, KubeAPIServer
 
+# The namespaces the tests put objects in: a real server answers 404 for any other.
+TEST_NAMESPACES = (*SYSTEM_NAMESPACES, "mail", "email-reconciler", "shop", "team", "other")
 DEPLOYED_CRD = Path(__file__).resolve().parent.parent / "deploy" / "crd.yaml"
 
 MINIMAL_CRD: dict[str, Any] = {
@@ -46,6 +48,12 @@ MINIMAL_CRD: dict[str, Any] = {
 }
 
 
+def valid_spec() -> dict[str, Any]:
+    """A small EmailAccount spec the generated CRD admits (for tests about the store, not the spec)."""
+    return {"provider": "custom",
+            "smtp": {"connection": {"host": "smtp.example.com"}, "identity": {"emailAddress": "a@example.com"}}}
+
+
 def email_account_crd() -> dict[str, Any]:
     """The generated CRD from ``deploy/crd.yaml`` if present, else the minimal one."""
     if DEPLOYED_CRD.exists():
@@ -56,5 +64,5 @@ def email_account_crd() -> dict[str, Any]:
 @pytest.fixture
 def kube_api() -> Iterator[KubeAPIServer]:
     """A running API server on 127.0.0.1 serving the EmailAccount CRD; stopped afterwards."""
-    with KubeAPIServer(crds=[email_account_crd()]) as server:
+    with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as server:
         yield server

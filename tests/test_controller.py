@@ -27,7 +27,7 @@ from reconciler.errors import UsageError
 from reconciler.model import status_condition as condition
 from reconciler.run.controller import Controller, WorkQueue, parse_duration
 from reconciler.run.leader import LeaderConfig
-from tests.kube_fixtures import email_account_crd
+from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers
 from tests.manifests_factory import loopback_account, loopback_servers
@@ -129,7 +129,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(servers: Servers) -> Iterator[Cluster]:
-    with KubeAPIServer(crds=[email_account_crd()]) as api:
+    with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as api:
         api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
                                       "metadata": {"name": "ca", "namespace": NS},
                                       "data": {"ca.crt": servers.ca.ca_pem}})

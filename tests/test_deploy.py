@@ -19,7 +19,7 @@ import yaml
 from reconciler.cli import build_parser
 from reconciler.run.controller import Controller
 from reconciler.run.leader import LeaderConfig
-from tests.kube_fixtures import email_account_crd
+from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def test_secrets_only_in_the_served_namespace_with_the_verbs_the_controller_need
 
 @pytest.fixture
 def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(crds=[email_account_crd()]) as server:
+    with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as server:
         yield server
 
 

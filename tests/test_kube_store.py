@@ -32,7 +32,7 @@ from reconciler.store.kube import (
     same_as_applied,
 )
 from reconciler.store.local import LocalStore
-from tests.kube_fixtures import email_account_crd
+from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd, valid_spec
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers
 from tests.manifests_factory import loopback_account, loopback_servers
@@ -115,7 +115,7 @@ def writes(api: KubeAPIServer) -> list[tuple[str, str | None, str | None]]:
 
 @pytest.fixture
 def cluster(servers: Servers, tmp_path: Path) -> Iterator[Cluster]:
-    with KubeAPIServer(crds=[email_account_crd()]) as api:
+    with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as api:
         c = Cluster(api, tmp_path, servers)
         api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
                                       "metadata": {"name": "ca", "namespace": NS},
@@ -165,7 +165,7 @@ def test_first_run_creates_accounts_status_secrets_events_and_inventory(cluster:
 
 
 def _second_run_requests(servers: Servers, tmp_path: Path, n: int) -> dict[str, int]:
-    with KubeAPIServer(crds=[email_account_crd()]) as api:
+    with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as api:
         c = Cluster(api, tmp_path / f"n{n}", servers)
         api.add_object("configmaps", {"metadata": {"name": "ca", "namespace": NS},
                                       "data": {"ca.crt": servers.ca.ca_pem}})
@@ -227,7 +227,7 @@ def test_removed_manifest_prunes_object_and_secret_but_not_unmanaged(cluster: Cl
     cluster.account("billing")
     cluster.account("alerts")
     hand_made = {"apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
-                 "metadata": {"name": "by-hand", "namespace": NS}, "spec": {"provider": "custom"}}
+                 "metadata": {"name": "by-hand", "namespace": NS}, "spec": valid_spec()}
     cluster.api.add_object("emailaccounts", hand_made)
     cluster.secret("unrelated", "token", "keep me")
     cluster.reconcile()
@@ -416,7 +416,7 @@ def test_second_apply_with_same_manifest_sends_nothing(cluster: Cluster) -> None
     manifest: dict[str, Any] = {
                 "apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
                 "metadata": {"name": "a", "namespace": NS, "labels": {"team": "x"}},
-                "spec": {"provider": "custom"}}
+                "spec": valid_spec()}
     with KubeStore(cluster.api.api_client(), retry=FAST) as store:
         store.list_accounts()
         first = store.apply_account(manifest)
@@ -430,7 +430,7 @@ def test_second_apply_with_same_manifest_sends_nothing(cluster: Cluster) -> None
 
 
 def test_status_patch_removes_vanished_fields(cluster: Cluster) -> None:
-    manifest = {"metadata": {"name": "a", "namespace": NS}, "spec": {"provider": "custom"}}
+    manifest = {"metadata": {"name": "a", "namespace": NS}, "spec": valid_spec()}
     with KubeStore(cluster.api.api_client(), retry=FAST) as store:
         store.list_accounts()
         store.apply_account(manifest)
@@ -440,7 +440,7 @@ def test_status_patch_removes_vanished_fields(cluster: Cluster) -> None:
     obj = cluster.api.get_object("emailaccounts", NS, "a")
     assert obj is not None
     assert obj["status"] == {"protocol": "None", "certificate": {"subject": "CN=y"}}
-    assert obj["spec"] == {"provider": "custom"} and obj["metadata"]["generation"] == 1
+    assert obj["spec"] == valid_spec() and obj["metadata"]["generation"] == 1
 
 
 def test_forbidden_list_names_the_cluster_scope(cluster: Cluster) -> None:
@@ -452,7 +452,7 @@ def test_forbidden_list_names_the_cluster_scope(cluster: Cluster) -> None:
 
 
 def test_unreachable_server_gives_store_unavailable(tmp_path: Path) -> None:
-    api = KubeAPIServer(crds=[email_account_crd()]).start()
+    api = KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES).start()
     url_client = api.api_client()
     api.stop()  # nothing listens on that port any more
     sleeps: list[float] = []
@@ -468,9 +468,9 @@ def test_open_store_kube_reads_the_kubeconfig_context(cluster: Cluster, tmp_path
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(cluster.api.kubeconfig(tmp_path / "kubeconfig")))
     cluster.api.add_object("emailaccounts", {"metadata": {"name": "a", "namespace": NS},
-                                             "spec": {"provider": "custom"}})
+                                             "spec": valid_spec()})
     cluster.api.add_object("emailaccounts", {"metadata": {"name": "b", "namespace": "other"},
-                                             "spec": {"provider": "custom"}})
+                                             "spec": valid_spec()})
     store = open_store("kube", context="kubeapi")
     try:
         assert isinstance(store, KubeStore)
@@ -506,9 +506,9 @@ def test_merge_patch_for(old: dict[str, Any], new: dict[str, Any],
 def test_same_as_applied(stored_labels: dict[str, str], managed: list[str] | None,
                          same: bool) -> None:
     desired = {"metadata": {"name": "a", "labels": {
-        "app.kubernetes.io/managed-by": "email-reconciler"}}, "spec": {"provider": "custom"}}
+        "app.kubernetes.io/managed-by": "email-reconciler"}}, "spec": valid_spec()}
     stored: dict[str, Any] = {"metadata": {"name": "a", "labels": stored_labels},
-                              "spec": {"provider": "custom"}}
+                              "spec": valid_spec()}
     if managed is not None:
         fields: dict[str, Any] = {f"f:{k}": {} for k in ["app.kubernetes.io/managed-by", *managed]}
         stored["metadata"]["managedFields"] = [{

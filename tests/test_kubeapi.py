@@ -48,7 +48,8 @@ def core(api_client: client.ApiClient) -> client.CoreV1Api:
 def account(name: str, provider: str = "gmail", **labels: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EmailAccount",
             "metadata": {"name": name, "labels": labels},
-            "spec": {"provider": provider, "smtp": {"connection": {"host": "smtp.example.com"}}}}
+            "spec": {"provider": provider, "smtp": {"connection": {"host": "smtp.example.com"},
+                                                    "identity": {"emailAddress": f"{name}@example.com"}}}}
 
 
 def create(custom: client.CustomObjectsApi, body: dict[str, Any], ns: str = "team") -> dict:

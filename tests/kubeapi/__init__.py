@@ -22,16 +22,27 @@ whole API:
   ``timeoutSeconds``, and an ``ERROR`` event with a 410 Expired Status for a too-old version;
 - Table output (``Accept: application/json;as=Table;g=meta.k8s.io;v=v1``) from the CRD's
   ``additionalPrinterColumns``; core resources get NAME and AGE;
+- admission (schema.py, validation.py): custom resources are pruned (unknown fields dropped, a
+  ``Warning`` header, 400 with ``fieldValidation=Strict``), defaulted and validated against the
+  CRD's OpenAPI v3 schema, and its ``x-kubernetes-validations`` CEL rules run in cel-python
+  (transition rules with ``oldSelf``; ratcheting of unchanged parts); ObjectMeta (name, labels,
+  annotations, finalizers, ownerReferences) and Secret/ConfigMap data keys and Event namespaces
+  are validated for every kind; failures are 422 Invalid with ``details.causes`` field paths;
+- namespaces are objects: a write into one that does not exist is 404 ``namespaces "x" not
+  found`` (NamespaceLifecycle), into a terminating one 403; ``default``, ``kube-system``,
+  ``kube-public`` and ``kube-node-lease`` exist from the start (``namespaces=``), tests create
+  the others (``create_namespace``; ``auto_namespaces=True`` is a relaxation, not real behaviour);
 - errors as ``Status`` objects; fault injection (:meth:`KubeAPIServer.inject`) and a request log.
 
-Simplifications, on purpose: no authentication or admission, no finalizers, no conversion between
-CRD versions, no OpenAPI validation; namespaces are created on first use (``default`` exists from
-the start); PUT never creates; fault injection applies to resource requests only, not discovery.
+Simplifications, on purpose: no authentication, no finalizers, no conversion between CRD
+versions, no CEL cost budget; PUT never creates; fault injection applies to resource requests
+only, not discovery.
 """
 
 from tests.kubeapi.model import (
     BUILTIN_TYPES,
     JSON,
+    SYSTEM_NAMESPACES,
     ApiError,
     RequestRecord,
     ResourceType,
@@ -43,6 +54,7 @@ from tests.kubeapi.server import KubeAPIServer
 
 __all__ = [
     "BUILTIN_TYPES",
+    "SYSTEM_NAMESPACES",
     "JSON",
     "ApiError",
     "KubeAPIServer",

@@ -68,6 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        for warning in getattr(self.api._local, "warnings", None) or []:
+            self.send_header("Warning", '299 - "' + warning.replace('"', '\\"') + '"')
         self.end_headers()
         self.wfile.write(data)
 
@@ -100,6 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
         route = self._route(path)
         verb = self._verb(method, route, query)
         self._request, self._logged = (method, path, query, verb, route), False
+        self.api._local.field_validation = query.get("fieldValidation", "Warn")
+        self.api._local.warnings = []
         try:
             if route.get("resource") is None:
                 if method != "GET":
@@ -120,8 +124,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(error.code, error.status(), error.headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as exc:  # a bug in this package: answer 500 as a real server would, with the cause
+            if not self._logged:
+                self._send_json(500, ApiError(500, f"kubeapi bug: {exc!r}").status())
+            raise
         finally:
-            self._log(500)  # only if nothing was answered: a bug in this module
+            self._log(500)  # only if nothing was answered
 
     @staticmethod
     def _injected(code: int, verb: str, route: JSON) -> ApiError:

@@ -34,6 +34,7 @@ REASONS = {
     503: "ServiceUnavailable",
     504: "Timeout",
 }
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 

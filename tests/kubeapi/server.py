@@ -9,6 +9,8 @@ import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Generator, Sequence
@@ -24,6 +26,7 @@ from tests.kubeapi.model import (
     ALL_VERBS,
     BUILTIN_TYPES,
     JSON,
+    SYSTEM_NAMESPACES,
     VERSION_INFO,
     ApiError,
     RequestRecord,
@@ -33,9 +36,11 @@ from tests.kubeapi.model import (
     resource_types_from_crd,
 )
 from tests.kubeapi.patches import _apply_merge, _leaf_paths, _remove_path, json_patch, merge_patch
+from tests.kubeapi.schema import Admission, StructuralSchema, prune_metadata
 from tests.kubeapi.selectors import field_selector_matches, label_selector_matches
 from tests.kubeapi.store import _Store
 from tests.kubeapi.tables import table
+from tests.kubeapi.validation import FieldError, invalid, object_meta_errors
 
 
 def _now() -> str:
@@ -46,18 +51,42 @@ def _now() -> str:
 class KubeAPIServer:
     """The API server: ``with KubeAPIServer(crds=[crd]) as api: ... api.url ...``."""
 
-    def __init__(self, crds: Sequence[JSON] = ()) -> None:
+    def __init__(
+        self,
+        crds: Sequence[JSON] = (),
+        *,
+        namespaces: Sequence[str] = SYSTEM_NAMESPACES,
+        auto_namespaces: bool = False,
+        ratcheting: bool = True,
+    ) -> None:
+        """Serve the built-in kinds and ``crds``.
+
+        ``namespaces`` exist from the start; any other must be created (a Namespace object, e.g. with
+        :meth:`create_namespace`) before objects go into it, else a write gets 404 as from a real
+        server. ``auto_namespaces=True`` creates them on first use instead (not real behaviour).
+        ``ratcheting`` is CRD validation ratcheting (on by default since Kubernetes 1.30).
+        """
         self.types: list[ResourceType] = [
             *BUILTIN_TYPES,
             *(resource_types_from_crd(c) for c in crds),
         ]
+        self.auto_namespaces = auto_namespaces
+        self._schemas: dict[tuple[str, str, str], StructuralSchema] = {}
+        for crd in crds:
+            for served in crd["spec"]["versions"]:
+                schema = (served.get("schema") or {}).get("openAPIV3Schema")
+                if schema:
+                    key = (crd["spec"]["group"], crd["spec"]["names"]["plural"], served["name"])
+                    self._schemas[key] = StructuralSchema(schema, ratcheting=ratcheting)
+        self._local = threading.local()
         self.requests: list[RequestRecord] = []
         self._faults: list[_Fault] = []
         self._store = _Store()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
-        self._ensure_namespace("default")
+        for namespace in namespaces:
+            self.create_namespace(namespace)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -164,6 +193,31 @@ class KubeAPIServer:
         configuration = client.Configuration()
         configuration.host = self.url
         return client.ApiClient(configuration)
+
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        token: str | None = None,
+    ) -> tuple[int, Any, Any]:
+        """One raw request (status, headers, decoded JSON body), for cases the typed client cannot send."""
+        data = None
+        if body is not None:
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Content-Type", content_type)
+        request.add_header("Accept", "application/json")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.headers, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, error.headers, json.loads(error.read() or b"null")
 
     def kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
         """Write a kubeconfig whose current context points at this server; returns the path."""
@@ -300,12 +354,57 @@ class KubeAPIServer:
             details={"name": name, "group": rtype.group, "kind": rtype.plural},
         )
 
-    def _ensure_namespace(self, namespace: str) -> None:
-        """Namespaces are created on first use, so tests need not create them."""
+    def create_namespace(self, namespace: str) -> None:
+        """Create a Namespace unless it exists (tests create the namespaces they use)."""
         ns_type = self.types[0]
         with self._store.lock:
             if ("", namespace) not in self._store.bucket(ns_type):
                 self._create(ns_type, "v1", None, {"metadata": {"name": namespace}})
+
+    def _check_namespace(self, namespace: str) -> None:
+        """NamespaceLifecycle admission: 404 for a namespace that does not exist, 403 while it terminates."""
+        ns_type = self.types[0]
+        with self._store.lock:
+            found = self._store.bucket(ns_type).get(("", namespace))
+            if found is None and self.auto_namespaces:
+                self.create_namespace(namespace)
+                return
+        if found is None:
+            raise ApiError(
+                404, f'namespaces "{namespace}" not found', details={"name": namespace, "kind": "namespaces"}
+            )
+        if found["metadata"].get("deletionTimestamp"):
+            message = f"unable to create new content in namespace {namespace} because it is being terminated"
+            raise ApiError(
+                403,
+                message,
+                details={
+                    "name": namespace,
+                    "kind": "namespaces",
+                    "causes": [{"reason": "NamespaceTerminating", "message": message, "field": "metadata.namespace"}],
+                },
+            )
+
+    def _admit(self, rtype: ResourceType, obj: JSON, old: JSON | None) -> None:
+        """Prune, default and validate a write as the real server does, raising 422 Invalid with causes."""
+        version = str(obj.get("apiVersion", "")).rpartition("/")[2]
+        schema = self._schemas.get((rtype.group, rtype.plural, version))
+        admission = schema.admit(obj, old) if schema is not None else Admission()
+        if schema is None:
+            prune_metadata(obj, admission)
+        deleting = old is not None and bool(old["metadata"].get("deletionTimestamp"))
+        errors = object_meta_errors(rtype, obj, deleting=deleting, old=old) + admission.errors
+        if admission.pruned:
+            unknown = [f'unknown field "{p}"' for p in admission.pruned]
+            mode = getattr(self._local, "field_validation", "Warn")
+            if mode == "Strict":
+                raise ApiError(400, "strict decoding error: " + ", ".join(unknown))
+            if mode != "Ignore":
+                warnings = getattr(self._local, "warnings", None)
+                if warnings is not None:
+                    warnings.extend(unknown)
+        if errors:
+            raise invalid(rtype, obj["metadata"].get("name", ""), errors)
 
     @staticmethod
     def _normalize_secret(obj: JSON) -> None:
@@ -346,19 +445,22 @@ class KubeAPIServer:
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         name = meta.get("name")
         if not name:
-            raise ApiError(
-                422,
-                f"{rtype.kind} is invalid: metadata.name: Required value: name or generateName is required",
-            )
+            detail = "name or generateName is required"
+            raise invalid(rtype, "", [FieldError("FieldValueRequired", "metadata.name", detail=detail)])
         if rtype.plural == "secrets":
             self._normalize_secret(body)
         if rtype.status_subresource:
             body.pop("status", None)
+        if rtype.plural == "namespaces":
+            body.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+            body["status"] = {"phase": "Active"}
         if namespace is not None:
-            self._ensure_namespace(namespace)
+            self._check_namespace(namespace)
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
+        body["apiVersion"], body["kind"] = rtype.api_version(version), rtype.kind
+        self._admit(rtype, body, None)
         with self._store.lock:
             bucket = self._store.bucket(rtype)
             if (namespace or "", name) in bucket:
@@ -432,6 +534,7 @@ class KubeAPIServer:
                 meta["namespace"] = namespace
             meta.pop("managedFields", None)
             new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+            self._admit(rtype, new, old)
             if new == old:
                 return copy.deepcopy(old)  # a no-op write is not stored, as in etcd
             if rtype.custom and self._spec_part(rtype, new) != self._spec_part(rtype, old):
