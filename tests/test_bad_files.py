@@ -22,7 +22,7 @@ from reconciler.manifest.load import MAX_BYTES, load_paths
 from reconciler.model import status_condition
 from reconciler.run.reconcile import Reconciler, RunOptions
 from reconciler.store.kube import KubeStore, RetryPolicy
-from tests.kube_fixtures import email_account_crd
+from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers, loopback_account, loopback_servers
 from tests.world import NS, World, servers, world  # noqa: F401
@@ -175,7 +175,7 @@ def test_a_broken_file_deletes_nothing_in_the_cluster(kind: str, smtp_pair: Loop
                                                       tmp_path: Path) -> None:
     accounts = tmp_path / "accounts"
     accounts.mkdir()
-    with KubeAPIServer(crds=[email_account_crd()]) as api:
+    with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as api:
         api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
                                       "metadata": {"name": "ca", "namespace": NS},
                                       "data": {"ca.crt": smtp_pair.ca.ca_pem}})

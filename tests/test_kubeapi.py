@@ -513,13 +513,14 @@ def test_events_with_generate_name_and_delete_collection(kube_api: KubeAPIServer
 def test_kubectl_server_side_apply_drops_fields_it_no_longer_applies(
         kube_api: KubeAPIServer, tmp_path: Path) -> None:
     manifest = tmp_path / "m.yaml"
-    body = {**account("a"), "metadata": {"name": "a", "namespace": "team"}}
+    body = {**account("a", provider="amazon-ses"), "metadata": {"name": "a", "namespace": "team"}}
     body["spec"]["region"] = "eu-west-1"
+    body["spec"]["description"] = "dropped later"
     manifest.write_text(yaml.safe_dump(body))
     apply = ("apply", "--server-side", "--validate=false", "-f", str(manifest))
     assert "serverside-applied" in kubectl(kube_api, tmp_path, *apply)
-    del body["spec"]["region"]
+    del body["spec"]["description"]
     manifest.write_text(yaml.safe_dump(body))
     kubectl(kube_api, tmp_path, *apply)
-    assert "region" not in kube_api.get_object(PLURAL, "team", "a")["spec"]
+    assert "description" not in kube_api.get_object(PLURAL, "team", "a")["spec"]
     assert [r.status for r in kube_api.requests if r.verb == "patch"] == [201, 200]

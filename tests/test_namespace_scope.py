@@ -16,7 +16,7 @@ import yaml
 
 from reconciler.cli import main
 from reconciler.store.local import LocalStore
-from tests.kube_fixtures import email_account_crd
+from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers
 from tests.manifests_factory import loopback_account, loopback_servers
@@ -49,6 +49,7 @@ def _write(folder: Path, *docs: dict[str, Any]) -> Path:
 
 def _cluster_inputs(api: KubeAPIServer, servers: Servers, namespace: str,
                     names: list[str]) -> None:
+    api.create_namespace(namespace)
     api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
                                   "metadata": {"name": "ca", "namespace": namespace},
                                   "data": {"ca.crt": servers.ca.ca_pem}})
@@ -77,7 +78,7 @@ def _cronjob_args() -> list[str]:
 
 @pytest.fixture
 def api() -> Iterator[KubeAPIServer]:
-    with KubeAPIServer(crds=[email_account_crd()]) as server:
+    with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as server:
         yield server
 
 

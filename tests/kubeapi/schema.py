@@ -122,6 +122,9 @@ class StructuralSchema:
             result.errors.append(FieldError("FieldValueInvalid", "<nil>", None, detail))
         else:
             for rule, value, old_value, schema, path in jobs:
+                if path == "":  # the root's self has apiVersion, kind and metadata.name/generateName
+                    value = _cel_root(value, obj)
+                    old_value = old_value if old is None or old_value is _MISSING else _cel_root(old_value, old)
                 self._cel(rule, value, old_value, schema, path, result.errors)
         return result
 
@@ -412,6 +415,13 @@ class StructuralSchema:
                 message = str(self._program(rule["messageExpression"]).evaluate(activation))
         reason = rule.get("reason", "FieldValueInvalid")
         errors.append(FieldError(reason, where, shown_type, message))
+
+
+def _cel_root(body: JSON, obj: JSON) -> JSON:
+    meta = obj.get("metadata") or {}
+    root = {k: obj[k] for k in ("apiVersion", "kind") if k in obj}
+    root["metadata"] = {k: meta[k] for k in ("name", "generateName") if k in meta}
+    return {**body, **root}
 
 
 def _names_old_self(expression: str) -> bool:
