@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write nothing; print what would change; exit 1 if anything would")
     p.add_argument("--no-prune", action="store_true",
                    help="keep accounts that left git, and their Secrets")
+    p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="local store: how long to wait for another run to finish (default 30)")
     _store_args(p)
     p.set_defaults(func=cmd_reconcile)
 

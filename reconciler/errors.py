@@ -10,6 +10,7 @@ are probe outcomes with reasons (reconciler.reasons), not exceptions.
     └── StoreError               the state store failed
         ├── StoreConflict        409: re-read and retry
         ├── StoreUnavailable     429/5xx/connection: back off, then ApiUnavailable
+        ├── StoreBusy            another run holds the local store's lock -> exit 2
         └── StoreForbidden       401/403: names verb, resource and namespace
 """
 
@@ -49,6 +50,10 @@ class StoreConflict(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached now (429, 5xx, connection error)."""
+
+
+class StoreBusy(StoreError):
+    """Another run holds the local store's lock (and did not let go in time)."""
 
 
 class StoreForbidden(StoreError):

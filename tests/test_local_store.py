@@ -97,3 +97,43 @@ def test_inventory_and_events_round_trip(tmp_path: Path) -> None:
 def test_unsafe_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(StoreError):
         LocalStore(tmp_path).delete_secret("shop", name)
+
+
+def test_a_second_run_waits_bounded_then_exits_2(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+
+    accounts = tmp_path / "accounts"
+    accounts.mkdir()
+    (accounts / "billing.yaml").write_text(yaml.safe_dump(MANIFEST))
+    store = LocalStore(tmp_path / "store")
+    with store.locked():  # another run holds the store
+        assert main(["reconcile", str(accounts), "--store", f"local:{tmp_path / 'store'}",
+                     "--lock-timeout", "0.3"]) == 2
+        err = capsys.readouterr().err
+        assert "in use by another reconcile run" in err and "--lock-timeout" in err
+        assert not (tmp_path / "store" / "shop").exists()  # it wrote nothing
+    with store.locked(timeout=0):  # released with the holder
+        pass
+
+
+def test_the_next_run_removes_a_killed_runs_temp_files(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.apply_account(MANIFEST)
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "billing-sender", "namespace": "shop"}, "data": {}}
+    store.apply_secret(secret)
+    stale = [tmp_path / "shop" / "secrets" / ".tmp-k1ll3d00",
+             tmp_path / "shop" / "emailaccounts" / ".tmp-k1ll3d01",
+             tmp_path / "shop" / "secrets" / ".billing-sender.yaml.ab12cd34",  # older versions
+             tmp_path / ".tmp-k1ll3d02"]
+    for path in stale:
+        path.write_text("half a Secret")
+    keep = [tmp_path / "shop" / "secrets" / ".hidden-by-hand", tmp_path / "notes.txt"]
+    for path in keep:
+        path.write_text("not ours")
+    with store.locked():
+        pass
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in keep)
+    assert store.get_secret("shop", "billing-sender") == secret

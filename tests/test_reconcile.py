@@ -322,3 +322,56 @@ def test_a_missing_secret_is_not_reprobed_until_it_appears(world: World) -> None
     world.secret("billing-smtp", "password", PASSWORD)
     assert world.reconcile() == 0  # the Secret appeared: probed at once
     assert world.starttls.connections == seen + 1
+
+
+@pytest.mark.parametrize("keystore_password", ["changeit", None])
+def test_published_pkcs12_changes_only_with_its_keystore(world: World,
+                                                         keystore_password: str | None) -> None:
+    """Issue 12 item 6: signing.p12 and its password survive probes that change nothing."""
+    from tests.keystores import TestCA, cryptography_pfx, pem_keystore
+
+    ca = TestCA.create()
+
+    def keystore(password: str | None, key: Any, cert: Any) -> None:
+        if password is None:
+            world.secret("billing-signing", "keystore.p12", pem_keystore(key, [cert, ca.cert]))
+        else:
+            world.secret("billing-signing", "keystore.p12",
+                         cryptography_pfx("billing", key, cert, [ca.cert], password))
+            world.secret("billing-signing", "password", password)
+
+    key, cert = ca.issue_smime("billing@example.com")
+    keystore(keystore_password, key, cert)
+    doc = world.account("billing", publish={"signingFormat": "PKCS12"})
+    signing: dict[str, Any] = {"keystoreSecretRef": {"name": "billing-signing",
+                                                     "key": "keystore.p12"}}
+    if keystore_password is not None:
+        signing["keystorePasswordSecretRef"] = {"name": "billing-signing", "key": "password"}
+    doc["spec"]["smtp"]["signing"] = signing
+
+    def probe(request: str) -> dict[str, str]:
+        doc["metadata"]["annotations"] = {"email.reconciler.io/requested-at": request}
+        world.write(doc)
+        assert world.reconcile() == 0
+        assert world.status("billing")["lastRequestedAt"] == request  # it did probe
+        return world.published_data("billing-sender")
+
+    secret_file = world.store / NS / "secrets" / "billing-sender.yaml"
+    first = probe("1")
+    assert first["signing.p12"] and first["SIGNING_P12_PASSWORD"]
+    written = secret_file.stat().st_mtime_ns
+    assert probe("2") == first
+    assert secret_file.stat().st_mtime_ns == written  # not even rewritten
+
+    if keystore_password is not None:  # the same key under a new keystore password
+        keystore("rotated-pass", key, cert)
+        third = probe("3")
+        assert third["SIGNING_P12_PASSWORD"] == "rotated-pass"
+        assert third["signing.p12"] != first["signing.p12"]
+        first = third
+    new_key, new_cert = ca.issue_smime("billing@example.com")
+    keystore(keystore_password and "rotated-pass", new_key, new_cert)
+    fourth = probe("4")
+    assert fourth["signing.p12"] != first["signing.p12"]
+    if keystore_password is None:  # derived from the key: a new key, a new password
+        assert fourth["SIGNING_P12_PASSWORD"] != first["SIGNING_P12_PASSWORD"]

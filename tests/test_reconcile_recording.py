@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +51,13 @@ class SessionLog:
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: dict[str, float] = field(default_factory=dict)
     ended: dict[str, float] = field(default_factory=dict)
+    auths: Counter[str] = field(default_factory=Counter)
 
     def clear(self) -> None:
         with self.lock:
             self.started.clear()
             self.ended.clear()
+            self.auths.clear()
 
     def snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
         with self.lock:
@@ -106,6 +109,8 @@ class DelayedServers:
                     await writer.drain()
                     line = b"AUTH PLAIN " + await reader.readline()
                 secret = base64.b64decode(line.split()[2]).split(b"\0")[-1]
+                with self.log.lock:
+                    self.log.auths[name] += 1
                 writer.write(b"235 2.7.0 ok\r\n" if secret == PASSWORD.encode()
                              else b"535 5.7.8 no\r\n")
             elif verb == b"QUIT":
@@ -153,6 +158,7 @@ def delayed() -> Iterator[tuple[DelayedServers, dict[str, float]]]:
     servers = DelayedServers(ca)
     delays = {f"fast-{i:02d}": 0.12 * i for i in range(16)}
     delays |= {f"slow-{i}": 3600.0 for i in range(4)}  # never answer while the test runs
+    delays["lock-held"] = 3.0
     try:
         ports = {name: servers.start(name, delay) for name, delay in delays.items()}
         servers.ports = ports  # type: ignore[attr-defined]
@@ -161,10 +167,12 @@ def delayed() -> Iterator[tuple[DelayedServers, dict[str, float]]]:
         servers.close()
 
 
-def _world(root: Path, servers: DelayedServers) -> tuple[Path, Path]:
+def _world(root: Path, servers: DelayedServers, only: tuple[str, ...] = ()) -> tuple[Path, Path]:
     accounts, secrets = root / "accounts", root / "secrets"
     accounts.mkdir(parents=True)
     for name, port in servers.ports.items():  # type: ignore[attr-defined]
+        if only and name not in only or not only and name == "lock-held":
+            continue
         timeout = 60 if name.startswith("slow") else 10
         (accounts / f"{name}.yaml").write_text(yaml.safe_dump(_manifest(name, port, timeout)))
     for secret, key, value in (("smtp", "password", PASSWORD), ("ca", "ca.crt", servers.ca.ca_pem)):
@@ -249,10 +257,7 @@ def test_a_failing_write_is_that_accounts_reason_and_the_others_are_written(
         delayed: tuple[DelayedServers, dict[str, float]], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     servers, _delays = delayed
-    accounts, secrets = _world(tmp_path / "world", servers)
-    for path in accounts.glob("*.yaml"):
-        if not path.name.startswith(("fast-00", "fast-01")):
-            path.unlink()
+    accounts, secrets = _world(tmp_path / "world", servers, only=("fast-00", "fast-01"))
     # fast-00 lives in namespace "broken", whose secrets folder is taken by a plain file:
     # writing its Secret fails with an OSError (FileExistsError), whatever the user.
     doc = yaml.safe_load((accounts / "fast-00.yaml").read_text())
@@ -275,6 +280,31 @@ def test_a_failing_write_is_that_accounts_reason_and_the_others_are_written(
     assert _recorded(store) == {"fast-01": True}
     stored = yaml.safe_load((store / "broken" / "emailaccounts" / "fast-00.yaml").read_text())
     assert status_condition(stored["status"], "SecretPublished")["reason"] == "StoreWriteFailed"
+
+
+def test_a_second_run_waits_for_the_first_and_authenticates_nothing_again(
+        delayed: tuple[DelayedServers, dict[str, float]], tmp_path: Path) -> None:
+    """Issue 12 item 8: two runs on one local store used to AUTH every account twice."""
+    servers, _delays = delayed
+    accounts, secrets = _world(tmp_path / "world", servers, only=("lock-held", "fast-00"))
+    servers.log.clear()
+    command = [_console_script(), "reconcile", str(accounts), "--store",
+               f"local:{tmp_path / 'store'}", "--secrets-dir", str(secrets)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = None
+    try:
+        _wait(lambda: "lock-held" in servers.log.snapshot()[0], 30, "the first run to connect")
+        second = subprocess.Popen([*command, "--lock-timeout", "60"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert first.wait(60) == 0
+        assert second.wait(60) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert dict(servers.log.auths) == {"lock-held": 1, "fast-00": 1}
+    assert _recorded(tmp_path / "store") == {"lock-held": True, "fast-00": True}
 
 
 def test_local_store_errors_name_the_file_not_an_oserror(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import hmac
 import re
-import secrets as _secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -121,7 +120,7 @@ def check_signing(account: Account, secrets: SecretReader, *, now: datetime) -> 
     key_pem = material.key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()).decode("ascii")
-    p12_password = material.password or _secrets.token_urlsafe(24)
+    p12_password = material.password or published_p12_password(material.key)
     register_secret(key_pem)
     register_secret(p12_password)
     p12 = pkcs12.serialize_key_and_certificates(
@@ -137,6 +136,42 @@ def check_signing(account: Account, secrets: SecretReader, *, now: datetime) -> 
                         f"with alias {material.alias or '(unnamed)'!r}"),
         certificate_chain_pem=chain_pem, private_key_pem=key_pem, pkcs12=p12,
         pkcs12_password=p12_password)
+
+
+def published_p12_password(key: SigningKey) -> str:
+    """The password of the published signing.p12 when the keystore has none: stable for a key.
+
+    Derived (HMAC-SHA256, one-way) from the private key, so it changes only with the key and
+    the Secret does not churn (a new password on every probe restarted applications through
+    Reloader-style tools). It protects nothing the Secret does not already: it is published
+    next to the file it opens.
+    """
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    mac = hmac.new(der, b"email-reconciler signing.p12 password", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:24]).decode("ascii")
+
+
+def same_pkcs12(old: bytes, new: bytes, password: str) -> bool:
+    """Whether two PKCS#12 files opened with `password` hold the same key, certificates and
+    friendly name (their bytes differ by random salts): then the published one can stay."""
+    try:
+        a = pkcs12.load_pkcs12(old, password.encode("utf-8"))
+        b = pkcs12.load_pkcs12(new, password.encode("utf-8"))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+
+    def content(p: pkcs12.PKCS12KeyAndCertificates) -> tuple[object, ...]:
+        key = p.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()) if p.key is not None else None
+        cert = p.cert
+        return (key,
+                cert.certificate.public_bytes(serialization.Encoding.DER) if cert else None,
+                cert.friendly_name if cert else None,
+                [c.certificate.public_bytes(serialization.Encoding.DER)
+                 for c in p.additional_certs])
+
+    return content(a) == content(b)
 
 
 def load_signing_material(account: Account, secrets: SecretReader) -> SigningMaterial | Outcome:

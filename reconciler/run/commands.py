@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -167,7 +168,10 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
         secrets = _secret_reader(args.secrets_dir, store)
         options = RunOptions(dry_run=args.dry_run, prune=not args.no_prune,
                              concurrency=args.concurrency)
-        report = Reconciler(store, secrets, options).run(loaded)
+        locked = getattr(store, "locked", None)  # the local store: one writing run at a time
+        with (locked(args.lock_timeout) if locked is not None and not args.dry_run
+              else contextlib.nullcontext()):
+            report = Reconciler(store, secrets, options).run(loaded)
     except StoreError as exc:
         print(f"email-reconciler: store error: {exc}", file=__import__("sys").stderr)
         return EXIT_USAGE

@@ -8,6 +8,7 @@ others; status is always written at the end of an account's turn (a `finally`), 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import queue
 import threading
@@ -309,6 +310,7 @@ class Reconciler:
         desired = render.render_secret(account, result,
                                        owner_uid=None if orphan else account.uid or None)
         existing = published.get((ns, secret_name))
+        _keep_published_pkcs12(existing, desired)
         if existing is not None and not render.is_managed(existing):
             return Outcome(False, reasons.SECRET_CONFLICT,
                            f"Secret {ns}/{secret_name} exists and is not managed by "
@@ -456,6 +458,29 @@ class Reconciler:
                 self.store.delete_secret(ns, secret_name)
         self.store.delete_account(ns, name)
         log.info("pruned", account=f"{ns}/{name}")
+
+
+def _keep_published_pkcs12(existing: Mapping[str, Any] | None, desired: dict[str, Any]) -> None:
+    """Keep the published signing.p12 when the new one holds the same key, certificates, alias
+    and password: PKCS#12 files carry random salts, so rebuilding it on every probe would
+    change the Secret (and restart its applications) with nothing changed."""
+    old = (existing or {}).get("data") or {}
+    new = desired.get("data") or {}
+    key, password = "signing.p12", "SIGNING_P12_PASSWORD"
+    if key not in old or key not in new or old[key] == new[key]:
+        return
+    if old.get(password) != new.get(password):
+        return  # the keystore password changed: so does the published one
+    from reconciler.probe.signing import same_pkcs12
+
+    try:
+        old_p12, new_p12 = base64.b64decode(old[key]), base64.b64decode(new[key])
+        secret = base64.b64decode(new.get(password) or "").decode("utf-8")
+    except (ValueError, TypeError):
+        return
+    if same_pkcs12(old_p12, new_p12, secret):
+        new[key] = old[key]
+        desired["metadata"]["annotations"][HASH_ANNOTATION] = render.data_hash(new)
 
 
 def _store_reason(exc: BaseException) -> str:

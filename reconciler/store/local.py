@@ -6,24 +6,30 @@
     DIR/.inventory.yaml                         the accounts the last run applied from git
 
 Files are written atomically (temp file + rename) and only when their content changes, so a run
-that finds nothing changed leaves every mtime alone.
+that finds nothing changed leaves every mtime alone. One run at a time writes a store: a second
+waits for the lock on DIR (bounded), then gives up with StoreBusy; the kernel drops the lock of a killed
+run, and the next run removes the temp files such a run left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import os
+import re
 import tempfile
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from reconciler.errors import StoreError
+from reconciler.errors import StoreBusy, StoreError
 from reconciler.model import GROUP_VERSION, Event, SecretReader
 from reconciler.store.base import Key, account_object, object_key
 
@@ -36,6 +42,11 @@ def _dump(obj: Any) -> bytes:
                      allow_unicode=True).encode("utf-8")
 
 
+TEMP_PREFIX = ".tmp-"
+#: Temp files of older versions: `.<file name>.<8 random characters>`.
+_OLD_TEMP = re.compile(r"^\..+\.(yaml|jsonl)\.[a-z0-9_]{8}$")
+
+
 def write_atomic(path: Path, content: bytes, mode: int = 0o644) -> bool:
     """Write content to path via a temp file and rename; skip when unchanged. True if written."""
     try:
@@ -46,7 +57,9 @@ def write_atomic(path: Path, content: bytes, mode: int = 0o644) -> bool:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # A short name of its own (not derived from a name that may be 255 bytes long already), so
+    # the next run can tell a killed run's leftovers from anything else.
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -83,6 +96,64 @@ class LocalStore:
         self.description = f"local:{self.root}" + (f" (namespace {namespace})" if namespace
                                                    else "")
         self.writes = 0  # files actually written, for reports and tests
+
+    # ------------------------------------------------------------------ one run at a time
+    @contextlib.contextmanager
+    def locked(self, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the store's lock for a run: wait up to `timeout` seconds for another run to end,
+        else raise StoreBusy. Then remove the temp files a killed run left behind.
+
+        The lock is a flock on the store folder itself: no file to leave behind or to rewrite
+        (a run that changes nothing changes no mtime), and the kernel drops it with the process.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _os_error("lock", self.root, exc) from exc
+        try:
+            self._acquire(fd, timeout)
+            self.remove_stale_temp_files()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _acquire(self, fd: int, timeout: float) -> None:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        delay = 0.05
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(
+                        f"{self.description} is in use by another reconcile run; waited "
+                        f"{timeout:g} s. Run again when it has finished, or wait longer with "
+                        "--lock-timeout") from None
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+                delay = min(delay * 2, 1.0)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temp files of an interrupted write (call only while holding the lock)."""
+        removed: list[Path] = []
+        folders = [self.root]
+        if self.root.is_dir():
+            for ns in self.root.iterdir():
+                if ns.is_dir() and not ns.is_symlink():
+                    folders += [ns / "emailaccounts", ns / "secrets"]
+        for folder in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                if (entry.name.startswith(TEMP_PREFIX) or _OLD_TEMP.match(entry.name)) and (
+                        entry.is_file(follow_symlinks=False)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed.append(Path(entry.path))
+        return removed
 
     # ------------------------------------------------------------------ paths
     def _account_path(self, namespace: str, name: str) -> Path:
