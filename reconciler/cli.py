@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-duration", type=float, default=15.0)
     p.add_argument("--renew-deadline", type=float, default=10.0)
     p.add_argument("--retry-period", type=float, default=2.0)
+    _politeness_args(p)
     p.set_defaults(func=cmd_controller)
     return parser
 
@@ -91,6 +92,31 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
                    help="credentials laid out as DIR/<namespace>/<secret-name>/<key>")
     p.add_argument("--concurrency", type=_positive_int, default=32)
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    _politeness_args(p)
+
+
+def _politeness_args(p: argparse.ArgumentParser) -> None:
+    """Limits towards each mail server (host, port), across the whole run or controller."""
+    from reconciler.probe.limits import (
+        DEFAULT_MAX_AUTH_PER_MINUTE,
+        DEFAULT_MAX_SESSIONS_PER_SERVER,
+    )
+
+    p.add_argument("--max-sessions-per-server", type=_positive_int,
+                   default=DEFAULT_MAX_SESSIONS_PER_SERVER,
+                   help="concurrent SMTP sessions per server, TLS diagnostic sessions included "
+                        f"(default {DEFAULT_MAX_SESSIONS_PER_SERVER})")
+    p.add_argument("--max-auth-per-minute", type=_positive_int,
+                   default=DEFAULT_MAX_AUTH_PER_MINUTE,
+                   help="AUTH attempts per server and minute (default "
+                        f"{DEFAULT_MAX_AUTH_PER_MINUTE}; a minute's worth may go at once)")
+
+
+def _configure_politeness(args: argparse.Namespace) -> None:
+    from reconciler.probe.limits import configure
+
+    configure(max_sessions_per_server=args.max_sessions_per_server,
+              max_auth_per_minute=args.max_auth_per_minute)
 
 
 def _store_args(p: argparse.ArgumentParser, *, local: bool = True) -> None:
@@ -117,12 +143,14 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    _configure_politeness(args)
     from reconciler.run.commands import run_probe
 
     return run_probe(args, out=sys.stdout)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    _configure_politeness(args)
     from reconciler.run.commands import run_reconcile
 
     return run_reconcile(args, out=sys.stdout)
@@ -141,6 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
+    _configure_politeness(args)
     from reconciler.run.controller import run_controller
 
     return run_controller(args)

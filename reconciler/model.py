@@ -147,6 +147,7 @@ class ProbeSettings:
     auth_interval_seconds: float = 86400.0
     retry_interval_seconds: float = 30.0
     suspend: bool = False
+    envelope_check: bool = True  # MAIL FROM:<emailAddress> + RSET after AUTH (never RCPT/DATA)
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,7 @@ class MiniSmtp:
     busy_first: int = 0  # the first N connections get a 421 greeting
     penalty_delay: float = 0.0  # after a wrong password, AUTH replies wait this long
     advertise_auth: bool = True
+    answer_503: bool = False  # advertise AUTH, then answer it 503 (bad sequence)
     require_tls_at_mail: bool = False  # 530 5.7.0 at MAIL FROM (no STARTTLS offered here)
     senders: dict[str, set[str]] | None = None  # login -> allowed MAIL FROM addresses
     port: int = 0
@@ -187,7 +188,7 @@ class MiniSmtp:
                 auth = b"250-AUTH PLAIN\r\n" if self.advertise_auth else b""
                 writer.write(b"250-mini.test\r\n" + auth + b"250 8BITMIME\r\n")
             elif verb == "AUTH":
-                if not self.advertise_auth:
+                if not self.advertise_auth or self.answer_503:
                     writer.write(b"503 5.5.1 Error: authentication not enabled\r\n")
                 else:
                     login = await self._auth(line)

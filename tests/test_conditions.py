@@ -459,3 +459,14 @@ def test_sender_and_host_fill_the_wide_columns_for_smtp_and_graph() -> None:
     g = build_status(account=graph, old_status=None, result=result(), published=PUBLISHED, now=T0)
     assert (g["via"], g["sender"], g["host"]) == ("Graph", "orders@example.com",
                                                   "graph.microsoft.us")
+
+
+def test_probe_command_status_of_a_ready_account_counts_no_failed_probe() -> None:
+    # Issue 14: `probe` (no store, publishing=False) showed failedProbes 1 and a nextProbeTime
+    # at the retry interval on Ready accounts: the absent SecretPublished counted as a failure.
+    s = build_status(account=account(), old_status=None, result=result(), published=None,
+                     now=T0, publishing=False)
+    assert cond(s, "Ready")["status"] == "True"
+    assert s["failedProbes"] == 0
+    # the (jittered) 10-minute interval, not the 30 s retry interval
+    assert "2026-11-25T08:05:00Z" < s["nextProbeTime"] <= "2026-11-25T08:15:00Z"

@@ -139,7 +139,8 @@ def _probe(raw: Mapping[str, Any]) -> model.ProbeSettings:
         else d.auth_interval_seconds,
         retry_interval_seconds=parse_duration(raw["retryInterval"]) if "retryInterval" in raw
         else d.retry_interval_seconds,
-        suspend=bool(raw.get("suspend", False)))
+        suspend=bool(raw.get("suspend", False)),
+        envelope_check=bool(raw.get("envelopeCheck", True)))
 
 
 def account_from_manifest(doc: Mapping[str, Any], source: model.SourceRef | None = None,

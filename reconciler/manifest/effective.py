@@ -94,7 +94,7 @@ def effective_manifest(account: model.Account) -> dict[str, Any]:
     spec["probe"] = {"interval": _duration(pr.interval_seconds),
                      "authInterval": _duration(pr.auth_interval_seconds),
                      "retryInterval": _duration(pr.retry_interval_seconds),
-                     "suspend": pr.suspend}
+                     "suspend": pr.suspend, "envelopeCheck": pr.envelope_check}
     metadata: dict[str, Any] = {"name": account.name, "namespace": account.namespace}
     if account.labels:
         metadata["labels"] = dict(account.labels)

@@ -335,8 +335,11 @@ def probe_passed(*, account: Account, old_status: Mapping[str, Any] | None,
     return last is not None and last.get("status") == "True"
 
 
-def _failed_probes(account: Account, status: Status, old: Mapping[str, Any]) -> int:
-    failure = first_failure(status.get("conditions") or [], _signing_configured(account))
+def _failed_probes(account: Account, status: Status, old: Mapping[str, Any],
+                   publishing: bool = True) -> int:
+    # Without a store (the probe command) SecretPublished is absent, and that is no failure.
+    failure = first_failure(status.get("conditions") or [], _signing_configured(account),
+                            publishing)
     if failure is None:
         return 0
     return int(old.get("failedProbes") or 0) + 1
@@ -388,9 +391,9 @@ def build_status(*, account: Account, old_status: Mapping[str, Any] | None,
         else:
             status["conditions"] = remove_condition(status["conditions"], "SecretPublished")
             status.pop("secretName", None)
-        failed = _failed_probes(account, status, old)
+        failed = _failed_probes(account, status, old, publishing)
         status["failedProbes"] = failed
-        failure = first_failure(status["conditions"], _signing_configured(account))
+        failure = first_failure(status["conditions"], _signing_configured(account), publishing)
         # A terminal failure waits for a human, so backing off faster helps no one.
         backoff = 0 if failure is not None and failure[0] in reasons.TERMINAL else failed
         status["nextProbeTime"] = rfc3339(next_probe_time(account, now=now,

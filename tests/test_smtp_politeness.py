@@ -1,0 +1,234 @@
+"""Issue 14 items 1-6 and issue 12 item 2 on the SMTP side, against raw asyncio servers.
+
+Per-operation timeouts and the overall deadline, bounded replies, per-server session limit, 421
+retries, AUTH serialised after a failure, EHLO name, QUIT after failures, the envelope check and
+503 as ProtocolViolation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import reasons
+from reconciler.model import Account, KeyRef, ProbeResult, ProbeSettings
+from reconciler.probe import limits, probe_account, probe_accounts
+from reconciler.probe.credentials import DirSecretReader
+from reconciler.probe.smtp import ehlo_name
+from tests.hostile import HostileServers, MiniSmtp
+from tests.smtpservers import NOW, PASSWORD, USER, ServerLoop, make_account, write_secret
+
+OTHER = "other@example.test"
+WRONG_REF = KeyRef("wrong-credentials", "password")
+
+
+@pytest.fixture(autouse=True)
+def fresh_politeness() -> Iterator[limits.Politeness]:
+    """Each test starts with the documented defaults and no memory of other tests' servers."""
+    yield limits.configure()
+    limits.configure()
+
+
+@pytest.fixture
+def hostile(server_loop: ServerLoop) -> Iterator[HostileServers]:
+    servers = HostileServers(server_loop)
+    yield servers
+    servers.close()
+
+
+@pytest.fixture
+def secrets(secrets_dir: Path) -> DirSecretReader:
+    write_secret(secrets_dir, "mail", WRONG_REF.name, WRONG_REF.key, "not-the-password")
+    return DirSecretReader(secrets_dir)
+
+
+def plain(port: int, **o: Any) -> Account:
+    """An account for a MiniSmtp server: plain text, AUTH allowed (loopback test server)."""
+    envelope = o.pop("envelope_check", True)
+    account = make_account(port=port, security="None", allow_insecure_auth=True, truststore=None,
+                           **o)
+    return dataclasses.replace(account, probe=ProbeSettings(envelope_check=envelope))
+
+
+def probe(account: Account, secrets: DirSecretReader) -> ProbeResult:
+    return asyncio.run(probe_account(account, secrets, now=NOW))
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+def test_banner_and_auth_delays_each_within_timeout_are_ready(hostile: HostileServers,
+                                                              secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}, banner_delay=2.0,
+                                        auth_delay=2.0))
+    result = probe(plain(server.port, timeout_seconds=3), secrets)
+    assert result.ok, (result.connection, result.authentication)
+    assert result.timings["total"] > 4  # more than timeoutSeconds in total: per operation
+
+
+# --------------------------------------------------------------------------- bounded replies
+
+
+def test_endless_ehlo_reply_is_protocol_violation(hostile: HostileServers,
+                                                  secrets: DirSecretReader) -> None:
+    port = hostile.smtp_endless_ehlo()
+    result = probe(plain(port), secrets)
+    assert result.connection.reason == reasons.PROTOCOL_VIOLATION
+    assert "512 lines or 65536 bytes" in result.connection.message
+    assert "waiting for the EHLO reply" in result.connection.message
+
+
+def test_endless_535_reply_is_protocol_violation(hostile: HostileServers,
+                                                 secrets: DirSecretReader) -> None:
+    port = hostile.smtp_endless_535()
+    result = probe(plain(port), secrets)
+    assert result.connection.ok
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.PROTOCOL_VIOLATION
+
+
+# --------------------------------------------------------------------------- politeness
+
+
+def test_thirty_accounts_on_a_server_limited_to_twenty_connections(
+        hostile: HostileServers, secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}, max_connections=20,
+                                        banner_delay=0.05))
+    accounts = [plain(server.port, name=f"acct-{i}") for i in range(30)]
+    results = asyncio.run(probe_accounts(accounts, secrets, now=NOW, concurrency=32))
+    assert [r.ok for r in results] == [True] * 30
+    assert server.rejected_busy == 0
+    assert server.peak <= limits.DEFAULT_MAX_SESSIONS_PER_SERVER
+
+
+def test_421_past_the_limit_is_retried_until_ready(hostile: HostileServers,
+                                                   secrets: DirSecretReader) -> None:
+    limits.configure(max_sessions_per_server=30)  # more than the server takes: it 421s
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}, max_connections=20,
+                                        banner_delay=0.3))
+    accounts = [plain(server.port, name=f"acct-{i}", timeout_seconds=3) for i in range(30)]
+    results = asyncio.run(probe_accounts(accounts, secrets, now=NOW, concurrency=32))
+    assert server.rejected_busy > 0
+    assert [r.connection.reason for r in results] == [reasons.SUCCEEDED] * 30
+
+
+def test_busy_greeting_retried_within_the_deadline(hostile: HostileServers,
+                                                   secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}, busy_first=2))
+    result = probe(plain(server.port, timeout_seconds=1), secrets)
+    assert result.ok
+    assert server.connections == 3
+
+
+def test_other_accounts_wait_their_turn_after_a_wrong_password(
+        hostile: HostileServers, secrets: DirSecretReader) -> None:
+    # Dovecot-like: after a failure, every AUTH reply of the server waits 1.5 s, longer than
+    # timeoutSeconds 1; a success clears it. The healthy accounts are Ready all the same.
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}, penalty_delay=1.5))
+    bad = plain(server.port, name="bad", password=WRONG_REF, timeout_seconds=1)
+    good = [plain(server.port, name=f"good-{i}", timeout_seconds=1) for i in range(3)]
+    results = asyncio.run(probe_accounts([bad, *good], secrets, now=NOW))
+    assert results[0].authentication is not None
+    assert results[0].authentication.reason == reasons.AUTHENTICATION_FAILED
+    assert [r.ok for r in results[1:]] == [True] * 3
+
+
+def test_auth_rate_limit_spaces_attempts() -> None:
+    polite = limits.configure(max_auth_per_minute=120)  # 2 a second once the bucket is empty
+
+    async def take(n: int) -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(n):
+            await polite.auth_allowance("mail.test", 587)
+        return loop.time() - start
+
+    assert asyncio.run(take(120)) < 1  # one minute's worth at once
+    assert asyncio.run(take(2)) >= 0.9  # then at the rate
+
+
+# --------------------------------------------------------------------------- EHLO and QUIT
+
+
+def test_ehlo_name_is_fqdn_or_address_literal() -> None:
+    assert ehlo_name({"mail.smtp.localhost": "app.example.com"}, "10.0.0.1") == "app.example.com"
+    name = ehlo_name({}, "127.0.0.1")
+    host = socket.gethostname()
+    assert name == (host if "." in host else "[127.0.0.1]")
+    if "." not in host:
+        assert ehlo_name({}, "::1") == "[IPv6:::1]"
+
+
+def test_ehlo_sends_the_override_and_quits_after_starttls_not_offered(
+        hostile: HostileServers, secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}))
+    account = make_account(port=server.port, security="STARTTLS", truststore=None,
+                           advanced={"mail.smtp.localhost": "probe.example.com"})
+    result = probe(account, secrets)
+    assert result.connection.reason == reasons.STARTTLS_NOT_OFFERED
+    assert server.ehlo_names == ["probe.example.com"]
+    assert server.quits == 1  # QUIT after the failure: no "lost connection after EHLO"
+
+
+def test_quit_after_wrong_password_and_success(hostile: HostileServers,
+                                               secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}))
+    probe(plain(server.port, password=WRONG_REF), secrets)
+    probe(plain(server.port), secrets)
+    assert server.quits == 2
+
+
+# --------------------------------------------------------------------------- the envelope check
+
+
+def test_envelope_check_mail_from_then_rset_never_rcpt(hostile: HostileServers,
+                                                       secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}))
+    result = probe(plain(server.port), secrets)
+    assert result.ok
+    verbs = [c.split()[0].split(":")[0].upper() for c in server.commands]
+    assert verbs == ["EHLO", "AUTH", "MAIL", "RSET", "QUIT"]
+    assert f"MAIL FROM:<{USER}>" in server.commands
+
+
+def test_sender_login_mismatch_is_sender_rejected(hostile: HostileServers,
+                                                  secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}, senders={USER: {USER}}))
+    result = probe(plain(server.port, email_address=OTHER, user_id=USER), secrets)
+    assert not result.ok
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.SENDER_REJECTED
+    assert "553 5.7.1" in result.authentication.message
+    assert server.quits == 1
+
+
+def test_envelope_check_can_be_turned_off(hostile: HostileServers,
+                                          secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}, senders={USER: {USER}}))
+    result = probe(plain(server.port, email_address=OTHER, user_id=USER, envelope_check=False),
+                   secrets)
+    assert result.ok
+    assert not any(c.startswith("MAIL") for c in server.commands)
+
+
+def test_tls_required_at_mail_from(hostile: HostileServers, secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(require_tls_at_mail=True))
+    result = probe(plain(server.port, method="None"), secrets)
+    assert not result.ok
+    assert result.connection.reason == reasons.TLS_REQUIRED
+    assert "530 5.7.0" in result.connection.message
+
+
+def test_503_to_auth_is_protocol_violation_not_wrong_password(
+        hostile: HostileServers, secrets: DirSecretReader) -> None:
+    server = hostile.mini_smtp(MiniSmtp(users={USER: PASSWORD}, answer_503=True))
+    result = probe(plain(server.port), secrets)
+    assert result.authentication is not None
+    assert result.authentication.reason == reasons.PROTOCOL_VIOLATION
+    assert "not a wrong password" in result.authentication.message
