@@ -11,7 +11,8 @@ are probe outcomes with reasons (reconciler.reasons), not exceptions.
         ├── StoreConflict        409: re-read and retry
         ├── StoreUnavailable     429/5xx/connection: back off, then ApiUnavailable
         ├── StoreBusy            another run holds the local store's lock -> exit 2
-        └── StoreForbidden       401/403: names verb, resource and namespace
+        ├── StoreForbidden       401/403: names verb, resource and namespace
+        └── StoreInvalid         422: the server refused the object, with its causes
 """
 
 from __future__ import annotations
@@ -58,3 +59,15 @@ class StoreBusy(StoreError):
 
 class StoreForbidden(StoreError):
     """The store refused the request (401/403); the message names verb, resource and namespace."""
+
+
+class StoreInvalid(StoreError):
+    """The API server refused the object as invalid (HTTP 422); `causes` are its field errors.
+
+    Retrying the same object cannot help: the account is Stalled (reason Invalid) until its spec
+    changes.
+    """
+
+    def __init__(self, message: str, causes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.causes = causes

@@ -70,11 +70,13 @@ SECRET_CONFLICT = "SecretConflict"
 API_UNAVAILABLE = "ApiUnavailable"
 FORBIDDEN = "Forbidden"
 STORE_WRITE_FAILED = "StoreWriteFailed"  # the store refused one account's write (e.g. an OSError)
+INVALID = "Invalid"  # the API server refused an object with 422 (its causes in the message)
 
 #: Reasons that retrying without a change cannot fix: the account is Stalled until the spec
 #: or a referenced Secret changes.
 TERMINAL = frozenset({
     INVALID_SPEC,
+    INVALID,
     AUTHENTICATION_FAILED,
     BASIC_AUTH_DEPRECATED,
     INSECURE_AUTH_REFUSED,

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import reasons
-from reconciler.errors import StoreError, StoreForbidden, StoreUnavailable
+from reconciler.errors import StoreError, StoreForbidden, StoreInvalid, StoreUnavailable
 from reconciler.log import get_logger, redact_text
 from reconciler.manifest.load import InvalidDocument, LoadResult
 from reconciler.model import (
@@ -118,6 +118,8 @@ class Reconciler:
         for account in loaded.accounts:
             try:
                 accounts.append(self._applied(account, stored, report))
+            except StoreInvalid as exc:  # 422: Stalled until the manifest changes
+                self._refused(account, stored.get(account.key), report.accounts[-1], exc, now)
             except StoreError as exc:  # this account waits for the next run; the others go on
                 entry = report.accounts[-1]
                 entry.error = str(exc)
@@ -193,11 +195,42 @@ class Reconciler:
             self._finish_guarded(account, stored.get(account.key), result, by_key[account.key],
                                  now)
 
+    def _refused(self, account: Account, stored: Mapping[str, Any] | None,
+                 entry: AccountReport, exc: StoreInvalid, now: datetime) -> None:
+        """The API server refused the account (422): Stalled/Invalid with the server's causes,
+        written on the stored object when there is one (a refused create has none)."""
+        text = redact_text(str(exc))
+        meta = (stored or {}).get("metadata") or {}
+        old_status = dict((stored or {}).get("status") or {})
+        entry.status = conditions.refused_status(
+            old_status=old_status, generation=int(meta.get("generation") or 0), message=text,
+            now=now)
+        log.error("the API server refused the account", account=f"{account.namespace}/"
+                  f"{account.name}", error=text)
+        if stored is None or self.options.dry_run:
+            return
+        entry.status_changed = conditions.status_differs(old_status, entry.status)
+        if entry.status_changed:
+            try:
+                self.store.write_status(account.namespace, account.name, entry.status)
+            except StoreError as write_exc:
+                entry.error = redact_text(str(write_exc))
+                return
+            for etype, reason, message, _c in conditions.transitions(old_status, entry.status):
+                self._event(account.namespace, account.name, etype, reason, message, now)
+
     def _finish_guarded(self, account: Account, stored: Mapping[str, Any] | None,
                         result: ProbeResult | None, entry: AccountReport, now: datetime) -> None:
         """`_finish`, with a store failure (an OSError included) made this account's reason."""
         try:
             self._finish(account, stored, result, self.published, entry, now)
+        except StoreInvalid as exc:  # the status itself was refused: Stalled, no retry loop
+            text = redact_text(str(exc))
+            entry.status = conditions.refused_status(
+                old_status=(stored or {}).get("status"), generation=account.generation,
+                message=text, now=now)
+            log.error("the API server refused the status", account=f"{account.namespace}/"
+                      f"{account.name}", error=text)
         except (StoreError, OSError) as exc:
             text = redact_text(str(exc) if isinstance(exc, StoreError)
                                else f"{type(exc).__name__}: {exc.strerror or exc}")
@@ -304,6 +337,11 @@ class Reconciler:
         ns, secret_name = account.namespace, account.publish.secret_name
         if self.secrets_error is not None:
             raise self.secrets_error
+        before = status_condition(old_status, "SecretPublished")
+        if (before.get("reason") == reasons.INVALID and before.get("status") == "False"
+                and before.get("observedGeneration") == account.generation):
+            # The API server refused this spec's Secret (422): not again until the spec changes.
+            return Outcome(False, reasons.INVALID, str(before.get("message") or ""))
         # Orphan: no ownerReference at all, so deleting the account by any means (kubectl, Flux,
         # Argo CD) leaves the Secret to its application instead of to the garbage collector.
         orphan = account.publish.deletion_policy == "Orphan"
@@ -486,6 +524,8 @@ def _keep_published_pkcs12(existing: Mapping[str, Any] | None, desired: dict[str
 def _store_reason(exc: BaseException) -> str:
     if isinstance(exc, StoreForbidden):
         return reasons.FORBIDDEN
+    if isinstance(exc, StoreInvalid):
+        return reasons.INVALID
     if isinstance(exc, StoreUnavailable):
         return reasons.API_UNAVAILABLE
     return reasons.STORE_WRITE_FAILED

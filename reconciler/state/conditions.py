@@ -164,6 +164,7 @@ def stalled_message(reason: str, message: str) -> str:
     what = {
         reasons.SECRET_CONFLICT: "rename spec.publish.secretName or remove the existing Secret",
         reasons.INVALID_SPEC: "fix the manifest",
+        reasons.INVALID: "fix the spec so the API server admits it (the causes above)",
     }.get(reason, "change the spec or the referenced Secret")
     return f"{message.rstrip('.')}. Retrying cannot fix this: {what}."
 
@@ -423,6 +424,21 @@ def invalid_status(*, old_status: Mapping[str, Any] | None, generation: int,
                           generation)
     conds = set_condition(conds, "Stalled", "True", reasons.INVALID_SPEC,
                           stalled_message(reasons.INVALID_SPEC, message), now, generation)
+    status["conditions"] = conds
+    return _ordered(status)
+
+
+def refused_status(*, old_status: Mapping[str, Any] | None, generation: int, message: str,
+                   now: datetime) -> Status:
+    """Status of an account the API server refused as invalid (422): Ready False, Stalled True,
+    reason Invalid, until the spec changes. The rest of `old_status` is kept."""
+    status: Status = copy.deepcopy(dict(old_status or {}))
+    status["observedGeneration"] = generation
+    message = _cap(f"The API server refused it: {message}")
+    conds: Conditions = status.get("conditions") or []
+    conds = set_condition(conds, "Ready", "False", reasons.INVALID, message, now, generation)
+    conds = set_condition(conds, "Stalled", "True", reasons.INVALID,
+                          stalled_message(reasons.INVALID, message), now, generation)
     status["conditions"] = conds
     return _ordered(status)
 

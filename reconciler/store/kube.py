@@ -10,6 +10,7 @@ Errors of the client are translated here, in `_call`:
     409                    re-read (when the caller can) and retry a few times -> StoreConflict
     429, 5xx, connection   capped exponential backoff with jitter             -> StoreUnavailable
     401, 403               at once                                            -> StoreForbidden
+    422                    at once, with the server's causes                  -> StoreInvalid
     404 on delete          fine: already gone
     other 4xx              at once                                            -> StoreError
 """
@@ -33,6 +34,7 @@ from reconciler.errors import (
     StoreConflict,
     StoreError,
     StoreForbidden,
+    StoreInvalid,
     StoreUnavailable,
     UsageError,
 )
@@ -101,6 +103,24 @@ def _server_message(exc: Any) -> str:
     message = status.get("message") if isinstance(status, dict) else None
     text = str(message or getattr(exc, "reason", "") or exc)
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _causes(exc: Any) -> tuple[str, ...]:
+    """`field: message` for each cause in the Status details of a 422 (at most 10)."""
+    try:
+        status = json.loads(getattr(exc, "body", None) or "{}")
+    except (TypeError, ValueError):
+        return ()
+    details = status.get("details") if isinstance(status, dict) else None
+    causes = (details or {}).get("causes") if isinstance(details, dict) else None
+    out = []
+    for cause in causes if isinstance(causes, list) else []:
+        if not isinstance(cause, dict):
+            continue
+        text = str(cause.get("message") or cause.get("reason") or "invalid")
+        field = cause.get("field")
+        out.append(f"{field}: {text}" if field else text)
+    return tuple(c if len(c) <= 300 else c[:297] + "..." for c in out[:10])
 
 
 def _retry_after(exc: Any) -> float | None:
@@ -293,6 +313,11 @@ class KubeStore:
                         if answer is not None:
                             return answer
                     continue
+                if status == 422:
+                    causes = _causes(exc)
+                    detail = "; ".join(causes) or _server_message(exc)
+                    raise StoreInvalid(f"the API server refused {resource} {_where(namespace)} "
+                                       f"as invalid (422): {detail}", causes) from exc
                 if status not in (0, 429) and status < 500:
                     raise StoreError(f"the API server refused to {verb} {resource} "
                                      f"{_where(namespace)} ({status}): "
