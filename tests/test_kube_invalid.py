@@ -12,7 +12,7 @@ import pytest
 from reconciler.errors import StoreInvalid
 from reconciler.model import status_condition as condition
 from reconciler.store.kube import _causes
-from tests.kube_fixtures import email_account_crd
+from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers
 from tests.manifests_factory import loopback_servers
@@ -27,7 +27,7 @@ def servers() -> Iterator[Servers]:
 
 @pytest.fixture
 def cluster(servers: Servers, tmp_path: Path) -> Iterator[Cluster]:
-    with KubeAPIServer(crds=[email_account_crd()]) as api:
+    with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as api:
         api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
                                       "metadata": {"name": "ca", "namespace": NS},
                                       "data": {"ca.crt": servers.ca.ca_pem}})
