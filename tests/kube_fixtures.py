@@ -6,7 +6,7 @@ is ``deploy/crd.yaml`` when it exists (the generated one), else :data:`MINIMAL_C
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ from tests.kubeapi import SYSTEM_NAMESPACES, KubeAPIServer
 
 # The namespaces the tests put objects in: a real server answers 404 for any other.
 TEST_NAMESPACES = (*SYSTEM_NAMESPACES, "mail", "email-reconciler", "shop", "team", "other")
-DEPLOYED_CRD = Path(__file__).resolve().parent.parent / "deploy" / "crd.yaml"
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOYED_CRD = DEPLOY / "crd.yaml"
+RBAC_KINDS = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 
 MINIMAL_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -66,3 +68,45 @@ def kube_api() -> Iterator[KubeAPIServer]:
     """A running API server on 127.0.0.1 serving the EmailAccount CRD; stopped afterwards."""
     with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as server:
         yield server
+
+
+def deployed_rbac(paths: Sequence[Path] = ()) -> list[dict[str, Any]]:
+    """The Namespaces, ServiceAccounts, Roles and bindings of deploy/ (or of ``paths``), deduplicated."""
+    files = list(paths) or sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") in RBAC_KINDS and "metadata" in doc:
+                if doc["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding") and not (
+                        doc.get("rules") is not None or doc.get("roleRef")):
+                    continue  # a kustomize patch, not a whole object
+                meta = doc["metadata"]
+                found.setdefault((doc["kind"], meta.get("namespace", ""), meta["name"]), doc)
+    return list(found.values())
+
+
+@pytest.fixture
+def service_account_client(kube_api: KubeAPIServer) -> Iterator[Callable[..., Any]]:
+    """Factory: ``service_account_client("email-reconciler-controller")`` -> a kubernetes ApiClient.
+
+    It authenticates with a ServiceAccount token, so the Roles and RoleBindings of deploy/ (loaded
+    into ``kube_api`` on first use, with its Namespaces and ServiceAccounts) decide each request:
+    anything they do not allow is 403 Forbidden. Clients are closed at teardown.
+    """
+    clients: list[Any] = []
+    loaded = False
+
+    def make(name: str, namespace: str = "email-reconciler") -> Any:
+        nonlocal loaded
+        if not loaded:
+            existing = {n["metadata"]["name"] for n in kube_api.objects("namespaces")}
+            kube_api.apply_manifests([d for d in deployed_rbac()
+                                      if not (d["kind"] == "Namespace" and d["metadata"]["name"] in existing)])
+            loaded = True
+        api = kube_api.api_client_as(namespace, name)
+        clients.append(api)
+        return api
+
+    yield make
+    for api in clients:
+        api.close()

@@ -20,12 +20,13 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from tests.kube_fixtures import DEPLOYED_CRD, MINIMAL_CRD, email_account_crd, kube_api
-from tests.kubeapi import KubeAPIServer, jsonpath_first, label_selector_matches
+from tests.kubeapi import ADMIN_TOKEN, KubeAPIServer, jsonpath_first, label_selector_matches
 
 __all__ = ["kube_api"]  # the fixture, imported for pytest
 
 GROUP, VERSION, PLURAL = "email.reconciler.io", "v1alpha1", "emailaccounts"
 KUBECTL = shutil.which("kubectl")
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
 
@@ -138,7 +139,7 @@ def test_server_side_apply_accepts_a_yaml_body(kube_api: KubeAPIServer) -> None:
     body = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\ndata:\n  k: v\n"
     request = urllib.request.Request(
         f"{kube_api.url}/api/v1/namespaces/team/configmaps/y?fieldManager=me", data=body,
-        method="PATCH", headers={"Content-Type": "application/apply-patch+yaml"})
+        method="PATCH", headers={"Content-Type": "application/apply-patch+yaml", **AUTH})
     with urllib.request.urlopen(request) as response:
         assert response.status == 201
         assert json.load(response)["data"] == {"k": "v"}
@@ -391,15 +392,16 @@ def test_request_log_counts_by_verb(kube_api: KubeAPIServer, custom: client.Cust
 def test_discovery_answers_plain_json_to_aggregated_accept_types(kube_api: KubeAPIServer) -> None:
     accept = ("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
               "application/json")
-    request = urllib.request.Request(f"{kube_api.url}/apis", headers={"Accept": accept})
+    request = urllib.request.Request(f"{kube_api.url}/apis", headers={"Accept": accept, **AUTH})
     with urllib.request.urlopen(request) as response:
         assert response.headers["Content-Type"] == "application/json"
         groups = {g["name"] for g in json.load(response)["groups"]}
     assert {GROUP, "coordination.k8s.io"} <= groups
-    with urllib.request.urlopen(f"{kube_api.url}/apis/{GROUP}/{VERSION}") as response:
+    group_url = f"{kube_api.url}/apis/{GROUP}/{VERSION}"
+    with urllib.request.urlopen(urllib.request.Request(group_url, headers=AUTH)) as response:
         names = {r["name"] for r in json.load(response)["resources"]}
     assert names == {PLURAL, f"{PLURAL}/status"}
-    with urllib.request.urlopen(f"{kube_api.url}/api/v1") as response:
+    with urllib.request.urlopen(urllib.request.Request(f"{kube_api.url}/api/v1", headers=AUTH)) as response:
         core = {r["name"]: r for r in json.load(response)["resources"]}
     assert {"secrets", "configmaps", "events", "namespaces"} <= set(core)
     assert core["namespaces"]["namespaced"] is False and "watch" in core["secrets"]["verbs"]
@@ -485,7 +487,7 @@ def test_the_generated_crd_is_served(kube_api: KubeAPIServer, custom: client.Cus
     create(custom, account("a"))
     request = urllib.request.Request(
         f"{kube_api.url}/apis/{GROUP}/{VERSION}/emailaccounts",
-        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"})
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json", **AUTH})
     with urllib.request.urlopen(request) as response:
         table = json.load(response)
     assert table["kind"] == "Table"

@@ -15,11 +15,21 @@ whole API:
 - status-subresource isolation, ``metadata.generation`` (custom resources only, bumped when anything
   but metadata and status changes), a global ``resourceVersion`` counter; a write that changes
   nothing is not stored (no new resourceVersion, no watch event), as in etcd-backed storage;
-- label and field selectors, ``limit``/``continue``, ``stringData`` folded into Secret ``data``,
+- label and field selectors, ``limit``/``continue`` (tokens resume after the last key and expire
+  with 410 Expired after :meth:`KubeAPIServer.expire_continue_tokens` or ``expire_history``),
+  ``stringData`` folded into Secret ``data``,
   ownerReference cascade on delete (synchronous, for determinism; ``propagationPolicy=Orphan``
   skips it; deleting a Namespace deletes everything in it);
 - watch (chunked newline-delimited JSON) with ``resourceVersion`` replay from a bounded history,
-  ``timeoutSeconds``, and an ``ERROR`` event with a 410 Expired Status for a too-old version;
+  ``timeoutSeconds``, an ``ERROR`` event with a 410 Expired Status for a too-old version, and
+  ``BOOKMARK`` events with ``allowWatchBookmarks`` (every ``bookmark_seconds``, shortly before the
+  watch times out, on :meth:`KubeAPIServer.send_bookmarks`; ``sendInitialEvents`` ends with one);
+- authentication and RBAC (rbac.py): bearer tokens (:data:`ADMIN_TOKEN`, ``token_for`` a
+  ServiceAccount), 401 for an unknown token, Role/ClusterRole and bindings stored as objects
+  (``apply_manifests``), 403 Forbidden for what they do not allow, apply that creates authorized
+  as create too, OwnerReferencesPermissionEnforcement (``blockOwnerDeletion`` needs update on the
+  owner's ``finalizers``); a request without credentials is an admin unless
+  ``anonymous_is_admin=False`` (kubectl sends no token over plain HTTP);
 - Table output (``Accept: application/json;as=Table;g=meta.k8s.io;v=v1``) from the CRD's
   ``additionalPrinterColumns``; core resources get NAME and AGE;
 - admission (schema.py, validation.py): custom resources are pruned (unknown fields dropped, a
@@ -34,7 +44,7 @@ whole API:
   the others (``create_namespace``; ``auto_namespaces=True`` is a relaxation, not real behaviour);
 - errors as ``Status`` objects; fault injection (:meth:`KubeAPIServer.inject`) and a request log.
 
-Simplifications, on purpose: no authentication, no finalizers, no conversion between CRD
+Simplifications, on purpose: no finalizers, no conversion between CRD
 versions, no CEL cost budget; PUT never creates; fault injection applies to resource requests
 only, not discovery.
 """
@@ -49,10 +59,12 @@ from tests.kubeapi.model import (
     resource_types_from_crd,
 )
 from tests.kubeapi.patches import json_patch, merge_patch
+from tests.kubeapi.rbac import ADMIN_TOKEN
 from tests.kubeapi.selectors import field_selector_matches, jsonpath_first, label_selector_matches
 from tests.kubeapi.server import KubeAPIServer
 
 __all__ = [
+    "ADMIN_TOKEN",
     "BUILTIN_TYPES",
     "SYSTEM_NAMESPACES",
     "JSON",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.kubeapi.model import DEFAULT_WATCH_SECONDS, JSON, ApiError, RequestRecord, ResourceType
+from tests.kubeapi.rbac import PUBLIC_PATHS, Attributes, User, non_resource_forbidden
 from tests.kubeapi.selectors import accepts_table
 
 if TYPE_CHECKING:
@@ -105,11 +106,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.api._local.field_validation = query.get("fieldValidation", "Warn")
         self.api._local.warnings = []
         try:
+            user = self.api._local.user = self.api.authenticate(self.headers.get("Authorization"))
             if route.get("resource") is None:
+                if path not in PUBLIC_PATHS and "system:authenticated" not in user.groups:
+                    raise non_resource_forbidden(user, path)
                 if method != "GET":
                     raise ApiError(405, f"{method} is not allowed on {path}")
                 self._send_json(200, self.api.discovery(path))
                 return
+            self.api.authorize(self._attributes(user, verb, route, query))
             fault = self.api._take_fault(verb, route["resource"])
             if fault is not None and fault.status == "drop":
                 self._log(0)
@@ -130,6 +135,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise
         finally:
             self._log(500)  # only if nothing was answered
+
+    @staticmethod
+    def _attributes(user: User, verb: str, route: JSON, query: dict[str, str]) -> Attributes:
+        name = route.get("name")
+        if name is None and verb in ("list", "watch"):  # a single-object list/watch names its object
+            selector = query.get("fieldSelector", "")
+            if selector.startswith("metadata.name=") and "," not in selector:
+                name = selector.removeprefix("metadata.name=")
+        return Attributes(
+            user, verb, route.get("group", ""), route["resource"], route.get("subresource"), route.get("namespace"),
+            name,
+        )
 
     @staticmethod
     def _injected(code: int, verb: str, route: JSON) -> ApiError:
@@ -272,17 +289,35 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _list_response(self, rtype: ResourceType, version: str, ns: str | None, query: dict[str, str]) -> JSON:
-        with self.api._store.lock:
+        store = self.api._store
+        with store.lock:
             items, rv = self.api._list(rtype, ns, query), self.api.resource_version
-        start = 0
+            compacted = store.compacted
         if query.get("continue"):
-            token = json.loads(base64.b64decode(query["continue"]))
-            start, rv = token["start"], token["rv"]
+            try:
+                token = json.loads(base64.b64decode(query["continue"]))
+                after, rv = tuple(token["start"].split("/", 1)), str(token["rv"])
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ApiError(400, f"continue key is not valid: {exc}") from exc
+            if int(rv) <= compacted:
+                raise ApiError(
+                    410,
+                    "The provided continue parameter is too old to display a consistent list result. You can "
+                    "start a new list without the continue parameter, or use the continue token in this "
+                    "response to retrieve the remainder of the results. Continuing with the provided token "
+                    "results in an inconsistent list - objects that were created, modified, or deleted between "
+                    "the time the first chunk was returned and now may show up in the list.",
+                    "Expired",
+                )
+            items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > after]
         limit = int(query.get("limit") or 0)
         cont = ""
-        if limit and start + limit < len(items):
-            cont = base64.b64encode(json.dumps({"start": start + limit, "rv": rv}).encode()).decode()
-        items = items[start : start + limit] if limit else items[start:]
+        if limit and limit < len(items):
+            last = items[limit - 1]["metadata"]
+            start = f"{last.get('namespace', '')}/{last['name']}"
+            token = {"v": "meta.k8s.io/v1", "rv": int(rv), "start": start}
+            cont = base64.b64encode(json.dumps(token).encode()).decode()
+        items = items[:limit] if limit else items
         if accepts_table(self.headers.get("Accept", "")):
             return self._maybe_table(rtype, items, query, rv)
         return self._list_body(rtype, version, items, rv, cont)

@@ -137,7 +137,12 @@ BUILTIN_TYPES = (
     _core("secrets", "Secret"),
     _core("configmaps", "ConfigMap", short=("cm",)),
     _core("events", "Event", short=("ev",)),
+    _core("serviceaccounts", "ServiceAccount", short=("sa",)),
     ResourceType("coordination.k8s.io", ("v1",), "leases", "Lease"),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "roles", "Role"),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "rolebindings", "RoleBinding"),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterroles", "ClusterRole", namespaced=False),
+    ResourceType("rbac.authorization.k8s.io", ("v1",), "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
 )
 
 

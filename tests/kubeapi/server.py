@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +36,18 @@ from tests.kubeapi.model import (
     resource_types_from_crd,
 )
 from tests.kubeapi.patches import _apply_merge, _leaf_paths, _remove_path, json_patch, merge_patch
+from tests.kubeapi.rbac import (
+    ADMIN,
+    ADMIN_TOKEN,
+    ANONYMOUS,
+    KUBECONFIG_TOKEN,
+    Attributes,
+    User,
+    authorize,
+    forbidden,
+    service_account_user,
+    unauthorized,
+)
 from tests.kubeapi.schema import Admission, StructuralSchema, prune_metadata
 from tests.kubeapi.selectors import field_selector_matches, label_selector_matches
 from tests.kubeapi.store import _Store
@@ -58,6 +70,8 @@ class KubeAPIServer:
         namespaces: Sequence[str] = SYSTEM_NAMESPACES,
         auto_namespaces: bool = False,
         ratcheting: bool = True,
+        owner_references_permission_enforcement: bool = True,
+        anonymous_is_admin: bool = True,
     ) -> None:
         """Serve the built-in kinds and ``crds``.
 
@@ -65,12 +79,22 @@ class KubeAPIServer:
         :meth:`create_namespace`) before objects go into it, else a write gets 404 as from a real
         server. ``auto_namespaces=True`` creates them on first use instead (not real behaviour).
         ``ratcheting`` is CRD validation ratcheting (on by default since Kubernetes 1.30).
+        ``owner_references_permission_enforcement`` is that admission plugin (on in OpenShift):
+        setting ``blockOwnerDeletion`` needs ``update`` on the owner's ``finalizers`` subresource.
+        Every request is authenticated (:data:`ADMIN_TOKEN`, or :meth:`token_for` a ServiceAccount)
+        and authorized by RBAC from the Role and binding objects stored here. A request without
+        credentials is an admin while ``anonymous_is_admin`` (kubectl sends no token over plain
+        HTTP); with False it is ``system:anonymous``, as on a real server.
         """
         self.types: list[ResourceType] = [
             *BUILTIN_TYPES,
             *(resource_types_from_crd(c) for c in crds),
         ]
         self.auto_namespaces = auto_namespaces
+        self.owner_references_permission_enforcement = owner_references_permission_enforcement
+        self.anonymous_is_admin = anonymous_is_admin
+        self.bookmark_seconds = 60.0
+        self._tokens: dict[str, User | tuple[str, str]] = {ADMIN_TOKEN: ADMIN, KUBECONFIG_TOKEN: ADMIN}
         self._schemas: dict[tuple[str, str, str], StructuralSchema] = {}
         for crd in crds:
             for served in crd["spec"]["versions"]:
@@ -156,10 +180,24 @@ class KubeAPIServer:
             return dict(Counter(r.verb for r in self.requests if r.resource is not None))
 
     def expire_history(self) -> None:
-        """Forget the watch history: any watch from an older resourceVersion now gets 410 Gone."""
+        """Compact: any watch from an older resourceVersion now gets 410 Gone, and so does a LIST
+        continuing with an older ``continue`` token."""
         with self._store.lock:
             self._store.history.clear()
             self._store.floor = self._store.rv
+            self._store.compacted = self._store.rv
+
+    def expire_continue_tokens(self) -> None:
+        """Expire every ``continue`` token handed out so far (410 Expired), leaving watches alone."""
+        with self._store.lock:
+            self._store.compacted = self._store.rv
+
+    def send_bookmarks(self) -> None:
+        """Make every watch that allows bookmarks send a BOOKMARK event now (the real server sends
+        them about once a minute, :attr:`bookmark_seconds` here, and just before a watch times out)."""
+        with self._store.lock:
+            self._store.bookmarks += 1
+            self._store.lock.notify_all()
 
     @property
     def resource_version(self) -> str:
@@ -186,13 +224,97 @@ class KubeAPIServer:
         namespace = obj.get("metadata", {}).get("namespace", "default") if rtype.namespaced else None
         return self._create(rtype, rtype.versions[0], namespace, copy.deepcopy(obj))
 
-    def api_client(self) -> Any:
-        """A ``kubernetes.client.ApiClient`` for this server; close it (or use ``with``)."""
+    def api_client(self, token: str = ADMIN_TOKEN) -> Any:
+        """A ``kubernetes.client.ApiClient`` for this server (as admin by default); close it (or ``with``)."""
         from kubernetes import client
 
         configuration = client.Configuration()
         configuration.host = self.url
+        configuration.api_key = {"authorization": token}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
         return client.ApiClient(configuration)
+
+    def api_client_as(self, namespace: str, service_account: str) -> Any:
+        """An ``ApiClient`` authenticating as a ServiceAccount (which must exist): RBAC applies to it."""
+        return self.api_client(self.token_for(namespace, service_account))
+
+    def token_for(self, namespace: str, service_account: str) -> str:
+        """A bearer token for a ServiceAccount, valid while the ServiceAccount exists (as a TokenRequest)."""
+        token = f"sa-{namespace}-{service_account}-{uuid.uuid4().hex}"
+        with self._store.lock:
+            self._tokens[token] = (namespace, service_account)
+        return token
+
+    def apply_manifests(self, documents: Iterable[JSON | None]) -> list[JSON]:
+        """Create each document (Namespaces first; kinds by name, as kubectl create -f); returns them stored."""
+        docs = [d for d in documents if d]
+        docs.sort(key=lambda d: d.get("kind") != "Namespace")
+        created = []
+        for doc in docs:
+            rtype = self._type_by_kind(doc.get("apiVersion", ""), doc["kind"])
+            created.append(self.add_object(rtype.qualified, doc))
+        return created
+
+    def authenticate(self, authorization: str | None) -> User:
+        """The user of an ``Authorization`` header: anonymous without one, 401 for an unknown token."""
+        if not authorization:
+            return ADMIN if self.anonymous_is_admin else ANONYMOUS
+        scheme, _, token = authorization.partition(" ")
+        with self._store.lock:
+            found = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if isinstance(found, User):
+            return found
+        if found is None:
+            raise unauthorized()
+        namespace, name = found
+        if self.get_object("serviceaccounts", namespace, name) is None:
+            raise unauthorized()
+        return service_account_user(namespace, name)
+
+    def authorize(self, attrs: Attributes) -> None:
+        """403 Forbidden unless RBAC allows the request."""
+        if not authorize(attrs, self.objects):
+            raise forbidden(attrs)
+
+    def _check(self, verb: str, rtype: ResourceType, namespace: str | None, name: str | None,
+               subresource: str | None = None) -> None:
+        """An extra authorization check inside a request (apply that creates, admission plugins)."""
+        user = getattr(self._local, "user", ADMIN)
+        self.authorize(Attributes(user, verb, rtype.group, rtype.plural, subresource, namespace, name))
+
+    def _owner_references_permissions(self, rtype: ResourceType, obj: JSON, old: JSON | None) -> None:
+        """OwnerReferencesPermissionEnforcement: changing ownerReferences needs delete on the object,
+        setting blockOwnerDeletion needs update on the owner's finalizers."""
+        user = getattr(self._local, "user", ADMIN)
+        if not self.owner_references_permission_enforcement or user.admin:
+            return
+        meta, old_meta = obj.get("metadata") or {}, (old or {}).get("metadata") or {}
+        refs, old_refs = meta.get("ownerReferences") or [], old_meta.get("ownerReferences") or []
+        if refs == old_refs:
+            return
+        namespace, name = meta.get("namespace"), meta.get("name")
+        if old is not None:
+            try:
+                self._check("delete", rtype, namespace, name)
+            except ApiError as denied:
+                raise ApiError(403, f'{rtype.qualified} "{name}" is forbidden: cannot set an ownerRef on a '
+                               f"resource you can't delete: {denied.message}",
+                               details={"name": name, "group": rtype.group, "kind": rtype.plural}) from None
+        blocking_before = {r.get("uid") for r in old_refs if r.get("blockOwnerDeletion")}
+        for ref in refs:
+            if not ref.get("blockOwnerDeletion") or ref.get("uid") in blocking_before:
+                continue
+            try:
+                owner = self._type_by_kind(ref.get("apiVersion", ""), ref.get("kind", ""))
+            except KeyError:
+                continue
+            try:
+                self._check("update", owner, namespace if owner.namespaced else None, ref.get("name"), "finalizers")
+            except ApiError as denied:
+                raise ApiError(403, f'{rtype.qualified} "{name}" is forbidden: cannot set blockOwnerDeletion if '
+                               "an ownerReference refers to a resource you can't set finalizers on: "
+                               f"{denied.message}",
+                               details={"name": name, "group": rtype.group, "kind": rtype.plural}) from None
 
     def http(
         self,
@@ -201,7 +323,7 @@ class KubeAPIServer:
         body: Any = None,
         *,
         content_type: str = "application/json",
-        token: str | None = None,
+        token: str | None = ADMIN_TOKEN,
     ) -> tuple[int, Any, Any]:
         """One raw request (status, headers, decoded JSON body), for cases the typed client cannot send."""
         data = None
@@ -226,7 +348,7 @@ class KubeAPIServer:
             "kind": "Config",
             "current-context": "kubeapi",
             "clusters": [{"name": "kubeapi", "cluster": {"server": self.url}}],
-            "users": [{"name": "kubeapi", "user": {"token": "test-token"}}],
+            "users": [{"name": "kubeapi", "user": {"token": KUBECONFIG_TOKEN}}],
             "contexts": [
                 {
                     "name": "kubeapi",
@@ -245,6 +367,13 @@ class KubeAPIServer:
             if rtype.plural == plural or rtype.qualified == plural:
                 return rtype
         raise KeyError(f"unknown resource {plural!r}")
+
+    def _type_by_kind(self, api_version: str, kind: str) -> ResourceType:
+        group = api_version.rpartition("/")[0] if "/" in api_version else ""
+        for rtype in self.types:
+            if rtype.kind == kind and rtype.group == group:
+                return rtype
+        raise KeyError(f"unknown kind {kind!r} in {api_version!r}")
 
     def _type_at(self, group: str, version: str, plural: str) -> ResourceType:
         for rtype in self.types:
@@ -394,6 +523,8 @@ class KubeAPIServer:
             prune_metadata(obj, admission)
         deleting = old is not None and bool(old["metadata"].get("deletionTimestamp"))
         errors = object_meta_errors(rtype, obj, deleting=deleting, old=old) + admission.errors
+        if not errors:
+            self._owner_references_permissions(rtype, obj, old)
         if admission.pruned:
             unknown = [f'unknown field "{p}"' for p in admission.pruned]
             mode = getattr(self._local, "field_validation", "Warn")
@@ -668,6 +799,7 @@ class KubeAPIServer:
             if not exists:
                 if subresource:
                     raise self._not_found(rtype, name)
+                self._check("create", rtype, namespace, name)  # apply that creates is authorized as create too
                 created = self._create(rtype, version, namespace, copy.deepcopy(applied))
                 self._store.applied[(created["metadata"]["uid"], manager, "")] = paths
                 return 201, created
@@ -691,7 +823,7 @@ class KubeAPIServer:
         requested = query.get("resourceVersion", "")
         self._matches({}, query)  # a bad selector is an error response, not a broken stream
         with store.lock:
-            if requested in ("", "0"):  # start from now, with the current objects as ADDED
+            if requested in ("", "0") or query.get("sendInitialEvents") == "true":  # now, objects as ADDED
                 initial = [{"type": "ADDED", "object": o} for o in self._list(rtype, namespace, query)]
                 cursor = store.rv
             else:
@@ -711,10 +843,15 @@ class KubeAPIServer:
         initial: list[JSON],
         cursor: int,
     ) -> Generator[JSON, None, None]:
-        """Yield watch events until the deadline, server stop, or 410 Gone."""
+        """Yield watch events until the deadline, server stop, or 410 Gone; BOOKMARKs if allowed."""
         store = self._store
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        epoch, next_bookmark = store.bookmarks, min(time.monotonic() + self.bookmark_seconds, deadline - 2)
         yield from initial
+        if bookmarks and query.get("sendInitialEvents") == "true":
+            yield self._bookmark(rtype, cursor, initial_events_end=True)
         while True:
+            bookmark = None
             with store.lock:
                 if cursor < store.floor:
                     yield {
@@ -732,16 +869,36 @@ class KubeAPIServer:
                     return
                 pending = [e for e in store.history if e.rv > cursor]
                 if not pending:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or store.stopping:
+                    cursor = max(cursor, store.rv)  # every event so far was seen (or was not for us)
+                    now = time.monotonic()
+                    remaining = deadline - now
+                    if bookmarks and not store.stopping and (store.bookmarks != epoch or now >= next_bookmark):
+                        # as the watch cache: about once a minute, and shortly before the watch times out
+                        epoch, next_bookmark = store.bookmarks, min(now + self.bookmark_seconds, max(now, deadline - 2))
+                        if next_bookmark <= now:
+                            next_bookmark = deadline + 1
+                        bookmark = self._bookmark(rtype, cursor)
+                    elif remaining <= 0 or store.stopping:
                         return
-                    store.lock.wait(min(remaining, 1.0))
-                    continue
+                    else:
+                        wait = min(remaining, 1.0, next_bookmark - now) if bookmarks else min(remaining, 1.0)
+                        store.lock.wait(max(wait, 0.01))
+                        continue
+            if bookmark is not None:
+                yield bookmark
+                continue
             for event in pending:
                 cursor = event.rv
                 translated = self._translate(rtype, namespace, query, event)
                 if translated is not None:
                     yield translated
+
+    @staticmethod
+    def _bookmark(rtype: ResourceType, cursor: int, initial_events_end: bool = False) -> JSON:
+        metadata: JSON = {"resourceVersion": str(cursor)}
+        if initial_events_end:
+            metadata["annotations"] = {"k8s.io/initial-events-end": "true"}
+        return {"type": "BOOKMARK", "object": {"kind": rtype.kind, "metadata": metadata}}
 
     def _translate(
         self, rtype: ResourceType, namespace: str | None, query: dict[str, str], event: _Event
