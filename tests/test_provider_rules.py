@@ -290,3 +290,11 @@ def test_validate_words_basic_auth_deprecated_by_the_injected_clock() -> None:
     after = [m for p, m, s in check_account(account, doc, AFTER) if "BasicAuth" in m]
     assert before and "unchanged until the end of December 2026" in before[0]
     assert after and "since 2026-12-31" in after[0]
+
+
+def test_outlook_preset_host_with_no_authentication(tmp_path: Path) -> None:
+    """outlook keeps its host preset (an unauthenticated probe still works); Password is refused."""
+    spec = _effective(tmp_path, _manifest("outlook", method="None"))["spec"]
+    conn = spec["smtp"]["connection"]
+    assert (conn["host"], conn["port"], conn["security"]) == ("smtp-mail.outlook.com", 587,
+                                                              "STARTTLS")

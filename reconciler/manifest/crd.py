@@ -123,6 +123,27 @@ def _provider_rules() -> list[dict[str, str]]:
                                   f"self.region in {quoted(p.regions)}",
                           "message": f"provider {p.provider} has the regions "
                                      f"{', '.join(p.regions)}"})
+    method = "self.smtp.authentication.method"
+    no_method = "!has(self.smtp) || !has(self.smtp.authentication)"
+    rules.append({"rule": f"self.provider != 'outlook' || {no_method} || {method} != 'Password'",
+                  "message": "provider outlook (consumer Outlook.com) no longer accepts "
+                             "passwords: use provider office365 with OAuth2 or Microsoft Graph"})
+    rules.append({"rule": f"self.provider == 'amazon-ses' || {no_method} || "
+                          f"{method} != 'AWSAccessKey'",
+                  "message": "method AWSAccessKey is only for provider: amazon-ses"})
+    rules.append({"rule": "self.provider != 'amazon-ses' || !has(self.region) || "
+                          f"self.region.matches('{providers.AWS_REGION.pattern}')",
+                  "message": "provider amazon-ses needs an AWS region name such as eu-west-1"})
+    versions = ("1.0", "1.1", "1.2", "1.3")
+    for p in providers.PRESET_LIST:
+        if p.min_tls:
+            allowed = [v for v in versions if v >= p.min_tls]
+            rules.append({"rule": f"self.provider != '{p.provider}' || !has(self.smtp) || "
+                                  "!has(self.smtp.connection) || "
+                                  "!has(self.smtp.connection.minTLSVersion) || "
+                                  f"self.smtp.connection.minTLSVersion in {quoted(allowed)}",
+                          "message": f"provider {p.provider} refuses TLS below {p.min_tls}: "
+                                     f"set minTLSVersion \"{p.min_tls}\" or higher"})
     tiered = [p for p in providers.PRESET_LIST if p.tiers]
     rules.append({"rule": f"!has(self.tier) || self.provider in "
                           f"{quoted(p.provider for p in tiered)}",
