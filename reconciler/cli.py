@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renew-deadline", type=float, default=10.0)
     p.add_argument("--retry-period", type=float, default=2.0)
     _politeness_args(p)
+    _policy_args(p)
     p.set_defaults(func=cmd_controller)
     return parser
 
@@ -93,6 +94,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=_positive_int, default=32)
     p.add_argument("--output", "-o", choices=["table", "json"], default="table")
     _politeness_args(p)
+    _policy_args(p)
 
 
 def _politeness_args(p: argparse.ArgumentParser) -> None:
@@ -117,6 +119,15 @@ def _configure_politeness(args: argparse.Namespace) -> None:
 
     configure(max_sessions_per_server=args.max_sessions_per_server,
               max_auth_per_minute=args.max_auth_per_minute)
+
+
+def _policy_args(p: argparse.ArgumentParser) -> None:
+    """The admin's endpoint policy (README "Security model")."""
+    p.add_argument("--allowed-endpoints", metavar="GLOB,...", action="append",
+                   help="also allow these OAuth/Graph hosts (host or host:port globs) besides "
+                        "the public and sovereign clouds")
+    p.add_argument("--allowed-hosts", metavar="GLOB,...", action="append",
+                   help="only these SMTP hosts (host or host:port globs; default: any)")
 
 
 def _store_args(p: argparse.ArgumentParser, *, local: bool = True) -> None:

@@ -6,7 +6,8 @@ are probe outcomes with reasons (reconciler.reasons), not exceptions.
     ReconcilerError
     ├── UsageError               bad command line or configuration -> exit 2
     ├── ManifestError            a file cannot be loaded at all (carries Diagnostics)
-    ├── SecretNotFound           a referenced Secret/ConfigMap or key is absent
+    ├── SecretNotFound           a referenced Secret/ConfigMap or key is absent (or unreadable)
+    │   └── SecretNotAllowed     it exists but is not opted in for this account (§8)
     └── StoreError               the state store failed
         ├── StoreConflict        409: re-read and retry
         ├── StoreUnavailable     429/5xx/connection: back off, then ApiUnavailable
@@ -33,12 +34,24 @@ class ManifestError(ReconcilerError):
 class SecretNotFound(ReconcilerError):
     """A referenced Secret/ConfigMap, or a key in it, does not exist."""
 
+    reason = "SecretNotFound"
+
     def __init__(self, namespace: str, name: str, key: str, kind: str = "Secret",
-                 detail: str = "") -> None:
+                 detail: str = "", message: str | None = None) -> None:
         self.namespace, self.name, self.key, self.kind = namespace, name, key, kind
         what = f"{kind} {namespace}/{name}"
         msg = f"{what} has no key {key!r}" if detail == "key" else f"{what} not found (key {key!r})"
-        super().__init__(msg)
+        super().__init__(message or msg)
+
+
+class SecretNotAllowed(SecretNotFound):
+    """The Secret/ConfigMap exists but may not be used by this account (not opted in, bound to
+    other hosts or accounts, or a kind that is never usable); the message says what to add."""
+
+    reason = "SecretNotAllowed"
+
+    def __init__(self, namespace: str, name: str, key: str, kind: str, message: str) -> None:
+        super().__init__(namespace, name, key, kind, message=message)
 
 
 class StoreError(ReconcilerError):

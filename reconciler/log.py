@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterable, MutableMapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 _lock = threading.Lock()
 # Settings given to configure_logging, applied when structlog is first needed (see there).
@@ -14,16 +17,85 @@ _pending: tuple[str, str, Any] | None = None
 _secrets: set[str] = set()
 REDACTED = "[REDACTED]"
 _SENSITIVE_KEYS = ("password", "secret", "token", "authorization", "private_key", "assertion")
+#: Values shorter than this are still redacted but not reliably (a 4-character password is also
+#: a common word); the probe warns about them (reasons.SHORT_SECRET).
+RELIABLE_SECRET_LENGTH = 8
+_MIN_REDACTED = 4
+_MIN_ENCODED = 6  # the shortest encoded fragment worth redacting
+# Control characters a terminal acts on (C0 but tab and newline, DEL, C1: ESC, OSC, BEL, NUL,
+# CSI...) and the bidirectional overrides that reorder what is shown.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_OR_BREAK = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+REPLACEMENT = "\ufffd"
+
+
+def _base64_fragments(raw: bytes) -> set[str]:
+    """What the value looks like inside any base64 text, whatever comes before or after it.
+
+    Base64 encodes 3 bytes as 4 characters, so a value inside a larger blob (the AUTH PLAIN
+    `\\0user\\0password` one, a JSON document, ...) starts at one of three alignments. For each,
+    the characters that depend only on the value's own bytes are the same in every blob: those
+    are registered, in the standard and the URL-safe alphabet.
+    """
+    out: set[str] = set()
+    for offset in range(3):
+        total = offset + len(raw)
+        whole = total - total % 3  # drop the group completed by what follows
+        if whole <= offset:
+            continue
+        encoded = base64.b64encode(b"\0" * offset + raw[: whole - offset]).decode()
+        core = encoded[(0, 2, 3)[offset]:]  # drop the characters mixed with what precedes
+        if len(core) >= _MIN_ENCODED:
+            out.add(core)
+            out.add(core.replace("+", "-").replace("/", "_"))
+    full = base64.b64encode(raw).decode()  # the AUTH LOGIN blob: the value alone, padded
+    out.update({full, full.rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("=")})
+    return out
+
+
+def secret_forms(text: str) -> set[str]:
+    """Every form of a secret value that redaction looks for: as is, base64 (alone or inside a
+    blob such as AUTH PLAIN), percent- and form-encoded, and with one character cut off."""
+    forms = {text}
+    if len(text) > RELIABLE_SECRET_LENGTH:  # an echo that drops the first or last character
+        forms.update({text[:-1], text[1:]})
+    for t in list(forms):
+        forms.update({quote(t, safe=""), quote(t), quote_plus(t, safe=""), quote_plus(t)})
+    raw = text.encode("utf-8")
+    forms.update(_base64_fragments(raw))
+    return {f for f in forms if len(f) >= _MIN_REDACTED}
 
 
 def register_secret(value: str | bytes | None) -> None:
-    """Remember a secret value so that no log line ever shows it."""
+    """Remember a secret value, in all its encoded forms, so that no log line, status or event
+    ever shows it."""
     if not value:
         return
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    if len(text) >= 4:
-        with _lock:
-            _secrets.add(text)
+    if len(text) < _MIN_REDACTED:
+        return
+    forms = secret_forms(text)
+    with _lock:
+        _secrets.update(forms)
+
+
+def is_short_secret(value: str | bytes) -> bool:
+    """True for a non-empty value too short to be redacted reliably (a warning, not an error)."""
+    return 0 < len(value) < RELIABLE_SECRET_LENGTH
+
+
+def clean_text(text: str, limit: int | None = None, *, single_line: bool = False) -> str:
+    """Server text made safe to store and print: control characters (ESC, OSC, BEL, NUL...)
+    replaced, and at most `limit` characters."""
+    text = (_CONTROL_OR_BREAK if single_line else _CONTROL).sub(REPLACEMENT, text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text
+
+
+def safe_text(text: str, limit: int | None = None) -> str:
+    """Redacted and cleaned: what may go into status, an event or a terminal."""
+    return clean_text(redact_text(text), limit)
 
 
 def redact_text(text: str) -> str:
@@ -50,8 +122,8 @@ class RedactSecrets:
                 event_dict[key] = REDACTED
                 continue
             if isinstance(value, str | bytes | Exception):
-                event_dict[key] = redact_text(
-                    value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value))
+                event_dict[key] = clean_text(redact_text(
+                    value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)))
         return event_dict
 
 

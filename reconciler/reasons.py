@@ -16,6 +16,12 @@ AUTH_SKIPPED = "AuthCheckDeferred"  # not attempted this run (authInterval); pre
 INVALID_SPEC = "InvalidSpec"
 SECRET_NOT_FOUND = "SecretNotFound"
 
+# security model (DESIGN §8): refused before anything is read or sent
+SECRET_NOT_ALLOWED = "SecretNotAllowed"  # not opted in, bound elsewhere, or never usable
+ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"  # URL not https / not allow-listed, host refused
+TRUSTSTORE_INVALID = "TruststoreInvalid"  # anything but CERTIFICATE PEM blocks
+SHORT_SECRET = "ShortSecret"  # warning: under 8 characters, cannot be redacted reliably
+
 # connection (DESIGN §4 steps 1-3)
 CONNECT_FAILED = "ConnectFailed"
 TIMEOUT = "Timeout"
@@ -89,4 +95,7 @@ TERMINAL = frozenset({
     KEY_CERTIFICATE_MISMATCH,
     SIGNING_CERTIFICATE_EXPIRED,
     SIGNING_CERTIFICATE_NOT_FOR_EMAIL,
+    SECRET_NOT_ALLOWED,
+    ENDPOINT_NOT_ALLOWED,
+    TRUSTSTORE_INVALID,
 })

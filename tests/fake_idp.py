@@ -19,6 +19,7 @@ from typing import Any
 
 from reconciler.errors import SecretNotFound
 from reconciler.model import KeyRef
+from reconciler.policy import OPERATOR_SOURCE, Policy, SecretMeta
 from reconciler.run import demo_idp
 from reconciler.run.demo_idp import (
     CLIENT_ASSERTION_TYPE,
@@ -44,12 +45,19 @@ __all__ = [
 ]
 
 
+#: The endpoint policy of tests whose token and Graph fakes listen on loopback (as the demo's).
+LOOPBACK_POLICY = Policy.from_flags("127.0.0.1:*,[::1]:*")
+
 class MemorySecrets:
     """SecretReader over {(namespace, name, key): value}."""
 
     def __init__(self, values: Mapping[tuple[str, str, str], bytes | str]) -> None:
         self.values = {k: v.encode() if isinstance(v, str) else v for k, v in values.items()}
         self.reads = 0
+
+    def metadata(self, namespace: str, ref: KeyRef) -> SecretMeta:
+        """In-memory secrets are the test's own: opted in."""
+        return OPERATOR_SOURCE
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         self.reads += 1

@@ -32,6 +32,8 @@ from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers
 from tests.manifests_factory import loopback_account, loopback_servers
 
+# Credentials opt in to e-mail use (README "Security model").
+CREDENTIAL = {"email.reconciler.io/credential": "true"}
 NS = "shop"
 PASSWORD = "ctl-s3cret-p4ss!"
 NEW_PASSWORD = "ctl-r0tated-p4ss?"
@@ -67,7 +69,8 @@ class Cluster:
         data = {key: base64.b64encode(value.encode()).decode()}
         if self.api.get_object("secrets", NS, name) is None:
             self.api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
-                                            "metadata": {"name": name, "namespace": NS},
+                                            "metadata": {"name": name, "namespace": NS,
+                                                         "labels": CREDENTIAL},
                                             "data": data})
             return
         self.patch("secrets", name, {"data": data})
@@ -131,7 +134,7 @@ class Cluster:
 def cluster(servers: Servers) -> Iterator[Cluster]:
     with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as api:
         api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
-                                      "metadata": {"name": "ca", "namespace": NS},
+                                      "metadata": {"name": "ca", "namespace": NS, "labels": CREDENTIAL},
                                       "data": {"ca.crt": servers.ca.ca_pem}})
         c = Cluster(api, servers)
         try:

@@ -85,7 +85,7 @@ def test_version_changes_with_content_and_is_not_a_bare_hash(tmp_path: Path) -> 
     assert v1 == reader.version("mail", REF)
     write_secret(tmp_path, "mail", "smtp-credentials", "password", "two")
     v2 = reader.version("mail", REF)
-    assert v1 != v2 and v1.startswith("sha256:")
+    assert v1 != v2 and v1.startswith("hmac-sha256:")
     assert hashlib.sha256(b"two").hexdigest()[:32] not in v2
     with pytest.raises(SecretNotFound):
         reader.version("mail", KeyRef("absent", "password"))

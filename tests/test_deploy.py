@@ -144,7 +144,8 @@ def test_rbac_covers_every_request_the_controller_sends(objects: list[dict[str, 
     from reconciler.run.demo_servers import ServerLoop, SmtpServerOptions
 
     api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
-                               "metadata": {"name": "app-smtp", "namespace": SERVED},
+                               "metadata": {"name": "app-smtp", "namespace": SERVED,
+                                            "labels": {"email.reconciler.io/credential": "true"}},
                                "data": {"password": base64.b64encode(b"pw-123456").decode()}})
     with ServerLoop() as loop:
         server = loop.smtp(SmtpServerOptions(mode="plain", users={"app@example.com": "pw-123456"}))

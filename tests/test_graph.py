@@ -19,7 +19,7 @@ from reconciler.probe import probe_account
 from reconciler.probe.credentials import MappingSecretReader
 from reconciler.probe.graph import probe_graph
 from reconciler.probe.oauth import TokenCache
-from tests.fake_idp import Client, FakeGraph, MemorySecrets, MicrosoftIdentity
+from tests.fake_idp import LOOPBACK_POLICY, Client, FakeGraph, MemorySecrets, MicrosoftIdentity
 
 NS = "mail"
 UPN = "billing@contoso.com"
@@ -241,7 +241,8 @@ def test_graph_app_example_probes_green(idp: MicrosoftIdentity, graph: FakeGraph
     ref = acc.graph.client_certificate
     secrets = MappingSecretReader({(acc.namespace, ref.name, ref.key):
                                    leaf.private_key_pem.bytes() + leaf.cert_chain_pems[0].bytes()})
-    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache()))
+    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache(),
+                                       policy=LOOPBACK_POLICY))
     assert result.ok, (result.connection, result.authentication)
     assert (result.connectivity, result.protocol) == ("Microsoft Graph", "MicrosoftGraph")
     assert len(idp.assertions) == 1 and result.credentials == {}
@@ -256,7 +257,8 @@ def test_graph_user_example_probes_green(idp: MicrosoftIdentity, graph: FakeGrap
     idp.users[UPN] = (USER_PASSWORD, "Mail.Send User.Read")
     secrets = MappingSecretReader({(acc.namespace, "graph-user", "username"): UPN,
                                    (acc.namespace, "graph-user", "password"): USER_PASSWORD})
-    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache()))
+    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache(),
+                                       policy=LOOPBACK_POLICY))
     assert result.ok, (result.connection, result.authentication)
     assert result.authentication is not None
     assert "delegated permission Mail.Send" in result.authentication.message

@@ -34,6 +34,7 @@ from reconciler.probe import probe_account
 from reconciler.probe.credentials import MappingSecretReader
 from reconciler.probe.oauth import GraphToken, TokenCache, basic_auth_warning, jwt_claims
 from tests.fake_idp import (
+    LOOPBACK_POLICY,
     Client,
     GoogleTokenEndpoint,
     MemorySecrets,
@@ -479,7 +480,8 @@ def test_gmail_example_authenticates_with_xoauth2(
         ("demo", "gmail-service-account", "key.json"):
             service_account_json("gmail-sender@demo.iam.gserviceaccount.com", sa),
         ("demo", TRUSTSTORE_REF.name, TRUSTSTORE_REF.key): ca.ca_pem})
-    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache()))
+    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache(),
+                                       policy=LOOPBACK_POLICY))
     assert result.ok, (result.connection, result.authentication)
     assert result.auth_mechanism == "XOAUTH2" and result.authenticated_identity == subject
     [attempt] = server.auth_attempts
@@ -507,7 +509,8 @@ def test_office365_example_authenticates_with_xoauth2(
     secrets = MappingSecretReader({
         ("demo", "office365-app", "client-secret"): CLIENT_SECRET,
         ("demo", TRUSTSTORE_REF.name, TRUSTSTORE_REF.key): ca.ca_pem})
-    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache()))
+    result = asyncio.run(probe_account(acc, secrets, now=NOW, tokens=TokenCache(),
+                                       policy=LOOPBACK_POLICY))
     assert result.ok, (result.connection, result.authentication)
     assert result.auth_mechanism == "XOAUTH2"
     assert [(a.mechanism, a.accepted) for a in server.auth_attempts] == [("XOAUTH2", True)]

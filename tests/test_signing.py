@@ -32,6 +32,7 @@ from reconciler.model import (
     SigningResult,
     SmtpSpec,
 )
+from reconciler.policy import OPERATOR_SOURCE, SecretMeta
 from reconciler.probe.signing import (
     SigningMaterial,
     build_test_message,
@@ -63,6 +64,10 @@ class MemorySecrets:
 
     def __init__(self, data: Mapping[tuple[str, str], bytes]) -> None:
         self.data = dict(data)
+
+    def metadata(self, namespace: str, ref: KeyRef) -> SecretMeta:
+        """In-memory secrets are the test's own: opted in."""
+        return OPERATOR_SOURCE
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         try:

@@ -14,6 +14,7 @@ import pytest
 
 from reconciler import reasons
 from reconciler.model import Account, KeyRef, ProbeResult, SecretReader
+from reconciler.policy import SecretMeta
 from reconciler.probe import probe_account, probe_accounts
 from reconciler.probe.credentials import DirSecretReader
 from reconciler.probe.smtp import choose_mechanism
@@ -478,6 +479,9 @@ class _BrokenReader:
 
     def __init__(self, inner: SecretReader, broken_name: str) -> None:
         self.inner, self.broken_name = inner, broken_name
+
+    def metadata(self, namespace: str, ref: KeyRef) -> SecretMeta:
+        return self.inner.metadata(namespace, ref)  # type: ignore[attr-defined, no-any-return]
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         if ref.name == self.broken_name:

@@ -19,6 +19,7 @@ from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.log import get_logger, redact_text
 from reconciler.model import Account, Outcome, ProbeResult, SecretReader, SigningResult
+from reconciler.policy import DEFAULT_POLICY, Policy, endpoint_refusal, guard
 
 __all__ = ["TokenProvider", "probe_account", "probe_accounts"]
 
@@ -34,9 +35,23 @@ class TokenProvider(Protocol):
 
 
 async def probe_account(account: Account, secrets: SecretReader, *, now: dt.datetime,
-                        authenticate: bool = True, tokens: TokenProvider | None = None
-                        ) -> ProbeResult:
-    """Test connectivity of one account; expected failures are outcomes, not exceptions."""
+                        authenticate: bool = True, tokens: TokenProvider | None = None,
+                        policy: Policy = DEFAULT_POLICY) -> ProbeResult:
+    """Test connectivity of one account; expected failures are outcomes, not exceptions.
+
+    The security model (reconciler.policy) comes first: a refused endpoint stops the probe
+    before any credential is read, and every read goes through the opt-in check.
+    """
+    refused = endpoint_refusal(account, policy)
+    if refused is not None:
+        log.warning("endpoint refused", namespace=account.namespace, name=account.name,
+                    reason=refused.reason)
+        return ProbeResult(connection=refused, authentication=refused,
+                           connectivity=("Microsoft Graph" if account.send_using == "MicrosoftGraph"
+                                         else ""),
+                           protocol=("MicrosoftGraph" if account.send_using == "MicrosoftGraph"
+                                     else None))
+    secrets = guard(secrets, account)
     if account.send_using == "MicrosoftGraph":
         result = await _probe_graph(account, secrets, now=now, tokens=tokens)
     else:
@@ -108,8 +123,8 @@ async def probe_accounts(accounts: Sequence[Account], secrets: SecretReader, *,
                          now: dt.datetime, concurrency: int = 32,
                          authenticate: Callable[[Account], bool] | bool = True,
                          tokens: TokenProvider | None = None,
-                         on_result: Callable[[int, ProbeResult], None] | None = None
-                         ) -> list[ProbeResult]:
+                         on_result: Callable[[int, ProbeResult], None] | None = None,
+                         policy: Policy = DEFAULT_POLICY) -> list[ProbeResult]:
     """Probe every account, at most `concurrency` at a time; results in the same order.
 
     `on_result(index, result)` is called as each probe ends (in the event loop's thread), so a
@@ -128,7 +143,7 @@ async def probe_accounts(accounts: Sequence[Account], secrets: SecretReader, *,
         async with gate:
             try:
                 return await probe_account(account, secrets, now=now, authenticate=auth,
-                                           tokens=tokens)
+                                           tokens=tokens, policy=policy)
             except Exception as exc:  # a bug in one probe must not kill the batch
                 log.error("probe failed unexpectedly", namespace=account.namespace,
                           name=account.name, exc_info=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from reconciler.errors import SecretNotFound
 from reconciler.model import KeyRef
-from reconciler.secretrefs import secret_version
+from reconciler.policy import OPERATOR_SOURCE, SecretMeta
+from reconciler.secretrefs import process_key, secret_version
 
 # DNS-1123 names (namespaces, Secrets, ConfigMaps) and Secret data keys ([-._a-zA-Z0-9]+).
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -31,10 +32,22 @@ def _check_names(namespace: str, ref: KeyRef) -> None:
 
 
 class DirSecretReader:
-    """Reads ROOT/<namespace>/<name>/<key> for Secrets and ConfigMaps alike."""
+    """Reads ROOT/<namespace>/<name>/<key> for Secrets and ConfigMaps alike.
 
-    def __init__(self, root: str | Path) -> None:
+    The operator laid this folder out for e-mail, so its entries count as opted in (§8); the
+    folder is a jail that no path (symbolic links included) leaves.
+    """
+
+    def __init__(self, root: str | Path, version_key: bytes | None = None) -> None:
         self.root = Path(root)
+        self.version_key = version_key or process_key()
+
+    def metadata(self, namespace: str, ref: KeyRef) -> SecretMeta:
+        """Opted in by where it lies; SecretNotFound when the object does not exist."""
+        _check_names(namespace, ref)
+        if not (self.root / namespace / ref.name).is_dir():
+            raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+        return OPERATOR_SOURCE
 
     def _path(self, namespace: str, ref: KeyRef) -> Path:
         _check_names(namespace, ref)
@@ -44,11 +57,17 @@ class DirSecretReader:
         path = folder / ref.key
         if not path.is_file():
             raise SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail="key")
-        # kubelet mounts keys as symlinks into ..data; they must stay inside the folder. (A plain
-        # file named by a checked key is inside it; resolving costs a stat per path component.)
-        if path.is_symlink() and folder.resolve() not in path.resolve().parents:
-            raise SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail="key")
-        return path
+        # The folder is a jail: every component resolved (folder symlinks included) must stay
+        # under the root, and kubelet's key symlinks into ..data must stay inside their folder.
+        root = self.root.resolve()
+        real_folder, real = folder.resolve(), path.resolve()
+        if root not in real_folder.parents or real_folder not in real.parents:
+            raise SecretNotFound(
+                namespace, ref.name, ref.key, ref.kind,
+                message=f"{ref.kind} {namespace}/{ref.name} key {ref.key!r} leads outside "
+                        "--secrets-dir through a symbolic link and was not read: secrets are "
+                        "read only from inside that directory")
+        return real
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         """The value of the key; raises SecretNotFound naming namespace/name/key."""
@@ -59,16 +78,24 @@ class DirSecretReader:
             raise SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail="key") from exc
 
     def version(self, namespace: str, ref: KeyRef) -> str:
-        """A sha256 of the content, so a changed password is noticed."""
-        return secret_version(namespace, ref, self.read(namespace, ref))
+        """A keyed digest of the content, so a changed password is noticed."""
+        return secret_version(namespace, ref, self.read(namespace, ref), self.version_key)
 
 
 class MappingSecretReader:
     """In-memory secrets: {(namespace, name, key): value}; for tests and the demo."""
 
-    def __init__(self, data: Mapping[tuple[str, str, str], bytes | str]) -> None:
+    def __init__(self, data: Mapping[tuple[str, str, str], bytes | str],
+                 metadata: Mapping[tuple[str, str], SecretMeta] | None = None) -> None:
         self._data = {k: v.encode() if isinstance(v, str) else bytes(v) for k, v in data.items()}
         self._objects = {(ns, name) for ns, name, _ in self._data}
+        self._meta = dict(metadata or {})
+
+    def metadata(self, namespace: str, ref: KeyRef) -> SecretMeta:
+        """The metadata given for the object, else opted in (the caller built the map)."""
+        if (namespace, ref.name) not in self._objects:
+            raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+        return self._meta.get((namespace, ref.name), OPERATOR_SOURCE)
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         """The value of the key; raises SecretNotFound naming namespace/name/key."""
@@ -79,5 +106,5 @@ class MappingSecretReader:
             raise SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail=detail) from None
 
     def version(self, namespace: str, ref: KeyRef) -> str:
-        """A sha256 of the content."""
+        """A keyed digest of the content."""
         return secret_version(namespace, ref, self.read(namespace, ref))

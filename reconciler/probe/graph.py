@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from reconciler import reasons
 from reconciler.errors import SecretNotFound
-from reconciler.log import register_secret
+from reconciler.log import redact_text, register_secret
 from reconciler.model import (
     Account,
     CertificateInfo,
@@ -145,7 +145,7 @@ def _get_user(cutoff: Cutoff, g: GraphSpec, access_token: str) -> _Answer | Outc
 
 def _mailbox_outcome(g: GraphSpec, a: _Answer) -> Outcome:
     upn = g.user_principal_name
-    detail = f" ({a.error_code}: {a.error_message})" if a.error_code else ""
+    detail = redact_text(f" ({a.error_code}: {a.error_message})") if a.error_code else ""
     if 200 <= a.status < 300:
         return Outcome(True, reasons.SUCCEEDED, f"mailbox {upn} found through Microsoft Graph")
     if a.status == 404:

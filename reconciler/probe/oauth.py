@@ -441,6 +441,9 @@ def _is_public_cloud(authority: str) -> bool:
 
 
 def _token_from(url: str, answer: dict[str, Any]) -> _Token | Outcome:
+    for other in ("refresh_token", "id_token"):  # registered the moment they arrive
+        if isinstance(answer.get(other), str):
+            register_secret(answer[other])
     token = answer.get("access_token")
     if not isinstance(token, str) or not token:
         return _failed(f"the token endpoint {url} answered without an access_token")
@@ -492,6 +495,8 @@ def _failed(message: str) -> Outcome:
 
 
 def _secret_missing(exc: SecretNotFound) -> Outcome:
+    if exc.reason != reasons.SECRET_NOT_FOUND:  # SecretNotAllowed: the message says what to do
+        return Outcome(ok=False, reason=exc.reason, message=str(exc))
     return Outcome(ok=False, reason=reasons.SECRET_NOT_FOUND,
                    message=f"{exc}: create it or fix the …SecretRef that names it")
 

@@ -45,6 +45,7 @@ from reconciler.model import (
     ProbeResult,
     SecretReader,
 )
+from reconciler.policy import certificates_only
 from reconciler.probe import limits, tls
 from reconciler.probe.limits import Deadline
 from reconciler.secretrefs import secret_versions
@@ -66,6 +67,8 @@ BUSY_BACKOFF_SECONDS = 0.5
 def secret_not_found(exc: SecretNotFound, ref: KeyRef | None = None) -> Outcome:
     """The SecretNotFound outcome, naming the object and key and what to do."""
     where = f" (referenced by {ref.field})" if ref is not None and ref.field else ""
+    if exc.reason != reasons.SECRET_NOT_FOUND:  # SecretNotAllowed: the message says what to do
+        return Outcome(False, exc.reason, f"{exc}{where}")
     return Outcome(False, reasons.SECRET_NOT_FOUND,
                    f"{exc}{where}: create it or correct the reference")
 
@@ -374,9 +377,16 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
     ca_pem: str | None = None
     if conn.truststore is not None:
         try:
-            ca_pem = secrets.read(account.namespace, conn.truststore).decode("utf-8", "replace")
+            ca_raw = secrets.read(account.namespace, conn.truststore)
         except SecretNotFound as exc:
             return ProbeResult(connection=secret_not_found(exc, conn.truststore), **base), None
+        ca_pem, refused = certificates_only(ca_raw)
+        if refused is not None:
+            return ProbeResult(connection=Outcome(
+                False, reasons.TRUSTSTORE_INVALID,
+                f"the truststore {conn.truststore.kind} {account.namespace}/"
+                f"{conn.truststore.name} key {conn.truststore.key!r} was not used: {refused}"),
+                **base), None
     truststore = (f"{conn.truststore.kind} {account.namespace}/{conn.truststore.name} key "
                   f"{conn.truststore.key!r}" if conn.truststore else None)
     try:
@@ -419,10 +429,12 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
         if auth.method == "None":
             authentication = (Outcome(True, reasons.NOT_REQUIRED, "authentication.method is None")
                               if connection.ok else None)
-        elif pre is not None and (connection.ok or pre.reason == reasons.SECRET_NOT_FOUND):
+        elif pre is not None and (connection.ok or pre.reason in (reasons.SECRET_NOT_FOUND,
+                                                                  reasons.SECRET_NOT_ALLOWED)):
             authentication = pre
         elif connection.ok or (st.authentication is not None
-                               and st.authentication.reason == reasons.SECRET_NOT_FOUND):
+                               and st.authentication.reason in (reasons.SECRET_NOT_FOUND,
+                                                                reasons.SECRET_NOT_ALLOWED)):
             authentication = st.authentication
     warnings: list[Outcome] = []
     if conn.security == "None":

@@ -15,6 +15,7 @@ import yaml
 
 from reconciler.errors import SecretNotFound, StoreError, UsageError
 from reconciler.model import KeyRef, SecretReader, status_condition
+from reconciler.policy import Policy, guard
 from reconciler.run.table import format_table, rows
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -23,6 +24,9 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 class NoSecrets:
     """The secret reader when none is configured: every reference is missing, with a hint."""
 
+    def metadata(self, namespace: str, ref: KeyRef) -> Any:
+        raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
 
@@ -30,15 +34,25 @@ class NoSecrets:
         raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
 
 
-def _secret_reader(secrets_dir: str | None, store: Any = None) -> SecretReader:
+def _secret_reader(secrets_dir: str | None, store: Any = None, *,
+                   dry_run: bool = False) -> SecretReader:
     if secrets_dir:
         if not Path(secrets_dir).is_dir():
             raise UsageError(f"--secrets-dir {secrets_dir}: not a directory")
         from reconciler.probe.credentials import DirSecretReader
+        from reconciler.secretrefs import installation_key
 
-        return DirSecretReader(secrets_dir)
+        root = getattr(store, "root", None)  # a local store keeps the installation's key
+        key = installation_key(root, create=not dry_run) if root is not None else None
+        return DirSecretReader(secrets_dir, key)
     reader = store.secret_reader() if store is not None else None
     return reader if reader is not None else NoSecrets()
+
+
+def policy_from(args: argparse.Namespace) -> Policy:
+    """The endpoint policy of `--allowed-endpoints` and `--allowed-hosts`."""
+    return Policy.from_flags(getattr(args, "allowed_endpoints", None),
+                             getattr(args, "allowed_hosts", None))
 
 
 def _print_diagnostics(loaded: Any, err: IO[str] | None) -> None:
@@ -60,6 +74,7 @@ def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
 
     loaded = load_paths(args.paths)
     _print_diagnostics(loaded, None)
+    policy = policy_from(args)
     accounts = list(loaded.accounts)
     if args.name:
         wanted = set(args.name)
@@ -77,7 +92,7 @@ def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
     now = datetime.now(UTC)
     tokens = _token_cache()
     results = asyncio.run(probe_accounts(accounts, secrets, now=now, concurrency=args.concurrency,
-                                         authenticate=True, tokens=tokens))
+                                         authenticate=True, tokens=tokens, policy=policy))
     entries: list[dict[str, Any]] = []
     for account, result in zip(accounts, results, strict=True):
         status = build_status(account=account, old_status=None, result=result, published=None,
@@ -112,8 +127,9 @@ def _send_tests(accounts: Sequence[Any], results: Sequence[Any], secrets: Secret
     for account, result in zip(accounts, results, strict=True):
         if not result.ok or account.smtp is None:
             continue
-        outcome = asyncio.run(send_test_message(account, secrets, to, now=now, tokens=tokens,
-                                                signer=_signer(account, secrets)))
+        allowed = guard(secrets, account)  # the same opt-in rules as the probe
+        outcome = asyncio.run(send_test_message(account, allowed, to, now=now, tokens=tokens,
+                                                signer=_signer(account, allowed)))
         ok = ok and outcome.ok
         out.write(f"{account.namespace}/{account.name}: test message to {to}: "
                   f"{outcome.reason}: {outcome.message}\n")
@@ -165,9 +181,9 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
                         enforce_namespace=bool(args.namespace))
     _print_diagnostics(loaded, None)
     try:
-        secrets = _secret_reader(args.secrets_dir, store)
+        secrets = _secret_reader(args.secrets_dir, store, dry_run=args.dry_run)
         options = RunOptions(dry_run=args.dry_run, prune=not args.no_prune,
-                             concurrency=args.concurrency)
+                             concurrency=args.concurrency, policy=policy_from(args))
         locked = getattr(store, "locked", None)  # the local store: one writing run at a time
         with (locked(args.lock_timeout) if locked is not None and not args.dry_run
               else contextlib.nullcontext()):

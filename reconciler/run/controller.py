@@ -40,6 +40,7 @@ from reconciler.model import (
     REQUESTED_AT_ANNOTATION,
     status_condition,
 )
+from reconciler.policy import DEFAULT_POLICY, Policy
 from reconciler.run.leader import LeaderConfig, LeaderElector
 from reconciler.run.metrics import HealthServer, Metrics
 from reconciler.store.base import Key, object_key
@@ -249,13 +250,15 @@ class Controller:
     def __init__(self, api_client: Any, *, namespace: str | None = None, workers: int = 4,
                  interval: float = 600.0, metrics_addr: str | None = None,
                  leader: LeaderConfig | None = None, watch_seconds: int = 300,
-                 backoff_base: float = 0.5, backoff_cap: float = 300.0) -> None:
+                 backoff_base: float = 0.5, backoff_cap: float = 300.0,
+                 policy: Policy = DEFAULT_POLICY) -> None:
         from reconciler.store.watch import account_informer, instrument_client, secret_informer
 
         self.api_client = api_client
         self.namespace = namespace
         self.workers = workers
         self.interval = interval
+        self.policy = policy
         self.queue = WorkQueue(base=backoff_base, cap=backoff_cap)
         self.metrics = Metrics(queue_depth=lambda: float(self.queue.depth()))
         instrument_client(api_client, self.metrics.api_request)
@@ -430,7 +433,8 @@ class Controller:
         with self._lock:  # before the status write, whose watch event must not queue it again
             self._generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
         report = Reconciler(store, store.secret_reader(),
-                            RunOptions(prune=False, concurrency=1)).reconcile_objects([obj])
+                            RunOptions(prune=False, concurrency=1, policy=self.policy)
+                            ).reconcile_objects([obj])
         self.metrics.duration.observe(time.monotonic() - started)
         if self.accounts.get(key) is None:
             self._clean_up_after(key, store, obj)
@@ -503,6 +507,7 @@ def _lease_namespace(args: Any) -> str:
 
 def run_controller(args: Any) -> int:
     """`email-reconciler controller`: run until SIGTERM/SIGINT, then shut down cleanly (exit 0)."""
+    from reconciler.run.commands import policy_from
     from reconciler.store.kube import KubeStore
 
     interval = parse_duration(args.interval)
@@ -529,7 +534,8 @@ def run_controller(args: Any) -> int:
         try:
             controller = Controller(store.api_client, namespace=args.namespace,
                                     workers=args.workers, interval=interval,
-                                    metrics_addr=args.metrics_addr or None, leader=leader)
+                                    metrics_addr=args.metrics_addr or None, leader=leader,
+                                    policy=policy_from(args))
         except OSError as exc:
             raise UsageError(f"cannot listen on --metrics-addr {args.metrics_addr}: {exc}") from exc
         controller.start()

@@ -246,6 +246,10 @@ def prepare(examples: list[dict[str, Any]], work: Path, ports: Mapping[str, int]
         (accounts_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+#: What the demo passes as --allowed-endpoints: its token and Graph fakes listen on loopback.
+DEMO_ALLOWED_ENDPOINTS = "127.0.0.1:*"
+
+
 def masked_secret(secret: Mapping[str, Any]) -> str:
     """A published Secret as YAML with every value masked."""
     shown = copy.deepcopy(dict(secret))
@@ -255,12 +259,14 @@ def masked_secret(secret: Mapping[str, Any]) -> str:
 
 def run_demo(*, keep: str | None, out: IO[str]) -> int:
     """Run the demo; exit 0 when every demo account is Ready."""
+    from reconciler.policy import Policy
     from reconciler.probe.credentials import DirSecretReader
     from reconciler.run.commands import render_report
     from reconciler.run.demo_idp import DemoIdentity
     from reconciler.run.demo_servers import ThrowawayCA, start_demo_servers
     from reconciler.run.reconcile import Reconciler, RunOptions
     from reconciler.run.table import format_table, rows
+    from reconciler.secretrefs import installation_key
     from reconciler.store.local import LocalStore
 
     examples = _local_examples(find_examples())
@@ -282,8 +288,11 @@ def run_demo(*, keep: str | None, out: IO[str]) -> int:
                      identity.microsoft.url, "Graph": identity.graph.url}
             prepare(examples, work, ports, servers.ca_pem, users, identity)
             store = LocalStore(work / "store")
-            report = Reconciler(store, DirSecretReader(work / "secrets"), RunOptions()).run(
-                _load(work / "accounts"))
+            # As `reconcile --allowed-endpoints 127.0.0.1:*` would: the HTTPS fakes are on
+            # loopback, which the default endpoint policy refuses (README "Security model").
+            options = RunOptions(policy=Policy.from_flags(DEMO_ALLOWED_ENDPOINTS))
+            reader = DirSecretReader(work / "secrets", installation_key(work / "store"))
+            report = Reconciler(store, reader, options).run(_load(work / "accounts"))
         out.write(f"Reconciled {len(report.accounts)} demo accounts against local SMTP servers "
                   f"(STARTTLS :{ports['STARTTLS']}, SMTPS :{ports['SMTPS']}, "
                   f"plain :{ports['None']}) and HTTPS fakes ("

@@ -35,6 +35,7 @@ from reconciler.model import (
     SourceRef,
     status_condition,
 )
+from reconciler.policy import DEFAULT_POLICY, Policy
 from reconciler.secretrefs import secret_versions
 from reconciler.state import conditions, render, schedule
 from reconciler.store.base import (
@@ -55,6 +56,7 @@ class RunOptions:
     prune: bool = True
     concurrency: int = 32
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    policy: Policy = DEFAULT_POLICY  # endpoint allow-lists (reconciler.policy)
 
 
 @dataclass
@@ -286,7 +288,7 @@ class Reconciler:
             return probe_accounts(
                 due, self.secrets, now=now, concurrency=self.options.concurrency,
                 authenticate=lambda a: decisions[a.key].authenticate, tokens=tokens,
-                on_result=on_result)
+                on_result=on_result, policy=self.options.policy)
 
         if len(due) == 1:  # nothing to overlap with (the controller's case): no thread
             yield due[0], asyncio.run(probe_all())[0]

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler import reasons
+from reconciler.log import safe_text
 from reconciler.model import REQUESTED_AT_ANNOTATION, Account, Diagnostic, Outcome, ProbeResult
 from reconciler.state.render import format_warnings
 from reconciler.state.schedule import next_probe_time, rfc3339
@@ -53,7 +54,19 @@ Conditions = list[dict[str, Any]]
 
 
 def _cap(message: str, limit: int = MAX_MESSAGE) -> str:
-    return message if len(message) <= limit else message[: limit - 1] + "…"
+    """Redacted, free of control characters (server text reaches terminals), bounded."""
+    return safe_text(message, limit)
+
+
+def _clean(value: Any) -> Any:
+    """Strings of a status block made safe the same way (certificate names come from servers)."""
+    if isinstance(value, str):
+        return safe_text(value, MAX_MESSAGE)
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
 
 
 def find_condition(conditions: Sequence[Mapping[str, Any]] | None,
@@ -209,7 +222,7 @@ def _probe_fields(result: ProbeResult) -> dict[str, Any]:
         "certificate": result.certificate.to_status() if result.certificate else None,
         "authMechanisms": list(result.auth_mechanisms) or None,
     }
-    return {k: v for k, v in values.items() if v is not None}
+    return {k: _clean(v) for k, v in values.items() if v is not None}
 
 
 def _signing_status(result: ProbeResult) -> dict[str, Any] | None:

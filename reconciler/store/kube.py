@@ -48,7 +48,7 @@ from reconciler.model import (
     Event,
     KeyRef,
 )
-from reconciler.secretrefs import secret_version
+from reconciler.policy import SecretMeta
 from reconciler.store.base import Key, account_object, object_key, owned_keys
 
 APPLY = "application/apply-patch+yaml"
@@ -574,14 +574,26 @@ class ClusterSecretReader:
     def __init__(self, store: KubeStore) -> None:
         self.store = store
 
-    def read(self, namespace: str, ref: KeyRef) -> bytes:
-        """The value of the key; raises SecretNotFound naming namespace/name/key."""
+    def _object(self, namespace: str, ref: KeyRef) -> dict[str, Any]:
         if ref.kind == "ConfigMap":
             obj = self.store._namespace_configmaps(namespace).get(ref.name)
         else:
             obj = self.store._namespace_secrets(namespace).get(ref.name)
         if obj is None:
             raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+        return obj
+
+    def metadata(self, namespace: str, ref: KeyRef) -> SecretMeta:
+        """Labels, annotations and type: what the opt-in check (reconciler.policy) reads."""
+        obj = self._object(namespace, ref)
+        meta = obj.get("metadata") or {}
+        return SecretMeta(labels=dict(meta.get("labels") or {}),
+                          annotations=dict(meta.get("annotations") or {}),
+                          type=str(obj.get("type") or ""))
+
+    def read(self, namespace: str, ref: KeyRef) -> bytes:
+        """The value of the key; raises SecretNotFound naming namespace/name/key."""
+        obj = self._object(namespace, ref)
         data = obj.get("data") or {}
         if ref.kind == "ConfigMap" and ref.key in data:
             return str(data[ref.key]).encode("utf-8")
@@ -595,5 +607,8 @@ class ClusterSecretReader:
             raise SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail="key") from exc
 
     def version(self, namespace: str, ref: KeyRef) -> str:
-        """A digest of the value: unrelated changes to the object do not trigger a re-probe."""
-        return secret_version(namespace, ref, self.read(namespace, ref))
+        """The object's uid and resourceVersion: changes with the value, derived from nothing
+        in it (status must not leak a digest of a credential, DESIGN §8)."""
+        self.read(namespace, ref)  # the key must exist
+        meta = self._object(namespace, ref).get("metadata") or {}
+        return f"{meta.get('uid') or '-'}/{meta.get('resourceVersion') or '-'}"

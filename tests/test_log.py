@@ -1,0 +1,76 @@
+"""reconciler.log: redaction of every encoded form of a secret, and control characters."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.parse
+
+import pytest
+
+from reconciler.log import (
+    REDACTED,
+    clean_text,
+    configure_logging,
+    get_logger,
+    redact_text,
+    register_secret,
+    safe_text,
+)
+from tests.recording_servers import ESCAPES, echo_forms
+
+SECRET = "Marker-Pa55:w/rd%&+é"
+USER = "app@example.test"
+
+
+def _plain_blob(user: str, secret: str) -> str:
+    return base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+
+
+@pytest.mark.parametrize("shown", [
+    SECRET,
+    SECRET[:-1],  # an echo that drops the last character
+    SECRET[1:],
+    urllib.parse.quote(SECRET, safe=""),
+    urllib.parse.quote(SECRET),
+    urllib.parse.quote_plus(SECRET),
+    base64.b64encode(SECRET.encode()).decode(),  # AUTH LOGIN
+    base64.b64encode(SECRET.encode()).decode().rstrip("="),
+    base64.urlsafe_b64encode(SECRET.encode()).decode(),
+    _plain_blob(USER, SECRET),  # AUTH PLAIN, whatever the user name's length
+    _plain_blob("a", SECRET),
+    _plain_blob("ab", SECRET),
+    _plain_blob("", SECRET),
+    base64.b64encode(json.dumps({"password": SECRET}).encode()).decode(),
+], ids=lambda s: s[:12])
+def test_every_encoded_form_is_redacted(shown: str) -> None:
+    register_secret(SECRET)
+    text = redact_text(f"535 5.7.8 rejected {shown} (try again)")
+    assert REDACTED in text
+    for form in echo_forms(SECRET, USER):
+        assert form not in text
+
+
+def test_redaction_leaves_ordinary_text_alone() -> None:
+    register_secret("Zq9-unrelated-Secret")
+    assert redact_text("250 2.0.0 OK queued as ABC123") == "250 2.0.0 OK queued as ABC123"
+
+
+def test_control_characters_are_replaced_and_text_bounded() -> None:
+    text = clean_text(f"hello {ESCAPES} world\r\n", 20)
+    assert not any(c in text for c in "\x1b\x07\x00\x9b\r")
+    assert len(text) == 20 and text.endswith("…")
+    assert clean_text("two\nlines\tok") == "two\nlines\tok"
+    assert "\n" not in clean_text("two\nlines", single_line=True)
+    assert "\u202e" not in safe_text("bidi \u202e override")
+
+
+def test_log_lines_carry_no_secret_form_and_no_escape(log_stream: io.StringIO) -> None:
+    register_secret(SECRET)
+    configure_logging("console", "info", log_stream)
+    get_logger("t").warning("server said", reply=f"{ESCAPES} {_plain_blob(USER, SECRET)}")
+    out = log_stream.getvalue()
+    assert "\x1b" not in out and "\x07" not in out and "\x00" not in out
+    for form in echo_forms(SECRET, USER):
+        assert form not in out
