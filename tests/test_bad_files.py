@@ -177,13 +177,15 @@ def test_a_broken_file_deletes_nothing_in_the_cluster(kind: str, smtp_pair: Loop
     accounts.mkdir()
     with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as api:
         api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
-                                      "metadata": {"name": "ca", "namespace": NS},
+                                      "metadata": {"name": "ca", "namespace": NS,
+                                                   "labels": {"email.reconciler.io/credential": "true"}},
                                       "data": {"ca.crt": smtp_pair.ca.ca_pem}})
         for name in ("billing", "alerts"):
             smtp_pair.users[f"{name}@example.com"] = "pw-" + name
             api.add_object("secrets", {
                 "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": f"{name}-smtp", "namespace": NS},
+                "metadata": {"name": f"{name}-smtp", "namespace": NS,
+                             "labels": {"email.reconciler.io/credential": "true"}},
                 "data": {"password": base64.b64encode(f"pw-{name}".encode()).decode()}})
             doc = loopback_account(name, NS, smtp_pair.starttls.port, display_name="Billing")
             (accounts / f"{name}.yaml").write_text(yaml.safe_dump(doc))

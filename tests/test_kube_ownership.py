@@ -32,7 +32,8 @@ def servers() -> Iterator[Servers]:
 def cluster(servers: Servers, tmp_path: Path) -> Iterator[Cluster]:
     with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as api:
         api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
-                                      "metadata": {"name": "ca", "namespace": NS},
+                                      "metadata": {"name": "ca", "namespace": NS,
+                                                   "labels": {"email.reconciler.io/credential": "true"}},
                                       "data": {"ca.crt": servers.ca.ca_pem}})
         yield Cluster(api, tmp_path, servers)
 

@@ -51,11 +51,13 @@ def _cluster_inputs(api: KubeAPIServer, servers: Servers, namespace: str,
                     names: list[str]) -> None:
     api.create_namespace(namespace)
     api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
-                                  "metadata": {"name": "ca", "namespace": namespace},
+                                  "metadata": {"name": "ca", "namespace": namespace,
+                                               "labels": {"email.reconciler.io/credential": "true"}},
                                   "data": {"ca.crt": servers.ca.ca_pem}})
     for name in names:
         api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
-                                   "metadata": {"name": f"{name}-smtp", "namespace": namespace},
+                                   "metadata": {"name": f"{name}-smtp", "namespace": namespace,
+                                                "labels": {"email.reconciler.io/credential": "true"}},
                                    "data": {"password": base64.b64encode(
                                        PASSWORD.encode()).decode()}})
 
