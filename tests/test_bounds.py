@@ -19,6 +19,7 @@ import trustme
 
 from reconciler import reasons
 from reconciler.model import Account, GraphSpec, KeyRef, Publish
+from reconciler.policy import Policy
 from reconciler.probe import probe_account
 from reconciler.probe.limits import MAX_DEADLINE_SECONDS, overall_deadline
 from reconciler.probe.oauth import TokenCache
@@ -67,6 +68,9 @@ def idp(http_ca: trustme.CA, ca_env: Path) -> Iterator[MicrosoftIdentity]:
         yield fake
 
 
+# The hostile servers are on loopback; graph.invalid names a Graph that is never reached.
+POLICY = Policy.from_flags("127.0.0.1:*,graph.invalid")
+
 def graph_account(authority: str, tenant: str, endpoint: str, timeout: float = 1.0,
                   name: str = "billing") -> Account:
     spec = GraphSpec(user_principal_name=UPN, tenant_id=tenant, client_id="app-1",
@@ -78,7 +82,8 @@ def graph_account(authority: str, tenant: str, endpoint: str, timeout: float = 1
 
 def timed_probe(account: Account, secrets: MemorySecrets) -> tuple[float, object]:
     start = time.monotonic()
-    result = asyncio.run(probe_account(account, secrets, now=NOW, tokens=TokenCache()))
+    result = asyncio.run(probe_account(account, secrets, now=NOW, tokens=TokenCache(),
+                                       policy=POLICY))
     return time.monotonic() - start, result
 
 
