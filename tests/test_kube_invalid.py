@@ -16,7 +16,7 @@ from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers
 from tests.manifests_factory import loopback_servers
-from tests.test_kube_store import NS, Cluster
+from tests.test_kube_store import CREDENTIAL, NS, Cluster
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def servers() -> Iterator[Servers]:
 def cluster(servers: Servers, tmp_path: Path) -> Iterator[Cluster]:
     with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as api:
         api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
-                                      "metadata": {"name": "ca", "namespace": NS},
+                                      "metadata": {"name": "ca", "namespace": NS, "labels": CREDENTIAL},
                                       "data": {"ca.crt": servers.ca.ca_pem}})
         yield Cluster(api, tmp_path, servers)
 
