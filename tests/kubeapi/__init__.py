@@ -17,9 +17,11 @@ whole API:
   nothing is not stored (no new resourceVersion, no watch event), as in etcd-backed storage;
 - label and field selectors, ``limit``/``continue`` (tokens resume after the last key and expire
   with 410 Expired after :meth:`KubeAPIServer.expire_continue_tokens` or ``expire_history``),
-  ``stringData`` folded into Secret ``data``,
-  ownerReference cascade on delete (synchronous, for determinism; ``propagationPolicy=Orphan``
-  skips it; deleting a Namespace deletes everything in it);
+  ``stringData`` folded into Secret ``data``;
+- deletion (gc.py): finalizers and ``deletionTimestamp`` (202 while they hold it), garbage
+  collection by ownerReference with Background, Foreground (``foregroundDeletion`` until the
+  ``blockOwnerDeletion`` dependents are gone) and Orphan propagation, Namespaces that terminate;
+  synchronous, for determinism (``garbage_collection=False`` turns the collector off);
 - watch (chunked newline-delimited JSON) with ``resourceVersion`` replay from a bounded history,
   ``timeoutSeconds``, an ``ERROR`` event with a 410 Expired Status for a too-old version, and
   ``BOOKMARK`` events with ``allowWatchBookmarks`` (every ``bookmark_seconds``, shortly before the
@@ -44,7 +46,7 @@ whole API:
   the others (``create_namespace``; ``auto_namespaces=True`` is a relaxation, not real behaviour);
 - errors as ``Status`` objects; fault injection (:meth:`KubeAPIServer.inject`) and a request log.
 
-Simplifications, on purpose: no finalizers, no conversion between CRD
+Simplifications, on purpose: no conversion between CRD
 versions, no CEL cost budget; PUT never creates; fault injection applies to resource requests
 only, not discovery.
 """

@@ -242,9 +242,9 @@ class _Handler(BaseHTTPRequestHandler):
         if "propagationPolicy" in query:
             options["propagationPolicy"] = query["propagationPolicy"]
         if verb == "delete":
-            gone = api._delete(rtype, ns, name, options)
-            if rtype.custom:
-                return 200, api._out(rtype, version, gone)
+            gone, deleted = api._delete(rtype, ns, name, options)
+            if rtype.custom or not deleted:  # 202: finalizers or foreground deletion keep it for now
+                return (200 if deleted else 202), api._out(rtype, version, gone)
             return 200, {
                 "kind": "Status",
                 "apiVersion": "v1",
@@ -257,10 +257,11 @@ class _Handler(BaseHTTPRequestHandler):
                     "uid": gone["metadata"]["uid"],
                 },
             }
-        deleted = [
-            api._delete(rtype, o["metadata"].get("namespace"), o["metadata"]["name"], options)
-            for o in api._list(rtype, ns, query)
-        ]
+        deleted = []
+        for obj in api._list(rtype, ns, query):
+            with contextlib.suppress(ApiError):  # a cascade may have taken it already
+                meta = obj["metadata"]
+                deleted.append(api._delete(rtype, meta.get("namespace"), meta["name"], options)[0])
         return 200, self._list_body(rtype, version, deleted, api.resource_version)
 
     @staticmethod

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tests.kubeapi.gc import GarbageCollector
 from tests.kubeapi.http import _Handler
 from tests.kubeapi.model import (
     ALL_VERBS,
@@ -60,7 +61,7 @@ def _now() -> str:
 
 
 
-class KubeAPIServer:
+class KubeAPIServer(GarbageCollector):
     """The API server: ``with KubeAPIServer(crds=[crd]) as api: ... api.url ...``."""
 
     def __init__(
@@ -72,6 +73,7 @@ class KubeAPIServer:
         ratcheting: bool = True,
         owner_references_permission_enforcement: bool = True,
         anonymous_is_admin: bool = True,
+        garbage_collection: bool = True,
     ) -> None:
         """Serve the built-in kinds and ``crds``.
 
@@ -93,6 +95,7 @@ class KubeAPIServer:
         self.auto_namespaces = auto_namespaces
         self.owner_references_permission_enforcement = owner_references_permission_enforcement
         self.anonymous_is_admin = anonymous_is_admin
+        self.garbage_collection = garbage_collection
         self.bookmark_seconds = 60.0
         self._tokens: dict[str, User | tuple[str, str]] = {ADMIN_TOKEN: ADMIN, KUBECONFIG_TOKEN: ADMIN}
         self._schemas: dict[tuple[str, str, str], StructuralSchema] = {}
@@ -612,7 +615,12 @@ class KubeAPIServer:
             stored = self._out(rtype, version, body)
             bucket[(namespace or "", name)] = stored
             self._store.record(rtype, "ADDED", stored, None)
+            if meta.get("ownerReferences"):
+                self._collect()  # an owner that is gone already: the collector deletes it
             return copy.deepcopy(stored)
+
+    def _now_timestamp(self) -> str:
+        return _now()
 
     def _current(self, rtype: ResourceType, namespace: str | None, name: str) -> JSON:
         obj = self._store.bucket(rtype).get((namespace or "", name))
@@ -673,42 +681,11 @@ class KubeAPIServer:
             meta["resourceVersion"] = self._store.next_rv()
             self._store.bucket(rtype)[(namespace or "", name)] = new
             self._store.record(rtype, "MODIFIED", new, old)
+            if meta.get("deletionTimestamp") or meta.get("ownerReferences") != old["metadata"].get("ownerReferences"):
+                self._collect()  # finalizers emptied, or owners changed
+                current = self._store.bucket(rtype).get((namespace or "", name))
+                return copy.deepcopy(current if current is not None else new)
             return copy.deepcopy(new)
-
-    def _delete(
-        self,
-        rtype: ResourceType,
-        namespace: str | None,
-        name: str,
-        options: JSON,
-        cascade: bool = True,
-    ) -> JSON:
-        with self._store.lock:
-            old = self._current(rtype, namespace, name)
-            pre = options.get("preconditions") or {}
-            if pre.get("uid") not in (None, old["metadata"]["uid"]) or pre.get("resourceVersion") not in (
-                None,
-                old["metadata"]["resourceVersion"],
-            ):
-                raise self._conflict(rtype, name)
-            del self._store.bucket(rtype)[(namespace or "", name)]
-            gone = copy.deepcopy(old)
-            gone["metadata"]["resourceVersion"] = self._store.next_rv()
-            self._store.record(rtype, "DELETED", gone, None)
-            uid = old["metadata"]["uid"]
-            if cascade and options.get("propagationPolicy") != "Orphan":
-                self._delete_dependents(uid, name if rtype.plural == "namespaces" else None)
-            return gone
-
-    def _delete_dependents(self, uid: str, namespace_name: str | None) -> None:
-        for rtype in self.types:
-            for (ns, name), obj in list(self._store.bucket(rtype).items()):
-                owners = obj["metadata"].get("ownerReferences") or []
-                owned = any(o.get("uid") == uid for o in owners)
-                inside = namespace_name is not None and ns == namespace_name
-                # an earlier cascade in this loop may have deleted it already
-                if (owned or inside) and (ns, name) in self._store.bucket(rtype):
-                    self._delete(rtype, ns or None, name, {})
 
     def _list(self, rtype: ResourceType, namespace: str | None, query: dict[str, str]) -> list[JSON]:
         with self._store.lock:
