@@ -56,6 +56,10 @@ def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], l
         import api_cost
         return api_cost
 
+    def hostile() -> Any:
+        import hostile
+        return hostile
+
     return {
         "1": ("validation throughput", lambda: validation().validation_throughput(
             work, sizes.validate, sizes.repeat)),
@@ -63,13 +67,14 @@ def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], l
         "3": ("API cost", lambda: api_cost().api_cost(work, sizes.api)),
         "4": ("memory", lambda: probes().memory(work, sizes.memory)),
         "5": ("start-up", lambda: validation().startup(work, sizes.startup_runs)),
+        "6": ("hostile servers", lambda: hostile().hostile_run(work)),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs (for CI)")
-    parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated benchmark numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated benchmark numbers")
     parser.add_argument("--work", help="where to generate inputs (default: a temporary folder)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL

@@ -18,6 +18,7 @@ import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from reconciler.run.demo_servers import LOOPBACK, ServerLoop
 
@@ -228,3 +229,130 @@ class MiniSmtp:
         ok = self.users.get(user) == password
         self.penalized = not ok
         return user if ok else None
+
+
+# --------------------------------------------------------------------------- hostile + healthy
+
+
+@dataclass
+class HostileBed:
+    """Five hostile servers beside healthy ones, with manifests and a --secrets-dir for them.
+
+    Hostile: an endless `250-` EHLO reply, an endless `535-` AUTH reply, an endless Graph body,
+    a token endpoint and a Graph that drip one byte a second. Healthy: `healthy` STARTTLS+AUTH
+    accounts on aiosmtpd servers, five per server (the hostile token account uses the first), and a
+    Microsoft identity platform for the Graph accounts' tokens. Used by tests/test_bounds.py and
+    bench/hostile.py.
+    """
+
+    manifests: Path
+    secrets_dir: Path
+    ca_bundle: Path  # set REQUESTS_CA_BUNDLE to it
+    healthy_names: list[str]
+    hostile_names: list[str]
+    timeout: float
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                close()
+
+
+def start_hostile_bed(root: Path, *, healthy: int = 20, timeout: float = 2.0) -> HostileBed:
+    import yaml
+
+    from reconciler.run.demo_idp import (
+        Client,
+        FakeGraph,
+        MicrosoftIdentity,
+        rsa_key,
+        service_account_json,
+    )
+    from reconciler.run.demo_servers import SmtpServerOptions, ThrowawayCA
+
+    ns, password, secret = "bench", "healthy-Pa55-7c1e", "graph~S3cret~hostile~0123"
+    ca = ThrowawayCA()
+    loop = ServerLoop()
+    bed = HostileBed(root / "manifests", root / "secrets", root / "ca.pem", [], [], timeout)
+    bed.closers.append(loop.close)
+    bed.manifests.mkdir(parents=True)
+    bed.ca_bundle.write_text(ca.ca_pem)
+    users = {f"user{i}@bench.test": password for i in range(healthy)}
+    users["drip@bench.test"] = password
+    smtps = [loop.smtp(SmtpServerOptions(mode="STARTTLS", tls_context=ca.server_context(),
+                                         users=users, mechanisms=("PLAIN", "LOGIN", "XOAUTH2")))
+             for _ in range(max(1, healthy // 5))]
+    smtp = smtps[0]
+    hostile = HostileServers(loop)
+    bed.closers.append(hostile.close)
+    idp = MicrosoftIdentity(ca=ca, clients={"app-1": Client(secret=secret)})
+    bed.closers.append(idp.close)
+    graph = FakeGraph(ca=ca, idp=idp, users={"ok@bench.test"})
+    bed.closers.append(graph.close)
+    tls = ca.server_context()
+
+    def put(name: str, key: str, value: str | bytes) -> dict[str, str]:
+        path = bed.secrets_dir / ns / name / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(value.encode() if isinstance(value, str) else value)
+        return {"name": name, "key": key}
+
+    put("bench-ca", "ca.crt", ca.ca_pem)
+    pw = put("smtp-password", "password", password)
+    secret_ref = put("graph-app", "client-secret", secret)
+
+    def doc(name: str, spec: dict[str, object]) -> None:
+        body = {"apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
+                "metadata": {"name": name, "namespace": ns}, "spec": spec}
+        (bed.manifests / f"{name}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+
+    def smtp_spec(login: str, port: int, security: str, auth: dict[str, object],
+                  t: float) -> dict[str, object]:
+        conn: dict[str, object] = {"host": LOOPBACK, "port": port, "security": security,
+                                   "timeoutSeconds": t}
+        if security == "None":
+            conn["allowInsecureAuth"] = True
+        else:
+            conn["truststore"] = {"configMapRef": {"name": "bench-ca", "key": "ca.crt"}}
+        spec: dict[str, object] = {"provider": "custom", "smtp": {
+            "identity": {"emailAddress": login}, "connection": conn, "authentication": auth}}
+        if auth.get("method") == "OAuth2":  # the URL formats cannot carry a token
+            spec["publish"] = {"formats": ["env", "json", "javamail"]}
+        return spec
+
+    def graph_spec(endpoint: str, upn: str) -> dict[str, object]:
+        return {"provider": "office365", "sendUsing": "MicrosoftGraph", "graph": {
+            "userPrincipalName": upn, "timeoutSeconds": timeout, "endpoint": endpoint,
+            "authentication": {"tenantId": idp.tenant_id, "clientId": "app-1",
+                               "grantType": "ClientCredentials", "clientSecretSecretRef": secret_ref,
+                               "authority": idp.url}}}
+
+    password_auth = {"method": "Password", "passwordSecretRef": pw}
+    for i in range(healthy):
+        name = f"healthy-{i:02d}"
+        doc(name, smtp_spec(f"user{i}@bench.test", smtps[i % len(smtps)].port, "STARTTLS",
+                            password_auth, 30))
+        bed.healthy_names.append(name)
+    sa = put("gmail-sa", "key.json", service_account_json("drip@demo.iam.gserviceaccount.com",
+                                                          rsa_key()))
+    drip_token = hostile.http_drip(tls)
+    hostile_docs = {
+        "endless-ehlo": smtp_spec("x@bench.test", hostile.smtp_endless_ehlo(), "None",
+                                  password_auth, timeout),
+        "endless-535": smtp_spec("x@bench.test", hostile.smtp_endless_535(), "None",
+                                 password_auth, timeout),
+        "drip-token": smtp_spec("drip@bench.test", smtp.port, "STARTTLS", {
+            "method": "OAuth2", "oauth2": {
+                "grantType": "JWTBearer", "serviceAccountKeySecretRef": sa,
+                "subject": "drip@bench.test",
+                "tokenUrl": f"https://{LOOPBACK}:{drip_token}/token"}}, timeout),
+        "endless-graph": graph_spec(f"https://{LOOPBACK}:{hostile.http_endless(tls)}",
+                                    "ok@bench.test"),
+        "drip-graph": graph_spec(f"https://{LOOPBACK}:{hostile.http_drip(tls)}",
+                                 "ok@bench.test"),
+    }
+    for name, spec in hostile_docs.items():
+        doc(name, spec)
+        bed.hostile_names.append(name)
+    return bed

@@ -401,11 +401,18 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
     will_auth = authenticate and auth.method != "None"
     if will_auth:  # wait for the server's AUTH rate before taking one of its session slots
         await polite.auth_allowance(conn.host, conn.port)
+    # Credentials (a token request) first, without holding a session slot; the deadline
+    # covers both phases, but not the wait for the slot.
+    total = limits.overall_deadline(conn.timeout_seconds)
+    deadline = Deadline.start(conn.timeout_seconds, total)
+    with limits.deadline_scope(deadline):
+        creds, pre = await _credentials(account, secrets, authenticate, tokens)
+    left = deadline.remaining()
     async with polite.session(conn.host, conn.port):
-        deadline = Deadline.start(conn.timeout_seconds)
+        deadline = Deadline.start(conn.timeout_seconds, max(0.0, left))
         with limits.deadline_scope(deadline):
-            st, creds, pre = await _attempts(account, secrets, ctx, truststore, authenticate,
-                                             tokens, now, transaction, deadline)
+            st = await _attempts(account, ctx, truststore, authenticate, creds, now,
+                                 transaction, deadline)
     credentials: dict[str, str] = {}
     identity = account.smtp.identity.user_id or account.smtp.identity.email_address
     if auth.method == "Password" and auth.password is not None:
@@ -461,42 +468,37 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
     ), st.transaction
 
 
-async def _attempts(account: Account, secrets: SecretReader, ctx: ssl.SSLContext,
-                    truststore: str | None, authenticate: bool, tokens: TokenProvider | None,
-                    now: dt.datetime, transaction: Transaction | None, deadline: Deadline
-                    ) -> tuple[_State, _Credentials | None, Outcome | None]:
-    """Credentials, then sessions until one is not answered 421 or the deadline is near.
-
-    Returns the last session's state, the credentials, and why there are none (an Outcome).
-    """
+async def _credentials(account: Account, secrets: SecretReader, authenticate: bool,
+                       tokens: TokenProvider | None
+                       ) -> tuple[_Credentials | None, Outcome | None]:
+    """(credentials, None), or (None, why there are none); (None, None) without AUTH."""
     assert account.smtp is not None
     conn = account.smtp.connection
-    auth = account.smtp.authentication
-    creds: _Credentials | None = None
-    pre: Outcome | None = None
-    st = _State()
+    if not authenticate or account.smtp.authentication.method == "None":
+        return None, None
+    identity = account.smtp.identity.user_id or account.smtp.identity.email_address
     try:
-        if authenticate and auth.method != "None":
-            identity = account.smtp.identity.user_id or account.smtp.identity.email_address
-            got = await _resolve_credentials(account, secrets, identity, tokens, conn.security)
-            if isinstance(got, Outcome):
-                pre = got
-            else:
-                creds = got
-        backoff = BUSY_BACKOFF_SECONDS
-        while True:
-            st = _State()
-            await _session(st, account, ctx, truststore, creds, authenticate, now, transaction,
-                           deadline)
-            if not st.busy or deadline.remaining() - backoff < min(deadline.timeout, 1.0):
-                break
-            await asyncio.sleep(backoff)
-            backoff *= 2
-    except TimeoutError:  # only the credentials step can get here (a token request)
-        pre = Outcome(False, reasons.TIMEOUT,
-                      f"no credentials within the probe's deadline "
-                      f"({limits.overall_deadline(conn.timeout_seconds):g}s)")
-    return st, creds, pre
+        got = await _resolve_credentials(account, secrets, identity, tokens, conn.security)
+    except TimeoutError:
+        return None, Outcome(False, reasons.TIMEOUT,
+                             f"no credentials within the probe's deadline "
+                             f"({limits.overall_deadline(conn.timeout_seconds):g}s)")
+    return (None, got) if isinstance(got, Outcome) else (got, None)
+
+
+async def _attempts(account: Account, ctx: ssl.SSLContext, truststore: str | None,
+                    authenticate: bool, creds: _Credentials | None, now: dt.datetime,
+                    transaction: Transaction | None, deadline: Deadline) -> _State:
+    """Sessions until one is not answered 421 or the deadline is near; the last one's state."""
+    backoff = BUSY_BACKOFF_SECONDS
+    while True:
+        st = _State()
+        await _session(st, account, ctx, truststore, creds, authenticate, now, transaction,
+                       deadline)
+        if not st.busy or deadline.remaining() - backoff < min(deadline.timeout, 1.0):
+            return st
+        await asyncio.sleep(backoff)
+        backoff *= 2
 
 
 async def _session(st: _State, account: Account, ctx: ssl.SSLContext, truststore: str | None,
