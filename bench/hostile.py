@@ -27,7 +27,7 @@ def hostile_run(work: Path) -> list[Row]:
     bed = start_hostile_bed(work / "hostile", healthy=HEALTHY, timeout=TIMEOUT_SECONDS)
     try:
         argv = [*cli(), "probe", str(bed.manifests), "--secrets-dir", str(bed.secrets_dir),
-                "-o", "json"]
+                "--allowed-endpoints", "127.0.0.1:*", "-o", "json"]
         child_env = dict(env(), REQUESTS_CA_BUNDLE=str(bed.ca_bundle))
         out = work / "hostile-report.json"
         start = time.perf_counter()
