@@ -9,9 +9,10 @@ whole API:
 - resources: core v1 Secrets, ConfigMaps, Events, Namespaces (cluster-scoped),
   coordination.k8s.io/v1 Leases, and every served version of the CRDs given to the constructor;
 - CRUD with 201 on create, 409 AlreadyExists, PUT with 409 on a stale ``metadata.resourceVersion``,
-  merge / JSON / strategic-merge (treated as merge) patches, and a simplified server-side apply
-  (``application/apply-patch+yaml``: creates when absent; applied fields replace; fields the same
-  field manager applied last time but omits now are removed; no conflicts between managers);
+  merge / JSON / strategic-merge (treated as merge) patches, and server-side apply with
+  ``managedFields`` (fields.py: ownership per field manager and subresource, 409 Conflict when
+  another manager owns a field with a different value unless ``force``, fields a manager stops
+  applying removed unless co-owned, Updates take ownership of what they change; lists atomic);
 - status-subresource isolation, ``metadata.generation`` (custom resources only, bumped when anything
   but metadata and status changes), a global ``resourceVersion`` counter; a write that changes
   nothing is not stored (no new resourceVersion, no watch event), as in etcd-backed storage;

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.kubeapi.fields import default_manager
 from tests.kubeapi.model import DEFAULT_WATCH_SECONDS, JSON, ApiError, RequestRecord, ResourceType
 from tests.kubeapi.rbac import PUBLIC_PATHS, Attributes, User, non_resource_forbidden
 from tests.kubeapi.selectors import accepts_table
@@ -104,6 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         verb = self._verb(method, route, query)
         self._request, self._logged = (method, path, query, verb, route), False
         self.api._local.field_validation = query.get("fieldValidation", "Warn")
+        self.api._local.manager = query.get("fieldManager") or default_manager(self.headers.get("User-Agent", ""))
         self.api._local.warnings = []
         try:
             user = self.api._local.user = self.api.authenticate(self.headers.get("Authorization"))

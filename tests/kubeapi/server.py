@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tests.kubeapi.fields import Managers, owned_paths, value_at
 from tests.kubeapi.gc import GarbageCollector
 from tests.kubeapi.http import _Handler
 from tests.kubeapi.model import (
@@ -36,7 +37,7 @@ from tests.kubeapi.model import (
     _Fault,
     resource_types_from_crd,
 )
-from tests.kubeapi.patches import _apply_merge, _leaf_paths, _remove_path, json_patch, merge_patch
+from tests.kubeapi.patches import _apply_merge, _remove_path, json_patch, merge_patch
 from tests.kubeapi.rbac import (
     ADMIN,
     ADMIN_TOKEN,
@@ -567,7 +568,9 @@ class KubeAPIServer(GarbageCollector):
             if k not in ("metadata", "apiVersion", "kind") and not (k == "status" and rtype.status_subresource)
         }
 
-    def _create(self, rtype: ResourceType, version: str, namespace: str | None, body: JSON) -> JSON:
+    def _create(
+        self, rtype: ResourceType, version: str, namespace: str | None, body: JSON, managed: bool = False
+    ) -> JSON:
         meta = body.setdefault("metadata", {})
         if namespace is not None and meta.get("namespace", namespace) != namespace:
             raise ApiError(
@@ -611,7 +614,11 @@ class KubeAPIServer(GarbageCollector):
             )
             if rtype.custom:
                 meta["generation"] = 1
-            meta.pop("managedFields", None)
+            if not managed and (hasattr(self._local, "user") or not meta.get("managedFields")):
+                # a create is an Update by its manager (a seeded object keeps the managedFields it has)
+                managers = Managers(None)
+                managers.update(self._manager(), "", owned_paths(body, rtype.status_subresource, None), set())
+                meta["managedFields"] = managers.as_list(rtype.api_version(version))
             stored = self._out(rtype, version, body)
             bucket[(namespace or "", name)] = stored
             self._store.record(rtype, "ADDED", stored, None)
@@ -635,11 +642,16 @@ class KubeAPIServer(GarbageCollector):
         name: str,
         new: JSON,
         subresource: str | None,
+        managed: bool = False,
     ) -> JSON:
-        """Store ``new`` in place of the current object, keeping what the caller may not change."""
+        """Store ``new`` in place of the current object, keeping what the caller may not change.
+
+        ``managed``: ``new`` carries its managedFields (apply); else this write is an Update.
+        """
         with self._store.lock:
             old = self._current(rtype, namespace, name)
             meta = new.setdefault("metadata", {})
+            incoming_managed = meta.get("managedFields")
             if meta.get("name", name) != name:
                 raise ApiError(
                     400,
@@ -671,9 +683,14 @@ class KubeAPIServer(GarbageCollector):
             meta["name"] = name
             if namespace is not None:
                 meta["namespace"] = namespace
-            meta.pop("managedFields", None)
             new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
             self._admit(rtype, new, old)
+            if managed and incoming_managed is not None:
+                meta["managedFields"] = incoming_managed
+            elif managed:
+                meta.pop("managedFields", None)
+            else:
+                self._record_update(rtype, subresource, old, new)
             if new == old:
                 return copy.deepcopy(old)  # a no-op write is not stored, as in etcd
             if rtype.custom and self._spec_part(rtype, new) != self._spec_part(rtype, old):
@@ -770,25 +787,51 @@ class KubeAPIServer(GarbageCollector):
         applied.setdefault("metadata", {})["name"] = name
         if namespace is not None:
             applied["metadata"]["namespace"] = namespace
-        paths = _leaf_paths(applied)
+        applied["metadata"].pop("managedFields", None)
+        paths = owned_paths(applied, rtype.status_subresource, subresource)
+        force = query.get("force") in ("true", "1")
+        api_version = rtype.api_version(version)
         with self._store.lock:
             exists = (namespace or "", name) in self._store.bucket(rtype)
             if not exists:
                 if subresource:
                     raise self._not_found(rtype, name)
                 self._check("create", rtype, namespace, name)  # apply that creates is authorized as create too
-                created = self._create(rtype, version, namespace, copy.deepcopy(applied))
-                self._store.applied[(created["metadata"]["uid"], manager, "")] = paths
-                return 201, created
+                managers = Managers(None)
+                managers.apply(manager, "", applied, paths, None, force, api_version)
+                body = copy.deepcopy(applied)
+                body["metadata"]["managedFields"] = managers.as_list(api_version)
+                return 201, self._create(rtype, version, namespace, body, managed=True)
             current = self._current(rtype, namespace, name)
-            key = (current["metadata"]["uid"], manager, subresource or "")
+            managers = Managers(current["metadata"].get("managedFields"))
+            removed = managers.apply(manager, subresource or "", applied, paths, current, force, api_version)
             new = _apply_merge(current, applied)
             new["metadata"].pop("resourceVersion", None)  # apply is never conditional on it
-            for stale in self._store.applied.get(key, set()) - paths:
+            for stale in removed:
                 _remove_path(new, stale)
-            result = self._replace(rtype, namespace, name, new, subresource)
-            self._store.applied[key] = paths
-            return 200, result
+            new["metadata"]["managedFields"] = managers.as_list(api_version)
+            if not new["metadata"]["managedFields"]:
+                new["metadata"].pop("managedFields")
+            return 200, self._replace(rtype, namespace, name, new, subresource, managed=True)
+
+    def _manager(self) -> str:
+        """This request's field manager: ``fieldManager``, else from the User-Agent (as the server does)."""
+        return getattr(self._local, "manager", None) or "kubeapi-test"
+
+    def _record_update(self, rtype: ResourceType, subresource: str | None, old: JSON, new: JSON) -> None:
+        """managedFields after an Update (PUT, patch): its manager owns what changed."""
+        new_paths = owned_paths(new, rtype.status_subresource, subresource)
+        old_paths = owned_paths(old, rtype.status_subresource, subresource)
+        changed = {p for p in new_paths if value_at(old, p) != value_at(new, p)}
+        removed = old_paths - new_paths
+        managers = Managers(old["metadata"].get("managedFields"))
+        if changed or removed:
+            managers.update(self._manager(), subresource or "", changed, removed)
+        entries = managers.as_list(new["apiVersion"])
+        if entries:
+            new["metadata"]["managedFields"] = entries
+        else:
+            new["metadata"].pop("managedFields", None)
 
     # ----------------------------------------------------------------- watch
 

@@ -20,7 +20,6 @@ class _Store:
         self.floor = 0  # events with rv <= floor are no longer in the history
         self.compacted = 0  # continue tokens of a resourceVersion <= this one are 410 Expired
         self.bookmarks = 0  # bumped to make every watch that allows them send a BOOKMARK now
-        self.applied: dict[tuple[str, str, str], set[tuple[str, ...]]] = {}  # (uid, manager, sub)
         self.stopping = False
 
     def bucket(self, rtype: ResourceType) -> dict[tuple[str, str], JSON]:
