@@ -84,6 +84,7 @@ class WorkQueue:
     def __init__(self, base: float = 0.5, cap: float = 300.0) -> None:
         self.base, self.cap = base, cap
         self._cv = threading.Condition()
+        self._urgent: list[Key] = []  # changed by someone: before the clock's and retries' keys
         self._ready: list[Key] = []
         self._pending: set[Key] = set()
         self._processing: set[Key] = set()
@@ -93,18 +94,25 @@ class WorkQueue:
         self._failures: dict[Key, int] = {}
         self._closed = False
 
-    def add(self, key: Key) -> None:
+    def add(self, key: Key, *, urgent: bool = False) -> None:
+        """Queue a key; `urgent` (a change: spec, credentials, a request) goes before the keys
+        the clock and retries queued, so changed accounts are reconciled first."""
         with self._cv:
-            self._add(key)
+            self._add(key, urgent)
 
-    def _add(self, key: Key) -> None:
-        if self._closed or key in self._pending:
+    def _add(self, key: Key, urgent: bool = False) -> None:
+        if self._closed:
+            return
+        if key in self._pending:
+            if urgent and key in self._ready:
+                self._ready.remove(key)
+                self._urgent.append(key)
             return
         if key in self._processing:
             self._dirty.add(key)
             return
         self._pending.add(key)
-        self._ready.append(key)
+        (self._urgent if urgent else self._ready).append(key)
         self._cv.notify()
 
     def add_after(self, key: Key, delay: float) -> None:
@@ -127,8 +135,8 @@ class WorkQueue:
                 if self._closed:
                     return None
                 self._release_due()
-                if self._ready:
-                    key = self._ready.pop(0)
+                if self._urgent or self._ready:
+                    key = (self._urgent or self._ready).pop(0)
                     self._pending.discard(key)
                     self._processing.add(key)
                     return key
@@ -154,7 +162,7 @@ class WorkQueue:
             self._processing.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
-                self._add(key)
+                self._add(key, urgent=True)  # it changed while being worked on
 
     def backoff(self, key: Key) -> float:
         """The next delay for a failing key (and count the failure)."""
@@ -179,17 +187,61 @@ class WorkQueue:
             self._due.pop(key, None)
             if key in self._pending:
                 self._pending.discard(key)
-                self._ready.remove(key)
+                for lane in (self._urgent, self._ready):
+                    if key in lane:
+                        lane.remove(key)
 
     def depth(self) -> int:
         """Keys ready to be worked on now."""
         with self._cv:
-            return len(self._ready)
+            return len(self._urgent) + len(self._ready)
 
     def shutdown(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+
+
+class ApiBackoff:
+    """One backoff for the whole controller while the API server fails (429, 5xx, unreachable).
+
+    Per-key backoff alone lets every key retry on its own schedule: in an outage N keys make N
+    times the requests. After a failure every worker waits out the shared delay before its next
+    reconcile; it doubles with each failure (capped, jittered) and resets on the first success.
+    """
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
+        self.base, self.cap = base, cap
+        self._lock = threading.Lock()
+        self.failures = 0
+        self._until = 0.0
+
+    def failed(self) -> float:
+        """Count a failure; the delay every worker now waits. Failures of reconciles that were
+        already under way while a backoff lasts belong to the same round: they do not grow it."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._until:
+                return self._until - now
+            self.failures += 1
+            ceiling = min(self.cap, self.base * 2.0 ** min(self.failures - 1, 32))
+            delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+            self._until = now + delay
+            return delay
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.failures = 0
+            self._until = 0.0
+
+    def remaining(self) -> float:
+        with self._lock:
+            return max(0.0, self._until - time.monotonic())
+
+    def wait(self, stopping: threading.Event) -> None:
+        """Block while the backoff lasts (or until `stopping` is set)."""
+        while (left := self.remaining()) > 0 and not stopping.wait(min(left, 0.5)):
+            pass
 
 
 # --------------------------------------------------------------------------- helpers
@@ -230,6 +282,31 @@ def _probe_if_unpublished(obj: dict[str, Any], secrets: Mapping[str, Any]) -> di
     return out
 
 
+def _with_remembered(obj: dict[str, Any], unwritten: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The object with the status we decided on but could not write, when the API server does
+    not have it yet: its lastAuthTime, Authenticated condition and the inputs it was decided
+    from, so the retry does not AUTH again. nextProbeTime is dropped: the probe (and the
+    Secret, which is rendered from a probe) is due at once; AUTH only if authInterval says so
+    or an input changed since."""
+    if not unwritten:
+        return obj
+    status = obj.get("status") or {}
+    if status.get("lastAuthTime") == unwritten.get("lastAuthTime") and status.get(
+            "observedGeneration") == unwritten.get("observedGeneration"):
+        return obj
+    out = dict(obj)
+    out["status"] = {k: v for k, v in unwritten.items() if k != "nextProbeTime"}
+    return out
+
+
+def _api_unavailable(status: Mapping[str, Any]) -> bool:
+    """Whether a reconcile's status says the API server failed it (429/5xx/unreachable)."""
+    from reconciler.reasons import API_UNAVAILABLE
+
+    return any(c.get("reason") == API_UNAVAILABLE for c in status.get("conditions") or []
+               if isinstance(c, Mapping))
+
+
 def _seconds_until(timestamp: Any) -> float | None:
     if not isinstance(timestamp, str) or not timestamp:
         return None
@@ -251,7 +328,11 @@ class Controller:
                  interval: float = 600.0, metrics_addr: str | None = None,
                  leader: LeaderConfig | None = None, watch_seconds: int = 300,
                  backoff_base: float = 0.5, backoff_cap: float = 300.0,
-                 policy: Policy = DEFAULT_POLICY) -> None:
+                 policy: Policy = DEFAULT_POLICY,
+                 slow_after: float = 2.0, max_threads: int | None = None) -> None:
+        """`workers` reconciles run at once; one that takes longer than `slow_after` seconds
+        (a slow server, up to its probe's deadline) gives its slot back, so a slow account holds
+        only its own thread and the others go on, up to `max_threads` (4 x workers) in all."""
         from reconciler.store.watch import account_informer, instrument_client, secret_informer
 
         self.api_client = api_client
@@ -260,6 +341,12 @@ class Controller:
         self.interval = interval
         self.policy = policy
         self.queue = WorkQueue(base=backoff_base, cap=backoff_cap)
+        self.api_backoff = ApiBackoff(base=backoff_base, cap=min(backoff_cap, 30.0))
+        self.slow_after = slow_after
+        self.max_threads = max(workers, max_threads or 4 * workers)
+        self._slots = threading.BoundedSemaphore(workers)
+        self._held: dict[int, float] = {}  # thread ident -> when its reconcile began (has a slot)
+        self._held_lock = threading.Lock()
         self.metrics = Metrics(queue_depth=lambda: float(self.queue.depth()))
         instrument_client(api_client, self.metrics.api_request)
         self.accounts = account_informer(api_client, namespace, self._on_account,
@@ -270,6 +357,9 @@ class Controller:
         self._generations: dict[Key, int] = {}  # generation last reconciled
         self._refs: dict[Key, set[str]] = {}  # account -> names of Secrets it reads
         self._written: dict[Key, dict[str, Any]] = {}  # our last status write, until watched
+        #: The status a reconcile decided on but could not write (API outage): remembered in
+        #: memory so the retry does not AUTH again (DESIGN §3 authInterval; issue 12 item 7).
+        self._unwritten: dict[Key, dict[str, Any]] = {}
         self.reconciles: Counter[Key] = Counter()  # per key, for tests and logs
         self._leading = threading.Event()
         self._stopping = threading.Event()
@@ -299,10 +389,13 @@ class Controller:
             self.health.start()
         self.secrets.start()
         self.accounts.start()
-        for i in range(self.workers):
+        for i in range(self.max_threads):
             t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        watchdog = threading.Thread(target=self._release_slow_slots, name="slots", daemon=True)
+        watchdog.start()
+        self._threads.append(watchdog)
         if self.elector is not None:
             self.elector.start()
         else:
@@ -345,6 +438,7 @@ class Controller:
                 self._generations.pop(key, None)
                 self._refs.pop(key, None)
                 self._written.pop(key, None)
+                self._unwritten.pop(key, None)
             self.queue.remove(key)
             self.metrics.observe_account(key, None)
             self.metrics.accounts.set(len(self.accounts.cached_keys()))
@@ -360,13 +454,13 @@ class Controller:
         generation = int(meta.get("generation") or 0)
         if prev is None:
             if done != generation:
-                self.queue.add(key)
+                self.queue.add(key, urgent=True)
             return
         pmeta = prev.get("metadata") or {}
         requested = (meta.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)
         if (generation != int(pmeta.get("generation") or 0) or done != generation
                 or requested != (pmeta.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)):
-            self.queue.add(key)  # a spec change or a probe request; status-only updates are ours
+            self.queue.add(key, urgent=True)  # a spec change or a probe request (status: ours)
 
     def _on_secret(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
         ns, name = object_key(obj)
@@ -378,21 +472,24 @@ class Controller:
                 data_changed and _data_hash(prev) == _data_hash(obj))):
             # Our Secret was deleted, or edited by someone else (our writes change data and its
             # hash annotation together): put it back.
-            self.queue.add((ns, str(owner)))
+            self.queue.add((ns, str(owner)), urgent=True)
         if not data_changed:
             return
         with self._lock:
             readers = [k for k, names in self._refs.items() if k[0] == ns and name in names]
         for key in readers:
-            self.queue.add(key)
+            self.queue.add(key, urgent=True)
 
     # ------------------------------------------------------------------ workers
     def _store(self) -> Any:
         store = getattr(self._local, "store", None)
         if store is None:
-            from reconciler.store.kube import KubeStore
+            from reconciler.store.kube import KubeStore, RetryPolicy
 
-            store = self._local.store = KubeStore(self.api_client, self.namespace)
+            # One quick retry for a blip; past it the controller-wide backoff takes over (five
+            # tries per request, per key, made an outage cost ten times the requests).
+            store = self._local.store = KubeStore(self.api_client, self.namespace,
+                                                  retry=RetryPolicy(attempts=2))
         return store
 
     def _work(self) -> None:
@@ -400,20 +497,49 @@ class Controller:
         # see credentials as missing, then probe again the moment they show up.
         while not self.synced and not self._stopping.wait(0.05):
             pass
+        me = threading.get_ident()
         while not self._stopping.is_set():
-            key = self.queue.get(timeout=0.5)
-            if key is None:
+            self.api_backoff.wait(self._stopping)  # the API server failed: everyone waits
+            if not self._slots.acquire(timeout=0.5):
                 continue
+            with self._held_lock:
+                self._held[me] = time.monotonic()
+            key = None
             try:
-                if self._leading.is_set():
+                key = self.queue.get(timeout=0.5)
+                if key is None:
+                    continue
+                self.api_backoff.wait(self._stopping)  # it may have begun while we waited
+                with self._held_lock:
+                    if me in self._held:
+                        self._held[me] = time.monotonic()  # the reconcile's own clock
+                if self._leading.is_set() and not self._stopping.is_set():
                     self._reconcile(key)
             except Exception as exc:  # a bug must not kill the worker; back off that key
-                log.error("reconcile crashed", account=f"{key[0]}/{key[1]}",
-                          error=redact_text(f"{type(exc).__name__}: {exc}"))
-                self.metrics.reconciles.labels(result="error").inc()
-                self.queue.add_after(key, self.queue.backoff(key))
+                if key is not None:
+                    log.error("reconcile crashed", account=f"{key[0]}/{key[1]}",
+                              error=redact_text(f"{type(exc).__name__}: {exc}"))
+                    self.metrics.reconciles.labels(result="error").inc()
+                    self.queue.add_after(key, self.queue.backoff(key))
             finally:
-                self.queue.done(key)
+                with self._held_lock:
+                    holds = self._held.pop(me, None) is not None
+                if holds:
+                    self._slots.release()
+                if key is not None:
+                    self.queue.done(key)
+
+    def _release_slow_slots(self) -> None:
+        """Give back the slot of a reconcile running longer than `slow_after`: its thread goes
+        on with the slow account, another thread takes the next key."""
+        while not self._stopping.wait(min(0.1, self.slow_after / 4)):
+            now = time.monotonic()
+            with self._held_lock:
+                slow = [t for t, since in self._held.items() if now - since > self.slow_after]
+                for t in slow:
+                    del self._held[t]
+            for _ in slow:
+                self._slots.release()
 
     def _reconcile(self, key: Key) -> None:
         from reconciler.run.reconcile import Reconciler, RunOptions
@@ -425,6 +551,7 @@ class Controller:
             return
         with self._lock:
             obj = newest(cached, self._written.get(key)) or cached
+            obj = _with_remembered(obj, self._unwritten.get(key))
         started = time.monotonic()
         store = self._store()
         secrets = self.secrets.by_namespace(key[0])
@@ -440,12 +567,24 @@ class Controller:
             self._clean_up_after(key, store, obj)
             return
         written = stored_account(store, key)
+        entry = report.accounts[0] if report.accounts else None
         with self._lock:
             if written is not None:
                 self._written[key] = written
+            if entry is not None and entry.unwritten:
+                self._unwritten[key] = entry.unwritten
+            elif entry is not None and not entry.error:
+                self._unwritten.pop(key, None)
         self.reconciles[key] += 1
-        entry = report.accounts[0] if report.accounts else None
         status = entry.status if entry is not None else {}
+        if entry is not None and (_api_unavailable(status) or _api_unavailable(
+                entry.unwritten or {})):
+            pause = self.api_backoff.failed()
+            log.warning("API server unavailable: every worker backs off",
+                        seconds=round(pause, 3), failures=self.api_backoff.failures)
+        elif entry is not None and not entry.error and (entry.status_changed
+                                                        or any(entry.secret_changes.values())):
+            self.api_backoff.succeeded()  # a write went through
         ready = status_condition(status, "Ready")
         if entry is not None and entry.probed:
             self.metrics.probes.labels(reason=str(ready.get("reason") or "Unknown")).inc()

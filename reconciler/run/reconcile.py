@@ -72,6 +72,9 @@ class AccountReport:
     spec_changed: bool = False
     created: bool = False
     error: str | None = None
+    #: The status this run decided on but could not write (the store failed): what it knows,
+    #: e.g. that it authenticated, for a caller that retries (the controller remembers it).
+    unwritten: dict[str, Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -237,6 +240,8 @@ class Reconciler:
             text = redact_text(str(exc) if isinstance(exc, StoreError)
                                else f"{type(exc).__name__}: {exc.strerror or exc}")
             entry.error = text
+            if entry.status_changed:  # decided, not written
+                entry.unwritten = entry.status
             entry.status = {"conditions": [{"type": "Ready", "status": "Unknown",
                                             "reason": _store_reason(exc), "message": text}]}
             log.error("writing the account failed", account=f"{account.namespace}/{account.name}",

@@ -173,6 +173,12 @@ class KubeAPIServer(GarbageCollector):
         with self._store.lock:
             self._faults.append(_Fault(status, count, verb, resource))
 
+    def clear_faults(self) -> None:
+        """Drop every injected fault not yet used up (e.g. the end of an outage injected with a
+        large ``count``)."""
+        with self._store.lock:
+            self._faults.clear()
+
     def clear_requests(self) -> None:
         """Forget the request log."""
         with self._store.lock:
