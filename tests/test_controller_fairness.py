@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from reconciler.run.demo_servers import ThrowawayCA
+from tests.fake_idp import LOOPBACK_POLICY
 from tests.test_controller import (
     NEW_PASSWORD,
     NS,
@@ -128,7 +129,7 @@ HEALTHY = [f"app-{i:02d}" for i in range(10)]
 
 def test_slow_graph_accounts_hold_only_their_own_slots(cluster: Cluster,
                                                        dripping: DrippingHttps) -> None:
-    cluster.controller(workers=4)
+    cluster.controller(workers=4, policy=LOOPBACK_POLICY)  # the identity fake is on loopback
     for name in HEALTHY:
         cluster.account(name)
     wait_for(lambda: all(cluster.ready(n) for n in HEALTHY), 20, "10 healthy accounts Ready")
