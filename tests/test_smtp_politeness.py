@@ -232,3 +232,35 @@ def test_503_to_auth_is_protocol_violation_not_wrong_password(
     assert result.authentication is not None
     assert result.authentication.reason == reasons.PROTOCOL_VIOLATION
     assert "not a wrong password" in result.authentication.message
+
+
+def test_session_limit_holds_across_threads_with_their_own_event_loops() -> None:
+    # The controller's workers each run their own event loop; the limit is per process.
+    import threading
+
+    polite = limits.configure(max_sessions_per_server=2)
+    inside = 0
+    peak = 0
+    lock = threading.Lock()
+
+    async def one() -> None:
+        nonlocal inside, peak
+        async with polite.session("mail.test", 587):
+            with lock:
+                inside += 1
+                peak = max(peak, inside)
+            await asyncio.sleep(0.02)
+            with lock:
+                inside -= 1
+
+    async def many() -> None:
+        await asyncio.gather(*(one() for _ in range(5)))
+
+    threads = [threading.Thread(target=asyncio.run, args=(many(),)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert peak == 2
+    assert polite.peak_sessions[("mail.test", 587)] == 2
