@@ -41,7 +41,7 @@ def _two_runs(work: Path, count: int) -> tuple[dict[str, int], dict[str, int], i
     from reconciler.store.kube import KubeStore
     from tests.kubeapi import KubeAPIServer
 
-    with ServerProcess(count=1) as smtp, KubeAPIServer(crds=[_crd()]) as api:
+    with ServerProcess(count=1) as smtp, KubeAPIServer(crds=[_crd()], namespaces=("default", "bench")) as api:
         manifests, _secrets_dir, users = _corpus(work, f"api-{count}", count, smtp)
         _accounts(manifests)  # they validate
         for resource, obj in secret_objects(users, smtp.ca_pem):

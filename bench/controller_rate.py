@@ -63,7 +63,7 @@ def main() -> int:
     configure_logging(fmt="json", level="error")
     n = args.accounts
     ca = ThrowawayCA()
-    with ServerLoop() as loop, KubeAPIServer(crds=[email_account_crd()]) as api:
+    with ServerLoop() as loop, KubeAPIServer(crds=[email_account_crd()], namespaces=("default", NS)) as api:
         users = {f"a{i:04d}@example.com": PASSWORD for i in range(n)}
         ports = [loop.smtp(SmtpServerOptions(mode="STARTTLS", tls_context=ca.server_context(),
                                              users=users)).port for _ in range(args.servers)]

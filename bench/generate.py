@@ -137,11 +137,15 @@ def secret_objects(users: dict[str, str], ca_pem: str) -> Iterator[tuple[str, di
     """The same credentials as Kubernetes objects: ("secrets"|"configmaps", object)."""
     import base64
 
+    from reconciler.policy import CREDENTIAL_LABEL  # issue 18: credentials are opted in
+
     yield "configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
-                         "metadata": {"name": CA_CONFIGMAP[0], "namespace": NAMESPACE},
+                         "metadata": {"name": CA_CONFIGMAP[0], "namespace": NAMESPACE,
+                                      "labels": {CREDENTIAL_LABEL: "true"}},
                          "data": {CA_CONFIGMAP[1]: ca_pem}}
     for login, password in users.items():
         name = login.split("@", 1)[0]
         yield "secrets", {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                          "metadata": {"name": f"{name}-smtp", "namespace": NAMESPACE},
+                          "metadata": {"name": f"{name}-smtp", "namespace": NAMESPACE,
+                                       "labels": {CREDENTIAL_LABEL: "true"}},
                           "data": {"password": base64.b64encode(password.encode()).decode()}}

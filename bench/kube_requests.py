@@ -38,7 +38,7 @@ def manifest(name: str, port: int) -> dict[str, object]:
 
 def main(n: int = 100) -> None:
     configure_logging(fmt="console", level="warning")
-    with ServerLoop() as loop, KubeAPIServer(crds=[email_account_crd()]) as api, \
+    with ServerLoop() as loop, KubeAPIServer(crds=[email_account_crd()], namespaces=("default", NS)) as api, \
             tempfile.TemporaryDirectory() as tmp:
         ca = ThrowawayCA()
         server = loop.smtp(SmtpServerOptions(
