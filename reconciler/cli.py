@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p, local=False)
     p.add_argument("--workers", type=_positive_int, default=4)
     p.add_argument("--interval", default="10m", help="jittered resync interval")
-    p.add_argument("--metrics-addr", default=":8080", help="host:port for /healthz /readyz /metrics")
+    p.add_argument("--metrics-addr", default=":8080",
+                   help="host:port for /metrics (admit monitoring only; empty: off)")
+    p.add_argument("--health-addr", default=":8081",
+                   help="host:port for /healthz and /readyz (the kubelet's probes; empty: off)")
     p.add_argument("--leader-elect", action="store_true")
     p.add_argument("--lease-name", default="email-reconciler")
     p.add_argument("--lease-namespace", default=None)

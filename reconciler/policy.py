@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from reconciler import reasons
 from reconciler.errors import SecretNotAllowed, UsageError
+from reconciler.log import RELIABLE_SECRET_LENGTH
 from reconciler.model import API_GROUP, Account, KeyRef, Outcome, SecretReader
 
 CREDENTIAL_LABEL = f"{API_GROUP}/credential"
@@ -240,6 +241,7 @@ class GuardedReader:
 
     def __init__(self, inner: SecretReader, account: Account) -> None:
         self.inner, self.account = inner, account
+        self.short: set[KeyRef] = set()  # credentials too short to be redacted reliably
 
     def check(self, namespace: str, ref: KeyRef) -> None:
         """Raise SecretNotAllowed (or SecretNotFound) unless the account may read the ref."""
@@ -249,7 +251,22 @@ class GuardedReader:
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         self.check(namespace, ref)
-        return self.inner.read(namespace, ref)
+        value = self.inner.read(namespace, ref)
+        if 0 < len(value.strip()) < RELIABLE_SECRET_LENGTH:
+            self.short.add(ref)
+        return value
+
+    def short_warning(self) -> Outcome | None:
+        """ShortSecret when a credential read was under 8 characters: redaction (which must
+        not eat ordinary words) cannot be relied on for it."""
+        if not self.short:
+            return None
+        names = ", ".join(sorted(f"{r.kind} {self.account.namespace}/{r.name} key {r.key!r}"
+                                 for r in self.short))
+        return Outcome(False, reasons.SHORT_SECRET,
+                       f"{names} is shorter than {RELIABLE_SECRET_LENGTH} characters, so it "
+                       "cannot be redacted reliably from server replies and logs: use a longer "
+                       "credential")
 
     def version(self, namespace: str, ref: KeyRef) -> str:
         self.check(namespace, ref)
@@ -259,7 +276,7 @@ class GuardedReader:
         return secret_meta(self.inner, namespace, ref)
 
 
-def guard(reader: SecretReader, account: Account) -> SecretReader:
+def guard(reader: SecretReader, account: Account) -> GuardedReader:
     """`reader` as `account` may use it (idempotent)."""
     if isinstance(reader, GuardedReader) and reader.account is account:
         return reader

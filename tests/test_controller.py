@@ -334,8 +334,10 @@ def test_standby_waits_for_an_unreleased_lease_to_expire(cluster: Cluster) -> No
 
 
 def scrape(ctl: Controller, path: str = "/metrics") -> tuple[int, str]:
-    assert ctl.health is not None
-    host, port = ctl.health.address
+    """GET a path of the health port (/healthz, /readyz) or, else, of the metrics port."""
+    server = ctl.health if path in ("/healthz", "/readyz") else ctl.metrics_server
+    assert server is not None
+    host, port = server.address
     try:
         with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as resp:
             return resp.status, resp.read().decode()
@@ -354,7 +356,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_health_readiness_and_metrics(cluster: Cluster) -> None:
     cluster.api.inject(503, count=1, verb="list", resource="secrets")  # one failed LIST, retried
-    ctl = cluster.controller(metrics_addr="127.0.0.1:0")
+    ctl = cluster.controller(metrics_addr="127.0.0.1:0", health_addr="127.0.0.1:0")
     assert scrape(ctl, "/healthz") == (200, "ok\n")
     assert ctl.wait_synced(8)
     assert scrape(ctl, "/readyz")[0] == 200
@@ -390,7 +392,7 @@ def test_health_readiness_and_metrics(cluster: Cluster) -> None:
 
 def test_readyz_is_503_until_the_informers_synced(cluster: Cluster) -> None:
     cluster.api.inject(500, count=1000, verb="list", resource="emailaccounts")
-    ctl = cluster.controller(metrics_addr="127.0.0.1:0")
+    ctl = cluster.controller(metrics_addr="127.0.0.1:0", health_addr="127.0.0.1:0")
     time.sleep(0.3)
     assert scrape(ctl, "/healthz")[0] == 200
     assert scrape(ctl, "/readyz") == (503, "not ready\n")

@@ -46,12 +46,14 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
     if refused is not None:
         log.warning("endpoint refused", namespace=account.namespace, name=account.name,
                     reason=refused.reason)
-        return ProbeResult(connection=refused, authentication=refused,
+        # Authentication stays "not attempted": once an admin allows the endpoint, the next
+        # probe authenticates instead of waiting for a changed credential.
+        return ProbeResult(connection=refused, authentication=None,
                            connectivity=("Microsoft Graph" if account.send_using == "MicrosoftGraph"
                                          else ""),
                            protocol=("MicrosoftGraph" if account.send_using == "MicrosoftGraph"
                                      else None))
-    secrets = guard(secrets, account)
+    secrets = guarded = guard(secrets, account)
     if account.send_using == "MicrosoftGraph":
         result = await _probe_graph(account, secrets, now=now, tokens=tokens)
     else:
@@ -67,6 +69,9 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
     if account.smtp is not None and account.smtp.signing is not None:
         signing = await _check_signing(account, secrets, now=now)
         result = dataclasses.replace(result, signing=signing)
+    short = guarded.short_warning()
+    if short is not None:
+        result = dataclasses.replace(result, warnings=(*result.warnings, short))
     log.info("probed", namespace=account.namespace, name=account.name,
              connectivity=result.connectivity, connection=result.connection.reason,
              authentication=result.authentication.reason if result.authentication else None,

@@ -42,7 +42,7 @@ from reconciler.model import (
 )
 from reconciler.policy import DEFAULT_POLICY, Policy
 from reconciler.run.leader import LeaderConfig, LeaderElector
-from reconciler.run.metrics import HealthServer, Metrics
+from reconciler.run.metrics import HealthServer, Metrics, MetricsServer
 from reconciler.store.base import Key, object_key
 
 log = get_logger("reconciler.controller")
@@ -329,7 +329,8 @@ class Controller:
                  leader: LeaderConfig | None = None, watch_seconds: int = 300,
                  backoff_base: float = 0.5, backoff_cap: float = 300.0,
                  policy: Policy = DEFAULT_POLICY,
-                 slow_after: float = 2.0, max_threads: int | None = None) -> None:
+                 slow_after: float = 2.0, max_threads: int | None = None,
+                 health_addr: str | None = None) -> None:
         """`workers` reconciles run at once; one that takes longer than `slow_after` seconds
         (a slow server, up to its probe's deadline) gives its slot back, so a slow account holds
         only its own thread and the others go on, up to `max_threads` (4 x workers) in all."""
@@ -371,8 +372,11 @@ class Controller:
 
             self.elector = LeaderElector(LeaseClient(api_client, leader.namespace, leader.name),
                                          leader, self._started_leading, self._stopped_leading)
-        self.health = (HealthServer(metrics_addr, self.metrics, lambda: self.synced)
-                       if metrics_addr else None)
+        # Two ports: the kubelet probes health, monitoring scrapes metrics (README "Security
+        # model": the NetworkPolicy admits each from whom needs it).
+        self.health = (HealthServer(health_addr, lambda: self.synced) if health_addr else None)
+        self.metrics_server = (MetricsServer(metrics_addr, self.metrics) if metrics_addr
+                               else None)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -385,8 +389,9 @@ class Controller:
         return self._leading.is_set()
 
     def start(self) -> None:
-        if self.health is not None:
-            self.health.start()
+        for server in (self.health, self.metrics_server):
+            if server is not None:
+                server.start()
         self.secrets.start()
         self.accounts.start()
         for i in range(self.max_threads):
@@ -417,8 +422,9 @@ class Controller:
         self._leading.clear()
         self.accounts.stop()
         self.secrets.stop()
-        if self.health is not None:
-            self.health.stop()
+        for server in (self.health, self.metrics_server):
+            if server is not None:
+                server.stop()
 
     def _started_leading(self) -> None:
         self._leading.set()
@@ -674,9 +680,11 @@ def run_controller(args: Any) -> int:
             controller = Controller(store.api_client, namespace=args.namespace,
                                     workers=args.workers, interval=interval,
                                     metrics_addr=args.metrics_addr or None, leader=leader,
-                                    policy=policy_from(args))
+                                    policy=policy_from(args),
+                                    health_addr=args.health_addr or None)
         except OSError as exc:
-            raise UsageError(f"cannot listen on --metrics-addr {args.metrics_addr}: {exc}") from exc
+            raise UsageError(f"cannot listen on --metrics-addr {args.metrics_addr} or "
+                             f"--health-addr {args.health_addr}: {exc}") from exc
         controller.start()
         log.warning("controller started", namespace=args.namespace or "(all)",
                     workers=args.workers, leader_elect=bool(leader))
