@@ -94,8 +94,9 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
         auth_methods=("Password", "OAuth2"), app_password=True,
         notes="Password means an app password (2-Step Verification on). OAuth2 JWTBearer works "
               "only for Google Workspace with domain-wide delegation.",
-        source="support.google.com/a/answer/176600 (Gmail SMTP settings); "
-               "support.google.com/accounts/answer/185833 (app passwords)"),
+        source="developers.google.com/gmail/imap/xoauth2-protocol and gmail/oauth_overview "
+               "(smtp.gmail.com, 465 SSL, 587 STARTTLS, XOAUTH2); app passwords: "
+               "support.google.com/accounts/answer/185833 as cited by secondary guides"),
     Preset(
         "office365", "Microsoft 365 / Exchange Online", _frozen({"": "smtp.office365.com"}), 587,
         "STARTTLS", username_rule="the mailbox's user principal name",
@@ -103,32 +104,34 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
         notes="OAuth2 ClientCredentials or sendUsing: MicrosoftGraph; Basic SMTP AUTH (Password) "
               "follows Microsoft's retirement schedule (BasicAuthDeprecated). TLS 1.0/1.1 are "
               "refused (421 4.7.66).",
-        source="learn.microsoft.com/exchange/mail-flow-best-practices/how-to-set-up-a-"
-               "multifunction-device-or-application-to-send-email-using-microsoft-365-or-office-"
-               "365; techcommunity.microsoft.com Exchange Team blog 2026-01-27 (SMTP AUTH Basic "
-               "Authentication deprecation timeline); learn.microsoft.com opt-in-exchange-online-"
-               "endpoint-for-legacy-tls-using-smtp-auth"),
+        source="techcommunity.microsoft.com Exchange Team blog 2026-01-27 (Updated Exchange "
+               "Online SMTP AUTH Basic Authentication Deprecation Timeline); learn.microsoft.com "
+               "opt-in-exchange-online-endpoint-for-legacy-tls-using-smtp-auth "
+               "(smtp.office365.com, TLS 1.2, 421 4.7.66)"),
     Preset(
         "outlook", "Outlook.com (consumer)", _frozen({"": "smtp-mail.outlook.com"}), 587,
         "STARTTLS", username_rule="the Outlook.com address", auth_methods=(),
         notes="Consumer Outlook.com takes no passwords since 2024-09-16 (Modern Authentication "
               "only) and has no client credentials: use a Microsoft 365 mailbox (provider: "
               "office365) or another provider.",
-        source="support.microsoft.com Outlook.com 'Modern authentication methods now needed to "
-               "continue syncing Outlook Email in non-Microsoft email apps' (2024-09-16)"),
+        source="Microsoft's Outlook.com notice 'Modern authentication methods now needed' "
+               "(Basic Authentication unavailable from 2024-09-16), as quoted by secondary "
+               "reports; Microsoft's own page was not retrievable here"),
     Preset(
         "yahoo", "Yahoo Mail", _frozen({"": "smtp.mail.yahoo.com"}), 465, "SMTPS",
         other_ports=((587, "STARTTLS"),), username_rule="the full Yahoo address",
         app_password=True, notes="Password means an app password generated under Account "
                                  "Security; the login password is refused.",
-        source="help.yahoo.com/kb/SLN4075 (IMAP server settings for Yahoo Mail); "
-               "help.yahoo.com/kb/SLN15241 (app passwords)"),
+        source="help.yahoo.com/kb/SLN4075 (not retrievable here); Thunderbird ISPDB yahoo.com "
+               "and Delta Chat provider-db yahoo (smtp.mail.yahoo.com 465 SSL, app password)"),
     Preset(
         "icloud", "iCloud Mail", _frozen({"": "smtp.mail.me.com"}), 587, "STARTTLS",
         username_rule="the full iCloud address (name@icloud.com)", app_password=True,
         notes="Password means an app-specific password (two-factor authentication on); the "
               "username is the full address.",
-        source="support.apple.com/102525 (iCloud Mail server settings)"),
+        source="support.apple.com/102525 (iCloud Mail server settings, as cited by "
+               "developer.nylas.com); Delta Chat provider-db icloud (587 STARTTLS, "
+               "app-specific password)"),
     Preset(
         "zoho", "Zoho Mail", _frozen(_ZOHO_HOSTS), 465, "SMTPS", other_ports=((587, "STARTTLS"),),
         default_region="us", tiers=_frozen({"free": "smtp.", "paid": "smtppro."}),
@@ -136,7 +139,9 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
         notes="spec.region picks the data centre (us, eu, in, au, jp, cn, sa); spec.tier: paid "
               "for paid organization (custom-domain) accounts uses smtppro.; an app-specific "
               "password when two-factor authentication is on.",
-        source="zoho.com/mail/help/zoho-smtp.html (SMTP server configuration)"),
+        source="zoho.com/mail/help/zoho-smtp.html (not retrievable here; its text as "
+               "reproduced by Zoho partner pages: personal and free organization users smtp., "
+               "paid organization users smtppro., one domain per data centre)"),
     Preset(
         "sendgrid", "Twilio SendGrid", _frozen({"": "smtp.sendgrid.net"}), 587, "STARTTLS",
         other_ports=((25, "STARTTLS"), (2525, "STARTTLS"), (465, "SMTPS")), username="apikey",
@@ -150,8 +155,9 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
         default_region="us", username_rule="the domain's SMTP login (postmaster@your-domain)",
         notes="spec.region: eu for domains created in the EU region; SMTP credentials are per "
               "sending domain.",
-        source="documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/send-smtp; "
-               "documentation.mailgun.com/docs/mailgun/api-reference (US and EU regions)"),
+        source="documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/send-smtp "
+               "(ports 25, 465, 587, 2525); docs/mailgun/api-reference (US and EU regions); "
+               "cloud.google.com Compute Engine Mailgun guide (smtp.eu.mailgun.org)"),
     Preset(
         "amazon-ses", "Amazon SES", _frozen(), 587, "STARTTLS",
         other_ports=((2587, "STARTTLS"), (25, "STARTTLS"), (465, "SMTPS"), (2465, "SMTPS")),
@@ -199,9 +205,9 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
         username_rule="the Scaleway Project ID",
         notes="TLS is mandatory; the password is the secret key of an IAM API key with "
               "Transactional Email permissions.",
-        source="scaleway.com/en/docs/transactional-email/reference-content/smtp-configuration; "
-               "scaleway.com/en/docs/transactional-email/how-to/generate-api-keys-for-tem-with-"
-               "iam"),
+        source="scaleway docs-content (transactional-email smtp-configuration: Project ID "
+               "username, mandatory encryption; generate-api-keys-for-tem-with-iam: "
+               "smtp.tem.scaleway.com, ports 25, 587, 2587, 465, 2465)"),
     Preset(
         "fastmail", "Fastmail", _frozen({"": "smtp.fastmail.com"}), 465, "SMTPS",
         username_rule="the full Fastmail address", app_password=True,
@@ -213,7 +219,8 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
         username_rule="the API key (the password is its secret key)",
         notes="The username is the API key, the password the secret key of the same pair.",
         source="mailjet.com/support/what-are-the-api-key-and-secret-keys-how-should-i-use-"
-               "them,109.htm"),
+               "them,109.htm (API key and secret key as SMTP credentials); the mailjet Ruby "
+               "gem's Mailjet::Mailer (in-v3.mailjet.com:587, STARTTLS)"),
 )
 
 PRESET_BY_NAME: Final[Mapping[str, Preset]] = MappingProxyType(
