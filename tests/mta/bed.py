@@ -18,6 +18,7 @@ Setups (`SERVICES`, one smtpd line each in master.cf, all on 127.0.0.1):
               every EHLO name is logged (a WARN action)
   sendermap   reject_sender_login_mismatch, answered at MAIL FROM (smtpd_delay_reject = no)
   connlimit   smtpd_client_connection_count_limit = 20, loopback not exempt; no AUTH
+  busy        smtpd_client_connection_count_limit = 2 (a test holds both: 421 to the probe)
   penalty     SASL through a Dovecot of its own (its failure delay and penalty are per client
               address, so a wrong password here must not slow the other setups' logins)
   tlsrequired STARTTLS required before MAIL FROM (smtpd_tls_security_level = encrypt); no AUTH
@@ -31,6 +32,7 @@ reject at EHLO and MAIL FROM do.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -76,6 +78,8 @@ def _services(certs: dict[str, Path], dovecots: dict[str, Dovecot], etc: Path) -
                               "smtpd_sender_restrictions": "reject_sender_login_mismatch"}),
         Service("connlimit", {**NO_AUTH, "smtpd_client_connection_count_limit": "20",
                               "smtpd_client_event_limit_exceptions": ""}),
+        Service("busy", {**NO_AUTH, "smtpd_client_connection_count_limit": "2",
+                         "smtpd_client_event_limit_exceptions": ""}),
         Service("penalty", {"smtpd_sasl_path": str(dovecots["penalty"].socket)}),
         Service("tlsrequired", {**NO_AUTH, "smtpd_tls_security_level": "encrypt"}),
         Service("nostarttls", {"smtpd_tls_security_level": "none"}),
@@ -122,6 +126,22 @@ class Bed:
             raise AssertionError(f"{exc}; logged:\n" + "\n".join(
                 self.postfix.log_lines(service, since))) from None
         return found
+
+    def max_connection_count(self, service: str, since: int, timeout: float = 20) -> int:
+        """The most simultaneous connections from 127.0.0.1 that Postfix's anvil counted on the
+        service after byte `since` (anvil logs its statistics each anvil_status_update_time)."""
+        ident = f"(127.0.0.1:{self.port(service)}:127.0.0.1)"
+        counts: list[int] = []
+
+        def logged() -> bool:
+            data = self.postfix.log_path.read_bytes()[since:].decode(errors="replace")
+            counts[:] = [int(m.group(1)) for m in re.finditer(
+                rf"anvil\[\d+\]: statistics: max connection count (\d+) for {re.escape(ident)}",
+                data)]
+            return bool(counts)
+
+        wait_for(logged, timeout=timeout, what=f"anvil statistics for {service}")
+        return max(counts)
 
     def auth_log(self, dovecot: str, since: int, timeout: float = 20
                  ) -> tuple[list[AuthRequest], list[AuthResult]]:
