@@ -459,3 +459,12 @@ def test_network_policy_admits_metrics_from_monitoring_namespaces_only() -> None
     assert rules[8080]["from"] == [{"namespaceSelector": {"matchLabels": {
         "email.reconciler.io/monitoring": "true"}}}]
     assert "from" not in rules[8081]  # the kubelet probes from the node's address
+
+
+def test_readme_shows_how_to_opt_a_secret_in() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Security model", 1)[1].split("\n## ", 1)[0]
+    assert f"kubectl label secret -n mail billing-smtp {CREDENTIAL_LABEL}=true" in section
+    for word in ("SecretNotAllowed", "EndpointNotAllowed", "TruststoreInvalid", "--allowed-endpoints",
+                 "--allowed-hosts", "email.reconciler.io/monitoring", "HMAC-SHA-256"):
+        assert word in section
