@@ -139,9 +139,13 @@ class HttpEndpoint:
             self._loop.run_forever()
         finally:
             self._server.close()
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
-            self._loop.run_until_complete(asyncio.sleep(0))
+            # Closing the connections ends their sessions normally (a cancelled session task
+            # would be reported by asyncio's streams as an unhandled error).
+            for writer in list(self._open):
+                writer.transport.abort()
+            pending = asyncio.all_tasks(self._loop)
+            if pending:
+                self._loop.run_until_complete(asyncio.wait(pending, timeout=5))
             self._loop.close()
 
     async def _session(self, reader: Any, writer: Any) -> None:
