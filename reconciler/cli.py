@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write nothing; print what would change; exit 1 if anything would")
     p.add_argument("--no-prune", action="store_true",
                    help="keep accounts that left git, and their Secrets")
+    p.add_argument("--apply-only", action="store_true",
+                   help="apply and prune only; leave probes, status and Secrets to the "
+                        "controller (one writer of status when both run)")
     p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="local store: how long to wait for another run to finish (default 30)")
     _store_args(p)

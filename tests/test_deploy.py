@@ -29,21 +29,30 @@ OWN = "email-reconciler"
 CONTROLLER_SECRET_VERBS = {"list", "watch", "create", "patch", "delete"}
 
 
-def render() -> list[dict[str, Any]]:
-    """`kubectl kustomize deploy/`, or the listed files when kubectl is missing."""
+MODES = ("controller", "gitops", "both")
+
+
+def render(path: Path = DEPLOY) -> list[dict[str, Any]]:
+    """`kubectl kustomize PATH`, or the listed files when kubectl is missing."""
     kubectl = shutil.which("kubectl")
     if kubectl:
-        out = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True,
+        out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
                              timeout=60, check=True).stdout
     else:  # pragma: no cover - kubectl is installed on CI
-        files = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"]
-        out = "\n---\n".join((DEPLOY / f).read_text() for f in files)
+        listed = yaml.safe_load((path / "kustomization.yaml").read_text())["resources"]
+        out = "\n---\n".join((path / f).read_text() for f in listed if (path / f).is_file())
     return [d for d in yaml.safe_load_all(out) if d]
 
 
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
-    return render()
+    """Everything deploy/ can install: the base and both modes."""
+    return render() + render(DEPLOY / "both")
+
+
+@pytest.fixture(scope="module")
+def modes() -> dict[str, list[dict[str, Any]]]:
+    return {"base": render(), **{m: render(DEPLOY / m) for m in MODES}}
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -69,9 +78,39 @@ def test_kustomize_renders_every_object_and_each_parses(objects: list[dict[str, 
             assert obj["metadata"]["namespace"] in (OWN, SERVED), obj["metadata"]
     crd = one(objects, "CustomResourceDefinition", "emailaccounts.email.reconciler.io")
     assert crd == yaml.safe_load((DEPLOY / "crd.yaml").read_text())
-    listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == sorted(p.name for p in DEPLOY.glob("*.yaml")
-                                    if p.name != "kustomization.yaml")
+    for folder in (DEPLOY, DEPLOY / "controller", DEPLOY / "gitops"):
+        listed = yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]
+        assert sorted(listed) == sorted(p.name for p in folder.glob("*.yaml")
+                                        if p.name != "kustomization.yaml"), folder
+
+
+def _workloads(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((o["kind"], o["metadata"]["name"]) for o in objects
+                  if o["kind"] in ("Deployment", "CronJob", "Job", "StatefulSet", "DaemonSet"))
+
+
+def _cronjob_args(objects: list[dict[str, Any]]) -> list[str]:
+    cron = one(objects, "CronJob", "email-reconciler-gitops")
+    return list(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def test_the_base_has_no_writer_and_each_mode_has_one(
+        modes: dict[str, list[dict[str, Any]]]) -> None:
+    assert _workloads(modes["base"]) == []
+    assert _workloads(modes["controller"]) == [("Deployment", "email-reconciler-controller")]
+    assert _workloads(modes["gitops"]) == [("CronJob", "email-reconciler-gitops")]
+    assert "--apply-only" not in _cronjob_args(modes["gitops"])
+    # both: the CronJob applies and prunes only, the controller alone writes status and Secrets
+    assert _workloads(modes["both"]) == [("CronJob", "email-reconciler-gitops"),
+                                         ("Deployment", "email-reconciler-controller")]
+    args = build_parser().parse_args(_cronjob_args(modes["both"]))
+    assert args.apply_only and args.namespace == SERVED
+    for mode in MODES:  # each mode is complete on top of the base: its identity and Roles
+        kinds = {o["kind"] for o in modes[mode]}
+        assert {"ServiceAccount", "Role", "RoleBinding"} <= kinds, mode
+        assert not kinds & {"CustomResourceDefinition", "Namespace"}, mode
+    sas = {o["metadata"]["name"] for o in modes["controller"] if o["kind"] == "ServiceAccount"}
+    assert sas == {"email-reconciler-controller"}
 
 
 # --------------------------------------------------------------------------- RBAC
@@ -271,6 +310,8 @@ def test_readme_commands_match_deploy(objects: list[dict[str, Any]]) -> None:
     assert "## Run in a cluster" in readme
     section = readme[readme.index("## Run in a cluster"):]
     assert "kubectl apply -k deploy/" in section
+    for mode in MODES:
+        assert f"kubectl apply -k deploy/{mode}" in section, mode
     for kind, name in (("Deployment", "email-reconciler-controller"),
                        ("CronJob", "email-reconciler-gitops")):
         one(objects, kind, name)

@@ -153,3 +153,15 @@ def test_switching_to_orphan_drops_the_owner_reference(cluster: Cluster, tmp_pat
     assert not secret["metadata"].get("ownerReferences")
     _delete_account(cluster, "client", tmp_path)
     assert cluster.api.get_object("secrets", NS, "billing-sender") is not None
+
+
+def test_apply_only_applies_git_and_leaves_status_and_secrets_to_the_controller(
+        cluster: Cluster) -> None:
+    cluster.account("billing")
+    cluster.reconcile(apply_only=True)
+    obj = cluster.api.get_object("emailaccounts", NS, "billing")
+    assert obj is not None and not obj.get("status")
+    assert cluster.api.get_object("secrets", NS, "billing-sender") is None
+    assert not [r for r in cluster.api.requests if (r.resource, r.subresource) == (
+        "emailaccounts", "status") or (r.verb, r.resource) in (("patch", "secrets"),
+                                                              ("create", "events"))]

@@ -71,7 +71,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 
 def _cronjob_args() -> list[str]:
     """The reconcile container's arguments, exactly as deploy/ ships them."""
-    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "cronjob.yaml").read_text()) if d]
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "gitops" / "cronjob.yaml").read_text()) if d]
     cronjob = next(d for d in docs if d.get("kind") == "CronJob")
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     container = next(c for c in pod["containers"] if c["name"] == "reconcile")

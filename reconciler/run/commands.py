@@ -183,7 +183,8 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
     try:
         secrets = _secret_reader(args.secrets_dir, store, dry_run=args.dry_run)
         options = RunOptions(dry_run=args.dry_run, prune=not args.no_prune,
-                             concurrency=args.concurrency, policy=policy_from(args))
+                             concurrency=args.concurrency, policy=policy_from(args),
+                             apply_only=args.apply_only)
         locked = getattr(store, "locked", None)  # the local store: one writing run at a time
         with (locked(args.lock_timeout) if locked is not None and not args.dry_run
               else contextlib.nullcontext()):
@@ -194,6 +195,8 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
     render_report(report, out=out, output=args.output, dry_run=args.dry_run)
     if args.dry_run:
         return EXIT_FAIL if report.changed else EXIT_OK
+    if args.apply_only:  # readiness is the controller's to report
+        return EXIT_OK if loaded.ok and not any(a.error for a in report.accounts) else EXIT_FAIL
     return EXIT_OK if report.all_ready and loaded.ok else EXIT_FAIL
 
 

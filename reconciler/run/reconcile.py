@@ -57,6 +57,8 @@ class RunOptions:
     concurrency: int = 32
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     policy: Policy = DEFAULT_POLICY  # endpoint allow-lists (reconciler.policy)
+    #: Apply and prune only: no probe, no status, no Secret (a controller owns those).
+    apply_only: bool = False
 
 
 @dataclass
@@ -134,9 +136,13 @@ class Reconciler:
                                                 "reason": reason, "message": str(exc)}]}
                 log.error("apply failed", account=f"{account.namespace}/{account.name}",
                           error=redact_text(str(exc)))
-        self._reconcile_accounts(accounts, stored, report, now)
-        for doc in loaded.invalid:
-            self._mark_invalid(doc, stored, report, now)
+        if not self.options.apply_only:  # else the controller probes and writes status
+            self._reconcile_accounts(accounts, stored, report, now)
+            for doc in loaded.invalid:
+                self._mark_invalid(doc, stored, report, now)
+        else:
+            report.diagnostics += [str(d) for doc in loaded.invalid for d in doc.diagnostics
+                                   if d.severity == "error"]
         self._prune(loaded, stored, report)
         return report
 
