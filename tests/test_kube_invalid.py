@@ -101,3 +101,36 @@ def test_the_server_causes_are_kept_field_by_field() -> None:
     assert causes == ('metadata.labels: Invalid value: "a b": a valid label must be ...',
                       "metadata.labels: Too long: must have at most 63 bytes")
     assert StoreInvalid("refused", causes).causes == causes
+
+
+def test_an_expired_continue_token_restarts_the_list_from_scratch(cluster: Cluster) -> None:
+    """600 Secrets take two pages; the server expires the continue token just before the second
+    page is asked for (compaction), so the LIST starts over and still returns each object once."""
+    for i in range(600):
+        cluster.api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                           "metadata": {"name": f"s-{i:03d}", "namespace": NS}})
+    api_client = cluster.api.api_client()
+    rest = api_client.rest_client
+    original = rest.request
+    expired: list[str] = []
+
+    def request(method: str, url: str, *args: object, **kwargs: object) -> object:
+        query = dict(kwargs.get("query_params") or [])  # type: ignore[call-overload]
+        if ("continue=" in url or "continue" in query) and not expired:
+            expired.append(url)
+            cluster.api.expire_continue_tokens()
+            cluster.api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",  # life goes on
+                                               "metadata": {"name": "late", "namespace": NS}})
+        return original(method, url, *args, **kwargs)
+
+    rest.request = request
+    from reconciler.store.kube import KubeStore
+
+    with KubeStore(api_client) as store:
+        found = store.list_secrets([NS])
+    names = sorted(name for ns, name in found if name.startswith("s-"))
+    assert names == [f"s-{i:03d}" for i in range(600)]
+    assert (NS, "late") in found  # the restarted LIST is one consistent, newer snapshot
+    assert expired, "the second page was never asked for"
+    lists = [r for r in cluster.api.requests if (r.verb, r.resource) == ("list", "secrets")]
+    assert [r.status for r in lists] == [200, 410, 200, 200]

@@ -169,6 +169,10 @@ def same_as_applied(current: Mapping[str, Any], desired: Mapping[str, Any]) -> b
     return True
 
 
+class _ContinueExpired(Exception):
+    """A paged LIST's continue token expired (410): `_list` starts over."""
+
+
 _SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -281,7 +285,7 @@ class KubeStore:
 
     # ------------------------------------------------------------------ the one boundary
     def _call(self, verb: str, resource: str, namespace: str | None,
-              send: Callable[[], Any], *, missing_ok: bool = False,
+              send: Callable[[], Any], *, missing_ok: bool = False, expired_ok: bool = False,
               on_conflict: Callable[[], Any] | None = None) -> Any:
         """Send one request (with retries); the decoded JSON body, or None for a missing object.
 
@@ -300,6 +304,8 @@ class KubeStore:
                 status = int(exc.status or 0)
                 if status == 404 and missing_ok:
                     return None
+                if status == 410 and expired_ok:
+                    raise _ContinueExpired from exc
                 if status in (401, 403):
                     raise StoreForbidden(self._refused(status, verb, resource, namespace,
                                                        exc)) from exc
@@ -354,8 +360,20 @@ class KubeStore:
         """Every item of a (paged) LIST; one request unless there are more than 500."""
         items: list[dict[str, Any]] = []
         token: str | None = None
+        restarts = 0
         while True:
-            body = self._call("list", resource, namespace, lambda t=token: send(t))  # type: ignore[misc]
+            try:
+                body = self._call("list", resource, namespace, lambda t=token: send(t),  # type: ignore[misc]
+                                  expired_ok=token is not None)
+            except _ContinueExpired:
+                # 410: the continue token outlived the server's history. The pages read so far
+                # may be from an older version: start the LIST again from scratch.
+                restarts += 1
+                if restarts > 3:
+                    raise StoreUnavailable(f"LIST {resource} {_where(namespace)}: the continue "
+                                           "token expired 3 times in a row") from None
+                items, token = [], None
+                continue
             items += body.get("items") or []
             token = (body.get("metadata") or {}).get("continue") or None
             if not token:
