@@ -49,15 +49,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _listening_ports() -> set[int]:
-    """Local ports in LISTEN state on 127.0.0.1 (Linux /proc/net/tcp)."""
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process `pid` holds open (/proc/PID/fd links socket:[N])."""
+    inodes: set[str] = set()
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fds.iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:  # the process is gone
+        pass
+    return inodes
+
+
+def _listening_ports(owner: int | None = None) -> set[int]:
+    """Local ports in LISTEN state on 127.0.0.1 (Linux /proc/net/tcp); with `owner`, only the
+    listening sockets that process holds (another process may listen on a port we picked)."""
+    inodes = _socket_inodes(owner) if owner is not None else None
     ports: set[int] = set()
     with open("/proc/net/tcp") as f:
         next(f)
         for line in f:
-            local, state = line.split()[1], line.split()[3]
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
             address, port = local.split(":")
-            if state == "0A" and address == "0100007F":
+            if state == "0A" and address == "0100007F" and (inodes is None or inode in inodes):
                 ports.add(int(port, 16))
     return ports
 
@@ -190,14 +210,18 @@ class Postfix:
             process, wanted = self.process, set(self.ports.values())
 
             def up(process: subprocess.Popen[bytes] = process, wanted: set[int] = wanted) -> bool:
-                return process.poll() is not None or wanted <= _listening_ports()
+                # master's own listeners: a port another process took in between also shows
+                # as listening, and master exits on it only after binding the others
+                return process.poll() is not None or wanted <= _listening_ports(process.pid)
 
             wait_for(up, timeout=30, what="postfix master to listen")
             if process.poll() is None:
                 return
             last_error = self.log_text()[offset:] + (self.root / "master.stderr").read_text()
             self.process = None
-            if "in use" not in last_error:
+            # master's "bind ...: Address already in use" is fatal before its log service runs
+            # (so it is often in no file); a picked port someone else listens on says the same
+            if "in use" not in last_error and not wanted & _listening_ports():
                 break
         raise RuntimeError(f"postfix master did not start:\n{last_error}")
 
