@@ -31,7 +31,27 @@ class _Loop:
     def call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
-    def close(self) -> None:
+    def close(self, server: asyncio.Server | None = None,
+              writers: set[asyncio.StreamWriter] | None = None) -> None:
+        """Stop the server and drop its connections on the loop, then stop the loop.
+
+        Closing the loop with a connection still open (a TLS close waits for the peer's
+        close_notify) left its socket to the garbage collector: a ResourceWarning during some
+        later test, which filterwarnings=error turns into that test's failure."""
+        async def shutdown() -> None:
+            if server is not None:
+                server.close()
+            for writer in list(writers or ()):
+                writer.transport.abort()
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0)  # the aborted transports close their sockets on this turn
+
+        with suppress(Exception):
+            self.call(shutdown())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
@@ -52,6 +72,7 @@ class RecordingSmtp:
         self.tls = tls
         self.received = bytearray()
         self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
         self._loop = _Loop()
         self._server = self._loop.call(asyncio.start_server(
             self._session, "127.0.0.1", 0, ssl=tls))
@@ -59,6 +80,7 @@ class RecordingSmtp:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
 
         async def line() -> bytes:
             data = await reader.readline()
@@ -116,8 +138,7 @@ class RecordingSmtp:
         send(f"535 5.7.8 you sent {decoded!r} {forms}")
 
     def close(self) -> None:
-        self._server.close()
-        self._loop.close()
+        self._loop.close(self._server, self._writers)
 
 
 class RecordingHttps:
@@ -126,6 +147,7 @@ class RecordingHttps:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.received = bytearray()
         self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
         self._loop = _Loop()
         self._server = self._loop.call(asyncio.start_server(
             self._session, "127.0.0.1", 0, ssl=tls))
@@ -134,6 +156,7 @@ class RecordingHttps:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             self.received += head
@@ -162,8 +185,7 @@ class RecordingHttps:
             writer.close()
 
     def close(self) -> None:
-        self._server.close()
-        self._loop.close()
+        self._loop.close(self._server, self._writers)
 
 
 @contextmanager
