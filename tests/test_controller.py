@@ -224,6 +224,56 @@ def test_deleted_published_secret_is_recreated(cluster: Cluster) -> None:
     assert secret["SMTP_PASSWORD"] == PASSWORD
 
 
+# --------------------------------------------------------------------------- which Secrets (issue 18)
+
+
+def test_only_labelled_and_published_secrets_are_watched_and_a_rotation_still_reprobes(
+        cluster: Cluster) -> None:
+    from reconciler.store.watch import SECRET_SELECTORS
+
+    for n in range(200):  # Helm releases and the like: never cached
+        cluster.api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                           "metadata": {"name": f"release-{n}", "namespace": NS},
+                                           "data": {"release": "aGVsbQ=="}})
+    ctl = cluster.controller()
+    assert ctl.wait_synced(5)
+    cluster.account("billing")
+    wait_for(lambda: cluster.published("billing-sender"), 5, "published Secret")
+    wait_for(lambda: (NS, "billing-sender") in ctl.secrets.cached_keys(), 5, "ours cached")
+    assert ctl.secrets.cached_keys() == [(NS, "billing-sender"), (NS, "billing-smtp")]
+    reads = [r for r in cluster.api.requests
+             if r.resource == "secrets" and r.verb in ("list", "watch")]
+    assert {r.query.get("labelSelector") for r in reads} == set(SECRET_SELECTORS)
+    # the labelled credential changes: seen, probed again, published again
+    before = cluster.servers.starttls.connections
+    cluster.servers.users["billing@example.com"] = NEW_PASSWORD
+    cluster.secret("billing-smtp", "password", NEW_PASSWORD)
+    wait_for(lambda: (cluster.published("billing-sender") or {}).get("SMTP_PASSWORD")
+             == NEW_PASSWORD, 5, "new password published")
+    assert cluster.servers.starttls.connections > before
+    assert len(ctl.secrets.cached_keys()) == 2
+
+
+def test_an_unlabelled_secret_at_the_publish_name_is_a_conflict_and_left_alone(
+        cluster: Cluster) -> None:
+    foreign = {"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "billing-sender", "namespace": NS},
+               "data": {"mine": base64.b64encode(b"not yours").decode()}}
+    cluster.api.add_object("secrets", foreign)
+    ctl = cluster.controller()
+    assert ctl.wait_synced(5)
+    cluster.account("billing")
+    wait_for(lambda: condition(cluster.status("billing"), "SecretPublished").get("reason")
+             == "SecretConflict", 5, "SecretConflict")
+    assert (NS, "billing-sender") not in ctl.secrets.cached_keys()
+    kept = cluster.api.get_object("secrets", NS, "billing-sender") or {}
+    assert kept["data"] == foreign["data"] and not (kept["metadata"].get("labels") or {})
+    writes = [r for r in cluster.api.requests if r.resource == "secrets"
+              and r.name == "billing-sender" and r.verb not in ("get", "list", "watch")]
+    assert writes == []
+    assert any(r.verb == "get" and r.name == "billing-sender" for r in cluster.api.requests)
+
+
 def test_deleted_account_leaves_nothing_behind(cluster: Cluster) -> None:
     ctl = cluster.controller()
     cluster.account("billing")

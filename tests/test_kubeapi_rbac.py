@@ -56,10 +56,11 @@ def test_the_controller_service_account_gets_what_its_role_allows_and_403_for_th
         'in the namespace "mail"'
     )
     assert denied["details"] == {"name": "a", "group": GROUP, "kind": PLURAL}
-    # only patch on the status subresource, no update; no get on Secrets; nothing outside mail
+    # only patch on the status subresource, no update; no update of Secrets; nothing outside mail
     status = custom.get_namespaced_custom_object(GROUP, VERSION, "mail", PLURAL, "a")
     refused(custom.replace_namespaced_custom_object_status, GROUP, VERSION, "mail", PLURAL, "a", status)
-    assert "cannot get resource" in refused(core.read_namespaced_secret, "x", "mail")["message"]
+    secret = client.V1Secret(metadata=client.V1ObjectMeta(name="x"))
+    assert "cannot update resource" in refused(core.replace_namespaced_secret, "x", "mail", secret)["message"]
     assert 'in the namespace "team"' in refused(core.list_namespaced_secret, "team")["message"]
     assert "at the cluster scope" in refused(core.list_secret_for_all_namespaces)["message"]
     assert core.list_namespaced_secret("mail").items == []

@@ -361,6 +361,12 @@ class Reconciler:
         desired = render.render_secret(account, result,
                                        owner_uid=None if orphan else account.uid or None)
         existing = published.get((ns, secret_name))
+        if existing is None:
+            # The controller's Secret list holds only labelled Secrets: look the name up, so an
+            # unlabelled Secret of it is reported as a conflict rather than taken over.
+            existing = self.store.get_secret(ns, secret_name)
+            if existing is not None:
+                published[(ns, secret_name)] = existing
         _keep_published_pkcs12(existing, desired)
         if existing is not None and not render.is_managed(existing):
             return Outcome(False, reasons.SECRET_CONFLICT,

@@ -50,6 +50,11 @@ class StateStore(Protocol):
         """Every Secret in those namespaces, ours or not (to detect conflicts), one read each."""
         ...
 
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Secret by name, or None: for a name list_secrets did not return (the controller's
+        informers hold only labelled Secrets, so an unlabelled one of that name may exist)."""
+        ...
+
     def apply_secret(self, secret: Mapping[str, Any]) -> None:
         """Create or update a published Secret (callers write only when its data hash changed)."""
         ...

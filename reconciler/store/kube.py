@@ -266,6 +266,10 @@ class KubeStore:
     def _reset_run_cache(self) -> None:
         self._accounts: dict[Key, dict[str, Any]] | None = None
         self._secrets: dict[str, dict[str, dict[str, Any]]] = {}
+        #: Namespaces whose Secrets came from label-selected informers (prime): a name missing
+        #: there may still exist, so it is read by name (and a 404 remembered for the run).
+        self._partial: set[str] = set()
+        self._absent: set[Key] = set()
         self._configmaps: dict[str, dict[str, dict[str, Any]]] = {}
         self._inventory: dict[str, set[str]] | None = None
 
@@ -277,6 +281,7 @@ class KubeStore:
         self._accounts = {object_key(a): copy.deepcopy(dict(a)) for a in accounts}
         self._secrets = {ns: {name: dict(obj) for name, obj in objs.items()}
                          for ns, objs in secrets.items()}
+        self._partial = set(secrets)
 
     def cached_account(self, key: Key) -> dict[str, Any] | None:
         """The account as this store last saw it (after its own writes), or None."""
@@ -482,6 +487,21 @@ class KubeStore:
                 out[(ns, name)] = copy.deepcopy(obj)
         return out
 
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Secret by name, or None. Served from the run's LIST; after a prime (informers
+        that hold only labelled Secrets) a name they miss is read with one GET, so an unlabelled
+        Secret of that name is still seen (a publish conflict, an opt-in refusal)."""
+        objs = self._namespace_secrets(namespace)
+        if name in objs or namespace not in self._partial or (namespace, name) in self._absent:
+            return copy.deepcopy(objs[name]) if name in objs else None
+        obj = self._call("get", "secrets", namespace, lambda: self._core.read_namespaced_secret(
+            name, namespace, **self._kw()), missing_ok=True)
+        if not obj:
+            self._absent.add((namespace, name))
+            return None
+        objs[name] = obj
+        return copy.deepcopy(obj)
+
     def apply_secret(self, secret: Mapping[str, Any]) -> None:
         """Server-side apply of a published Secret (the caller checked its data hash changed)."""
         body = _apply_body(secret)
@@ -493,6 +513,7 @@ class KubeStore:
             **self._kw()))
         if ns in self._secrets and obj:
             self._secrets[ns][name] = obj
+            self._absent.discard((ns, name))
 
     def delete_secret(self, namespace: str, name: str) -> None:
         """Delete one Secret; already gone is fine."""
@@ -596,7 +617,7 @@ class ClusterSecretReader:
         if ref.kind == "ConfigMap":
             obj = self.store._namespace_configmaps(namespace).get(ref.name)
         else:
-            obj = self.store._namespace_secrets(namespace).get(ref.name)
+            obj = self.store.get_secret(namespace, ref.name)
         if obj is None:
             raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
         return obj

@@ -14,6 +14,7 @@ Also here, because only `reconciler.store` may import `kubernetes`:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import threading
@@ -22,7 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler.log import get_logger
-from reconciler.model import API_GROUP, API_VERSION, PLURAL
+from reconciler.model import API_GROUP, API_VERSION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL
+from reconciler.policy import CREDENTIAL_LABEL
 from reconciler.store.base import Key, object_key
 
 log = get_logger("reconciler.watch")
@@ -205,15 +207,81 @@ def account_informer(api_client: Any, namespace: str | None, handler: Handler,
                     handler, **kwargs)
 
 
+class InformerUnion:
+    """Several informers of one kind (one per label selector) read as one cache."""
+
+    def __init__(self, kind: str, parts: list[Informer]) -> None:
+        self.kind = kind
+        self.parts = parts
+        self.synced = _AllSet([p.synced for p in parts])
+
+    @property
+    def relists(self) -> int:
+        """Relists of the part that relisted least (each rebuilt at least this often)."""
+        return min(p.relists for p in self.parts)
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        for part in self.parts:
+            obj = part.get(key)
+            if obj is not None:
+                return obj
+        return None
+
+    def cached_keys(self) -> list[Key]:
+        return sorted({k for p in self.parts for k in p.cached_keys()})
+
+    def by_namespace(self, namespace: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for part in reversed(self.parts):  # the first part wins a name both hold
+            out.update(part.by_namespace(namespace))
+        return out
+
+    def start(self) -> None:
+        for part in self.parts:
+            part.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for part in self.parts:
+            part.stop(timeout)
+
+
+class _AllSet:
+    """`is_set`/`wait` over several events: set when all are."""
+
+    def __init__(self, events: list[threading.Event]) -> None:
+        self._events = events
+
+    def is_set(self) -> bool:
+        return all(e.is_set() for e in self._events)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        return all(e.wait(None if end is None else max(0.0, end - time.monotonic()))
+                   for e in self._events)
+
+
+#: The Secrets the controller watches: those opted in for e-mail use (the credential label)
+#: and those it publishes. Nothing else of the namespace is cached (issue 18: Helm release
+#: Secrets and the like are neither read nor held in memory); KubeStore GETs a name it misses.
+SECRET_SELECTORS = (f"{CREDENTIAL_LABEL}=true", f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+
+
 def secret_informer(api_client: Any, namespace: str | None, handler: Handler,
-                    **kwargs: Any) -> Informer:
-    """An informer over the Secrets of one namespace, or of all namespaces."""
+                    **kwargs: Any) -> InformerUnion:
+    """Informers over the Secrets of one namespace (or all) that carry one of SECRET_SELECTORS."""
     from kubernetes import client
 
     core = client.CoreV1Api(api_client)
-    if namespace:
-        return Informer("secrets", core.list_namespaced_secret, (namespace,), handler, **kwargs)
-    return Informer("secrets", core.list_secret_for_all_namespaces, (), handler, **kwargs)
+    parts = []
+    for selector in SECRET_SELECTORS:
+        list_fn = (functools.partial(core.list_namespaced_secret, label_selector=selector)
+                   if namespace else
+                   functools.partial(core.list_secret_for_all_namespaces, label_selector=selector))
+        parts.append(Informer("secrets", list_fn, (namespace,) if namespace else (), handler,
+                              **kwargs))
+    return InformerUnion("secrets", parts)
 
 
 # --------------------------------------------------------------------------- metrics hook
