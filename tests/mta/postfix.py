@@ -44,9 +44,20 @@ class Service:
 
 def free_port() -> int:
     """A port nobody listens on right now (may be taken before master binds it: start retries)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: each socket stays bound until all are picked (one after the other,
+    the OS may hand out a port it just got back, and master cannot bind one port twice)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -199,7 +210,7 @@ class Postfix:
         self._create_directories()
         last_error = ""
         for _attempt in range(START_ATTEMPTS):
-            self.ports = {name: free_port() for name in self.services}
+            self.ports = dict(zip(self.services, free_ports(len(self.services)), strict=True))
             self._write_config()
             offset = self.log_size()
             with open(self.root / "master.stderr", "ab") as stderr:
