@@ -145,6 +145,11 @@ def memory(work: Path, count: int) -> list[Row]:
         store = work / "memory-store"
         argv = [*cli(), "reconcile", str(manifests), "--dry-run", "--store", f"local:{store}",
                 "--secrets-dir", str(secrets_dir), "--concurrency", str(CONCURRENCY),
+                # Two local servers stand in for many real ones: without these the per-server
+                # politeness limits (4 sessions, 60 AUTH a minute) would turn a memory figure
+                # into a measure of those limits (1000 AUTHs at 60/min per server is minutes).
+                "--max-sessions-per-server", str(CONCURRENCY),
+                "--max-auth-per-minute", str(max(60, count)),
                 "--output", "json"]
         out = work / "memory-report.json"
         start = time.perf_counter()
