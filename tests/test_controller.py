@@ -274,6 +274,75 @@ def test_an_unlabelled_secret_at_the_publish_name_is_a_conflict_and_left_alone(
     assert any(r.verb == "get" and r.name == "billing-sender" for r in cluster.api.requests)
 
 
+# --------------------------------------------------------------------------- truststores (issue 13 item 6)
+
+
+def configmap(cluster: Cluster, name: str, pem: str, labels: dict[str, str] | None = None) -> None:
+    from kubernetes import client
+
+    body = {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": NS, "labels": labels or {}},
+            "data": {"ca.crt": pem}}
+    if cluster.api.get_object("configmaps", NS, name) is None:
+        cluster.api.add_object("configmaps", body)
+        return
+    with cluster.api.api_client() as api_client:
+        client.CoreV1Api(api_client).patch_namespaced_config_map(name, NS, {"data": body["data"]})
+
+
+def test_truststores_come_from_a_label_selected_watch_and_a_change_reprobes(
+        cluster: Cluster) -> None:
+    from reconciler.run.demo_servers import ThrowawayCA
+    from reconciler.store.watch import CONFIGMAP_SELECTOR
+
+    for n in range(50):  # other ConfigMaps of the namespace: never listed, never cached
+        cluster.api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                                              "metadata": {"name": f"app-{n}", "namespace": NS},
+                                              "data": {"x": "y"}})
+    ctl = cluster.controller()
+    assert ctl.wait_synced(PATIENCE)
+    assert ctl.configmaps.cached_keys() == [(NS, "ca")]
+    cluster.account("billing")
+    wait_for(lambda: cluster.ready("billing"), PATIENCE, "billing Ready")
+    wait_for(lambda: settled(ctl, "billing-smtp", "billing-sender"), PATIENCE, "a settled queue")
+    # Several reconciles (probe requests): not one ConfigMap request among them.
+    cluster.api.clear_requests()
+    for n in range(3):
+        done = ctl.reconciles[(NS, "billing")]
+        cluster.patch("emailaccounts", "billing", {"metadata": {"annotations": {
+            "email.reconciler.io/requested-at": f"2026-01-01T00:00:0{n}Z"}}})
+        wait_for(lambda done=done: ctl.reconciles[(NS, "billing")] > done, PATIENCE, "a reconcile")
+    assert [r for r in cluster.api.requests if r.resource == "configmaps"
+            and r.verb != "watch"] == []
+    reads = [r for r in cluster.api.requests if r.resource == "configmaps"]
+    assert all(r.query.get("labelSelector") == CONFIGMAP_SELECTOR for r in reads)
+    # The truststore changes to a CA that did not sign the server: probed again, not Ready.
+    before = cluster.servers.starttls.connections
+    configmap(cluster, "ca", ThrowawayCA("another CA").ca_pem)
+    wait_for(lambda: not cluster.ready("billing"), PATIENCE, "billing not Ready with a wrong CA")
+    assert cluster.servers.starttls.connections > before
+    # and back to one that did (a bundle: the rotation's new CA and the server's): Ready again
+    configmap(cluster, "ca", ThrowawayCA("next CA").ca_pem + cluster.servers.ca.ca_pem)
+    wait_for(lambda: cluster.ready("billing"), PATIENCE, "billing Ready with the new CA bundle")
+    assert ctl.configmaps.cached_keys() == [(NS, "ca")]
+
+
+def test_an_unlabelled_truststore_configmap_is_refused_not_missing(cluster: Cluster) -> None:
+    configmap(cluster, "plain-ca", cluster.servers.ca.ca_pem)  # no opt-in label
+    ctl = cluster.controller()
+    assert ctl.wait_synced(PATIENCE)
+    cluster.secret("billing-smtp", "password", PASSWORD)
+    account = loopback_account("billing", NS, cluster.servers.starttls.port, timeout=2)
+    account["spec"]["smtp"]["connection"]["truststore"] = {
+        "configMapRef": {"name": "plain-ca", "key": "ca.crt"}}
+    cluster.api.add_object("emailaccounts", account)
+    wait_for(lambda: condition(cluster.status("billing"), "Ready").get("reason")
+             == "SecretNotAllowed", PATIENCE, "SecretNotAllowed")
+    assert (NS, "plain-ca") not in ctl.configmaps.cached_keys()
+    assert any(r.verb == "get" and r.resource == "configmaps" and r.name == "plain-ca"
+               for r in cluster.api.requests)
+
+
 def test_deleted_account_leaves_nothing_behind(cluster: Cluster) -> None:
     ctl = cluster.controller()
     cluster.account("billing")

@@ -226,6 +226,8 @@ def test_rbac_covers_every_request_the_controller_sends(objects: list[dict[str, 
     assert ("mail", "", "secrets", "get") in sent
     secret_reads = [r for r in api.requests if r.resource == "secrets" and r.verb in ("list", "watch")]
     assert secret_reads and all(r.query.get("labelSelector") for r in secret_reads)
+    cm_reads = [r for r in api.requests if r.resource == "configmaps" and r.verb in ("list", "watch")]
+    assert cm_reads and all(r.query.get("labelSelector") for r in cm_reads)  # issue 13 item 6
 
 
 # --------------------------------------------------------------------------- workloads

@@ -261,6 +261,20 @@ def _secret_names(spec: Any) -> Iterator[str]:
             yield from _secret_names(item)
 
 
+def _configmap_names(spec: Any) -> Iterator[str]:
+    """Names of the ConfigMaps a spec references (any `configMapRef` with a name)."""
+    if isinstance(spec, Mapping):
+        for key, value in spec.items():
+            if key == "configMapRef" and isinstance(value, Mapping):
+                if value.get("name"):
+                    yield str(value["name"])
+            else:
+                yield from _configmap_names(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            yield from _configmap_names(item)
+
+
 def _data_hash(secret: Mapping[str, Any]) -> Any:
     return ((secret.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
 
@@ -334,7 +348,7 @@ class Controller:
         """`workers` reconciles run at once; one that takes longer than `slow_after` seconds
         (a slow server, up to its probe's deadline) gives its slot back, so a slow account holds
         only its own thread and the others go on, up to `max_threads` (4 x workers) in all."""
-        from reconciler.store.watch import account_informer, instrument_client, secret_informer
+        from reconciler.store.watch import account_informer, configmap_informer, instrument_client, secret_informer
 
         self.api_client = api_client
         self.namespace = namespace
@@ -354,9 +368,12 @@ class Controller:
                                          watch_seconds=watch_seconds)
         self.secrets = secret_informer(api_client, namespace, self._on_secret,
                                        watch_seconds=watch_seconds)
+        self.configmaps = configmap_informer(api_client, namespace, self._on_configmap,
+                                             watch_seconds=watch_seconds)
         self._lock = threading.Lock()
         self._generations: dict[Key, int] = {}  # generation last reconciled
         self._refs: dict[Key, set[str]] = {}  # account -> names of Secrets it reads
+        self._cm_refs: dict[Key, set[str]] = {}  # account -> names of ConfigMaps it reads
         self._written: dict[Key, dict[str, Any]] = {}  # our last status write, until watched
         #: The status a reconcile decided on but could not write (API outage): remembered in
         #: memory so the retry does not AUTH again (DESIGN §3 authInterval; issue 12 item 7).
@@ -381,8 +398,8 @@ class Controller:
     # ------------------------------------------------------------------ lifecycle
     @property
     def synced(self) -> bool:
-        """True once both informers listed: ready to lead or to stand by."""
-        return self.accounts.synced.is_set() and self.secrets.synced.is_set()
+        """True once every informer listed: ready to lead or to stand by."""
+        return all(i.synced.is_set() for i in (self.accounts, self.secrets, self.configmaps))
 
     @property
     def is_leader(self) -> bool:
@@ -393,6 +410,7 @@ class Controller:
             if server is not None:
                 server.start()
         self.secrets.start()
+        self.configmaps.start()
         self.accounts.start()
         for i in range(self.max_threads):
             t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
@@ -409,7 +427,7 @@ class Controller:
     def wait_synced(self, timeout: float = 10.0) -> bool:
         end = time.monotonic() + timeout
         return all(informer.synced.wait(max(0.0, end - time.monotonic()))
-                   for informer in (self.secrets, self.accounts))
+                   for informer in (self.secrets, self.configmaps, self.accounts))
 
     def stop(self) -> None:
         """Stop taking work, finish in-flight reconciles, release the Lease, stop watching."""
@@ -422,6 +440,7 @@ class Controller:
         self._leading.clear()
         self.accounts.stop()
         self.secrets.stop()
+        self.configmaps.stop()
         for server in (self.health, self.metrics_server):
             if server is not None:
                 server.stop()
@@ -443,6 +462,7 @@ class Controller:
             with self._lock:
                 self._generations.pop(key, None)
                 self._refs.pop(key, None)
+                self._cm_refs.pop(key, None)
                 self._written.pop(key, None)
                 self._unwritten.pop(key, None)
             self.queue.remove(key)
@@ -453,6 +473,7 @@ class Controller:
         names = set(_secret_names(spec))
         with self._lock:
             self._refs[key] = names
+            self._cm_refs[key] = set(_configmap_names(spec))
             done = self._generations.get(key)
         self.metrics.accounts.set(len(self.accounts.cached_keys()))
         self.metrics.observe_account(key, obj.get("status") or {})
@@ -483,6 +504,17 @@ class Controller:
             return
         with self._lock:
             readers = [k for k, names in self._refs.items() if k[0] == ns and name in names]
+        for key in readers:
+            self.queue.add(key, urgent=True)
+
+    def _on_configmap(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
+        """A truststore ConfigMap changed: probe the accounts that read it again."""
+        ns, name = object_key(obj)
+        if prev is not None and etype != "DELETED" and (
+                prev.get("data"), prev.get("binaryData")) == (obj.get("data"), obj.get("binaryData")):
+            return
+        with self._lock:
+            readers = [k for k, names in self._cm_refs.items() if k[0] == ns and name in names]
         for key in readers:
             self.queue.add(key, urgent=True)
 
@@ -562,7 +594,7 @@ class Controller:
         store = self._store()
         secrets = self.secrets.by_namespace(key[0])
         obj = _probe_if_unpublished(obj, secrets)
-        prime_store(store, obj, {key[0]: secrets})
+        prime_store(store, obj, {key[0]: secrets}, {key[0]: self.configmaps.by_namespace(key[0])})
         with self._lock:  # before the status write, whose watch event must not queue it again
             self._generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
         report = Reconciler(store, store.secret_reader(),

@@ -271,17 +271,24 @@ class KubeStore:
         self._partial: set[str] = set()
         self._absent: set[Key] = set()
         self._configmaps: dict[str, dict[str, dict[str, Any]]] = {}
+        #: The same for ConfigMaps (truststores) from the controller's label-selected informer.
+        self._cm_partial: set[str] = set()
+        self._cm_absent: set[Key] = set()
         self._inventory: dict[str, set[str]] | None = None
 
     def prime(self, accounts: Iterable[Mapping[str, Any]],
-              secrets: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> None:
-        """Start a run over objects an informer already holds (namespace -> name -> Secret), so
-        the run sends no LIST for them (controller mode)."""
+              secrets: Mapping[str, Mapping[str, Mapping[str, Any]]],
+              configmaps: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> None:
+        """Start a run over objects informers already hold (namespace -> name -> Secret, and
+        -> ConfigMap), so the run sends no LIST for them (controller mode)."""
         self._reset_run_cache()
         self._accounts = {object_key(a): copy.deepcopy(dict(a)) for a in accounts}
         self._secrets = {ns: {name: dict(obj) for name, obj in objs.items()}
                          for ns, objs in secrets.items()}
         self._partial = set(secrets)
+        self._configmaps = {ns: {name: dict(obj) for name, obj in objs.items()}
+                            for ns, objs in (configmaps or {}).items()}
+        self._cm_partial = set(configmaps or {})
 
     def cached_account(self, key: Key) -> dict[str, Any] | None:
         """The account as this store last saw it (after its own writes), or None."""
@@ -479,6 +486,25 @@ class KubeStore:
             self._configmaps[namespace] = {str(o["metadata"]["name"]): o for o in items}
         return self._configmaps[namespace]
 
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One ConfigMap by name, or None. Served from the run's LIST (CLI/GitOps: one per
+        namespace and run); after a prime (an informer that holds only opted-in ConfigMaps) a
+        name it misses is read with one GET, so an unlabelled truststore still gets the opt-in
+        refusal rather than "not found"."""
+        objs = self._namespace_configmaps(namespace)
+        if (name in objs or namespace not in self._cm_partial
+                or (namespace, name) in self._cm_absent):
+            return copy.deepcopy(objs[name]) if name in objs else None
+        obj = self._call("get", "configmaps", namespace,
+                         lambda: self._core.read_namespaced_config_map(name, namespace,
+                                                                       **self._kw()),
+                         missing_ok=True)
+        if not obj:
+            self._cm_absent.add((namespace, name))
+            return None
+        objs[name] = obj
+        return copy.deepcopy(obj)
+
     def list_secrets(self, namespaces: Iterable[str]) -> dict[Key, dict[str, Any]]:
         """Every Secret in those namespaces, ours or not: one LIST each, shared with the reader."""
         out: dict[Key, dict[str, Any]] = {}
@@ -615,7 +641,7 @@ class ClusterSecretReader:
 
     def _object(self, namespace: str, ref: KeyRef) -> dict[str, Any]:
         if ref.kind == "ConfigMap":
-            obj = self.store._namespace_configmaps(namespace).get(ref.name)
+            obj = self.store.get_configmap(namespace, ref.name)
         else:
             obj = self.store.get_secret(namespace, ref.name)
         if obj is None:

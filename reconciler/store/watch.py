@@ -284,6 +284,25 @@ def secret_informer(api_client: Any, namespace: str | None, handler: Handler,
     return InformerUnion("secrets", parts)
 
 
+#: The ConfigMaps the controller watches: truststores opted in for e-mail use (issue 13 item 6).
+#: Not the inventory ConfigMap (the controller never prunes, so never reads it); KubeStore GETs
+#: a name this misses, so an unlabelled truststore still gets the opt-in refusal.
+CONFIGMAP_SELECTOR = f"{CREDENTIAL_LABEL}=true"
+
+
+def configmap_informer(api_client: Any, namespace: str | None, handler: Handler,
+                       **kwargs: Any) -> Informer:
+    """An informer over the ConfigMaps of one namespace (or all) that carry CONFIGMAP_SELECTOR."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    list_fn = (functools.partial(core.list_namespaced_config_map, label_selector=CONFIGMAP_SELECTOR)
+               if namespace else
+               functools.partial(core.list_config_map_for_all_namespaces,
+                                 label_selector=CONFIGMAP_SELECTOR))
+    return Informer("configmaps", list_fn, (namespace,) if namespace else (), handler, **kwargs)
+
+
 # --------------------------------------------------------------------------- metrics hook
 
 
@@ -327,10 +346,12 @@ def instrument_client(api_client: Any, record: Callable[[str, str], None]) -> No
 
 
 def prime_store(store: Any, account: Mapping[str, Any],
-                secrets: Mapping[str, dict[str, dict[str, Any]]]) -> None:
-    """Start a KubeStore run over cached objects: the account as last seen, the Secrets of the
-    informer (namespace -> name -> object), so one reconcile sends no LIST for them."""
-    store.prime([account], secrets)
+                secrets: Mapping[str, dict[str, dict[str, Any]]],
+                configmaps: Mapping[str, dict[str, dict[str, Any]]] | None = None) -> None:
+    """Start a KubeStore run over cached objects: the account as last seen, the Secrets and
+    ConfigMaps of the informers (namespace -> name -> object), so one reconcile sends no LIST
+    for them."""
+    store.prime([account], secrets, configmaps)
 
 
 def stored_account(store: Any, key: Key) -> dict[str, Any] | None:
