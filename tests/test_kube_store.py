@@ -270,6 +270,18 @@ def test_foreign_secret_is_never_taken_over(cluster: Cluster) -> None:
     assert events[0]["count"] == 1
 
 
+def test_a_gitops_run_lists_the_configmaps_of_a_namespace_once(cluster: Cluster) -> None:
+    """Three accounts trusting the same ConfigMap: one LIST of the namespace's ConfigMaps per
+    run (issue 13 item 6: per run, not per reconcile), plus the label-selected inventory LIST."""
+    for name in ("billing", "alerts", "news"):
+        cluster.account(name)
+    assert cluster.reconcile().all_ready
+    lists = [r.query.get("labelSelector") for r in cluster.api.requests
+             if r.resource == "configmaps" and r.verb == "list"]
+    assert sorted(lists, key=str) == sorted([None, "email.reconciler.io/inventory=true"], key=str)
+    assert not [r for r in cluster.api.requests if r.resource == "configmaps" and r.verb == "get"]
+
+
 @pytest.mark.parametrize("fault", [409, 500, 429, "drop"])
 def test_injected_faults_are_retried_and_nothing_is_lost(cluster: Cluster,
                                                          fault: int | str) -> None:
