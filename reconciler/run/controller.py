@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -247,32 +247,28 @@ class ApiBackoff:
 # --------------------------------------------------------------------------- helpers
 
 
-def _secret_names(spec: Any) -> Iterator[str]:
-    """Names of the Secrets a spec references (any `...SecretRef`/`secretRef` with a name)."""
+def _ref_names(spec: Any, is_ref: Callable[[str], bool]) -> Iterator[str]:
+    """Names of the objects a spec references through keys for which `is_ref(key)` holds."""
     if isinstance(spec, Mapping):
         for key, value in spec.items():
-            if (key.endswith("SecretRef") or key == "secretRef") and isinstance(value, Mapping):
+            if is_ref(key) and isinstance(value, Mapping):
                 if value.get("name"):
                     yield str(value["name"])
             else:
-                yield from _secret_names(value)
+                yield from _ref_names(value, is_ref)
     elif isinstance(spec, list):
         for item in spec:
-            yield from _secret_names(item)
+            yield from _ref_names(item, is_ref)
+
+
+def _secret_names(spec: Any) -> Iterator[str]:
+    """Names of the Secrets a spec references (any `...SecretRef`/`secretRef` with a name)."""
+    return _ref_names(spec, lambda key: key.endswith("SecretRef") or key == "secretRef")
 
 
 def _configmap_names(spec: Any) -> Iterator[str]:
     """Names of the ConfigMaps a spec references (any `configMapRef` with a name)."""
-    if isinstance(spec, Mapping):
-        for key, value in spec.items():
-            if key == "configMapRef" and isinstance(value, Mapping):
-                if value.get("name"):
-                    yield str(value["name"])
-            else:
-                yield from _configmap_names(value)
-    elif isinstance(spec, list):
-        for item in spec:
-            yield from _configmap_names(item)
+    return _ref_names(spec, lambda key: key == "configMapRef")
 
 
 def _data_hash(secret: Mapping[str, Any]) -> Any:
