@@ -114,6 +114,47 @@ def test_probe_decision(acc: Account, old: dict[str, Any] | None, versions: dict
     assert why in decision.why
 
 
+READY = {"type": "Ready", "status": "True", "reason": reasons.READY, "message": "",
+         "lastTransitionTime": rfc3339(NOW - timedelta(minutes=5)), "observedGeneration": 3}
+
+
+def published(*, ready: str = "True", secret_name: str | None = "billing-sender",
+              **extra: Any) -> dict[str, Any]:
+    """A status that has published `secret_name`, with Ready `ready`."""
+    out = status(**extra)
+    out["conditions"] = [*out["conditions"], {**READY, "status": ready}]
+    if secret_name is not None:
+        out["secretName"] = secret_name
+    return out
+
+
+@pytest.mark.parametrize(("acc", "old", "missing", "probe", "auth", "why"), [
+    # the published Secret is gone: probe now; AUTH only as authInterval says
+    (account(), published(), True, True, False, "published Secret billing-sender missing"),
+    (account(), published(last_auth=NOW - timedelta(hours=24)), True, True, True,
+     "authInterval elapsed"),
+    (account(), published(last_auth=None), True, True, True, "never authenticated"),
+    (account(), published(auth_status="False", auth_reason=reasons.AUTHENTICATION_FAILED),
+     True, True, False, "waiting for a changed credential"),
+    # present, or nothing to miss: the clock decides
+    (account(), published(), False, False, False, "next probe at"),
+    (account(), published(secret_name=None), True, False, False, "next probe at"),
+    # not Ready: its backoff already probes it again, and a failing probe publishes nothing
+    (account(), published(ready="False"), True, False, False, "next probe at"),
+    # other reasons to probe still come first
+    (account(generation=4), published(), True, True, True, "spec changed"),
+    (account(), {}, True, True, True, "never probed"),
+    (account(probe=ProbeSettings(suspend=True)), published(), True, False, False, "suspended"),
+])
+def test_probe_decision_published_secret_missing(acc: Account, old: dict[str, Any],
+                                                 missing: bool, probe: bool, auth: bool,
+                                                 why: str) -> None:
+    decision = probe_decision(account=acc, old_status=old, secret_versions=VERSIONS, now=NOW,
+                              published_secret_missing=missing)
+    assert (decision.probe, decision.authenticate) == (probe, auth)
+    assert why in decision.why
+
+
 @pytest.mark.parametrize(("failed", "seconds"), [
     (1, 30), (2, 60), (3, 120), (4, 240), (5, 480), (6, 600), (7, 600), (500, 600),
 ])

@@ -275,21 +275,10 @@ def _data_hash(secret: Mapping[str, Any]) -> Any:
     return ((secret.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
 
 
-def _probe_if_unpublished(obj: dict[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:
-    """The object to reconcile; when its published Secret is gone, with the probe made due.
-
-    A Secret is only (re)published from a fresh probe (a failing account never overwrites a good
-    Secret), so a deleted Secret needs one now rather than at the next interval. Dropping
-    `nextProbeTime` makes the probe due without forcing AUTH (authInterval still applies).
-    """
-    status = obj.get("status") or {}
-    name = status.get("secretName")
-    ready = status_condition(status, "Ready").get("status") == "True"
-    if not name or name in secrets or not ready or "nextProbeTime" not in status:
-        return obj
-    out = dict(obj)
-    out["status"] = {k: v for k, v in status.items() if k != "nextProbeTime"}
-    return out
+def _unpublished(obj: Mapping[str, Any], secrets: Mapping[str, Any]) -> bool:
+    """Whether the Secret the account's status names as published is missing from the cache."""
+    name = (obj.get("status") or {}).get("secretName")
+    return bool(name) and name not in secrets
 
 
 def _with_remembered(obj: dict[str, Any], unwritten: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -589,13 +578,14 @@ class Controller:
         started = time.monotonic()
         store = self._store()
         secrets = self.secrets.by_namespace(key[0])
-        obj = _probe_if_unpublished(obj, secrets)
         prime_store(store, obj, {key[0]: secrets}, {key[0]: self.configmaps.by_namespace(key[0])})
         with self._lock:  # before the status write, whose watch event must not queue it again
             self._generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
+        # A deleted published Secret is put back from a fresh probe: probe_decision's input.
+        unpublished = [key] if _unpublished(obj, secrets) else []
         report = Reconciler(store, store.secret_reader(),
                             RunOptions(prune=False, concurrency=1, policy=self.policy)
-                            ).reconcile_objects([obj])
+                            ).reconcile_objects([obj], unpublished=unpublished)
         self.metrics.duration.observe(time.monotonic() - started)
         if self.accounts.get(key) is None:
             self._clean_up_after(key, store, obj)

@@ -12,7 +12,7 @@ import base64
 import dataclasses
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -146,11 +146,13 @@ class Reconciler:
         self._prune(loaded, stored, report)
         return report
 
-    def reconcile_objects(self, objects: Sequence[Mapping[str, Any]]) -> RunReport:
+    def reconcile_objects(self, objects: Sequence[Mapping[str, Any]], *,
+                          unpublished: Collection[Key] = ()) -> RunReport:
         """Reconcile EmailAccount objects as stored (controller mode): no apply, no prune.
 
         The objects were admitted by the API server; the semantic rules are checked again here
-        and an object that breaks them gets Validated=False instead of a probe.
+        and an object that breaks them gets Validated=False instead of a probe. `unpublished`:
+        the accounts whose published Secret (status.secretName) the caller found missing.
         """
         from reconciler.manifest.account import account_from_manifest
         from reconciler.manifest.validate import validate_document
@@ -172,12 +174,12 @@ class Reconciler:
             report.accounts.append(AccountReport(account.namespace, account.name,
                                                  status=dict(obj.get("status") or {})))
             accounts.append(account)
-        self._reconcile_accounts(accounts, stored, report, now)
+        self._reconcile_accounts(accounts, stored, report, now, unpublished)
         return report
 
     def _reconcile_accounts(self, accounts: Sequence[Account],
                             stored: Mapping[Key, Mapping[str, Any]], report: RunReport,
-                            now: datetime) -> None:
+                            now: datetime, unpublished: Collection[Key] = ()) -> None:
         namespaces = {a.namespace for a in accounts} | {k[0] for k in stored}
         self.secrets_error = None
         try:
@@ -191,7 +193,8 @@ class Reconciler:
             old = (stored.get(account.key) or {}).get("status") or {}
             versions = secret_versions(account, self.secrets)
             decisions[account.key] = schedule.probe_decision(
-                account=account, old_status=old, secret_versions=versions, now=now)
+                account=account, old_status=old, secret_versions=versions, now=now,
+                published_secret_missing=account.key in unpublished)
         by_key = {(r.namespace, r.name): r for r in report.accounts}
         # Accounts not due first (no probe to wait for), then each probed account the moment
         # its own probe ends: a run killed halfway keeps everything that had finished.

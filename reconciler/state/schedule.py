@@ -11,6 +11,9 @@ Triggers for a probe (first match wins the `why`):
   `status.lastRequestedAt` (compared as opaque strings, so any value works and clock skew between
   the annotating client and the reconciler does not matter; `build_status` records the value once
   a probe ran);
+- the published Secret (`status.secretName`) is missing while Ready was True: a Secret is only
+  (re)published from a fresh probe (a failing account never overwrites a good Secret), so a
+  deleted Secret needs one now rather than at the next interval; AUTH still follows authInterval;
 - `now >= status.nextProbeTime` (or no nextProbeTime recorded).
 `probe.suspend: true` stops all of it.
 
@@ -113,8 +116,13 @@ def _auth_due(account: Account, old: Mapping[str, Any], now: datetime) -> tuple[
 
 
 def probe_decision(*, account: Account, old_status: Mapping[str, Any] | None,
-                   secret_versions: Mapping[str, str], now: datetime) -> Decision:
-    """Decide whether to probe (and authenticate) this account now; see the module docstring."""
+                   secret_versions: Mapping[str, str], now: datetime,
+                   published_secret_missing: bool = False) -> Decision:
+    """Decide whether to probe (and authenticate) this account now; see the module docstring.
+
+    `published_secret_missing`: the Secret named by `status.secretName` does not exist (the
+    caller looked; only the controller watches Secrets).
+    """
     if account.probe.suspend:
         return Decision(False, False, "suspended (spec.probe.suspend: true)")
     old = old_status or {}
@@ -123,6 +131,10 @@ def probe_decision(*, account: Account, old_status: Mapping[str, Any] | None,
     trigger = _spec_triggers(account, old, secret_versions)
     if trigger is not None:
         return Decision(True, True, trigger)
+    if (published_secret_missing and old.get("secretName")
+            and status_condition(old, "Ready").get("status") == "True"):
+        auth, why_auth = _auth_due(account, old, now)
+        return Decision(True, auth, f"published Secret {old['secretName']} missing; {why_auth}")
     next_probe = _parse_or_none(old.get("nextProbeTime"))
     if next_probe is not None and now < next_probe:
         return Decision(False, False, f"next probe at {rfc3339(next_probe)}")
