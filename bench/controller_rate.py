@@ -21,9 +21,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from reconciler.demo.certificates import ThrowawayCA  # noqa: E402
+from reconciler.demo.smtp_servers import ServerLoop, SmtpServerOptions  # noqa: E402
 from reconciler.log import configure_logging  # noqa: E402
 from reconciler.run.controller import Controller  # noqa: E402
-from reconciler.run.demo_servers import ServerLoop, SmtpServerOptions, ThrowawayCA  # noqa: E402
 from tests.kube_fixtures import email_account_crd  # noqa: E402
 from tests.kubeapi import KubeAPIServer  # noqa: E402
 from tests.manifests_factory import loopback_account  # noqa: E402

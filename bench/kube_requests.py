@@ -19,9 +19,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from reconciler.demo.certificates import ThrowawayCA  # noqa: E402
+from reconciler.demo.smtp_servers import ServerLoop, SmtpServerOptions  # noqa: E402
 from reconciler.log import configure_logging  # noqa: E402
 from reconciler.manifest.load import load_paths  # noqa: E402
-from reconciler.run.demo_servers import ServerLoop, SmtpServerOptions, ThrowawayCA  # noqa: E402
 from reconciler.run.reconcile import Reconciler, RunOptions  # noqa: E402
 from reconciler.store.kube import KubeStore  # noqa: E402
 from tests.kube_fixtures import email_account_crd  # noqa: E402

@@ -22,7 +22,8 @@ from common import BENCH, env
 
 
 def serve(count: int, banner_delay: float, mode: str) -> int:
-    from reconciler.run.demo_servers import ServerLoop, SmtpServerOptions, ThrowawayCA
+    from reconciler.demo.certificates import ThrowawayCA
+    from reconciler.demo.smtp_servers import ServerLoop, SmtpServerOptions
 
     ca = ThrowawayCA()
     users: dict[str, str] = {}  # filled in place once the parent has written the accounts

@@ -180,7 +180,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from reconciler.run.demo import run_demo
+    from reconciler.demo.command import run_demo
 
     return run_demo(keep=args.keep, out=sys.stdout)
 

@@ -1,7 +1,7 @@
 """Local HTTPS fakes of the identity providers and Microsoft Graph, for tests on 127.0.0.1.
 
-The fakes live in `reconciler.run.demo_idp` (the demo command uses them too); this module
-re-exports them and adds what only tests need:
+The fakes live in `reconciler.demo` (token_endpoints, https, graph; the demo command uses them
+too); this module re-exports them and adds what only tests need:
 
 - FakeGraph: the demo's Graph plus fault injection (`forbidden` lookups answered 403, a `status`
   such as 503 for every request).
@@ -17,26 +17,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.errors import SecretNotFound
-from reconciler.model import KeyRef
-from reconciler.policy import OPERATOR_SOURCE, Policy, SecretMeta
-from reconciler.run import demo_idp
-from reconciler.run.demo_idp import (
+from reconciler.demo import graph
+from reconciler.demo.graph import graph_error
+from reconciler.demo.https import HttpsFake, Seen
+from reconciler.demo.token_endpoints import (
     CLIENT_ASSERTION_TYPE,
     JWT_BEARER,
     Client,
     GoogleTokenEndpoint,
-    HttpsFake,
     MicrosoftIdentity,
-    Seen,
     b64url,
     b64url_decode,
     fake_access_token,
-    graph_error,
     rsa_key,
     service_account_json,
     split_jwt,
 )
+from reconciler.errors import SecretNotFound
+from reconciler.model import KeyRef
+from reconciler.policy import OPERATOR_SOURCE, Policy, SecretMeta
 
 __all__ = [
     "CLIENT_ASSERTION_TYPE", "JWT_BEARER", "Client", "FakeGraph", "GoogleTokenEndpoint",
@@ -71,7 +70,7 @@ class MemorySecrets:
 
 
 @dataclass
-class FakeGraph(demo_idp.FakeGraph):
+class FakeGraph(graph.FakeGraph):
     """graph.microsoft.com's user lookup, with faults on demand."""
 
     forbidden: set[str] = field(default_factory=set)  # lookups answered 403

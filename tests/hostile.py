@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.run.demo_servers import LOOPBACK, ServerLoop
+from reconciler.demo.certificates import LOOPBACK
+from reconciler.demo.smtp_servers import ServerLoop
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -262,14 +263,10 @@ class HostileBed:
 def start_hostile_bed(root: Path, *, healthy: int = 20, timeout: float = 2.0) -> HostileBed:
     import yaml
 
-    from reconciler.run.demo_idp import (
-        Client,
-        FakeGraph,
-        MicrosoftIdentity,
-        rsa_key,
-        service_account_json,
-    )
-    from reconciler.run.demo_servers import SmtpServerOptions, ThrowawayCA
+    from reconciler.demo.certificates import ThrowawayCA
+    from reconciler.demo.graph import FakeGraph
+    from reconciler.demo.smtp_servers import SmtpServerOptions
+    from reconciler.demo.token_endpoints import Client, MicrosoftIdentity, rsa_key, service_account_json
 
     ns, password, secret = "bench", "healthy-Pa55-7c1e", "graph~S3cret~hostile~0123"
     ca = ThrowawayCA()

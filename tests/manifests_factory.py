@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.run.demo_servers import RunningServer, ServerLoop, SmtpServerOptions, ThrowawayCA
+from reconciler.demo.certificates import ThrowawayCA
+from reconciler.demo.smtp_servers import RunningServer, ServerLoop, SmtpServerOptions
 
 
 def loopback_account(name: str, namespace: str, port: int, *, security: str = "STARTTLS",

@@ -1,7 +1,7 @@
 """Reusable SMTP test helpers: throwaway CA, aiosmtpd servers on 127.0.0.1, fault servers, accounts.
 
-The server machinery lives in `reconciler.run.demo_servers` (the demo command uses it too); this
-module re-exports it and adds what only tests need:
+The server machinery lives in `reconciler.demo.smtp_servers` and `reconciler.demo.certificates` (the
+demo command uses it too); this module re-exports it and adds what only tests need:
 
 - `make_account(**overrides)`: an SMTP `Account` built directly from the model dataclasses.
 - `write_secret(root, namespace, name, key, value)`: a file in a `--secrets-dir` layout.
@@ -22,6 +22,17 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from reconciler.demo.certificates import LOOPBACK, ThrowawayCA
+from reconciler.demo.smtp_servers import (
+    AuthAttempt,
+    DemoServers,
+    ReceivedMessage,
+    RunningServer,
+    ServerLoop,
+    SmtpServerOptions,
+    start_demo_servers,
+    unused_port,
+)
 from reconciler.model import (
     Account,
     Authentication,
@@ -32,18 +43,6 @@ from reconciler.model import (
     Publish,
     SecretReader,
     SmtpSpec,
-)
-from reconciler.run.demo_servers import (
-    LOOPBACK,
-    AuthAttempt,
-    DemoServers,
-    ReceivedMessage,
-    RunningServer,
-    ServerLoop,
-    SmtpServerOptions,
-    ThrowawayCA,
-    start_demo_servers,
-    unused_port,
 )
 
 __all__ = [

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from reconciler.cli import main
+from reconciler.demo.smtp_servers import ServerLoop, SmtpServerOptions
 from reconciler.model import status_condition
 from reconciler.probe.aws import ses_smtp_password
-from reconciler.run.demo_servers import ServerLoop, SmtpServerOptions
 from tests.world import NS, World, servers, world  # noqa: F401
 
 TERRAFORM_VECTORS = [

@@ -303,7 +303,7 @@ def configmap(cluster: Cluster, name: str, pem: str, labels: dict[str, str] | No
 
 def test_truststores_come_from_a_label_selected_watch_and_a_change_reprobes(
         cluster: Cluster) -> None:
-    from reconciler.run.demo_servers import ThrowawayCA
+    from reconciler.demo.certificates import ThrowawayCA
     from reconciler.store.watch import CONFIGMAP_SELECTOR
 
     for n in range(50):  # other ConfigMaps of the namespace: never listed, never cached
@@ -372,7 +372,7 @@ def test_deleted_account_leaves_nothing_behind(cluster: Cluster) -> None:
 
 
 def test_failing_account_backs_off_while_others_stay_fast(cluster: Cluster) -> None:
-    from reconciler.run.demo_servers import unused_port
+    from reconciler.demo.smtp_servers import unused_port
 
     # The account and its Secret exist before the controller starts, so its first list sees both
     # (a Secret that shows up after the account would rightly trigger one more probe at once).

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.run.demo_servers import ThrowawayCA
+from reconciler.demo.certificates import ThrowawayCA
 from tests.fake_idp import LOOPBACK_POLICY
 from tests.test_controller import (
     NEW_PASSWORD,

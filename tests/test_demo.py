@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.run.demo import demo_checker, run_demo
-from reconciler.run.demo_idp import DemoIdentity
-from reconciler.run.demo_servers import ThrowawayCA, start_demo_servers
+from reconciler.demo.certificates import ThrowawayCA
+from reconciler.demo.command import demo_checker, run_demo
+from reconciler.demo.identity import DemoIdentity
+from reconciler.demo.smtp_servers import start_demo_servers
 
 REPO = Path(__file__).resolve().parents[1]
 OAUTH_ROWS = {"gmail-oauth": "STARTTLS", "office365-oauth": "STARTTLS",

@@ -181,7 +181,7 @@ def test_rbac_covers_every_request_the_controller_sends(objects: list[dict[str, 
                                                          api: KubeAPIServer) -> None:
     """Run the controller (plain-text SMTP server absent: the probe fails, which still publishes
     status and events) and check each request against the controller's Roles."""
-    from reconciler.run.demo_servers import ServerLoop, SmtpServerOptions
+    from reconciler.demo.smtp_servers import ServerLoop, SmtpServerOptions
 
     api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
                                "metadata": {"name": "app-smtp", "namespace": SERVED,

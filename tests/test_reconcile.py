@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from reconciler.cli import main
+from reconciler.demo.smtp_servers import RunningServer
 from reconciler.model import status_condition as condition
-from reconciler.run.demo_servers import RunningServer
 from tests.world import NS, PASSWORD, World, mtimes, servers, world  # noqa: F401
 
 

@@ -30,9 +30,9 @@ import pytest
 import yaml
 
 from reconciler.cli import main
+from reconciler.demo.certificates import ThrowawayCA
 from reconciler.errors import StoreError
 from reconciler.model import status_condition
-from reconciler.run.demo_servers import ThrowawayCA
 from reconciler.store.local import LocalStore
 
 NS = "shop"

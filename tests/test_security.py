@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 from reconciler.cli import main
+from reconciler.demo.certificates import ThrowawayCA
 from reconciler.log import configure_logging
 from reconciler.manifest.load import load_paths
 from reconciler.model import status_condition
 from reconciler.policy import CREDENTIAL_LABEL
-from reconciler.run.demo_servers import ThrowawayCA
 from reconciler.run.metrics import HealthServer, Metrics, MetricsServer
 from reconciler.run.reconcile import Reconciler, RunOptions
 from reconciler.secretrefs import KEY_FILE

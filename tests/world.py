@@ -12,12 +12,8 @@ import pytest
 import yaml
 
 from reconciler.cli import main
-from reconciler.run.demo_servers import (
-    RunningServer,
-    ServerLoop,
-    SmtpServerOptions,
-    ThrowawayCA,
-)
+from reconciler.demo.certificates import ThrowawayCA
+from reconciler.demo.smtp_servers import RunningServer, ServerLoop, SmtpServerOptions
 from tests.manifests_factory import loopback_account
 
 NS = "shop"

@@ -2,7 +2,7 @@
 
 Starts STARTTLS, SMTPS and plain SMTP servers on 127.0.0.1 with a throwaway CA, and HTTPS fakes of
 Google's token endpoint, the Microsoft identity platform and Microsoft Graph with the same CA
-(reconciler/run/demo_idp.py). Writes the credentials they accept into a temporary secrets folder
+(reconciler/demo/identity.py). Writes the credentials they accept into a temporary secrets folder
 (passwords, a service-account key, a client secret and certificate, an S/MIME keystore), points
 the example accounts at those servers, reconciles them into a temporary local store and prints
 the table and one published Secret with its values masked. HTTPS trust for msal and our urllib
@@ -28,9 +28,9 @@ import yaml
 from reconciler.errors import UsageError
 
 if TYPE_CHECKING:
+    from reconciler.demo.identity import DemoIdentity
+    from reconciler.demo.smtp_servers import AuthChecker
     from reconciler.model import Account
-    from reconciler.run.demo_idp import DemoIdentity
-    from reconciler.run.demo_servers import AuthChecker
 
 DEMO_NAMESPACE = "demo"
 CA_CONFIGMAP = ("demo-ca", "ca.crt")
@@ -106,7 +106,7 @@ def _enroll_app(auth: Mapping[str, Any], identity: DemoIdentity, secrets_dir: Pa
 
     An app with neither a client secret nor a certificate is a public client (password grant).
     """
-    from reconciler.run.demo_idp import client_certificate
+    from reconciler.demo.token_endpoints import client_certificate
 
     client_id = str(auth["clientId"])
     extra: dict[str, Any] = {"roles": roles} if roles else {}
@@ -259,11 +259,12 @@ def masked_secret(secret: Mapping[str, Any]) -> str:
 
 def run_demo(*, keep: str | None, out: IO[str]) -> int:
     """Run the demo; exit 0 when every demo account is Ready."""
+    from reconciler.demo.certificates import ThrowawayCA
+    from reconciler.demo.identity import DemoIdentity
+    from reconciler.demo.smtp_servers import start_demo_servers
     from reconciler.policy import Policy
     from reconciler.probe.credentials import DirSecretReader
     from reconciler.run.commands import render_report
-    from reconciler.run.demo_idp import DemoIdentity
-    from reconciler.run.demo_servers import ThrowawayCA, start_demo_servers
     from reconciler.run.reconcile import Reconciler, RunOptions
     from reconciler.run.table import format_table, rows
     from reconciler.secretrefs import installation_key

@@ -1,9 +1,9 @@
-"""Local HTTPS fakes of Google's token endpoint, the Microsoft identity platform and Graph.
+"""Local HTTPS fakes of Google's token endpoint and the Microsoft identity platform.
 
 The `demo` command reconciles the OAuth 2.0 and Microsoft Graph examples against them, and the
-test suite (tests/fake_idp.py) builds on them. They listen on 127.0.0.1 with a certificate from a
-`ThrowawayCA` (or a bare trustme.CA, as the tests pass), speak the real wire formats, and verify
-what the real services verify, so msal and our own urllib calls really talk to them:
+test suite (tests/fake_idp.py) builds on them. They are `HttpsFake`s (reconciler/demo/https.py),
+speak the real wire formats, and verify what the real services verify, so msal and our own urllib
+calls really talk to them:
 
 - GoogleTokenEndpoint: RFC 7523 JWT bearer; verifies the RS256 signature against the service
   account's public key and every claim, answers like oauth2.googleapis.com.
@@ -11,30 +11,22 @@ what the real services verify, so msal and our own urllib calls really talk to t
   configuration, user realm, /{tenant}/oauth2/v2.0/token) for client secret, client certificate
   (client assertion signature verified against the certificate) and password grants, with errors
   in the real AADSTS shape.
-- FakeGraph: GET /v1.0/users/{upn}, accepting only tokens the MicrosoftIdentity issued.
-- DemoIdentity: the three together, with enrolment helpers and the XOAUTH2 check an SMTP server
-  needs to accept the tokens they issue.
 
-Stdlib http.server, ssl and cryptography only. Every server is a context manager; close() stops
-its thread and closes every socket.
+It also owns the JWT and key helpers they and their callers share: base64url, JWS splitting, RSA
+keys, a service-account key file, an app registration's client certificate, access tokens.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import secrets as pysecrets
-import socket
-import ssl
-import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -42,17 +34,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from reconciler.run.demo_servers import LOOPBACK, ThrowawayCA
+from reconciler.demo.https import HttpsFake, Seen
 
 if TYPE_CHECKING:
     import trustme
+
+    from reconciler.demo.certificates import ThrowawayCA
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GOOGLE_MAIL_SCOPE = "https://mail.google.com/"
 OUTLOOK_AUDIENCE = "https://outlook.office365.com"
 DEFAULT_TENANT = "11111111-2222-3333-4444-555555555555"
-CERTIFICATE_LIFETIME = dt.timedelta(days=90)
 
 
 # ---------------------------------------------------------------------- JWT and key helpers
@@ -111,100 +104,6 @@ def fake_access_token(claims: Mapping[str, Any]) -> str:
     head = b64url(json.dumps({"typ": "JWT", "alg": "RS256", "kid": "fake"}).encode())
     body = b64url(json.dumps(dict(claims)).encode())
     return f"{head}.{body}.{b64url(pysecrets.token_bytes(32))}"
-
-
-# ---------------------------------------------------------------------- the HTTPS server
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One request a fake received."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes
-
-    def form(self) -> dict[str, str]:
-        return dict(urllib.parse.parse_qsl(self.body.decode()))
-
-
-class _TLSServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, context: ssl.SSLContext, fake: HttpsFake) -> None:
-        self.context, self.fake = context, fake
-        super().__init__((LOOPBACK, 0), _Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        # The handshake happens in the handler thread, on the first read.
-        return self.context.wrap_socket(sock, server_side=True,
-                                        do_handshake_on_connect=False), addr
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _TLSServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib's name)
-        pass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        seen = Seen(self.command, self.path, dict(self.headers.items()), body)
-        fake = self.server.fake
-        with fake.lock:
-            fake.seen.append(seen)
-        status, answer = fake.handle(seen)
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = _serve  # noqa: N815 (stdlib's names)
-
-
-def _server_context(ca: ThrowawayCA | trustme.CA) -> ssl.SSLContext:
-    """A server context with a certificate for 127.0.0.1 and localhost from ca."""
-    if isinstance(ca, ThrowawayCA):
-        # As long-lived as public certificates, so the demo's CERT-DAYS reads like a real one.
-        return ca.server_context(not_after=dt.datetime.now(dt.UTC) + CERTIFICATE_LIFETIME)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(LOOPBACK, "localhost").configure_cert(context)
-    return context
-
-
-class HttpsFake:
-    """Base: a ThreadingHTTPServer on 127.0.0.1 with a certificate from ca."""
-
-    def __init__(self, ca: ThrowawayCA | trustme.CA) -> None:
-        self.lock = threading.Lock()
-        self.seen: list[Seen] = []
-        self._server = _TLSServer(_server_context(ca), self)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"https://{LOOPBACK}:{self._server.server_address[1]}"
-
-    def handle(self, req: Seen) -> tuple[int, Any]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------------- Google
@@ -447,115 +346,3 @@ def _aad_error(error: str, code: int, text: str) -> dict[str, Any]:
         "correlation_id": corr,
         "error_uri": "https://login.microsoftonline.com/error?code=" + str(code),
     }
-
-
-# ---------------------------------------------------------------------- Graph
-
-
-@dataclass
-class FakeGraph(HttpsFake):
-    """graph.microsoft.com's user lookup."""
-
-    ca: ThrowawayCA | trustme.CA
-    idp: MicrosoftIdentity
-    users: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        HttpsFake.__init__(self, self.ca)
-
-    def handle(self, req: Seen) -> tuple[int, Any]:
-        auth = req.headers.get("Authorization", "")
-        with self.idp.lock:
-            known = auth.startswith("Bearer ") and auth[7:] in self.idp.issued
-        if not known:
-            return 401, graph_error("InvalidAuthenticationToken",
-                                    "Access token validation failure.")
-        path = urllib.parse.unquote(urllib.parse.urlsplit(req.path).path)
-        if req.method != "GET" or not path.startswith("/v1.0/users/"):
-            return 400, graph_error("BadRequest", "Unsupported request.")
-        return self.lookup(path.removeprefix("/v1.0/users/"))
-
-    def lookup(self, upn: str) -> tuple[int, Any]:
-        """The answer to an authorised GET /v1.0/users/{upn}."""
-        if upn not in self.users:
-            return 404, graph_error("Request_ResourceNotFound",
-                                    f"Resource '{upn}' does not exist or one of its queried "
-                                    f"reference-property objects are not present.")
-        return 200, {"id": hashlib.md5(upn.encode()).hexdigest(),  # noqa: S324 (an id)
-                     "userPrincipalName": upn, "mail": upn, "displayName": upn.split("@")[0]}
-
-
-def graph_error(code: str, message: str) -> dict[str, Any]:
-    """An error body as graph.microsoft.com sends it."""
-    return {"error": {"code": code, "message": message,
-                      "innerError": {"date": "2026-01-01T00:00:00", "request-id": "r"}}}
-
-
-# ---------------------------------------------------------------------- the demo set
-
-
-class DemoIdentity:
-    """Google, one Microsoft tenant and Graph on 127.0.0.1, sharing the demo's CA."""
-
-    def __init__(self, ca: ThrowawayCA, tenants: Iterable[str] = ()) -> None:
-        names = list(dict.fromkeys(tenants)) or [DEFAULT_TENANT]
-        self._servers: list[HttpsFake] = []
-        try:
-            self.google = self._start(GoogleTokenEndpoint(ca=ca))
-            # One tenant answers to every tenant name the examples use (an id and a domain).
-            self.microsoft = self._start(MicrosoftIdentity(ca=ca, tenant_id=names[0],
-                                                           domains=set(names[1:])))
-            self.graph = self._start(FakeGraph(ca=ca, idp=self.microsoft))
-        except BaseException:
-            self.close()
-            raise
-
-    def _start(self, server: Any) -> Any:
-        self._servers.append(server)
-        return server
-
-    def enroll_service_account(self, subject: str) -> bytes:
-        """Register a new service account allowed to impersonate subject; its key file."""
-        key = rsa_key()
-        email = f"demo-{pysecrets.token_hex(4)}@demo.iam.gserviceaccount.com"
-        self.google.accounts[email] = key.public_key()
-        self.google.subjects.add(subject)
-        return service_account_json(email, key, token_uri=self.google.token_url)
-
-    def enroll_app(self, client_id: str, *, secret: str | None = None,
-                   certificate: x509.Certificate | None = None, public: bool = False,
-                   roles: tuple[str, ...] = ("Mail.Send", "User.Read.All")) -> None:
-        """Register an app (client) in the tenant."""
-        self.microsoft.clients[client_id] = Client(secret=secret, certificate=certificate,
-                                                   roles=roles, public=public)
-
-    def enroll_user(self, upn: str, password: str, scp: str = "Mail.Send User.Read") -> None:
-        """Add a user with delegated permissions scp, and their Graph mailbox."""
-        self.microsoft.users[upn] = (password, scp)
-        self.graph.users.add(upn)
-
-    def enroll_mailbox(self, upn: str) -> None:
-        """A mailbox Graph knows (for application permissions)."""
-        self.graph.users.add(upn)
-
-    def accepts_xoauth2(self, login: str, token: str) -> bool:
-        """Whether an SMTP server should accept AUTH XOAUTH2 user=login with this bearer token."""
-        with self.google.lock:
-            google = self.google.issued.get(token)
-        if google is not None:
-            return bool(google.get("sub") == login)
-        with self.microsoft.lock:
-            microsoft = self.microsoft.issued.get(token)
-        return microsoft is not None and microsoft.get("aud") == OUTLOOK_AUDIENCE
-
-    def close(self) -> None:
-        """Stop every server."""
-        for server in reversed(self._servers):
-            server.close()
-        self._servers.clear()
-
-    def __enter__(self) -> DemoIdentity:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

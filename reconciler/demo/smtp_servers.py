@@ -2,8 +2,9 @@
 
 Everything runs on one asyncio event loop in a daemon thread (`ServerLoop`), so callers — a
 synchronous CLI command or a pytest fixture — can start and stop servers without owning a loop.
-Servers listen on 127.0.0.1 with ephemeral ports. aiosmtpd and trustme are imported only here:
-they are runtime dependencies of the demo, not of the reconciler itself.
+Servers listen on 127.0.0.1 with ephemeral ports and take their certificates from a `ThrowawayCA`
+(reconciler/demo/certificates.py). aiosmtpd is imported only here (trustme only there): they are
+runtime dependencies of the demo, not of the reconciler itself.
 
 Server kinds:
 - `ServerLoop.smtp(SmtpServerOptions(...))`: a real aiosmtpd server in mode STARTTLS, SMTPS or
@@ -25,65 +26,20 @@ import logging
 import socket
 import ssl
 import threading
-import warnings
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from reconciler.demo.certificates import LOOPBACK, ThrowawayCA
+
 T = TypeVar("T")
 Mode = Literal["STARTTLS", "SMTPS", "plain"]
 ScriptKind = Literal["hang", "reject421", "close_in_handshake", "slow"]
-LOOPBACK = "127.0.0.1"
 SLOW_REPLY_DELAY = 0.3
 
 #: checker(mechanism, login, secret) -> True (accept), False (535) or a full reply such as
 #: "454 4.7.0 Temporary authentication failure".
 AuthChecker = Callable[[str, str, str], "bool | str"]
-
-
-# --------------------------------------------------------------------------- certificates
-
-
-class ThrowawayCA:
-    """A private CA (trustme) that issues server certificates for loopback servers."""
-
-    def __init__(self, organization: str = "email-reconciler throwaway CA") -> None:
-        import trustme
-
-        self._ca = trustme.CA(organization_name=organization)
-
-    @property
-    def ca_pem(self) -> str:
-        """The CA certificate as PEM text, the content of a truststore Secret."""
-        return self._ca.cert_pem.bytes().decode("ascii")
-
-    def server_context(
-        self,
-        *identities: str,
-        min_version: ssl.TLSVersion | None = None,
-        max_version: ssl.TLSVersion | None = None,
-        not_before: dt.datetime | None = None,
-        not_after: dt.datetime | None = None,
-    ) -> ssl.SSLContext:
-        """A server SSLContext with a fresh certificate for identities (default: loopback names).
-
-        TLS 1.0/1.1 need OpenSSL security level 0 on OpenSSL 3; it is lowered automatically when
-        max_version is below TLS 1.2.
-        """
-        cert = self._ca.issue_cert(*(identities or (LOOPBACK, "localhost")),
-                                   not_before=not_before, not_after=not_after)
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(ctx)
-        with warnings.catch_warnings():  # TLSVersion.TLSv1/TLSv1_1 are deprecated in ssl
-            warnings.simplefilter("ignore", DeprecationWarning)
-            if max_version is not None and max_version < ssl.TLSVersion.TLSv1_2:
-                ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-                ctx.minimum_version = ssl.TLSVersion.TLSv1
-            if min_version is not None:
-                ctx.minimum_version = min_version
-            if max_version is not None:
-                ctx.maximum_version = max_version
-        return ctx
 
 
 # --------------------------------------------------------------------------- SMTP servers
