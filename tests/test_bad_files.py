@@ -21,7 +21,8 @@ from reconciler.cli import main
 from reconciler.manifest.load import MAX_BYTES, load_paths
 from reconciler.model import status_condition
 from reconciler.run.reconcile import Reconciler, RunOptions
-from reconciler.store.kube import KubeStore, RetryPolicy
+from reconciler.store.kube import KubeStore
+from reconciler.store.kubeclient import RetryPolicy
 from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers, loopback_account, loopback_servers

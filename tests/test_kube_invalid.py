@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.errors import StoreInvalid
 from reconciler.model import status_condition as condition
-from reconciler.store.kube import _causes
+from reconciler.store.kubeclient import _causes
 from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers

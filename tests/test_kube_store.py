@@ -27,10 +27,10 @@ from reconciler.store import open_store
 from reconciler.store.kube import (
     INVENTORY_NAME,
     KubeStore,
-    RetryPolicy,
     merge_patch_for,
     same_as_applied,
 )
+from reconciler.store.kubeclient import RetryPolicy
 from reconciler.store.local import LocalStore
 from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd, valid_spec
 from tests.kubeapi import KubeAPIServer

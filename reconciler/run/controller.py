@@ -507,7 +507,8 @@ class Controller:
     def _store(self) -> Any:
         store = getattr(self._local, "store", None)
         if store is None:
-            from reconciler.store.kube import KubeStore, RetryPolicy
+            from reconciler.store.kube import KubeStore
+            from reconciler.store.kubeclient import RetryPolicy
 
             # One quick retry for a blip; past it the controller-wide backoff takes over (five
             # tries per request, per key, made an outage cost ten times the requests).

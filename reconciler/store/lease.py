@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.errors import StoreConflict, StoreError, StoreForbidden, StoreUnavailable
-from reconciler.store.kube import read_json
+from reconciler.store.kubeclient import read_json
 
 
 class LeaseConflict(StoreConflict):
