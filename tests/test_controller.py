@@ -26,8 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.errors import UsageError
 from reconciler.model import status_condition as condition
-from reconciler.run.controller import Controller, WorkQueue, parse_duration
+from reconciler.run.controller import Controller, parse_duration
 from reconciler.run.leader import LeaderConfig
+from reconciler.run.workqueue import WorkQueue
 from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers

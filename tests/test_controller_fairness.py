@@ -204,7 +204,7 @@ def test_api_outage_makes_no_auth_storm(cluster: Cluster) -> None:
 
 
 def test_changed_keys_go_before_the_clocks_and_the_retries() -> None:
-    from reconciler.run.controller import WorkQueue
+    from reconciler.run.workqueue import WorkQueue
 
     q = WorkQueue()
     for key in (("ns", "timer-1"), ("ns", "timer-2"), ("ns", "changed")):
@@ -217,7 +217,7 @@ def test_changed_keys_go_before_the_clocks_and_the_retries() -> None:
 
 
 def test_api_backoff_grows_once_per_round_and_resets_on_success() -> None:
-    from reconciler.run.controller import ApiBackoff
+    from reconciler.run.workqueue import ApiBackoff
 
     backoff = ApiBackoff(base=10.0, cap=60.0)
     first = backoff.failed()

@@ -1,0 +1,211 @@
+"""The reconcile worker: one key at a time, from the informers' caches to the next time it is due.
+
+`Worker.reconcile(key)` reconciles the account as the caches hold it (a KubeStore primed from
+them, so a reconcile costs no LIST), then queues the key again: on a jittered interval (or its
+nextProbeTime, when sooner) while Ready, after a per-key backoff while not Ready, and only on the
+interval while Stalled. It remembers what it wrote until the watch shows it, and the status it
+decided on but could not write (an API outage), so a retry does not AUTH again; an API server
+failure starts the backoff every worker waits out.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from reconciler.log import get_logger, redact_text
+from reconciler.model import ACCOUNT_LABEL, status_condition
+from reconciler.policy import Policy
+from reconciler.run.metrics import Metrics
+from reconciler.run.workqueue import ApiBackoff, WorkQueue
+from reconciler.store.base import Key
+
+if TYPE_CHECKING:
+    from reconciler.store.watch import Informer, InformerUnion
+
+log = get_logger("reconciler.controller")
+
+
+class Worker:
+    """Reconciles keys taken from the queue; shared by the controller's worker threads."""
+
+    def __init__(self, api_client: Any, *, namespace: str | None, interval: float,
+                 policy: Policy, queue: WorkQueue, api_backoff: ApiBackoff, metrics: Metrics,
+                 accounts: Informer, secrets: InformerUnion, configmaps: Informer) -> None:
+        self.api_client = api_client
+        self.namespace = namespace
+        self.interval = interval
+        self.policy = policy
+        self.queue = queue
+        self.api_backoff = api_backoff
+        self.metrics = metrics
+        self.accounts, self.secrets, self.configmaps = accounts, secrets, configmaps
+        self._lock = threading.Lock()
+        self._generations: dict[Key, int] = {}  # generation last reconciled
+        self._written: dict[Key, dict[str, Any]] = {}  # our last status write, until watched
+        #: The status a reconcile decided on but could not write (API outage): remembered in
+        #: memory so the retry does not AUTH again (DESIGN §3 authInterval; issue 12 item 7).
+        self._unwritten: dict[Key, dict[str, Any]] = {}
+        self.reconciles: Counter[Key] = Counter()  # per key, for tests and logs
+        self._local = threading.local()
+
+    def reconciled_generation(self, key: Key) -> int | None:
+        """The metadata.generation the last reconcile of `key` started from."""
+        with self._lock:
+            return self._generations.get(key)
+
+    def forget(self, key: Key) -> None:
+        """The account is gone: drop what was remembered about it."""
+        with self._lock:
+            self._generations.pop(key, None)
+            self._written.pop(key, None)
+            self._unwritten.pop(key, None)
+
+    def _store(self) -> Any:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            from reconciler.store.kube import KubeStore
+            from reconciler.store.kubeclient import RetryPolicy
+
+            # One quick retry for a blip; past it the controller-wide backoff takes over (five
+            # tries per request, per key, made an outage cost ten times the requests).
+            store = self._local.store = KubeStore(self.api_client, self.namespace,
+                                                  retry=RetryPolicy(attempts=2))
+        return store
+
+    def reconcile(self, key: Key) -> None:
+        """Reconcile the account at `key` as the caches hold it, then queue it again: on the
+        interval (or its nextProbeTime) while Ready or Stalled, after a backoff while not."""
+        from reconciler.run.reconcile import Reconciler, RunOptions
+        from reconciler.store.watch import newest, prime_store, stored_account
+
+        cached = self.accounts.get(key)
+        if cached is None:
+            self.queue.remove(key)
+            return
+        with self._lock:
+            obj = newest(cached, self._written.get(key)) or cached
+            obj = _with_remembered(obj, self._unwritten.get(key))
+        started = time.monotonic()
+        store = self._store()
+        secrets = self.secrets.by_namespace(key[0])
+        prime_store(store, obj, {key[0]: secrets}, {key[0]: self.configmaps.by_namespace(key[0])})
+        with self._lock:  # before the status write, whose watch event must not queue it again
+            self._generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
+        # A deleted published Secret is put back from a fresh probe: probe_decision's input.
+        unpublished = [key] if _unpublished(obj, secrets) else []
+        report = Reconciler(store, store.secret_reader(),
+                            RunOptions(prune=False, concurrency=1, policy=self.policy)
+                            ).reconcile_objects([obj], unpublished=unpublished)
+        self.metrics.duration.observe(time.monotonic() - started)
+        if self.accounts.get(key) is None:
+            self._clean_up_after(key, store, obj)
+            return
+        written = stored_account(store, key)
+        entry = report.accounts[0] if report.accounts else None
+        with self._lock:
+            if written is not None:
+                self._written[key] = written
+            if entry is not None and entry.unwritten:
+                self._unwritten[key] = entry.unwritten
+            elif entry is not None and not entry.error:
+                self._unwritten.pop(key, None)
+        self.reconciles[key] += 1
+        status = entry.status if entry is not None else {}
+        if entry is not None and (_api_unavailable(status) or _api_unavailable(
+                entry.unwritten or {})):
+            pause = self.api_backoff.failed()
+            log.warning("API server unavailable: every worker backs off",
+                        seconds=round(pause, 3), failures=self.api_backoff.failures)
+        elif entry is not None and not entry.error and (entry.status_changed
+                                                        or any(entry.secret_changes.values())):
+            self.api_backoff.succeeded()  # a write went through
+        ready = status_condition(status, "Ready")
+        if entry is not None and entry.probed:
+            self.metrics.probes.labels(reason=str(ready.get("reason") or "Unknown")).inc()
+        if entry is not None and not entry.error:
+            self.metrics.observe_account(key, status)
+        until_probe = _seconds_until(status.get("nextProbeTime"))
+        resync = self.interval * random.uniform(0.9, 1.1)
+        if entry is None or entry.error:
+            result, delay = "error", self.queue.backoff(key)
+            log.warning("reconcile failed", account=f"{key[0]}/{key[1]}",
+                        error=redact_text(str(entry.error if entry else "no report")))
+        elif entry.ready:
+            self.queue.forget(key)
+            result = "ready"
+            delay = resync if until_probe is None else min(resync, max(until_probe, 0.0) + 0.05)
+        elif status_condition(status, "Stalled").get("status") == "True":
+            self.queue.forget(key)  # retrying cannot fix it: wait for a change or the interval
+            result, delay = "not_ready", resync
+        else:
+            result = "not_ready"
+            delay = max(self.queue.backoff(key), (until_probe or 0.0) + 0.05)
+        self.metrics.reconciles.labels(result=result).inc()
+        log.info("reconciled", account=f"{key[0]}/{key[1]}", result=result,
+                 probed=bool(entry and entry.probed), next_in=round(delay, 3))
+        self.queue.add_after(key, delay)
+
+    def _clean_up_after(self, key: Key, store: Any, obj: Mapping[str, Any]) -> None:
+        """The account was deleted while we reconciled it: a Secret we published meanwhile
+        would outlive it until the garbage collector notices, so delete it now."""
+        from reconciler.state.render import is_managed
+
+        spec = obj.get("spec") or {}
+        name = ((spec.get("publish") or {}).get("secretName")
+                or (obj.get("status") or {}).get("secretName") or f"{key[1]}-sender")
+        published = (getattr(store, "_secrets", None) or {}).get(key[0], {}).get(name)
+        labels = ((published or {}).get("metadata") or {}).get("labels") or {}
+        orphan = (spec.get("publish") or {}).get("deletionPolicy") == "Orphan"
+        if (published is not None and is_managed(published) and not orphan
+                and labels.get(ACCOUNT_LABEL) == key[1]):
+            store.delete_secret(key[0], name)
+        self.queue.remove(key)
+        log.info("account deleted during its reconcile; cleaned up", account=f"{key[0]}/{key[1]}")
+
+
+def _unpublished(obj: Mapping[str, Any], secrets: Mapping[str, Any]) -> bool:
+    """Whether the Secret the account's status names as published is missing from the cache."""
+    name = (obj.get("status") or {}).get("secretName")
+    return bool(name) and name not in secrets
+
+
+def _with_remembered(obj: dict[str, Any], unwritten: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The object with the status we decided on but could not write, when the API server does
+    not have it yet: its lastAuthTime, Authenticated condition and the inputs it was decided
+    from, so the retry does not AUTH again. nextProbeTime is dropped: the probe (and the
+    Secret, which is rendered from a probe) is due at once; AUTH only if authInterval says so
+    or an input changed since."""
+    if not unwritten:
+        return obj
+    status = obj.get("status") or {}
+    if status.get("lastAuthTime") == unwritten.get("lastAuthTime") and status.get(
+            "observedGeneration") == unwritten.get("observedGeneration"):
+        return obj
+    out = dict(obj)
+    out["status"] = {k: v for k, v in unwritten.items() if k != "nextProbeTime"}
+    return out
+
+
+def _api_unavailable(status: Mapping[str, Any]) -> bool:
+    """Whether a reconcile's status says the API server failed it (429/5xx/unreachable)."""
+    from reconciler.reasons import API_UNAVAILABLE
+
+    return any(c.get("reason") == API_UNAVAILABLE for c in status.get("conditions") or []
+               if isinstance(c, Mapping))
+
+
+def _seconds_until(timestamp: Any) -> float | None:
+    if not isinstance(timestamp, str) or not timestamp:
+        return None
+    from reconciler.state.schedule import parse_rfc3339
+
+    try:
+        return (parse_rfc3339(timestamp) - datetime.now(UTC)).total_seconds()
+    except ValueError:
+        return None
