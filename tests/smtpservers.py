@@ -114,7 +114,7 @@ def write_secret(root: Path, namespace: str, name: str, key: str, value: str | b
 
 
 class StaticTokens:
-    """A TokenProvider returning a fixed token (the OAuth module provides the real one)."""
+    """A TokenProvider returning a fixed token (reconciler.probe.tokencache provides the real one)."""
 
     def __init__(self, token: str = TOKEN) -> None:
         self.token = token

@@ -23,7 +23,7 @@ from reconciler.model import Account, GraphSpec, KeyRef, Publish
 from reconciler.policy import Policy
 from reconciler.probe import probe_account
 from reconciler.probe.limits import MAX_DEADLINE_SECONDS, overall_deadline
-from reconciler.probe.oauth import TokenCache
+from reconciler.probe.tokencache import TokenCache
 from tests.fake_idp import Client, FakeGraph, MemorySecrets, MicrosoftIdentity
 from tests.hostile import HostileServers
 from tests.smtpservers import LOOPBACK, NOW, ServerLoop

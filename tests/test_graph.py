@@ -18,7 +18,7 @@ from reconciler.model import Account, GraphSpec, KeyRef, ProbeResult, Publish
 from reconciler.probe import probe_account
 from reconciler.probe.credentials import MappingSecretReader
 from reconciler.probe.graph import probe_graph
-from reconciler.probe.oauth import TokenCache
+from reconciler.probe.tokencache import TokenCache
 from tests.fake_idp import LOOPBACK_POLICY, Client, FakeGraph, MemorySecrets, MicrosoftIdentity
 
 NS = "mail"

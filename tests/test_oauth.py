@@ -32,7 +32,8 @@ from reconciler.model import (
 )
 from reconciler.probe import probe_account
 from reconciler.probe.credentials import MappingSecretReader
-from reconciler.probe.oauth import GraphToken, TokenCache, basic_auth_warning, jwt_claims
+from reconciler.probe.microsoft import basic_auth_warning
+from reconciler.probe.tokencache import GraphToken, TokenCache, jwt_claims
 from tests.fake_idp import (
     LOOPBACK_POLICY,
     Client,

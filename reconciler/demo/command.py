@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 DEMO_NAMESPACE = "demo"
 CA_CONFIGMAP = ("demo-ca", "ca.crt")
-CA_ENV = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")  # what msal/requests and oauth.ca_bundle() read
+CA_ENV = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")  # what msal/requests and httpclient.ca_bundle() read
 SMTP_SEND_AS_APP = ("SMTP.SendAsApp",)
 
 

@@ -27,7 +27,7 @@ log = get_logger("reconciler.probe")
 
 
 class TokenProvider(Protocol):
-    """Gets OAuth2 access tokens for SMTP XOAUTH2 (implemented by the OAuth module)."""
+    """Gets OAuth2 access tokens for SMTP XOAUTH2 (implemented by reconciler.probe.tokencache)."""
 
     async def smtp_token(self, account: Account, secrets: SecretReader) -> str | Outcome:
         """An access token, or an Outcome (e.g. TokenRequestFailed) saying why there is none."""
@@ -61,7 +61,7 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
 
         result = await probe_smtp(account, secrets, now=now, authenticate=authenticate,
                                   tokens=tokens)
-        from reconciler.probe.oauth import basic_auth_warning
+        from reconciler.probe.microsoft import basic_auth_warning
 
         deprecated = basic_auth_warning(account, now)
         if deprecated is not None:  # the probe still reports what the server answered

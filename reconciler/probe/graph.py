@@ -28,9 +28,9 @@ from reconciler.model import (
     ProbeResult,
     SecretReader,
 )
-from reconciler.probe.httpclient import Cutoff, ResponseTooLarge, fetch, run_bounded
+from reconciler.probe.httpclient import Cutoff, ResponseTooLarge, fetch, https_context, run_bounded
 from reconciler.probe.limits import current_deadline
-from reconciler.probe.oauth import GraphToken, TokenCache, https_context
+from reconciler.probe.tokencache import GraphToken, TokenCache
 from reconciler.secretrefs import secret_versions
 
 CONNECTIVITY = "Microsoft Graph"

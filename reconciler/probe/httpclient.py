@@ -9,7 +9,8 @@ The blocking work runs in a worker thread (`run_bounded`); the event loop watche
 when an operation's end passes, shuts its socket down, so the thread's `recv` returns at once and
 the thread ends: a server that drips one byte a second holds no thread past the deadline, and the
 process never waits for one at exit. `MsalHttpClient` gives msal (which would use requests, whose
-timeout is per read) the same bounds.
+timeout is per read) the same bounds. `https_context` is the verifying TLS context all of them use
+(the CA bundle named by REQUESTS_CA_BUNDLE / SSL_CERT_FILE, as requests reads it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import http.client
+import os
 import socket
 import ssl
 import threading
@@ -34,6 +36,16 @@ _CHUNK = 64 * 1024
 _WATCH_INTERVAL = 0.25  # how often the loop looks for operations past their end
 
 T = TypeVar("T")
+
+
+def https_context() -> ssl.SSLContext:
+    """A verifying client context honouring REQUESTS_CA_BUNDLE / SSL_CERT_FILE, as requests does."""
+    return ssl.create_default_context(cafile=ca_bundle())
+
+
+def ca_bundle() -> str | None:
+    """The CA bundle named by the environment, if any."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or None
 
 
 class ResponseTooLarge(Exception):
@@ -268,4 +280,4 @@ class MsalHttpClient:
 
 
 __all__ = ["MAX_BODY_BYTES", "Cutoff", "HttpResponse", "MsalHttpClient", "ResponseTooLarge",
-           "fetch", "run_bounded"]
+           "ca_bundle", "fetch", "https_context", "run_bounded"]

@@ -5,7 +5,7 @@
   `mail.smtp.timeout`, Django's `EMAIL_TIMEOUT` and smtplib's `timeout=` use it; the deadline
   (`overall_deadline`: 4 x timeoutSeconds, at most `MAX_DEADLINE_SECONDS`) bounds the whole probe,
   token requests, Graph calls, retries after a 421 and the TLS diagnostic session included.
-  The current probe's deadline is a context variable, so the OAuth module finds it without every
+  The current probe's deadline is a context variable, so the token requests find it without every
   TokenProvider growing a parameter.
 - `Politeness`: process-wide, shared by every run and every controller worker (each with its own
   event loop): at most `max_sessions_per_server` sessions per (host, port), AUTH attempts per

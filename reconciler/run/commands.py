@@ -150,7 +150,7 @@ def _signer(account: Any, secrets: SecretReader) -> Any:
 
 def _token_cache() -> Any:
     try:
-        from reconciler.probe.oauth import TokenCache
+        from reconciler.probe.tokencache import TokenCache
     except ImportError:  # pragma: no cover
         return None
     return TokenCache()

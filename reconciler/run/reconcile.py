@@ -292,7 +292,7 @@ class Reconciler:
         tokens = self.tokens
         if tokens is None:
             try:
-                from reconciler.probe.oauth import TokenCache
+                from reconciler.probe.tokencache import TokenCache
 
                 tokens = TokenCache()
             except ImportError:  # pragma: no cover - OAuth support missing

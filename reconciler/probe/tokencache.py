@@ -1,0 +1,150 @@
+"""The run's OAuth 2.0 access tokens for SMTP XOAUTH2 and Microsoft Graph: one request per client.
+
+`TokenCache` picks the identity provider (reconciler.probe.google for the JWT bearer grant,
+reconciler.probe.microsoft for msal), and runs each prepared request once per client and scope
+per run: accounts sharing a client share the request, concurrent callers wait for the same
+in-flight request, each until its own probe's deadline. Tokens and the secrets that obtain them are
+registered with reconciler.log.register_secret, never logged and never put into a message.
+Expected failures (bad key, wrong secret, unreachable endpoint) come back as ``Outcome(ok=False)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler import reasons
+from reconciler.errors import SecretNotFound
+from reconciler.model import Account, Outcome, SecretReader
+from reconciler.probe.google import google_request
+from reconciler.probe.httpclient import Cutoff, run_bounded
+from reconciler.probe.limits import Deadline
+from reconciler.probe.microsoft import microsoft_graph_request, microsoft_smtp_request
+from reconciler.probe.tokenrequest import Token, TokenRequest, failed, timed_out
+
+
+@dataclass(frozen=True)
+class GraphToken:
+    """An access token with the permission claims read from it (unverified: we are its client)."""
+
+    access_token: str = field(repr=False)
+    roles: tuple[str, ...] = ()  # application permissions
+    scopes: tuple[str, ...] = ()  # delegated permissions (scp)
+    delegated: bool = False  # True for the password grant (user token)
+    expires_in: int | None = None
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """Decode a JWT's payload without verifying it; {} when the token is not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        claims = json.loads(_b64url_decode(parts[1]))
+    except ValueError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+class TokenCache:
+    """Access tokens for one run; implements the SMTP probe's TokenProvider protocol."""
+
+    def __init__(self) -> None:
+        self._done: dict[Hashable, Token | Outcome] = {}
+        self._pending: dict[Hashable, asyncio.Task[Token | Outcome]] = {}
+        self.requests_sent = 0  # token requests that went to an identity provider
+
+    async def smtp_token(self, account: Account, secrets: SecretReader) -> str | Outcome:
+        """The access token for SMTP AUTH XOAUTH2 (authentication.method OAuth2)."""
+        smtp = account.smtp
+        oauth2 = smtp.authentication.oauth2 if smtp is not None else None
+        if smtp is None or oauth2 is None:
+            return failed(f"{account.namespace}/{account.name} has no "
+                          f"spec.smtp.authentication.oauth2: add it or change the method")
+        timeout = smtp.connection.timeout_seconds
+        try:
+            if oauth2.grant_type == "JWTBearer":
+                req = google_request(secrets, account.namespace, oauth2, timeout)
+            else:
+                req = microsoft_smtp_request(secrets, account.namespace, oauth2, timeout)
+            got = req if isinstance(req, Outcome) else await self._run(req)
+        except SecretNotFound as exc:
+            return _secret_missing(exc)
+        return got if isinstance(got, Outcome) else got.access_token
+
+    async def graph_token(self, account: Account, secrets: SecretReader) -> GraphToken | Outcome:
+        """The Microsoft Graph token (sendUsing MicrosoftGraph) with its permission claims."""
+        g = account.graph
+        if g is None:
+            return failed(f"{account.namespace}/{account.name} has no spec.graph: add it")
+        try:
+            req = microsoft_graph_request(secrets, account.namespace, g)
+            got = req if isinstance(req, Outcome) else await self._run(req)
+        except SecretNotFound as exc:
+            return _secret_missing(exc)
+        if isinstance(got, Outcome):
+            return got
+        claims = jwt_claims(got.access_token)
+        roles = claims.get("roles") or []
+        return GraphToken(
+            access_token=got.access_token,
+            roles=tuple(str(r) for r in roles) if isinstance(roles, list) else (),
+            scopes=tuple(str(claims.get("scp") or "").split()),
+            delegated=g.grant_type == "Password",
+            expires_in=got.expires_in,
+        )
+
+    # ------------------------------------------------------------------ sharing one request
+
+    async def _run(self, req: TokenRequest) -> Token | Outcome:
+        return await self._once(req.key, lambda: _bounded(req.work, req.deadline, req.url),
+                                req.deadline, req.url)
+
+    async def _once(self, key: Hashable, fetch: Callable[[], Awaitable[Token | Outcome]],
+                    deadline: Deadline, url: str) -> Token | Outcome:
+        """Run fetch once per key; concurrent callers await the same task, each until its own
+        deadline (the task itself is bounded by the deadline of the probe that started it)."""
+        if key in self._done:
+            return self._done[key]
+        task = self._pending.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._count(fetch))
+            self._pending[key] = task
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline.remaining()))
+        if not done:
+            return timed_out(url, deadline.timeout)
+        self._pending.pop(key, None)
+        result = task.result()
+        self._done[key] = result
+        return result
+
+    async def _count(self, fetch: Callable[[], Awaitable[Token | Outcome]]) -> Token | Outcome:
+        self.requests_sent += 1
+        return await fetch()
+
+
+async def _bounded(work: Callable[[Cutoff], Token | Outcome], deadline: Deadline,
+                   url: str) -> Token | Outcome:
+    """Run a blocking token exchange bounded by the probe's deadline."""
+    try:
+        return await run_bounded(work, end=deadline.end)
+    except TimeoutError:
+        return timed_out(url, deadline.timeout)
+
+
+def _secret_missing(exc: SecretNotFound) -> Outcome:
+    if exc.reason != reasons.SECRET_NOT_FOUND:  # SecretNotAllowed: the message says what to do
+        return Outcome(ok=False, reason=exc.reason, message=str(exc))
+    return Outcome(ok=False, reason=reasons.SECRET_NOT_FOUND,
+                   message=f"{exc}: create it or fix the …SecretRef that names it")
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+__all__ = ["GraphToken", "TokenCache", "jwt_claims"]
