@@ -17,7 +17,7 @@ from reconciler.model import Account, KeyRef, ProbeResult, SecretReader
 from reconciler.policy import SecretMeta
 from reconciler.probe import probe_account, probe_accounts
 from reconciler.probe.credentials import DirSecretReader
-from reconciler.probe.smtp import choose_mechanism
+from reconciler.probe.smtpauth import choose_mechanism
 from tests.smtpservers import (
     NAMESPACE,
     NOW,

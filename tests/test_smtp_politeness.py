@@ -20,7 +20,7 @@ from reconciler import reasons
 from reconciler.model import Account, KeyRef, ProbeResult, ProbeSettings
 from reconciler.probe import limits, probe_account, probe_accounts
 from reconciler.probe.credentials import DirSecretReader
-from reconciler.probe.smtp import ehlo_name
+from reconciler.probe.smtpclient import ehlo_name
 from tests.hostile import HostileServers, MiniSmtp
 from tests.smtpservers import NOW, PASSWORD, USER, ServerLoop, make_account, write_secret
 

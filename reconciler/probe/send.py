@@ -15,7 +15,8 @@ from email.policy import SMTP
 from reconciler import reasons
 from reconciler.model import Account, Outcome, SecretReader
 from reconciler.probe import TokenProvider
-from reconciler.probe.smtp import SmtpClient, run_session
+from reconciler.probe.smtp import run_session
+from reconciler.probe.smtpclient import SmtpClient
 
 Signer = Callable[[EmailMessage], bytes]
 
