@@ -33,11 +33,10 @@ from reconciler.model import (
     SmtpSpec,
 )
 from reconciler.policy import OPERATOR_SOURCE, SecretMeta
+from reconciler.probe.keystore import SigningMaterial, load_signing_material
 from reconciler.probe.signing import (
-    SigningMaterial,
     build_test_message,
     check_signing,
-    load_signing_material,
     sign_message,
     verify_signed_message,
 )

@@ -140,7 +140,8 @@ def _signer(account: Any, secrets: SecretReader) -> Any:
     """A function that S/MIME-signs a message with the account's key, or None without signing."""
     if account.smtp is None or account.smtp.signing is None:
         return None
-    from reconciler.probe.signing import SigningMaterial, load_signing_material, sign_message
+    from reconciler.probe.keystore import SigningMaterial, load_signing_material
+    from reconciler.probe.signing import sign_message
 
     material = load_signing_material(account, secrets)
     if not isinstance(material, SigningMaterial):
