@@ -26,7 +26,7 @@ import pytest
 
 from reconciler import reasons
 from reconciler.model import Outcome, ProbeResult
-from reconciler.state.render import format_warnings
+from reconciler.state.formats import format_warnings
 from tests.clients.runners import SNIPPETS, Client, JavaBuild, Job, clients, symfony_can_refuse
 from tests.clients.secret import (
     ASCII_PASSWORD,

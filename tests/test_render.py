@@ -26,11 +26,11 @@ from reconciler.model import (
     SigningResult,
     SmtpSpec,
 )
+from reconciler.state.formats import format_address
+from reconciler.state.java_properties import properties_text
 from reconciler.state.render import (
     data_hash,
-    format_address,
     is_managed,
-    properties_text,
     render_data,
     render_secret,
     secret_diff,

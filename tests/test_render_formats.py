@@ -21,7 +21,8 @@ import trustme
 from reconciler import reasons
 from reconciler.model import OAuth2, Outcome, ProbeResult
 from reconciler.state.conditions import build_status, find_condition
-from reconciler.state.render import format_warnings, mime_address, render_data
+from reconciler.state.formats import format_warnings, mime_address
+from reconciler.state.render import render_data
 from tests.smtpservers import NOW, make_account
 from tests.system import require_executable
 

@@ -221,7 +221,7 @@ def check_oauth2_provider(a: model.Account, doc: Mapping[str, Any]) -> list[Find
 
 
 #: Published formats whose consumers take a user and password only (issue 15); kept equal to
-#: reconciler.state.render.PASSWORD_ONLY_FORMATS (manifest must not import state).
+#: reconciler.state.formats.PASSWORD_ONLY_FORMATS (manifest must not import state).
 PASSWORD_ONLY_FORMATS = ("url", "symfony", "django")
 
 

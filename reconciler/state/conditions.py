@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from reconciler import reasons
 from reconciler.log import safe_text
 from reconciler.model import REQUESTED_AT_ANNOTATION, Account, Diagnostic, Outcome, ProbeResult
-from reconciler.state.render import format_warnings
+from reconciler.state.formats import format_warnings
 from reconciler.state.schedule import next_probe_time, rfc3339
 
 #: Conditions appear in this order; anything else follows, sorted by type.
