@@ -18,7 +18,7 @@ from reconciler import reasons
 from reconciler.model import Account, ProbeResult, status_condition
 from reconciler.probe import probe_account
 from reconciler.probe.credentials import DirSecretReader
-from reconciler.state.conditions import build_status
+from reconciler.state.status import build_status
 from tests.smtpservers import PASSWORD, RunningServer, make_account
 
 Factory = Callable[..., RunningServer]

@@ -27,15 +27,9 @@ from reconciler.model import (
     SigningResult,
     SmtpSpec,
 )
-from reconciler.state.conditions import (
-    build_status,
-    find_condition,
-    invalid_status,
-    probe_passed,
-    set_condition,
-    status_differs,
-    transitions,
-)
+from reconciler.state.conditions import find_condition, set_condition, transitions
+from reconciler.state.readiness import probe_passed
+from reconciler.state.status import build_status, invalid_status, status_differs
 
 T0 = datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=10)

@@ -20,9 +20,10 @@ import trustme
 
 from reconciler import reasons
 from reconciler.model import OAuth2, Outcome, ProbeResult
-from reconciler.state.conditions import build_status, find_condition
+from reconciler.state.conditions import find_condition
 from reconciler.state.formats import format_warnings, mime_address
 from reconciler.state.render import render_data
+from reconciler.state.status import build_status
 from tests.smtpservers import NOW, make_account
 from tests.system import require_executable
 

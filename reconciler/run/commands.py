@@ -70,7 +70,7 @@ def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
     """`email-reconciler probe`: the seed's Test connectivity, no store at all."""
     from reconciler.manifest.load import load_paths
     from reconciler.probe import probe_accounts
-    from reconciler.state.conditions import build_status
+    from reconciler.state.status import build_status
 
     loaded = load_paths(args.paths)
     _print_diagnostics(loaded, None)

@@ -37,7 +37,7 @@ from reconciler.model import (
 )
 from reconciler.policy import DEFAULT_POLICY, Policy
 from reconciler.secretrefs import secret_versions
-from reconciler.state import conditions, render, schedule
+from reconciler.state import conditions, readiness, render, schedule, status
 from reconciler.store.base import (
     Key,
     StateStore,
@@ -216,14 +216,14 @@ class Reconciler:
         text = redact_text(str(exc))
         meta = (stored or {}).get("metadata") or {}
         old_status = dict((stored or {}).get("status") or {})
-        entry.status = conditions.refused_status(
+        entry.status = status.refused_status(
             old_status=old_status, generation=int(meta.get("generation") or 0), message=text,
             now=now)
         log.error("the API server refused the account", account=f"{account.namespace}/"
                   f"{account.name}", error=text)
         if stored is None or self.options.dry_run:
             return
-        entry.status_changed = conditions.status_differs(old_status, entry.status)
+        entry.status_changed = status.status_differs(old_status, entry.status)
         if entry.status_changed:
             try:
                 self.store.write_status(account.namespace, account.name, entry.status)
@@ -240,7 +240,7 @@ class Reconciler:
             self._finish(account, stored, result, self.published, entry, now)
         except StoreInvalid as exc:  # the status itself was refused: Stalled, no retry loop
             text = redact_text(str(exc))
-            entry.status = conditions.refused_status(
+            entry.status = status.refused_status(
                 old_status=(stored or {}).get("status"), generation=account.generation,
                 message=text, now=now)
             log.error("the API server refused the status", account=f"{account.namespace}/"
@@ -334,17 +334,17 @@ class Reconciler:
         entry.probed = result is not None
         publish_outcome: Outcome | None = None
         try:
-            if result is not None and conditions.probe_passed(account=account,
-                                                              old_status=old_status,
-                                                              result=result):
+            if result is not None and readiness.probe_passed(account=account,
+                                                             old_status=old_status,
+                                                             result=result):
                 publish_outcome = self._publish(account, result, old_status, published, entry)
         except StoreForbidden as exc:
             publish_outcome = Outcome(False, reasons.FORBIDDEN, str(exc))
         except StoreError as exc:
             publish_outcome = Outcome(False, _store_reason(exc), str(exc))
         finally:
-            new_status = conditions.build_status(account=account, old_status=old_status,
-                                                 result=result, published=publish_outcome, now=now)
+            new_status = status.build_status(account=account, old_status=old_status,
+                                             result=result, published=publish_outcome, now=now)
             entry.status = new_status
             self._write_status(account, old_status, new_status, entry, now)
 
@@ -411,7 +411,7 @@ class Reconciler:
 
     def _write_status(self, account: Account, old: Mapping[str, Any], new: Mapping[str, Any],
                       entry: AccountReport, now: datetime) -> None:
-        entry.status_changed = conditions.status_differs(old, new)
+        entry.status_changed = status.status_differs(old, new)
         if not entry.status_changed or self.options.dry_run:
             return
         self.store.write_status(account.namespace, account.name, new)  # raises: _finish_guarded
@@ -437,14 +437,14 @@ class Reconciler:
         old_obj = stored.get(key)
         old_status = dict((old_obj or {}).get("status") or {})
         generation = int(((old_obj or {}).get("metadata") or {}).get("generation") or 0)
-        new_status = conditions.invalid_status(old_status=old_status, generation=generation,
-                                               diagnostics=doc.diagnostics, now=now)
+        new_status = status.invalid_status(old_status=old_status, generation=generation,
+                                           diagnostics=doc.diagnostics, now=now)
         entry = AccountReport(key[0], key[1], status=new_status)
         report.accounts.append(entry)
         if old_obj is None:
             # Nothing stored yet: an invalid manifest is never applied, but it is reported.
             return
-        entry.status_changed = conditions.status_differs(old_status, new_status)
+        entry.status_changed = status.status_differs(old_status, new_status)
         if entry.status_changed and not self.options.dry_run:
             try:
                 self.store.write_status(key[0], key[1], new_status)

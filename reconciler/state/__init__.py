@@ -1,6 +1,8 @@
 """state: pure functions from (account, old status, probe result, now) to status and Secret.
 
-- conditions: the status block and its conditions (DESIGN §5)
+- status: the status block (DESIGN §5)
+- conditions: its conditions (lastTransitionTime, observedGeneration, order) and their events
+- readiness: the chain of checks behind Ready and Stalled
 - schedule: when to probe and authenticate, backoff and jitter
 - render: the published Secret (DESIGN §6)
 - formats, java_properties: what each published format holds (env, URLs, Django, nodemailer,
