@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from reconciler.model import status_condition as condition
-from reconciler.run.reconcile import secret_metadata_differs
+from reconciler.run.account_writer import secret_metadata_differs
 from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers

@@ -22,7 +22,8 @@ from reconciler.manifest.load import load_paths
 from reconciler.model import KeyRef
 from reconciler.model import status_condition as condition
 from reconciler.probe.credentials import DirSecretReader
-from reconciler.run.reconcile import Reconciler, RunOptions, RunReport
+from reconciler.run.reconcile import Reconciler, RunOptions
+from reconciler.run.report import RunReport
 from reconciler.store import open_store
 from reconciler.store.kube import (
     INVENTORY_NAME,
