@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,35 @@ def test_deleted_published_secret_is_recreated(cluster: Cluster) -> None:
     assert cluster.published("billing-sender") is None
     secret = wait_for(lambda: cluster.published("billing-sender"), PATIENCE, "recreated Secret")
     assert secret["SMTP_PASSWORD"] == PASSWORD
+
+
+def test_a_suspended_account_waits_for_the_resync_not_its_stale_next_probe_time(
+        cluster: Cluster) -> None:
+    """A suspended account is never probed, so its nextProbeTime stays where the last probe put
+    it; once that time has passed, requeueing for it would reconcile the account in a loop."""
+    from reconciler.state.schedule import parse_rfc3339
+
+    ctl = cluster.controller()
+    cluster.account("billing", probe={"interval": "2s"})
+    wait_for(lambda: cluster.ready("billing"), PATIENCE, "billing Ready")
+    cluster.patch("emailaccounts", "billing", {"spec": {"probe": {"interval": "2s",
+                                                                 "suspend": True}}})
+    status = wait_for(lambda: (s := cluster.status("billing")).get("suspended") and s,
+                      PATIENCE, "suspended")
+    stale = parse_rfc3339(status["nextProbeTime"])
+    key = (NS, "billing")
+
+    def waiting_for_the_resync() -> bool:
+        # once the stale nextProbeTime has passed, the key's next turn is the resync (600 s)
+        if datetime.now(UTC) <= stale:
+            return False
+        with ctl.queue._cv:
+            due = ctl.queue._due.get(key)
+            return due is not None and due - time.monotonic() > 60 and key not in (
+                ctl.queue._ready + ctl.queue._urgent)
+
+    wait_for(waiting_for_the_resync, PATIENCE, "the resync as billing's next turn")
+    assert cluster.ready("billing")
 
 
 # --------------------------------------------------------------------------- which Secrets (issue 18)

@@ -130,7 +130,10 @@ class Worker:
             self.metrics.probes.labels(reason=str(ready.get("reason") or "Unknown")).inc()
         if entry is not None and not entry.error:
             self.metrics.observe_account(key, status)
-        until_probe = _seconds_until(status.get("nextProbeTime"))
+        # A suspended account is not probed, so its nextProbeTime stays where the last probe put
+        # it; once past, waiting for it would requeue the account at once, over and over.
+        until_probe = None if status.get("suspended") else _seconds_until(
+            status.get("nextProbeTime"))
         resync = self.interval * random.uniform(0.9, 1.1)
         if entry is None or entry.error:
             result, delay = "error", self.queue.backoff(key)
