@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import Row, cli, env, fmt_s
+from common import Row, cli, env, fmt_s, measured
 
 HEALTHY = 20
 TIMEOUT_SECONDS = 3.0
 RSS_TARGET_MB = 120
 
 
-# ru_maxrss of a direct child counts the memory of this (large, by now) bench process that the
-# child shared between fork and exec. A small Python in between forks the CLI from its own small
-# image and reports the CLI's own peak, so the figure does not depend on which benches ran first.
-_MEASURE = (
-    "import os, sys\n"
-    "pid = os.fork()\n"
-    "if pid == 0:\n"
-    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
-    "_, status, usage = os.wait4(pid, 0)\n"
-    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
-    "sys.exit(os.waitstatus_to_exitcode(status) % 256)\n"
-)
 
 
 def hostile_run(work: Path) -> list[Row]:
@@ -47,7 +34,7 @@ def hostile_run(work: Path) -> list[Row]:
         start = time.perf_counter()
         maxrss_file = work / "hostile-maxrss"
         with out.open("wb") as stdout:
-            proc = subprocess.Popen([sys.executable, "-c", _MEASURE, str(maxrss_file), *argv],
+            proc = subprocess.Popen(measured(argv, maxrss_file),
                                     stdout=stdout, stderr=subprocess.DEVNULL, env=child_env)
             proc.wait()
         elapsed = time.perf_counter() - start

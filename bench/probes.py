@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import shlex
 import statistics
 import subprocess
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import Row, cli, env, fmt_ratio, fmt_s
+from common import Row, cli, env, fmt_ratio, fmt_s, measured
 from generate import probe_corpus
 from smtp_servers import ServerProcess
 
@@ -153,14 +152,13 @@ def memory(work: Path, count: int) -> list[Row]:
                 "--output", "json"]
         out = work / "memory-report.json"
         start = time.perf_counter()
+        maxrss_file = work / "memory-maxrss"
         with out.open("wb") as stdout:
-            proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, env=env())
-            assert proc.stderr is not None
-            stderr = proc.stderr.read()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            proc.stderr.close()
+            proc = subprocess.Popen(measured(argv, maxrss_file), stdout=stdout,
+                                    stderr=subprocess.PIPE, env=env())
+            _, stderr = proc.communicate()
         elapsed = time.perf_counter() - start
+        maxrss_kib = int(maxrss_file.read_text())
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"reconcile exited {proc.returncode}: "
                            f"{stderr.decode('utf-8', 'replace')[-500:]}")
@@ -169,7 +167,7 @@ def memory(work: Path, count: int) -> list[Row]:
     if len(report["accounts"]) != count or ready != count:
         raise RuntimeError(f"reconcile --dry-run: {ready} of {len(report['accounts'])} accounts "
                            f"ready, expected {count}")
-    peak_mb = usage.ru_maxrss / 1024  # KiB on Linux
+    peak_mb = maxrss_kib / 1024  # KiB on Linux
     return [Row(figure, f"{peak_mb:.0f} MB", "-", "-", "< 250 MB", peak_mb < 250,
-                f"ru_maxrss of the child (os.wait4); all {count} probed and Ready in "
+                f"the CLI's own ru_maxrss (common.measured); all {count} probed and Ready in "
                 f"{fmt_s(elapsed)}; {sys.platform}")]
