@@ -29,7 +29,6 @@ from reconciler.errors import UsageError
 from reconciler.model import status_condition as condition
 from reconciler.run.controller import Controller, parse_duration
 from reconciler.run.leader import LeaderConfig
-from reconciler.run.workqueue import WorkQueue
 from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers
@@ -651,42 +650,6 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects_garbage(text: str) -> None:
     with pytest.raises(UsageError, match="30s, 10m or 1h30m"):
         parse_duration(text)
-
-
-def test_work_queue_deduplicates_and_requeues_keys_added_while_processing() -> None:
-    q = WorkQueue()
-    a, b = ("ns", "a"), ("ns", "b")
-    for key in (a, b, a, a):
-        q.add(key)
-    assert q.depth() == 2
-    assert q.get(0.1) == a
-    q.add(a)  # while a is being worked on: not handed to a second worker
-    assert q.get(0.1) == b
-    assert q.get(0.05) is None
-    q.done(a)
-    assert q.get(0.1) == a
-    q.done(a)
-    q.done(b)
-    q.shutdown()
-
-
-def test_work_queue_delays_keep_the_earliest_and_backoff_grows_to_a_cap() -> None:
-    q = WorkQueue(base=0.1, cap=1.0)
-    key = ("ns", "a")
-    q.add_after(key, 0.2)
-    q.add_after(key, 5.0)  # a later due time does not postpone the pending one
-    started = time.monotonic()
-    assert q.get(2.0) == key
-    assert 0.15 <= time.monotonic() - started < 1.0
-    q.done(key)
-    delays = [q.backoff(key) for _ in range(8)]
-    for earlier, later in zip(delays[:3], delays[1:4], strict=True):
-        assert later >= earlier  # jitter stays in the upper half: never shrinks while growing
-    assert all(0.5 <= d <= 1.0 for d in delays[4:])  # capped
-    q.forget(key)
-    assert q.failures(key) == 0 and q.backoff(key) <= 0.1
-    q.shutdown()
-    assert q.get(0.1) is None
 
 
 def test_leader_config_rejects_inconsistent_timings() -> None:

@@ -198,33 +198,3 @@ def test_api_outage_makes_no_auth_storm(cluster: Cluster) -> None:
     assert patches <= 4 * 4 * 8 * outage / 6, patches
     published = cluster.published("acct-00-sender") or {}
     assert published.get("SMTP_PASSWORD") == PASSWORD
-
-
-# --------------------------------------------------------------------------- pure parts
-
-
-def test_changed_keys_go_before_the_clocks_and_the_retries() -> None:
-    from reconciler.run.workqueue import WorkQueue
-
-    q = WorkQueue()
-    for key in (("ns", "timer-1"), ("ns", "timer-2"), ("ns", "changed")):
-        q.add(key)
-    q.add(("ns", "changed"), urgent=True)  # already queued: moves ahead
-    q.add(("ns", "new"), urgent=True)
-    order = [q.get(timeout=0) for _ in range(4)]
-    assert order == [("ns", "changed"), ("ns", "new"), ("ns", "timer-1"), ("ns", "timer-2")]
-    assert q.depth() == 0
-
-
-def test_api_backoff_grows_once_per_round_and_resets_on_success() -> None:
-    from reconciler.run.workqueue import ApiBackoff
-
-    backoff = ApiBackoff(base=10.0, cap=60.0)
-    first = backoff.failed()
-    assert 5.0 <= first <= 10.0 and backoff.failures == 1
-    assert backoff.failed() <= first and backoff.failures == 1  # same round: no growth
-    assert backoff.remaining() > 0
-    backoff.succeeded()
-    assert backoff.remaining() == 0 and backoff.failures == 0
-    stopping = threading.Event()
-    backoff.wait(stopping)  # returns at once: no backoff
