@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -138,15 +139,34 @@ class HttpEndpoint:
         try:
             self._loop.run_forever()
         finally:
+            # Stop accepting, but close the server only once every connection already accepted
+            # has its transport: asyncio (3.11) silently drops a connection whose transport is
+            # made after Server.close(), and leaves its socket to the garbage collector.
+            self._loop.remove_reader(self._sock.fileno())
+            self._close_connections(deadline=time.monotonic() + 5)
             self._server.close()
+            self._loop.close()
+
+    def _close_connections(self, *, deadline: float) -> None:
+        """Close every connection before the loop closes, so no socket is left to the garbage
+        collector: those whose sessions run, and those still only queued on the loop (accepted
+        but without a session yet, or closing on the client's EOF)."""
+        import asyncio
+
+        while True:
             # Closing the connections ends their sessions normally (a cancelled session task
             # would be reported by asyncio's streams as an unhandled error).
             for writer in list(self._open):
                 writer.transport.abort()
+            # One pass of the loop runs what is queued: new sessions start, closed transports
+            # release their sockets.
+            self._loop.run_until_complete(asyncio.sleep(0))
             pending = asyncio.all_tasks(self._loop)
-            if pending:
-                self._loop.run_until_complete(asyncio.wait(pending, timeout=5))
-            self._loop.close()
+            if not pending or time.monotonic() >= deadline:
+                # and what the last sessions queued as they ended: their transports' closing
+                self._loop.run_until_complete(asyncio.sleep(0))
+                return
+            self._loop.run_until_complete(asyncio.wait(pending, timeout=0.05))
 
     async def _session(self, reader: Any, writer: Any) -> None:
         import asyncio
