@@ -5,10 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from reconciler.demo.certificates import ThrowawayCA
 from reconciler.demo.smtp_servers import RunningServer, ServerLoop, SmtpServerOptions
+
+
+def write_manifests(folder: Path, *docs: dict[str, Any]) -> Path:
+    """Each manifest as `<folder>/<metadata.name>.yaml`; the folder, created if need be."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for doc in docs:
+        (folder / f"{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc))
+    return folder
 
 
 def loopback_account(name: str, namespace: str, port: int, *, security: str = "STARTTLS",

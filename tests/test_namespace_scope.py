@@ -19,7 +19,7 @@ from reconciler.store.local import LocalStore
 from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers
-from tests.manifests_factory import loopback_account, loopback_servers
+from tests.manifests_factory import loopback_account, loopback_servers, write_manifests
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "ns-s3cr3t"
@@ -38,13 +38,6 @@ def _manifest(servers: Servers, name: str, namespace: str | None) -> dict[str, A
         del doc["metadata"]["namespace"]
     servers.users[f"{name}@example.com"] = PASSWORD
     return doc
-
-
-def _write(folder: Path, *docs: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for doc in docs:
-        (folder / f"{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc))
-    return folder
 
 
 def _cluster_inputs(api: KubeAPIServer, servers: Servers, namespace: str,
@@ -87,7 +80,7 @@ def api() -> Iterator[KubeAPIServer]:
 def test_the_cronjob_arguments_write_namespace_less_manifests_only_to_mail(
         api: KubeAPIServer, servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = _write(tmp_path / "accounts", _manifest(servers, "billing", None),
+    folder = write_manifests(tmp_path / "accounts", _manifest(servers, "billing", None),
                     _manifest(servers, "alerts", None))
     _cluster_inputs(api, servers, "mail", ["billing", "alerts"])
     # The kubeconfig's context says `default`: --namespace=mail must win over it.
@@ -110,7 +103,7 @@ def test_the_cronjob_arguments_write_namespace_less_manifests_only_to_mail(
 def test_the_kubeconfig_context_namespace_is_the_default_without_a_flag(
         api: KubeAPIServer, servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = _write(tmp_path / "accounts", _manifest(servers, "billing", None),
+    folder = write_manifests(tmp_path / "accounts", _manifest(servers, "billing", None),
                     _manifest(servers, "alerts", "other"))
     _cluster_inputs(api, servers, "team-a", ["billing"])
     _cluster_inputs(api, servers, "other", ["alerts"])
@@ -128,7 +121,7 @@ def test_the_kubeconfig_context_namespace_is_the_default_without_a_flag(
 def test_a_manifest_naming_another_namespace_is_an_error_and_nothing_is_written_for_it(
         api: KubeAPIServer, servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = _write(tmp_path / "accounts", _manifest(servers, "billing", None),
+    folder = write_manifests(tmp_path / "accounts", _manifest(servers, "billing", None),
                     _manifest(servers, "intruder", "payments"))
     _cluster_inputs(api, servers, "mail", ["billing"])
     monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
@@ -144,7 +137,7 @@ def test_a_manifest_naming_another_namespace_is_an_error_and_nothing_is_written_
 
 
 def test_local_mode_follows_the_same_rule(servers: Servers, tmp_path: Path) -> None:
-    folder = _write(tmp_path / "accounts", _manifest(servers, "billing", None),
+    folder = write_manifests(tmp_path / "accounts", _manifest(servers, "billing", None),
                     _manifest(servers, "intruder", "payments"))
     secrets = tmp_path / "secrets" / "mail" / "billing-smtp"
     secrets.mkdir(parents=True)

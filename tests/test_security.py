@@ -33,6 +33,7 @@ from reconciler.secretrefs import KEY_FILE
 from reconciler.store.kube import KubeStore
 from tests.kube_fixtures import email_account_crd
 from tests.kubeapi import KubeAPIServer
+from tests.manifests_factory import write_manifests
 from tests.recording_servers import RecordingSmtp, echo_forms, recording_https, recording_smtp
 
 NS = "shop"
@@ -90,13 +91,6 @@ def oauth_doc(name: str, token_url: str, port: int) -> dict[str, Any]:
     return doc
 
 
-def write_docs(folder: Path, *docs: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for doc in docs:
-        (folder / f"{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc))
-    return folder
-
-
 def forms_absent(text: str, secret: str = MARKER) -> None:
     for form in echo_forms(secret, "x@example.com"):
         assert form not in text, f"{form!r} leaked"
@@ -123,7 +117,7 @@ class Local:
 
     def run(self, capsys: pytest.CaptureFixture[str], *docs: dict[str, Any], extra: tuple[str, ...] = ()
             ) -> tuple[int, str]:
-        write_docs(self.accounts, *docs)
+        write_manifests(self.accounts, *docs)
         log = io.StringIO()
         configure_logging("console", "debug", log)
         code = main(["reconcile", str(self.accounts), "--store", f"local:{self.store}",
@@ -294,7 +288,7 @@ class Cluster:
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
 
     def reconcile(self, *docs: dict[str, Any], log: io.StringIO) -> Any:
-        folder = write_docs(self.root / "accounts", *docs)
+        folder = write_manifests(self.root / "accounts", *docs)
         configure_logging("json", "debug", log)
         with KubeStore(self.api.api_client()) as store:
             return Reconciler(store, store.secret_reader(), RunOptions()).run(
@@ -400,7 +394,7 @@ def test_probe_secrets_from_cluster_applies_the_same_rules(
     cluster.secret("db-credentials", {"password": MARKER})  # not opted in
     kubeconfig = cluster.api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    folder = write_docs(tmp_path / "probe", smtp_doc("evil", attacker.port))
+    folder = write_manifests(tmp_path / "probe", smtp_doc("evil", attacker.port))
     assert main(["probe", str(folder), "--secrets-from-cluster", "-o", "json"]) == 1
     out = capsys.readouterr().out
     assert "SecretNotAllowed" in out and CREDENTIAL_LABEL in out

@@ -82,6 +82,19 @@ STAGE_TEXT = {
 Transaction = Callable[[SmtpClient], Awaitable[Outcome]]
 
 
+def _ready_220(st: SessionState, where: str, reply: Reply, step: str, refused: str) -> bool:
+    """Whether `reply` is the 220 the step waits for (the greeting, the go-ahead for STARTTLS);
+    otherwise the session's outcome: busy on a 421, refused on anything else."""
+    if reply.code == 421:
+        _busy(st, where, reply, step)
+        return False
+    if reply.code != 220:
+        st.connection = Outcome(False, reasons.SERVER_REJECTED,
+                                f"{where} refused {refused}: {reply.text}")
+        return False
+    return True
+
+
 def _busy(st: SessionState, where: str, reply: Reply, step: str) -> None:
     """A 421 (service not available, closing): retry later, within the deadline."""
     st.busy = True
@@ -121,12 +134,7 @@ async def converse(st: SessionState, account: Account, ctx: ssl.SSLContext, trus
             return
         st.begin("greeting")
         greeting = await client.read_reply()
-        if greeting.code == 421:
-            _busy(st, where, greeting, "greeting")
-            return
-        if greeting.code != 220:
-            st.connection = Outcome(False, reasons.SERVER_REJECTED,
-                                    f"{where} refused the session: {greeting.text}")
+        if not _ready_220(st, where, greeting, "greeting", "the session"):
             return
         st.done("greeting", "ehlo")
         if not await _ehlo(st, account):
@@ -141,12 +149,7 @@ async def converse(st: SessionState, account: Account, ctx: ssl.SSLContext, trus
                 return
             st.begin("starttls")
             reply = await client.command("STARTTLS")
-            if reply.code == 421:
-                _busy(st, where, reply, "STARTTLS")
-                return
-            if reply.code != 220:
-                st.connection = Outcome(False, reasons.SERVER_REJECTED,
-                                        f"{where} refused STARTTLS: {reply.text}")
+            if not _ready_220(st, where, reply, "STARTTLS", "STARTTLS"):
                 return
             st.done("starttls", "tls")
             if not await _handshake(st, account, ctx, truststore, now):
