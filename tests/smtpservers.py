@@ -60,7 +60,11 @@ PASSWORD_REF = KeyRef("smtp-credentials", "password",
                       field="/spec/smtp/authentication/passwordSecretRef")
 TRUSTSTORE_REF = KeyRef("mail-ca", "ca.crt", kind="ConfigMap",
                         field="/spec/smtp/connection/truststore/configMapRef")
-NOW = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
+# The probes of these tests talk TLS to real servers, and OpenSSL checks certificates against the
+# wall clock: so the clock the tests inject is the wall clock, read once, and every certificate
+# of server_context() is dated from it too (a fixed date here broke the "expiring" test once the
+# calendar passed it). Pure tests with no TLS keep their own fixed dates.
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def make_account(**o: Any) -> Account:
@@ -134,10 +138,10 @@ def server_context(ca: ThrowawayCA, variant: str = "default") -> ssl.SSLContext:
     if variant == "tls11_only":
         return ca.server_context(max_version=ssl.TLSVersion.TLSv1_1)
     if variant == "expired":
-        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+        past = NOW - dt.timedelta(days=2)
         return ca.server_context(not_before=past - dt.timedelta(days=30), not_after=past)
     if variant == "expiring":
-        soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=5)
+        soon = NOW + dt.timedelta(days=5)
         return ca.server_context(not_after=soon)
     if variant == "wrong_host":
         return ca.server_context("mail.other-host.test")

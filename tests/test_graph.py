@@ -25,7 +25,7 @@ NS = "mail"
 UPN = "billing@contoso.com"
 CLIENT_SECRET = "graph~S3cret~value~0123456789"
 USER_PASSWORD = "Tr0ub4dor&3-graph"
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
+NOW = datetime.now(UTC)  # the wall clock, as OpenSSL checks the certificates against it
 RSA_CA = trustme.CA(key_type=trustme.KeyType.RSA)  # Entra takes RSA client certificates only
 
 
