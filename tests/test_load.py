@@ -152,7 +152,7 @@ def test_validate_text_output_and_exit_1(tmp_path: Path) -> None:
     assert run_validate([str(f)], output="text", out=out) == 1
     lines = out.getvalue().splitlines()
     assert lines == [f"{f}:13:13: document 1: /spec/smtp/connection/port: must be <= 65535",
-                     "1 files, 0 accounts, 1 errors, 0 warnings"]
+                     "1 file, 0 accounts, 1 error, 0 warnings"]
 
 
 def test_validate_json_output(tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_show_effective_prints_preset_host_and_port(tmp_path: Path) -> None:
     assert run_validate([str(ROOT / "accounts" / "yahoo-marketing.yaml")], show_effective=True,
                         out=out) == 0
     # diagnostics (here the app-password note) come first, then the effective documents
-    effective = next(yaml.safe_load_all(out.getvalue().split("---\n", 1)[1].rsplit("\n1 files",
+    effective = next(yaml.safe_load_all(out.getvalue().split("---\n", 1)[1].rsplit("\n1 file,",
                                                                               1)[0]))
     conn = effective["spec"]["smtp"]["connection"]
     assert (conn["host"], conn["port"], conn["security"]) == ("smtp.mail.yahoo.com", 465, "SMTPS")

@@ -214,7 +214,7 @@ def test_provider_rule_diagnostics_name_file_document_and_field(tmp_path: Path) 
     assert (f"{path}:" in text and "document 2: /spec/smtp/authentication/method: provider "
             "outlook" in text), text
     assert "document 1: /spec/smtp/authentication/passwordSecretRef: note: provider gmail" in text
-    assert "1 errors, 0 warnings, 1 notes" in text
+    assert "1 error, 0 warnings, 1 note" in text
 
 
 def test_aws_access_key_effective_manifest(tmp_path: Path) -> None:

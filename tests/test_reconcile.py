@@ -375,3 +375,20 @@ def test_published_pkcs12_changes_only_with_its_keystore(world: World,
     assert fourth["signing.p12"] != first["signing.p12"]
     if keystore_password is None:  # derived from the key: a new key, a new password
         assert fourth["SIGNING_P12_PASSWORD"] != first["SIGNING_P12_PASSWORD"]
+
+
+def test_reconcile_of_a_folder_as_in_git_skips_other_kinds(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.account("billing")
+    (world.accounts / "kustomization.yaml").write_text("resources: [billing.yaml, ns.yaml]\n")
+    (world.accounts / "ns.yaml").write_text(
+        f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\n"
+        f"apiVersion: v1\nkind: Secret\nmetadata: {{name: billing, namespace: {NS}}}\n"
+        "stringData: {password: not-in-any-output}\n")
+    assert world.reconcile() == 0
+    captured = capsys.readouterr()
+    assert "note: skipped: a Namespace (v1)" in captured.err
+    assert "warning: a Secret with data is committed here" in captured.err
+    assert "not-in-any-output" not in captured.out + captured.err
+    assert condition(world.status("billing"), "Ready")["status"] == "True"
+    assert not (world.store / NS / "emailaccounts" / "ns.yaml").exists()

@@ -179,3 +179,91 @@ def test_ordinary_values_are_not_mistaken_for_credentials(value: str) -> None:
     doc = _doc()
     doc["spec"]["description"] = value  # type: ignore[index]
     assert validate_document(doc) == []
+
+
+# --------------------------------------------------------------------------- GitOps folders
+
+_OTHERS = {
+    "kustomization.yaml": "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+                          "resources: [namespace.yaml, smtp-secret.yaml, accounts.yaml]\n",
+    "namespace.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    "smtp-secret.yaml": "apiVersion: v1\nkind: Secret\nmetadata: {name: billing-smtp, namespace: "
+                        "shop}\nstringData: {password: correct-horse-battery-staple}\n",
+}
+
+
+def _mixed_folder(root: Path, *, port: object = 587) -> Path:
+    """A folder as it is in git: a kustomization, a Namespace, a Secret with data, 2 accounts."""
+    import yaml
+
+    from tests.manifests_factory import loopback_account
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in _OTHERS.items():
+        (root / name).write_text(text)
+    billing = loopback_account("billing", "shop", 587)
+    alerts = loopback_account("alerts", "shop", 587)
+    alerts["spec"]["smtp"]["connection"]["port"] = port
+    (root / "accounts.yaml").write_text(yaml.safe_dump_all([billing, alerts]))
+    return root
+
+
+def test_a_folder_as_in_git_validates_with_one_note_per_other_document(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+
+    folder = _mixed_folder(tmp_path / "apps")
+    assert main(["validate", str(folder)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert f"{folder / 'kustomization.yaml'}:1:1: note: skipped: a kustomization, " \
+           "not an EmailAccount" in lines
+    assert any(line.startswith(f"{folder / 'namespace.yaml'}:2:7: document 1: /kind: note: "
+                               "skipped: a Namespace (v1)") for line in lines), out
+    secret = [line for line in lines if "smtp-secret.yaml" in line]
+    assert len(secret) == 1 and "warning:" in secret[0], out
+    assert "SOPS" in secret[0] and "Sealed" in secret[0] and "ExternalSecret" in secret[0]
+    assert "passwordSecretRef" not in out and "correct-horse" not in out
+    assert lines[-1] == "4 files, 2 accounts, 0 errors, 1 warning, 2 notes"
+
+
+def test_an_emailaccount_error_in_a_folder_as_in_git_still_fails(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+
+    folder = _mixed_folder(tmp_path / "apps", port=99999)
+    assert main(["validate", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "accounts.yaml:" in out and "document 2: /spec/smtp/connection/port: must be <= " \
+                                       "65535" in out
+    assert out.splitlines()[-1].startswith("4 files, 1 account, 1 error, 1 warning")
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    # ours, with a typo in the kind or a wrong version: still validated (an error), not skipped
+    ("apiVersion: email.reconciler.io/v1alpha1\nkind: EmailAcount\n", "kind must be EmailAccount"),
+    ("apiVersion: v1\nkind: EmailAccounts\n", "kind must be EmailAccount"),
+])
+def test_a_misspelt_emailaccount_is_not_skipped(tmp_path: Path, text: str, words: str) -> None:
+    (tmp_path / "a.yaml").write_text(text + "metadata: {name: a}\nspec: {provider: gmail}\n")
+    result = load_paths([str(tmp_path)])
+    assert any(words in d.message and d.severity == "error" for d in result.diagnostics), \
+        [str(d) for d in result.diagnostics]
+
+
+def test_a_sops_encrypted_secret_gets_a_note_not_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+                                     "data: {password: 'ENC[AES256_GCM,data:abc]'}\n"
+                                     "sops: {version: 3.9.0}\n")
+    result = load_paths([str(tmp_path)])
+    assert [(d.severity, d.message) for d in result.diagnostics] == [
+        ("note", "skipped: a Secret (v1), not an EmailAccount")]
+
+
+def test_validate_of_no_files_is_an_error(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+
+    (tmp_path / "README.md").write_text("no manifests here\n")
+    assert main(["validate", str(tmp_path)]) == 2
+    assert f"no manifest files (*.yaml, *.yml) under {tmp_path}" in capsys.readouterr().err

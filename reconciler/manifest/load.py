@@ -22,7 +22,7 @@ from reconciler import model
 from reconciler.errors import UsageError
 from reconciler.manifest import pool, yamlnodes
 from reconciler.manifest.account import account_from_manifest
-from reconciler.manifest.validate import validate_manifest
+from reconciler.manifest.validate import KUSTOMIZATION_FILES, other_kind, validate_manifest
 
 __all__ = ["MAX_BYTES", "InvalidDocument", "LoadResult", "account_from_manifest", "load_bytes",
            "load_paths", "manifest_files"]
@@ -73,6 +73,7 @@ class _Doc:
     root: yaml.Node | None = None
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)  # once root is dropped
     account: model.Account | None = None  # built by validation: kept while the document is valid
+    skipped: bool = False  # an object of another kind (a Namespace, a Secret): its note only
 
     @property
     def valid(self) -> bool:
@@ -185,6 +186,9 @@ def load_bytes(data: bytes, file: str) -> tuple[list[_Doc], list[model.Diagnosti
             if yamlnodes.is_empty(root):
                 continue
             doc = _document(loader, root, file, index)
+            if doc.skipped:  # not ours: its note or warning is all it leaves
+                errors += doc.diagnostics
+                continue
             doc.forget_nodes()
             docs.append(doc)
     except yaml.YAMLError as exc:
@@ -212,6 +216,14 @@ def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
     except Exception as exc:  # noqa: BLE001 - e.g. an impossible timestamp such as 2001-02-30
         doc.diagnostics.append(_file_error(
             file, f"cannot read a value ({type(exc).__name__}); quote it", line, col, index))
+        return doc
+    skip = other_kind(doc.data)
+    if skip is not None:
+        pointer, message, severity = skip
+        pline, pcol = yamlnodes.locate(root, pointer)
+        doc.diagnostics.append(model.Diagnostic(file, pline, pcol, index, pointer, message,
+                                                severity))
+        doc.skipped = True
         return doc
     try:
         diagnostics, doc.account = validate_manifest(
@@ -374,6 +386,10 @@ def _load_files(files: Sequence[str]) -> list[tuple[list[model.Diagnostic], list
     """(file errors, documents) of each file, in order: the per-file work, done anywhere."""
     per_file: list[tuple[list[model.Diagnostic], list[_Doc]]] = []
     for file in files:
+        if os.path.basename(file) in KUSTOMIZATION_FILES:
+            per_file.append(([model.Diagnostic(file, 1, 1, None, "", "skipped: a kustomization, "
+                                               "not an EmailAccount", "note")], []))
+            continue
         data = _read_manifest(file)
         if isinstance(data, model.Diagnostic):
             per_file.append(([data], []))

@@ -13,6 +13,11 @@ from reconciler.errors import UsageError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
+def plural(count: int, word: str) -> str:
+    """"1 file", "2 files", "0 errors": the count and the word it governs."""
+    return f"{count} {word if count == 1 else word + 's'}"
+
+
 def _diag_json(d: model.Diagnostic) -> dict[str, Any]:
     return {"file": d.file, "line": d.line, "column": d.column, "document": d.document,
             "pointer": d.pointer, "message": d.message}
@@ -37,6 +42,10 @@ def _run_validate(paths: Sequence[str], output: str, show_effective: bool, out: 
         result = load_paths(paths, parallel=True)  # the CLI process runs no other thread
     except UsageError as exc:
         sys.stderr.write(f"email-reconciler validate: error: {exc}\n")
+        return EXIT_USAGE
+    if result.files == 0:
+        sys.stderr.write(f"email-reconciler validate: error: no manifest files (*.yaml, *.yml) "
+                         f"under {', '.join(paths)}\n")
         return EXIT_USAGE
     errors = [d for d in result.diagnostics if d.severity == "error"]
     warnings = [d for d in result.diagnostics if d.severity == "warning"]
@@ -63,7 +72,7 @@ def _run_validate(paths: Sequence[str], output: str, show_effective: bool, out: 
             for a in result.accounts:
                 out.write("---\n")
                 out.write(yaml.safe_dump(effective_manifest(a), sort_keys=False))
-        noted = f", {len(notes)} notes" if notes else ""
-        out.write(f"{result.files} files, {len(result.accounts)} accounts, {len(errors)} errors, "
-                  f"{len(warnings)} warnings{noted}\n")
+        noted = f", {plural(len(notes), 'note')}" if notes else ""
+        out.write(f"{plural(result.files, 'file')}, {plural(len(result.accounts), 'account')}, "
+                  f"{plural(len(errors), 'error')}, {plural(len(warnings), 'warning')}{noted}\n")
     return EXIT_OK if result.ok else EXIT_FAIL

@@ -147,3 +147,18 @@ def _scan(node: Any, parent: str, found: list[tuple[str, str]]) -> None:
 
 def _dotted(pointer: str) -> str:
     return pointer.lstrip("/").replace("/", ".")
+
+
+def committed_secret(doc: dict[str, Any]) -> str | None:
+    """The warning for a plain v1 Secret carrying data in a manifest folder, else None.
+
+    A SOPS-encrypted Secret (a top-level `sops:` block) holds ciphertext only, so it passes.
+    The message names no key and no value.
+    """
+    if doc.get("kind") != "Secret" or "sops" in doc:
+        return None
+    if not any(isinstance(doc.get(k), dict) and doc.get(k) for k in ("data", "stringData")):
+        return None
+    return ("a Secret with data is committed here: anyone who can read the repository can read "
+            "its values; encrypt it with SOPS, or commit a SealedSecret or an ExternalSecret "
+            "instead (skipped: not an EmailAccount)")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from reconciler import model
 from reconciler.manifest import load_schema
 from reconciler.manifest.compiled_schema import CompiledSchema
-from reconciler.manifest.secrets_scan import escape, scan_document
+from reconciler.manifest.secrets_scan import committed_secret, escape, scan_document
 
 if TYPE_CHECKING:  # imported when a document needs its messages: 40 ms of start-up otherwise
     import jsonschema
@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # imported when a document needs its messages: 40 ms of start
 Locate = Callable[[str], tuple[int, int]]
 Severity = Literal["error", "warning", "note"]
 
+GROUP = "email.reconciler.io"
+KIND = "EmailAccount"
+#: File names kustomize reads as a kustomization: never an EmailAccount, skipped whole.
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 _EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _REQUIRED = re.compile(r"^'(.+)' is a required property$")
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
@@ -193,3 +197,30 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
     for pointer, message, severity in [*check_object_meta(doc), *check_account(account, doc)]:
         out.append(_diag(file, document, locate, pointer, message, severity))
     return out, account
+
+
+def other_kind(doc: Any) -> tuple[str, str, Severity] | None:
+    """(pointer, message, severity) when a document is an object of another kind, else None.
+
+    A GitOps folder holds more than EmailAccounts (a Namespace, a ConfigMap, a Kustomization):
+    those are skipped with a note, so only EmailAccounts can fail a run. A document that means to
+    be ours (our API group, or a kind one typo away from EmailAccount) is validated as one, so a
+    typo stays an error. A plain Secret with data gets a warning instead of the note.
+    """
+    if not isinstance(doc, dict):
+        return None
+    kind, api = doc.get("kind"), doc.get("apiVersion")
+    if not isinstance(kind, str) or not kind or kind == KIND:
+        return None
+    if isinstance(api, str) and api.split("/")[0] == GROUP:
+        return None
+    import difflib
+
+    if difflib.get_close_matches(kind, [KIND], n=1, cutoff=0.8):
+        return None
+    warning = committed_secret(doc)
+    if warning is not None:
+        return "/data" if "data" in doc else "/stringData", warning, "warning"
+    what = f"{kind} ({api})" if isinstance(api, str) and api else kind
+    article = "an" if kind[0] in "AEIOU" else "a"
+    return "/kind", f"skipped: {article} {what}, not an EmailAccount", "note"
