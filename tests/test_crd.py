@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from reconciler.manifest.crd import render_crd
+from tests.crd_types import TypedSchema, rule_sites
 
 ROOT = Path(__file__).parent.parent
 
@@ -103,3 +104,61 @@ def test_kubectl_kustomize_renders_the_crd() -> None:
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
     assert [c["metadata"]["name"] for c in crds] == ["emailaccounts.email.reconciler.io"]
     assert crds[0]["spec"] == _crd()["spec"]
+
+
+# The apiserver type-checks every rule when the CRD is created (issue 22 item 7): cel-python in
+# tests/kubeapi is dynamically typed, so it is the C++ CEL's type checker that decides here.
+def _rules(root: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    return [(path or ".", node, rule["rule"]) for path, node in rule_sites(root)
+            for rule in node.get("x-kubernetes-validations", [])]
+
+
+def test_every_rule_type_checks_against_its_declared_types() -> None:
+    root = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    types = TypedSchema(root)
+    rules = _rules(root)
+    assert len(rules) > 20
+    errors = [f"{path}: {rule}\n  {error}" for path, node, rule in rules
+              if (error := types.check(node, rule))]
+    assert not errors, "\n".join(errors)
+
+
+def test_map_key_rules_sit_on_the_map_only() -> None:
+    spec = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    publish, smtp = spec["properties"]["publish"], spec["properties"]["smtp"]
+    for m in (publish["properties"]["labels"], publish["properties"]["annotations"],
+              smtp["properties"]["advanced"]):
+        assert m["x-kubernetes-validations"], m
+        assert "x-kubernetes-validations" not in m["additionalProperties"]
+
+
+_OBJ = {"type": "object", "properties": {
+    "port": {"type": "integer"}, "host": {"type": "string"}, "namespace": {"type": "string"},
+    "tags": {"type": "array", "items": {"type": "string"}},
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "refs": {"type": "object", "additionalProperties": {
+        "type": "object", "properties": {"name": {"type": "string"}}}}}}
+
+
+@pytest.mark.parametrize(("where", "rule", "fails"), [
+    ((), "self.port == 25 && self.host.matches('^a')", False),
+    ((), "self.labels.all(k, k.size() < 64) && self.tags.all(t, t != '')", False),
+    ((), "self.refs.all(k, self.refs[k].name != '') && self.__namespace__ != ''", False),
+    ((), "has(self.port) && self.metadata.name.size() < 10", False),
+    ((), "self.port == 'x'", True),                  # int compared with a string
+    ((), "self.prot == 25", True),                   # no such field
+    ((), "self.port", True),                         # not a bool
+    ((), "self.metadata.labels.size() > 0", True),   # the apiserver shows only name, generateName
+    (("labels", "additionalProperties"), "self.all(k, k != '')", True),  # all() on a string
+    (("labels", "additionalProperties"), "self.size() < 10", False),
+    (("tags", "items"), "self.startsWith('a')", False),
+    (("refs", "additionalProperties"), "self.name != ''", False),
+])
+def test_type_checker_refuses_what_the_apiserver_refuses(where: tuple[str, ...], rule: str,
+                                                         fails: bool) -> None:
+    root = {"type": "object", "properties": {"metadata": {"type": "object"}, **_OBJ["properties"]}}
+    types = TypedSchema(root)
+    node = root
+    for key in where:
+        node = node["properties"][key] if key in node.get("properties", {}) else node[key]
+    assert (types.check(node, rule) is not None) == fails, types.check(node, rule)
