@@ -5,7 +5,8 @@ stops every server it started and drops their connections.
 
 - HTTP(S): `http_drip` answers one byte a second; `http_endless` sends an endless body.
 - SMTP: `smtp_endless_ehlo` (an endless `250-` EHLO reply), `smtp_endless_535` (an endless
-  `535-` AUTH reply), and `MiniSmtp`: banner/AUTH delays, a concurrency limit answered with 421,
+  `535-` AUTH reply), `smtp_starttls_injection` (forged replies sent with the `220` to
+  STARTTLS, then a TLS server refusing the password), and `MiniSmtp`: banner/AUTH delays, a concurrency limit answered with 421,
   Dovecot-like penalty delay after a wrong password, sender and TLS rules at MAIL FROM, 503 for
   AUTH when not advertised; it records every command and the EHLO names it saw.
 """
@@ -112,6 +113,37 @@ class HostileServers:
                 else:
                     writer.write(b"250 ok\r\n")
                 await writer.drain()
+        return self.start(handler)
+
+    def smtp_starttls_injection(self, tls: ssl.SSLContext, commands: list[str]) -> int:
+        """STARTTLS answered `220` with forged `250` (EHLO) and `235` (AUTH) in the same write
+        (CVE-2011-0411); then a real TLS server that refuses every password (535). `commands`
+        gets what the TLS server receives (AUTH as its verb only)."""
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 inject.test ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line.strip().upper()
+                if verb.startswith(b"EHLO"):
+                    writer.write(b"250-inject.test\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n")
+                elif verb == b"STARTTLS":
+                    writer.write(b"220 go ahead\r\n250-inject.test\r\n250 AUTH PLAIN\r\n"
+                                 b"235 2.7.0 Authentication successful\r\n")
+                    await writer.drain()
+                    await writer.start_tls(tls)
+                    break
+                else:
+                    writer.write(b"500 5.5.1 unrecognized\r\n")
+                await writer.drain()
+            answers = {"EHLO": b"250-inject.test\r\n250 AUTH PLAIN\r\n",
+                       "AUTH": b"535 5.7.8 Error: authentication failed\r\n",
+                       "QUIT": b"221 2.0.0 Bye\r\n"}
+            while line := await reader.readline():
+                verb = line.decode(errors="replace").split(" ", 1)[0].strip().upper()
+                commands.append(verb)
+                writer.write(answers.get(verb, b"250 2.0.0 Ok\r\n"))
+                await writer.drain()
+                if verb == "QUIT":
+                    return
         return self.start(handler)
 
     def mini_smtp(self, smtp: MiniSmtp) -> MiniSmtp:

@@ -36,6 +36,11 @@ class SmtpViolation(SmtpClosed):
     """The server's reply passed the bounds; the connection is dropped."""
 
 
+class SmtpInjection(SmtpViolation):
+    """Bytes were waiting before a TLS upgrade: read after the handshake, they would pass for
+    replies of the TLS server (STARTTLS reply injection, CVE-2011-0411)."""
+
+
 @dataclass(frozen=True)
 class Reply:
     code: int
@@ -132,6 +137,19 @@ class SmtpClient:
             raise
 
     async def start_tls(self, ctx: ssl.SSLContext, server_hostname: str) -> None:
+        """Upgrade to TLS; SmtpInjection when the server has sent anything not yet read.
+
+        Nothing may precede the handshake: the StreamReader keeps unread plain-text bytes and
+        would hand them out as the first replies inside TLS, so a forged `235` sent with the
+        `220` to STARTTLS would pass for the TLS server's answer to AUTH (as Postfix, Exim and
+        OpenSSL's s_client do, the session is dropped). Checked with no await before
+        loop.start_tls pauses reading, so no byte can slip in between.
+        """
+        pending = len(self.reader._buffer)  # CPython's StreamReader; no public peek exists
+        if pending:
+            self.usable = False
+            raise SmtpInjection(f"the server sent {pending} bytes after its go-ahead, before the "
+                                "TLS handshake")
         try:
             async with asyncio.timeout(self.deadline.budget()):
                 await self.writer.start_tls(ctx, server_hostname=server_hostname)

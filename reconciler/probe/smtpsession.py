@@ -29,6 +29,7 @@ from reconciler.probe.smtpclient import (
     Reply,
     SmtpClient,
     SmtpClosed,
+    SmtpInjection,
     SmtpViolation,
     ehlo_name,
     parse_ehlo,
@@ -303,6 +304,14 @@ async def _handshake(st: SessionState, account: Account, ctx: ssl.SSLContext, tr
         raise
     except ssl.SSLCertVerificationError as exc:
         st.connection = Outcome(False, *tls.classify_verify_error(exc, conn.host, truststore))
+        return False
+    except SmtpInjection as exc:
+        st.connection = Outcome(
+            False, reasons.PROTOCOL_VIOLATION,
+            f"{conn.host}:{conn.port}: {exc}, which would be read as replies inside TLS "
+            "(STARTTLS reply injection, CVE-2011-0411): the connection was dropped before the "
+            "handshake and no credentials were sent; the server, or something on the path to "
+            "it, is broken or hostile")
         return False
     except (ssl.SSLError, OSError, EOFError, SmtpClosed) as exc:
         detail = (getattr(exc, "reason", None) or str(exc) or type(exc).__name__

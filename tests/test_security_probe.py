@@ -1,0 +1,103 @@
+"""Issue 23, the probe side: what a mail server, an identity provider and a keystore can still do.
+
+Each attack runs through `reconcile` in local mode beside a legitimate account that stays Ready:
+- STARTTLS reply injection (CVE-2011-0411): forged replies sent with the `220` to STARTTLS.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler.cli import main
+from reconciler.log import configure_logging
+from reconciler.model import status_condition
+from tests.hostile import HostileServers
+from tests.manifests_factory import loopback_account, write_manifests
+from tests.smtpservers import PASSWORD, USER, RunningServer, ServerLoop, ThrowawayCA
+
+NS = "shop"
+
+
+class Local:
+    """A --secrets-dir, a manifests folder and a local store; `run` returns the exit code and
+    everything written (stdout, stderr, the log)."""
+
+    def __init__(self, root: Path, ca: ThrowawayCA) -> None:
+        self.secrets, self.accounts, self.store = root / "secrets", root / "accounts", root / "store"
+        self.put("ca", "ca.crt", ca.ca_pem)
+
+    def put(self, name: str, key: str, value: str | bytes) -> None:
+        path = self.secrets / NS / name / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(value.encode() if isinstance(value, str) else value)
+
+    def run(self, capsys: pytest.CaptureFixture[str], *docs: dict[str, Any],
+            extra: tuple[str, ...] = ()) -> tuple[int, str]:
+        write_manifests(self.accounts, *docs)
+        log = io.StringIO()
+        configure_logging("console", "debug", log)
+        code = main(["reconcile", str(self.accounts), "--store", f"local:{self.store}",
+                     "--secrets-dir", str(self.secrets), *extra])
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err + log.getvalue()
+
+    def condition(self, name: str, type_: str = "Ready") -> dict[str, Any]:
+        obj = yaml.safe_load((self.store / NS / "emailaccounts" / f"{name}.yaml").read_text())
+        return status_condition(obj.get("status") or {}, type_)
+
+    def published(self) -> set[str]:
+        return {p.stem for p in (self.store / NS / "secrets").glob("*.yaml")}
+
+
+@pytest.fixture
+def local(tmp_path: Path, ca: ThrowawayCA) -> Local:
+    return Local(tmp_path, ca)
+
+
+@pytest.fixture
+def hostile(server_loop: ServerLoop) -> Iterator[HostileServers]:
+    servers = HostileServers(server_loop)
+    yield servers
+    servers.close()
+
+
+# --------------------------------------------------------------------------- STARTTLS injection
+
+
+def test_starttls_reply_injection_is_a_protocol_violation(
+        local: Local, hostile: HostileServers, ca: ThrowawayCA,
+        smtp_server: Callable[..., RunningServer], capsys: pytest.CaptureFixture[str]) -> None:
+    """The forged `235` sent with the `220` is not read as the TLS server's answer to AUTH (it
+    refuses the password): ProtocolViolation, no AUTH sent, nothing published."""
+    received: list[str] = []
+    evil = hostile.smtp_starttls_injection(ca.server_context(), received)
+    good = smtp_server("STARTTLS", users={USER: PASSWORD})
+    local.put("evil-smtp", "password", PASSWORD)
+    local.put("good-smtp", "password", PASSWORD)
+    code, everything = local.run(capsys, _as_user(loopback_account("evil", NS, evil)),
+                                 _as_user(loopback_account("good", NS, good.port)))
+    assert code == 1
+    ready = local.condition("evil")
+    assert ready["status"] == "False" and ready["reason"] == "ProtocolViolation"
+    connected = local.condition("evil", "Connected")
+    assert connected["reason"] == "ProtocolViolation"
+    assert "before the TLS handshake" in connected["message"]
+    assert "CVE-2011-0411" in connected["message"] and "no credentials were sent" in \
+        connected["message"]
+    assert "AUTH" not in received  # the TLS server never saw the password
+    assert local.condition("good")["reason"] == "Ready"
+    assert [name for name in local.published() if "evil" in name] == []
+    assert [name for name in local.published() if "good" in name] != []
+    assert PASSWORD not in everything and "Traceback" not in everything
+
+
+def _as_user(doc: dict[str, Any]) -> dict[str, Any]:
+    """The aiosmtpd stand-in knows USER: log in as USER rather than as the account's address."""
+    doc["spec"]["smtp"]["identity"]["emailAddress"] = USER
+    return doc
