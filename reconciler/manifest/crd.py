@@ -204,17 +204,23 @@ def openapi_schema() -> dict[str, Any]:
     """The CRD's openAPIV3Schema: spec from the JSON schema, metadata and status left open."""
     schema = load_schema()
     defs = schema.get("$defs", {})
+    props = schema["properties"]
+
+    def described(name: str, node: dict[str, Any]) -> dict[str, Any]:
+        return {"type": node["type"], "description": props[name]["description"],
+                **{k: v for k, v in node.items() if k != "type"}}
+
     return {
         "type": "object",
         "description": schema.get("description", ""),
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": structural(schema["properties"]["spec"], defs, ("spec",)),
-            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                       "description": "Observed state, written by the reconciler."},
+            "apiVersion": described("apiVersion", {"type": "string"}),
+            "kind": described("kind", {"type": "string"}),
+            "metadata": described("metadata", {"type": "object"}),
+            "spec": structural(props["spec"], defs, ("spec",)),
+            "status": described("status", {"type": "object",
+                                           "x-kubernetes-preserve-unknown-fields": True}),
         },
         "x-kubernetes-validations": _ROOT_RULES,
     }
