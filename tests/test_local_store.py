@@ -77,9 +77,9 @@ def test_secrets_are_private_and_listed_per_namespace(tmp_path: Path) -> None:
 
 def test_write_atomic_leaves_no_temp_files(tmp_path: Path) -> None:
     target = tmp_path / "d" / "f.yaml"
-    assert write_atomic(target, b"one") is True
-    assert write_atomic(target, b"one") is False
-    assert write_atomic(target, b"two") is True
+    assert write_atomic(tmp_path, ("d", "f.yaml"), b"one") is True
+    assert write_atomic(tmp_path, ("d", "f.yaml"), b"one") is False
+    assert write_atomic(tmp_path, ("d", "f.yaml"), b"two") is True
     assert sorted(p.name for p in target.parent.iterdir()) == ["f.yaml"]
 
 

@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -31,7 +30,11 @@ import yaml
 
 from reconciler.errors import StoreBusy, StoreError
 from reconciler.model import GROUP_VERSION, Event, SecretReader
+from reconciler.store import nofollow
 from reconciler.store.base import Key, account_object, object_key
+from reconciler.store.nofollow import TEMP_PREFIX, write_atomic
+
+__all__ = ["LocalStore", "TEMP_PREFIX", "write_atomic"]
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -42,35 +45,8 @@ def _dump(obj: Any) -> bytes:
                      allow_unicode=True).encode("utf-8")
 
 
-TEMP_PREFIX = ".tmp-"
 #: Temp files of older versions: `.<file name>.<8 random characters>`.
 _OLD_TEMP = re.compile(r"^\..+\.(yaml|jsonl)\.[a-z0-9_]{8}$")
-
-
-def write_atomic(path: Path, content: bytes, mode: int = 0o644) -> bool:
-    """Write content to path via a temp file and rename; skip when unchanged. True if written."""
-    try:
-        if path.read_bytes() == content:
-            if (path.stat().st_mode & 0o777) != mode:
-                path.chmod(mode)
-            return False
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A short name of its own (not derived from a name that may be 255 bytes long already), so
-    # the next run can tell a killed run's leftovers from anything else.
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
 
 
 def _safe_name(name: str) -> str:
@@ -81,6 +57,8 @@ def _safe_name(name: str) -> str:
 
 def _os_error(verb: str, path: Path, exc: OSError) -> StoreError:
     """A file system failure as a store error naming the file (its name may be very long)."""
+    if isinstance(exc, nofollow.SymlinkRefused) and exc.filename:
+        path = Path(exc.filename)  # the link, which may be a folder above the file
     shown = str(path) if len(path.name) <= 80 else f"{path.parent}/{path.name[:60]}..."
     return StoreError(f"cannot {verb} {shown}: {exc.strerror or type(exc).__name__}")
 
@@ -135,24 +113,25 @@ class LocalStore:
                 delay = min(delay * 2, 1.0)
 
     def remove_stale_temp_files(self) -> list[Path]:
-        """Delete temp files of an interrupted write (call only while holding the lock)."""
+        """Delete temp files of an interrupted write (call only while holding the lock); a
+        folder that is a link is not entered."""
         removed: list[Path] = []
-        folders = [self.root]
+        folders: list[tuple[str, ...]] = [()]
         if self.root.is_dir():
             for ns in self.root.iterdir():
                 if ns.is_dir() and not ns.is_symlink():
-                    folders += [ns / "emailaccounts", ns / "secrets"]
-        for folder in folders:
+                    folders += [(ns.name, "emailaccounts"), (ns.name, "secrets")]
+        for parts in folders:
             try:
-                entries = list(os.scandir(folder))
+                with nofollow.folder(self.root, parts, create=False) as dir_fd:
+                    for entry in list(os.scandir(dir_fd)):
+                        if (entry.name.startswith(TEMP_PREFIX) or _OLD_TEMP.match(entry.name)) and (
+                                entry.is_file(follow_symlinks=False)):
+                            with contextlib.suppress(OSError):
+                                os.unlink(entry.name, dir_fd=dir_fd)
+                                removed.append(self.root.joinpath(*parts, entry.name))
             except OSError:
                 continue
-            for entry in entries:
-                if (entry.name.startswith(TEMP_PREFIX) or _OLD_TEMP.match(entry.name)) and (
-                        entry.is_file(follow_symlinks=False)):
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
-                        removed.append(Path(entry.path))
         return removed
 
     # ------------------------------------------------------------------ paths
@@ -175,7 +154,7 @@ class LocalStore:
 
     def _write(self, path: Path, obj: Mapping[str, Any], mode: int = 0o644) -> None:
         try:
-            written = write_atomic(path, _dump(obj), mode)
+            written = write_atomic(self.root, self._parts(path), _dump(obj), mode)
         except OSError as exc:
             raise _os_error("write", path, exc) from exc
         if written:
@@ -183,9 +162,14 @@ class LocalStore:
 
     def _unlink(self, path: Path) -> None:
         try:
-            path.unlink(missing_ok=True)
+            nofollow.unlink(self.root, self._parts(path))
         except OSError as exc:
             raise _os_error("delete", path, exc) from exc
+
+    def _parts(self, path: Path) -> tuple[str, ...]:
+        """The components of a path of ours below the root (each opened without following a
+        link, reconciler.store.nofollow)."""
+        return path.relative_to(self.root).parts
 
     def _namespaces(self) -> list[Path]:
         if not self.root.is_dir():
@@ -271,9 +255,7 @@ class LocalStore:
                            "type": event.type, "reason": event.reason,
                            "message": event.message}, sort_keys=True)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with open(self.root / "events.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+            nofollow.append(self.root, ("events.jsonl",), (line + "\n").encode("utf-8"))
         except OSError as exc:
             raise _os_error("write", self.root / "events.jsonl", exc) from exc
 
