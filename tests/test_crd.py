@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,10 @@ import yaml
 
 from reconciler.manifest.crd import render_crd
 from tests.crd_types import TypedSchema, rule_sites
+from tests.kube_fixtures import kube_api
+from tests.kubeapi import KubeAPIServer
+
+__all__ = ["kube_api"]  # the fixture, imported for pytest
 
 ROOT = Path(__file__).parent.parent
 
@@ -172,3 +177,22 @@ def test_type_checker_refuses_what_the_apiserver_refuses(where: tuple[str, ...],
     for key in where:
         node = node["properties"][key] if key in node.get("properties", {}) else node[key]
     assert (types.check(node, rule) is not None) == fails, types.check(node, rule)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None and not os.environ.get("CI"),
+                    reason="kubectl not installed")
+def test_kubectl_explain_documents_the_served_crd(kube_api: KubeAPIServer, tmp_path: Path) -> None:
+    """`kubectl explain` reads the served CRD's OpenAPI v3 document and shows every description."""
+    config = kube_api.kubeconfig(tmp_path / "kubeconfig")
+    done = subprocess.run(["kubectl", "--kubeconfig", str(config), "--cache-dir", str(tmp_path / "cache"),
+                           "explain", "emailaccount.spec.smtp.connection"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())  # kubectl wraps at 80 columns
+    connection = (_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                  ["properties"]["smtp"]["properties"]["connection"])
+    assert "KIND: EmailAccount" in out and "FIELD: connection <Object>" in out
+    assert " ".join(connection["description"].split()) in out
+    for name, field in connection["properties"].items():
+        assert f"{name} <{'Object' if field['type'] == 'object' else field['type']}>" in out
+        assert " ".join(field["description"].split()) in out, name

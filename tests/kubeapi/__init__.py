@@ -5,7 +5,8 @@ are tested against this module. It follows the API conventions the product relie
 whole API:
 
 - discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>[/<version>]``, ``/version``; the
-  aggregated-discovery Accept types get plain JSON (clients fall back); ``/openapi/*`` is 404;
+  aggregated-discovery Accept types get plain JSON (clients fall back); ``/openapi/v3`` publishes
+  the CRDs' schemas for ``kubectl explain`` (openapi.py), ``/openapi/v2`` is 404;
 - resources: core v1 Secrets, ConfigMaps, Events, Namespaces (cluster-scoped),
   coordination.k8s.io/v1 Leases, and every served version of the CRDs given to the constructor;
 - CRUD with 201 on create, 409 AlreadyExists, PUT with 409 on a stale ``metadata.resourceVersion``,

@@ -50,6 +50,7 @@ from tests.kubeapi.rbac import (
     service_account_user,
     unauthorized,
 )
+from tests.kubeapi.openapi import OpenAPIV3
 from tests.kubeapi.schema import Admission, StructuralSchema, prune_metadata
 from tests.kubeapi.selectors import field_selector_matches, label_selector_matches
 from tests.kubeapi.store import _Store
@@ -100,6 +101,7 @@ class KubeAPIServer(GarbageCollector):
         self.bookmark_seconds = 60.0
         self._tokens: dict[str, User | tuple[str, str]] = {ADMIN_TOKEN: ADMIN, KUBECONFIG_TOKEN: ADMIN}
         self._schemas: dict[tuple[str, str, str], StructuralSchema] = {}
+        self._openapi = OpenAPIV3(crds)
         for crd in crds:
             for served in crd["spec"]["versions"]:
                 schema = (served.get("schema") or {}).get("openAPIV3Schema")
@@ -408,6 +410,8 @@ class KubeAPIServer(GarbageCollector):
         port = self.url.rsplit(":", 1)[1]
         if path == "/version":
             return VERSION_INFO
+        if path == "/openapi/v3" or path.startswith("/openapi/v3/"):
+            return self._openapi.serve(path)
         if path == "/api":
             return {
                 "kind": "APIVersions",
