@@ -36,10 +36,12 @@ class Sizes:
     memory: int = 10000
     startup_runs: int = 7
     repeat: int = 2
+    prober: int = 2000
 
 
 FULL = Sizes()
-QUICK = Sizes(validate=500, probe=200, swaks=10, api=100, memory=1000, startup_runs=5, repeat=1)
+QUICK = Sizes(validate=500, probe=200, swaks=10, api=100, memory=1000, startup_runs=5, repeat=1,
+              prober=200)
 
 
 def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], list[Row]]]]:
@@ -60,6 +62,10 @@ def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], l
         import hostile
         return hostile
 
+    def blackbox() -> Any:
+        import blackbox
+        return blackbox
+
     return {
         "1": ("validation throughput", lambda: validation().validation_throughput(
             work, sizes.validate, sizes.repeat)),
@@ -68,13 +74,15 @@ def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], l
         "4": ("memory", lambda: probes().memory(work, sizes.memory)),
         "5": ("start-up", lambda: validation().startup(work, sizes.startup_runs)),
         "6": ("hostile servers", lambda: hostile().hostile_run(work)),
+        "7": ("prober CPU vs blackbox_exporter",
+              lambda: blackbox().prober_cpu(work, sizes.prober)),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs (for CI)")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated benchmark numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated benchmark numbers")
     parser.add_argument("--work", help="where to generate inputs (default: a temporary folder)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
