@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write nothing; print what would change; exit 1 if anything would")
     p.add_argument("--no-prune", action="store_true",
                    help="keep accounts that left git, and their Secrets")
+    p.add_argument("--inventory", metavar="NAME",
+                   help="the source's inventory: prune only what this source applied before "
+                        "(default: derived from the paths)")
     p.add_argument("--apply-only", action="store_true",
                    help="apply and prune only; leave probes, status and Secrets to the "
                         "controller (one writer of status when both run)")

@@ -26,8 +26,9 @@ from reconciler.run.reconcile import Reconciler, RunOptions
 from reconciler.run.report import RunReport
 from reconciler.store import open_store
 from reconciler.store.kube import (
-    INVENTORY_NAME,
+    INVENTORY_LABEL,
     KubeStore,
+    inventory_configmap,
     merge_patch_for,
     same_as_applied,
 )
@@ -95,9 +96,18 @@ class Cluster:
 
     def reconcile(self, **options: Any) -> RunReport:
         """One real reconcile run with a fresh KubeStore; credentials from the cluster."""
+        options.setdefault("inventory", "git")
         with KubeStore(self.api.api_client(), retry=self.retry) as store:
             return Reconciler(store, store.secret_reader(), RunOptions(**options)).run(
                 load_paths([str(self.manifests)]))
+
+    def inventory(self, name: str = "git", namespace: str = NS) -> dict[str, str] | None:
+        """Source `name`'s inventory ConfigMap in the namespace: account -> Secret name."""
+        obj = self.api.get_object("configmaps", namespace, inventory_configmap(name))
+        if obj is None:
+            return None
+        assert obj["metadata"]["labels"][INVENTORY_LABEL] == name
+        return {e["name"]: e["secretName"] for e in yaml.safe_load(obj["data"]["entries"])}
 
     def status(self, name: str) -> dict[str, Any]:
         obj = self.api.get_object("emailaccounts", NS, name)
@@ -159,9 +169,7 @@ def test_first_run_creates_accounts_status_secrets_events_and_inventory(cluster:
 
     # a new account that came up fine gets no event: its status says so
     assert cluster.api.objects("events", NS) == []
-    inventory = cluster.api.get_object("configmaps", NS, INVENTORY_NAME)
-    assert inventory is not None
-    assert yaml.safe_load(inventory["data"]["entries"]) == ["alerts", "billing"]
+    assert cluster.inventory() == {"alerts": "alerts-sender", "billing": "billing-sender"}
     # status went through the status subresource, applies through server-side apply
     patches = [r for r in cluster.api.requests if r.verb == "patch"]
     assert {(r.resource, r.subresource) for r in patches} >= {
@@ -245,8 +253,7 @@ def test_removed_manifest_prunes_object_and_secret_but_not_unmanaged(cluster: Cl
     assert cluster.api.get_object("emailaccounts", NS, "by-hand") is not None
     assert cluster.api.get_object("secrets", NS, "unrelated") is not None
     assert cluster.api.get_object("secrets", NS, "billing-sender") is not None
-    inventory = cluster.api.get_object("configmaps", NS, INVENTORY_NAME)
-    assert inventory is not None and yaml.safe_load(inventory["data"]["entries"]) == ["billing"]
+    assert cluster.inventory() == {"billing": "billing-sender"}
 
 
 def test_foreign_secret_is_never_taken_over(cluster: Cluster) -> None:
@@ -279,7 +286,7 @@ def test_a_gitops_run_lists_the_configmaps_of_a_namespace_once(cluster: Cluster)
     assert cluster.reconcile().all_ready
     lists = [r.query.get("labelSelector") for r in cluster.api.requests
              if r.resource == "configmaps" and r.verb == "list"]
-    assert sorted(lists, key=str) == sorted([None, "email.reconciler.io/inventory=true"], key=str)
+    assert sorted(lists, key=str) == sorted([None, INVENTORY_LABEL], key=str)
     assert not [r for r in cluster.api.requests if r.resource == "configmaps" and r.verb == "get"]
 
 
@@ -299,9 +306,7 @@ def test_injected_faults_are_retried_and_nothing_is_lost(cluster: Cluster,
     for name in ("billing", "alerts"):
         assert condition(cluster.status(name), "Ready")["status"] == "True"
         assert cluster.published(f"{name}-sender")["SMTP_PASSWORD"] == PASSWORD
-    inventory = cluster.api.get_object("configmaps", NS, INVENTORY_NAME)
-    assert inventory is not None and yaml.safe_load(inventory["data"]["entries"]) == [
-        "alerts", "billing"]
+    assert cluster.inventory() == {"alerts": "alerts-sender", "billing": "billing-sender"}
     cluster.api.clear_requests()
     assert not cluster.reconcile().changed
     assert writes(cluster.api) == []

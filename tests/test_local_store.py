@@ -85,9 +85,17 @@ def test_write_atomic_leaves_no_temp_files(tmp_path: Path) -> None:
 
 def test_inventory_and_events_round_trip(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    assert store.read_inventory() == set()
-    store.write_inventory([("shop", "b"), ("shop", "a")])
-    assert store.read_inventory() == {("shop", "a"), ("shop", "b")}
+    assert store.read_inventories() == {}
+    store.write_inventory("git", {("shop", "b"): "b-sender", ("shop", "a"): "mail-a"})
+    store.write_inventory("one-file", {("shop", "a"): "mail-a"})
+    assert store.read_inventories() == {"git": {("shop", "a"): "mail-a", ("shop", "b"): "b-sender"},
+                                        "one-file": {("shop", "a"): "mail-a"}}
+    # a namespaced store reads and rewrites only its namespace's entries of an inventory
+    store.write_inventory("git", {("other", "c"): "c-sender", **store.read_inventories()["git"]})
+    scoped = LocalStore(tmp_path, namespace="other")
+    assert scoped.read_inventories()["git"] == {("other", "c"): "c-sender"}
+    scoped.write_inventory("git", {})
+    assert store.read_inventories()["git"] == {("shop", "a"): "mail-a", ("shop", "b"): "b-sender"}
     store.record_event(Event("shop", "a", "Warning", "Timeout", "no answer", "2026-11-25T08:00:00Z"))
     (event,) = store.read_events()
     assert event["reason"] == "Timeout" and event["involvedObject"]["name"] == "a"

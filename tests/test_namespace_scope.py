@@ -152,7 +152,7 @@ def test_local_mode_follows_the_same_rule(servers: Servers, tmp_path: Path) -> N
     local = LocalStore(store)
     assert [(o["metadata"]["namespace"], o["metadata"]["name"])
             for o in local.list_accounts()] == [("mail", "billing")]
-    assert local.read_inventory() == {("mail", "billing")}
+    assert list(local.read_inventories().values()) == [{("mail", "billing"): "billing-sender"}]
     # without --namespace, a namespace-less manifest goes to "default", as with kubectl
     code, out, err = _run(["reconcile", str(folder / "billing.yaml"), f"--store=local:{store}",
                            "--secrets-dir", str(tmp_path / "secrets"), "--no-prune"])

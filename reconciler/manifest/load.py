@@ -10,7 +10,7 @@ import errno
 import gc
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +30,8 @@ __all__ = ["MAX_BYTES", "InvalidDocument", "LoadResult", "account_from_manifest"
 MAX_BYTES = 1024 * 1024
 #: Below this many files a worker's start-up and the results' pickling cost more than they save.
 PARALLEL_MIN_FILES = 200
+#: (namespace, Secret name) -> the account whose published Secret it is now, or None.
+SecretOwner = Callable[[str, str], "str | None"]
 #: What _cross_checks and _scope report once the node tree is gone.
 _CROSS_CHECK_POINTERS = ("/metadata/name", "/metadata/namespace", "/spec/publish/secretName")
 
@@ -57,6 +59,8 @@ class LoadResult:
     #: syntax error, not a regular file): each with its first error. Accounts they may hold are
     #: unknown, so a run prunes nothing while this is not empty.
     failed_files: list[model.Diagnostic] = field(default_factory=list)
+    #: The paths loaded, as given: the source whose inventory a reconcile run keeps.
+    paths: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -236,7 +240,7 @@ def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
     return doc
 
 
-def _cross_checks(docs: list[_Doc]) -> None:
+def _cross_checks(docs: list[_Doc], secret_owner: SecretOwner | None = None) -> None:
     """Errors across documents: the same namespace/name twice, the same published Secret twice."""
     names: dict[tuple[str, str], _Doc] = {}
     for d in docs:
@@ -249,22 +253,30 @@ def _cross_checks(docs: list[_Doc]) -> None:
                                       f"{first.file}:{first.line}; rename one of them")
         else:
             names[ident] = d
-    secrets: dict[tuple[str, str], _Doc] = {}
+    # The same published Secret twice: the account that already owns it (its owner label, when
+    # `secret_owner` can tell) keeps it and the newcomer is blamed, wherever its file sorts.
+    secrets: dict[tuple[str, str], list[_Doc]] = {}
     for d in docs:
         if not d.valid:
             continue
         ns, name = d.ident() or ("default", "")
         publish = d.data.get("spec", {}).get("publish") or {}
-        key = (ns, str(publish.get("secretName") or f"{name}-sender"))
-        if key in secrets:
-            other = secrets[key]
+        secrets.setdefault((ns, str(publish.get("secretName") or f"{name}-sender")), []).append(d)
+    for key, holders in secrets.items():
+        if len(holders) < 2:
+            continue
+        owner = secret_owner(*key) if secret_owner is not None else None
+        keeper = next((d for d in holders if (d.ident() or ("", ""))[1] == owner), holders[0])
+        for d in holders:
+            if d is keeper:
+                continue
+            publish = d.data.get("spec", {}).get("publish") or {}
             pointer = "/spec/publish/secretName" if "secretName" in publish else "/metadata/name"
+            owns = ", which owns it now" if owner is not None and keeper is not holders[0] else ""
             d.error(pointer, f"Secret {key[0]}/{key[1]} is already published by account "
-                             f"{other.ident()[1] if other.ident() else '?'} "  # type: ignore[index]
-                             f"({other.source.file}:{other.source.line}); set a distinct "
-                             "spec.publish.secretName")
-        else:
-            secrets[key] = d
+                             f"{(keeper.ident() or ('', '?'))[1]} "
+                             f"({keeper.source.file}:{keeper.source.line}{owns}); set a "
+                             "distinct spec.publish.secretName")
 
 
 @contextmanager
@@ -287,7 +299,8 @@ def gc_paused() -> Iterator[None]:
 
 
 def load_paths(paths: Sequence[str], *, parallel: bool = False,
-               namespace: str | None = None, enforce_namespace: bool = False) -> LoadResult:
+               namespace: str | None = None, enforce_namespace: bool = False,
+               secret_owner: SecretOwner | None = None) -> LoadResult:
     """Load every manifest under paths. Raises UsageError for a path that does not exist.
 
     ``parallel``: spread a large folder's files over forked processes (`reconciler.manifest.pool`);
@@ -295,9 +308,12 @@ def load_paths(paths: Sequence[str], *, parallel: bool = False,
     ``namespace``: where a manifest without metadata.namespace goes (kubectl's rule; "default"
     when None). With ``enforce_namespace`` (an explicit --namespace) a manifest naming another
     namespace is an error, as `kubectl apply -n NS` refuses it.
+    ``secret_owner(namespace, secret)``: the account that owns that published Secret now (a
+    reconcile run asks its store), so a second document publishing it blames the newcomer.
     """
     with gc_paused():
-        return _load_paths(paths, parallel, namespace or "default", enforce_namespace)
+        return _load_paths(paths, parallel, namespace or "default", enforce_namespace,
+                           secret_owner)
 
 
 def _scope(docs: list[_Doc], namespace: str, enforce: bool) -> None:
@@ -400,9 +416,9 @@ def _load_files(files: Sequence[str]) -> list[tuple[list[model.Diagnostic], list
 
 
 def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default",
-                enforce: bool = False) -> LoadResult:
+                enforce: bool = False, secret_owner: SecretOwner | None = None) -> LoadResult:
     files, unlisted = _find_files(paths)
-    result = LoadResult(files=len(files))
+    result = LoadResult(files=len(files), paths=tuple(paths))
     result.diagnostics += unlisted
     result.failed_files += unlisted
     if parallel and len(files) >= PARALLEL_MIN_FILES:
@@ -411,7 +427,7 @@ def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default"
         per_file = _load_files(files)
     all_docs = [d for _errors, docs in per_file for d in docs]
     _scope(all_docs, namespace, enforce)
-    _cross_checks(all_docs)  # across all files, so after every worker's results are merged
+    _cross_checks(all_docs, secret_owner)  # across all files, so after every worker's results are merged
     for errors, docs in per_file:
         file_diags = list(errors)
         failed = [e for e in errors if e.severity == "error"]

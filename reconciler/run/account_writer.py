@@ -29,6 +29,7 @@ from reconciler.model import (
     ProbeResult,
     status_condition,
 )
+from reconciler.run.inventory import secret_owned_by
 from reconciler.run.report import AccountReport, RunReport
 from reconciler.state import conditions, readiness, render, schedule, status
 from reconciler.store.base import Key, StateStore, owned_keys
@@ -178,7 +179,7 @@ class AccountWriter:
     def _delete_old_secret(self, ns: str, name: str, account: Account,
                            published: dict[Key, dict[str, Any]], entry: AccountReport) -> None:
         old = published.get((ns, name))
-        if old is None or not render.is_managed(old):
+        if not secret_owned_by(old, account.name):  # never another account's Secret
             return
         entry.secret_changes.setdefault("removed", []).append(f"Secret {name}")
         if not self.dry_run:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,6 +169,7 @@ def _short(text: str, limit: int = 100) -> str:
 def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
     """`email-reconciler reconcile`: the GitOps run."""
     from reconciler.manifest.load import load_paths
+    from reconciler.run.inventory import check_name, default_name
     from reconciler.run.reconcile import Reconciler, RunOptions
     from reconciler.store import open_store
 
@@ -178,14 +180,20 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
         return EXIT_USAGE
     # kubectl's rule: a manifest without metadata.namespace goes to --namespace, else to the
     # kubeconfig context's namespace; with --namespace, one naming another namespace is an error.
+    name = getattr(args, "inventory", None)
+    name = check_name(name) if name else default_name(args.paths)
     loaded = load_paths(args.paths, namespace=getattr(store, "default_namespace", None),
-                        enforce_namespace=bool(args.namespace))
+                        enforce_namespace=bool(args.namespace),
+                        secret_owner=_secret_owner(store))
     _print_diagnostics(loaded, None)
+    # Before anything is written: which store, which namespaces, which source's inventory.
+    print(f"email-reconciler: {'dry run against' if args.dry_run else 'writing to'} "
+          f"{store.description}; inventory {name}", file=sys.stderr)
     try:
         secrets = _secret_reader(args.secrets_dir, store, dry_run=args.dry_run)
         options = RunOptions(dry_run=args.dry_run, prune=not args.no_prune,
                              concurrency=args.concurrency, policy=policy_from(args),
-                             apply_only=args.apply_only)
+                             apply_only=args.apply_only, inventory=name)
         locked = getattr(store, "locked", None)  # the local store: one writing run at a time
         with (locked(args.lock_timeout) if locked is not None and not args.dry_run
               else contextlib.nullcontext()):
@@ -199,6 +207,20 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
     if args.apply_only:  # readiness is the controller's to report
         return EXIT_OK if loaded.ok and not any(a.error for a in report.accounts) else EXIT_FAIL
     return EXIT_OK if report.all_ready and loaded.ok else EXIT_FAIL
+
+
+def _secret_owner(store: Any) -> Any:
+    """Who already owns a published Secret (its owner label), for the loader to blame the
+    newcomer of two documents publishing one Secret name; None when unknown."""
+    from reconciler.run.inventory import secret_owner
+
+    def owner(namespace: str, name: str) -> str | None:
+        try:
+            return secret_owner(store.get_secret(namespace, name))
+        except StoreError:
+            return None  # then the document that comes second is blamed, as without a store
+
+    return owner
 
 
 def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> None:

@@ -25,6 +25,7 @@ from reconciler.errors import StoreError, StoreForbidden, StoreInvalid
 from reconciler.log import get_logger, redact_text
 from reconciler.manifest.load import InvalidDocument, LoadResult
 from reconciler.model import (
+    ACCOUNT_LABEL,
     MANAGED_BY_LABEL,
     Account,
     ProbeResult,
@@ -32,6 +33,7 @@ from reconciler.model import (
     SourceRef,
 )
 from reconciler.policy import DEFAULT_POLICY, Policy
+from reconciler.run import inventory
 from reconciler.run.account_writer import AccountWriter
 from reconciler.run.report import AccountReport, RunReport
 from reconciler.secretrefs import secret_versions
@@ -56,6 +58,8 @@ class RunOptions:
     policy: Policy = DEFAULT_POLICY  # endpoint allow-lists (reconciler.policy)
     #: Apply and prune only: no probe, no status, no Secret (a controller owns those).
     apply_only: bool = False
+    #: The source's inventory (what prune considers); None: derived from the paths loaded.
+    inventory: str | None = None
 
 
 class Reconciler:
@@ -228,12 +232,20 @@ class Reconciler:
             yield due[index], result
 
     # ------------------------------------------------------------------ prune
+    def inventory_name(self, loaded: LoadResult) -> str:
+        """This source's inventory: --inventory NAME, else derived from the paths loaded."""
+        return self.options.inventory or inventory.default_name(loaded.paths)
+
     def _prune(self, loaded: LoadResult, stored: Mapping[Key, dict[str, Any]],
                report: RunReport) -> None:
-        published = self.writer.published
-        in_git: set[Key] = {a.key for a in loaded.accounts}
-        in_git |= {(d.namespace or "default", d.name) for d in loaded.invalid if d.name}
-        unnamed = [d for d in loaded.invalid if not d.name]
+        applied = {a.key: a.publish.secret_name for a in loaded.accounts}
+        # An invalid document still names its account (which stays), unless the API server could
+        # never hold an object of that name (`Alpha`, "alpha ", namespace `Team`): then it may be
+        # a typo of a live account, and this run cannot tell which.
+        named = [(d.namespace or "default", d.name) for d in loaded.invalid
+                 if d.name and inventory.valid_identity(d.namespace, d.name)]
+        unnamed = [d for d in loaded.invalid
+                   if not d.name or not inventory.valid_identity(d.namespace, d.name)]
         if not self.options.prune:
             report.prune_skipped = "--no-prune"
         elif loaded.failed_files:
@@ -246,42 +258,50 @@ class Reconciler:
                       files=[d.file for d in loaded.failed_files])
         elif unnamed:
             # A document we could not identify might be an account that still exists in git.
-            report.prune_skipped = (f"{len(unnamed)} document(s) could not be read; nothing was "
-                                    "pruned this run")
-        else:
-            inventory = self.store.read_inventory()
-            for key, obj in sorted(stored.items()):
-                if key in in_git or key not in inventory or not is_ours(obj):
-                    continue
+            where = "; ".join(f"{d.source.file}:{d.source.line}" for d in unnamed)
+            report.prune_skipped = (f"{len(unnamed)} document(s) have no valid name or namespace "
+                                    f"({where}); nothing was pruned this run")
+        name = self.inventory_name(loaded)
+        inventories = self.store.read_inventories()
+        mine = inventories.pop(name, None)
+        failed: list[Key] = []
+        if report.prune_skipped is None:
+            plan = inventory.plan_prune(mine=mine, present=set(applied) | set(named),
+                                        others=inventories, stored=stored, is_ours=is_ours)
+            for (ns, account), other in plan.kept:
+                report.diagnostics.append(f"not pruned: {ns}/{account} is also applied by "
+                                          f"inventory {other}")
+            for key, secret_name in plan.prune:
                 try:
-                    self._prune_one(key, obj, published, report)
+                    self._prune_one(key, secret_name, stored[key], report)
                 except StoreError as exc:  # the next run tries again; the others go on
+                    failed.append(key)
                     report.diagnostics.append(f"prune {key[0]}/{key[1]} failed: {exc}")
                     log.error("prune failed", account=f"{key[0]}/{key[1]}",
                               error=redact_text(str(exc)))
         if not self.options.dry_run:
-            keep = in_git if report.prune_skipped is None else in_git | self.store.read_inventory()
+            keep = inventory.next_inventory(mine=mine, applied=applied, still_in_git=named,
+                                            unpruned=failed,
+                                            keep_all=report.prune_skipped is not None)
             scope = getattr(self.store, "namespace", None)
             if scope:  # a manifest of another namespace was refused: it has no inventory here
-                keep = {k for k in keep if k[0] == scope}
-            if self.store.read_inventory() != keep:
-                self.store.write_inventory(keep)
+                keep = {k: v for k, v in keep.items() if k[0] == scope}
+            if mine != keep:
+                self.store.write_inventory(name, keep)
 
-    def _prune_one(self, key: Key, obj: Mapping[str, Any],
-                   published: dict[Key, dict[str, Any]], report: RunReport) -> None:
+    def _prune_one(self, key: Key, secret_name: str, obj: Mapping[str, Any],
+                   report: RunReport) -> None:
+        """Delete the account; its Secret only when the Secret's owner label names it too."""
         ns, name = key
-        spec = obj.get("spec") or {}
-        publish = spec.get("publish") or {}
-        secret_name = ((obj.get("status") or {}).get("secretName")
-                       or publish.get("secretName") or f"{name}-sender")
-        secret = published.get((ns, secret_name))
+        publish = (obj.get("spec") or {}).get("publish") or {}
+        secret = self.writer.published.get((ns, secret_name)) if secret_name else None
         report.pruned.append(key)
         if self.options.dry_run:
             return
-        if secret is not None and render.is_managed(secret):
+        if inventory.secret_owned_by(secret, name):
             if publish.get("deletionPolicy") == "Orphan":
-                orphan = dict(secret)
-                orphan["metadata"] = {k: v for k, v in (secret.get("metadata") or {}).items()
+                orphan = dict(secret or {})
+                orphan["metadata"] = {k: v for k, v in orphan["metadata"].items()
                                       if k != "ownerReferences"}
                 labels = dict(orphan["metadata"].get("labels") or {})
                 labels.pop(MANAGED_BY_LABEL, None)
@@ -289,5 +309,9 @@ class Reconciler:
                 self.store.apply_secret(orphan)
             else:
                 self.store.delete_secret(ns, secret_name)
+        elif secret is not None and render.is_managed(secret):
+            owner = ((secret.get("metadata") or {}).get("labels") or {}).get(ACCOUNT_LABEL)
+            report.diagnostics.append(f"pruned {ns}/{name} but kept Secret {ns}/{secret_name}: "
+                                      f"it is published for EmailAccount {owner}")
         self.store.delete_account(ns, name)
         log.info("pruned", account=f"{ns}/{name}")

@@ -22,6 +22,8 @@ from reconciler.model import (
 )
 
 Key = tuple[str, str]  # (namespace, name)
+#: One source's inventory: (namespace, name) -> the Secret name it published the account under.
+Inventory = dict[Key, str]
 
 
 class StateStore(Protocol):
@@ -63,11 +65,13 @@ class StateStore(Protocol):
 
     def record_event(self, event: Event) -> None: ...
 
-    def read_inventory(self) -> set[Key]:
-        """The accounts the last run applied from git (prune considers only these)."""
+    def read_inventories(self) -> dict[str, Inventory]:
+        """Every source's inventory in this store's scope, by inventory name (one read)."""
         ...
 
-    def write_inventory(self, keys: Iterable[Key]) -> None: ...
+    def write_inventory(self, name: str, entries: Mapping[Key, str]) -> None:
+        """Record what source `name` applied (within this store's namespace scope)."""
+        ...
 
     def secret_reader(self) -> SecretReader | None:
         """Where credentials come from in this store (cluster Secrets), or None (use --secrets-dir)."""

@@ -26,18 +26,26 @@ from reconciler.model import (
     PLURAL,
     Event,
 )
-from reconciler.store.base import Key, account_object, object_key, owned_keys
+from reconciler.store.base import Inventory, Key, account_object, object_key, owned_keys
 from reconciler.store.clustersecrets import ClusterSecretReader
 from reconciler.store.kubeclient import KubeClient, RetryPolicy, client_from_config
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
-INVENTORY_NAME = "email-reconciler-inventory"
-INVENTORY_LABEL = f"{API_GROUP}/inventory"
+#: One ConfigMap per source (--inventory NAME) and namespace: email-reconciler-inventory-NAME,
+#: labelled INVENTORY_LABEL=NAME. (The single email-reconciler-inventory of older versions, with
+#: the label email.reconciler.io/inventory=true, is no longer read.)
+INVENTORY_PREFIX = "email-reconciler-inventory-"
+INVENTORY_LABEL = f"{API_GROUP}/inventory-name"
 ACCOUNTS = f"{PLURAL}.{API_GROUP}"  # how RBAC names the resource in messages
 _SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields",
                   "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
 _PAGE = 500
+
+
+def inventory_configmap(name: str) -> str:
+    """The name of source `name`'s inventory ConfigMap."""
+    return INVENTORY_PREFIX + name
 
 
 def _apply_body(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,13 +85,27 @@ def same_as_applied(current: Mapping[str, Any], desired: Mapping[str, Any]) -> b
     return True
 
 
+def _context_in_use() -> str:
+    """The kubeconfig's current context, or "in-cluster" (the pod's service account)."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return "in-cluster"
+    from kubernetes import config
+
+    try:
+        _contexts, active = config.list_kube_config_contexts(
+            config_file=os.environ.get("KUBECONFIG") or None)
+    except (config.ConfigException, OSError, ValueError):
+        return "?"
+    return str((active or {}).get("name") or "?")
+
+
 class KubeStore:
     """StateStore over the Kubernetes API through the official client."""
 
     def __init__(self, api_client: Any, namespace: str | None = None, *,
                  retry: RetryPolicy | None = None,
                  sleep: Callable[[float], None] = time.sleep,
-                 default_namespace: str | None = None) -> None:
+                 default_namespace: str | None = None, context: str | None = None) -> None:
         from kubernetes import client
 
         self.api_client = api_client
@@ -96,7 +118,9 @@ class KubeStore:
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         host = getattr(api_client.configuration, "host", "?")
-        self.description = f"kube:{host}" + (f" (namespace {namespace})" if namespace else "")
+        #: The line every run prints before it writes: which cluster, which namespaces.
+        self.description = (f"cluster {f'context {context} at ' if context else ''}{host} "
+                            f"({f'namespace {namespace}' if namespace else 'all namespaces'})")
         self._reset_run_cache()
 
     @classmethod
@@ -104,7 +128,8 @@ class KubeStore:
                     **kwargs: Any) -> KubeStore:
         """In-cluster config when KUBERNETES_SERVICE_HOST is set, else the kubeconfig (`context`)."""
         api_client, default_ns = client_from_config(context)
-        return cls(api_client, namespace, default_namespace=default_ns, **kwargs)
+        return cls(api_client, namespace, default_namespace=default_ns,
+                   context=context or _context_in_use(), **kwargs)
 
     def close(self) -> None:
         """Close the client's connections."""
@@ -127,7 +152,7 @@ class KubeStore:
         #: The same for ConfigMaps (truststores) from the controller's label-selected informer.
         self._cm_partial: set[str] = set()
         self._cm_absent: set[Key] = set()
-        self._inventory: dict[str, set[str]] | None = None
+        self._inventory: dict[str, dict[str, dict[str, str]]] | None = None
 
     def prime(self, accounts: Iterable[Mapping[str, Any]],
               secrets: Mapping[str, Mapping[str, Mapping[str, Any]]],
@@ -330,10 +355,11 @@ class KubeStore:
         self.api.call("create", "events", event.namespace, send)
 
     # ------------------------------------------------------------------ inventory
-    def _load_inventory(self) -> dict[str, set[str]]:
+    def _load_inventory(self) -> dict[str, dict[str, dict[str, str]]]:
+        """inventory name -> namespace -> {account: secretName}, from one label-selected LIST."""
         if self._inventory is None:
             core, kw, ns = self._core, self.api.options(), self.namespace
-            selector = f"{INVENTORY_LABEL}=true"
+            selector = INVENTORY_LABEL  # exists: every source's inventory ConfigMap
             if ns:
                 def send(token: str | None) -> Any:
                     return core.list_namespaced_config_map(
@@ -342,43 +368,51 @@ class KubeStore:
                 def send(token: str | None) -> Any:
                     return core.list_config_map_for_all_namespaces(
                         label_selector=selector, limit=_PAGE, _continue=token, **kw)
-            inventory: dict[str, set[str]] = {}
+            inventory: dict[str, dict[str, dict[str, str]]] = {}
             for cm in self.api.list_all("configmaps", ns, send):
                 meta = cm.get("metadata") or {}
-                if meta.get("name") != INVENTORY_NAME:
-                    continue
+                name = str((meta.get("labels") or {}).get(INVENTORY_LABEL) or "")
+                if meta.get("name") != inventory_configmap(name):
+                    continue  # not ours, or a label copied onto another ConfigMap
                 try:
-                    names = json.loads((cm.get("data") or {}).get("entries") or "[]")
+                    entries = json.loads((cm.get("data") or {}).get("entries") or "[]")
                 except ValueError:
-                    names = []
-                inventory[str(meta.get("namespace"))] = {str(n) for n in names
-                                                         if isinstance(n, str)}
+                    entries = []
+                inventory.setdefault(name, {})[str(meta.get("namespace"))] = {
+                    str(e["name"]): str(e.get("secretName") or "") for e in entries
+                    if isinstance(e, dict) and isinstance(e.get("name"), str)}
             self._inventory = inventory
         return self._inventory
 
-    def read_inventory(self) -> set[Key]:
-        """The accounts the last run applied from git: one label-selected ConfigMap LIST."""
-        return {(ns, name) for ns, names in self._load_inventory().items() for name in names}
+    def read_inventories(self) -> dict[str, Inventory]:
+        """Every source's inventory: a ConfigMap per source and namespace (kapp and cli-utils
+        keep theirs the same way), one label-selected LIST."""
+        return {name: {(ns, account): secret for ns, entries in by_ns.items()
+                       for account, secret in entries.items()}
+                for name, by_ns in self._load_inventory().items()}
 
-    def write_inventory(self, keys: Iterable[Key]) -> None:
-        """Write the inventory ConfigMap of each namespace whose entries changed."""
-        old = self._load_inventory()
-        new: dict[str, set[str]] = {}
-        for ns, name in keys:
-            new.setdefault(ns, set()).add(name)
+    def write_inventory(self, name: str, entries: Mapping[Key, str]) -> None:
+        """Apply the source's ConfigMap in each namespace whose entries changed."""
+        old = self._load_inventory().setdefault(name, {})
+        new: dict[str, dict[str, str]] = {}
+        for (ns, account), secret in entries.items():
+            new.setdefault(ns, {})[account] = secret
         for ns in sorted(set(old) | set(new)):
-            names = new.get(ns, set())
+            if self.namespace and ns != self.namespace:
+                continue
+            names = new.get(ns, {})
             if old.get(ns) == names:
                 continue
             body = {"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": INVENTORY_NAME, "namespace": ns,
-                                 "labels": {INVENTORY_LABEL: "true",
+                    "metadata": {"name": inventory_configmap(name), "namespace": ns,
+                                 "labels": {INVENTORY_LABEL: name,
                                             "app.kubernetes.io/managed-by": FIELD_MANAGER}},
-                    "data": {"entries": json.dumps(sorted(names))}}
+                    "data": {"entries": json.dumps([{"name": n, "secretName": names[n]}
+                                                    for n in sorted(names)])}}
             self.api.call("patch", "configmaps", ns,
                           lambda ns=ns, body=body: self._core.patch_namespaced_config_map(  # type: ignore[misc]
-                              INVENTORY_NAME, ns, body, field_manager=FIELD_MANAGER, force=True,
-                              _content_type=APPLY, **self.api.options()))
+                              body["metadata"]["name"], ns, body, field_manager=FIELD_MANAGER,
+                              force=True, _content_type=APPLY, **self.api.options()))
             old[ns] = names
 
     # ------------------------------------------------------------------ credentials

@@ -3,7 +3,7 @@
     DIR/<namespace>/emailaccounts/<name>.yaml   the EmailAccount with its status
     DIR/<namespace>/secrets/<secret-name>.yaml  a v1 Secret, mode 0600
     DIR/events.jsonl                            events, one JSON object a line
-    DIR/.inventory.yaml                         the accounts the last run applied from git
+    DIR/.inventories/<name>.yaml                what each source (--inventory NAME) applied
 
 Files are written atomically (temp file + rename) and only when their content changes, so a run
 that finds nothing changed leaves every mtime alone. One run at a time writes a store: a second
@@ -31,7 +31,7 @@ import yaml
 from reconciler.errors import StoreBusy, StoreError
 from reconciler.model import GROUP_VERSION, Event, SecretReader
 from reconciler.store import nofollow
-from reconciler.store.base import Key, account_object, object_key
+from reconciler.store.base import Inventory, Key, account_object, object_key
 from reconciler.store.nofollow import TEMP_PREFIX, write_atomic
 
 __all__ = ["LocalStore", "TEMP_PREFIX", "write_atomic"]
@@ -45,6 +45,7 @@ def _dump(obj: Any) -> bytes:
                      allow_unicode=True).encode("utf-8")
 
 
+INVENTORIES = ".inventories"
 #: Temp files of older versions: `.<file name>.<8 random characters>`.
 _OLD_TEMP = re.compile(r"^\..+\.(yaml|jsonl)\.[a-z0-9_]{8}$")
 
@@ -71,8 +72,9 @@ class LocalStore:
         #: Like KubeStore's: reads and the inventory are limited to this namespace when set.
         self.namespace = namespace
         self.default_namespace = namespace or "default"
-        self.description = f"local:{self.root}" + (f" (namespace {namespace})" if namespace
-                                                   else "")
+        #: The line every run prints before it writes: which folder, which namespaces.
+        self.description = (f"local {self.root} "
+                            f"({f'namespace {namespace}' if namespace else 'all namespaces'})")
         self.writes = 0  # files actually written, for reports and tests
 
     # ------------------------------------------------------------------ one run at a time
@@ -116,7 +118,7 @@ class LocalStore:
         """Delete temp files of an interrupted write (call only while holding the lock); a
         folder that is a link is not entered."""
         removed: list[Path] = []
-        folders: list[tuple[str, ...]] = [()]
+        folders: list[tuple[str, ...]] = [(), (INVENTORIES,)]
         if self.root.is_dir():
             for ns in self.root.iterdir():
                 if ns.is_dir() and not ns.is_symlink():
@@ -266,24 +268,33 @@ class LocalStore:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
-    def _inventory_entries(self) -> set[Key]:
-        data = self._read(self.root / ".inventory.yaml") or {}
+    def _inventory_path(self, name: str) -> Path:
+        return self.root / INVENTORIES / f"{_safe_name(name)}.yaml"
+
+    def _inventory_entries(self, path: Path) -> Inventory:
+        data = self._read(path) or {}
         entries = data.get("entries") or []
-        return {(str(e["namespace"]), str(e["name"])) for e in entries
-                if isinstance(e, dict) and "namespace" in e and "name" in e}
+        return {(str(e["namespace"]), str(e["name"])): str(e.get("secretName") or "")
+                for e in entries if isinstance(e, dict) and "namespace" in e and "name" in e}
 
-    def read_inventory(self) -> set[Key]:
-        return {k for k in self._inventory_entries()
-                if self.namespace is None or k[0] == self.namespace}
+    def read_inventories(self) -> dict[str, Inventory]:
+        """Every source's inventory: DIR/.inventories/<name>.yaml (within the namespace scope)."""
+        out: dict[str, Inventory] = {}
+        for path in sorted((self.root / INVENTORIES).glob("*.yaml")):
+            out[path.stem] = {k: v for k, v in self._inventory_entries(path).items()
+                              if self.namespace is None or k[0] == self.namespace}
+        return out
 
-    def write_inventory(self, keys: Iterable[Key]) -> None:
+    def write_inventory(self, name: str, entries: Mapping[Key, str]) -> None:
+        path = self._inventory_path(name)
         # With a namespace, the other namespaces' entries are not this run's to change.
-        keep = ({k for k in self._inventory_entries() if k[0] != self.namespace}
-                if self.namespace is not None else set())
-        entries = [{"namespace": ns, "name": name} for ns, name in sorted(set(keys) | keep)]
-        self._write(self.root / ".inventory.yaml",
-                    {"apiVersion": GROUP_VERSION, "kind": "Inventory",
-                     "entries": entries})
+        keep = ({k: v for k, v in self._inventory_entries(path).items()
+                 if k[0] != self.namespace} if self.namespace is not None else {})
+        keep.update(entries)
+        self._write(path, {"apiVersion": GROUP_VERSION, "kind": "Inventory",
+                           "metadata": {"name": name},
+                           "entries": [{"namespace": ns, "name": n, "secretName": secret}
+                                       for (ns, n), secret in sorted(keep.items())]})
 
     def secret_reader(self) -> SecretReader | None:
         return None
