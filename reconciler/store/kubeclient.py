@@ -6,6 +6,10 @@ timeouts, and is the one place the client's errors are translated:
 
     409                    re-read (when the caller can) and retry a few times -> StoreConflict
     429, 5xx, connection   capped exponential backoff with jitter             -> StoreUnavailable
+    deadline, size bound   at once: the call's whole answer (retries included) must arrive
+                           within `deadline` seconds and `max_response_bytes` (bounded.py)
+                                                                              -> StoreUnavailable
+    not JSON               at once                                            -> StoreUnavailable
     401, 403               at once                                            -> StoreForbidden
     422                    at once, with the server's causes                  -> StoreInvalid
     404 on delete          fine: already gone
@@ -31,6 +35,8 @@ from reconciler.errors import (
     StoreUnavailable,
     UsageError,
 )
+from reconciler.store import bounded
+from reconciler.store.bounded import Bounds
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,9 @@ class RetryPolicy:
     max_delay: float = 1.0
     conflicts: int = 3  # retries after a 409
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    read_timeout: float = 30.0  # per socket read
+    deadline: float = 60.0  # the whole call, retries included (a drip ends here)
+    max_response_bytes: int = bounded.DEFAULT_LIMIT  # per answer (an endless body ends here)
 
     def delay(self, failures: int, retry_after: float | None = None) -> float:
         """Capped exponential backoff with full jitter; a server's Retry-After wins (capped)."""
@@ -52,13 +60,23 @@ class RetryPolicy:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+class NotJson(ValueError):
+    """The API server answered 2xx with something that is not a JSON object."""
+
+
 def read_json(response: Any) -> dict[str, Any]:
     """The decoded body of an unpreloaded client response; the connection goes back to the pool."""
     try:
         raw = response.data
     finally:
         response.release_conn()
-    return json.loads(raw) if raw else {}
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise NotJson("the answer is not JSON") from exc
+    if not isinstance(body, dict):
+        raise NotJson("the answer is not a JSON object")
+    return body
 
 
 def _where(namespace: str | None) -> str:
@@ -163,6 +181,7 @@ class KubeClient:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._disable_client_retries(api_client)
+        bounded.install(api_client)
         self.requests: Counter[str] = Counter()  # verbs sent, including retries
 
     @staticmethod
@@ -185,10 +204,13 @@ class KubeClient:
         from urllib3.exceptions import HTTPError
 
         failures = conflicts = 0
+        deadline = time.monotonic() + self.retry.deadline
         while True:
             self.requests[verb] += 1
+            bounds = Bounds(self.retry.deadline, self.retry.max_response_bytes, deadline)
             try:
-                return read_json(send())
+                with bounded.bounded(bounds):
+                    return read_json(send())
             except ApiException as exc:
                 status = int(exc.status or 0)
                 if status == 404 and missing_ok:
@@ -223,14 +245,28 @@ class KubeClient:
                         f"API server unavailable: {verb} {resource} {_where(namespace)} failed "
                         f"{failures} times, last with {status}: {_server_message(exc)}"
                     ) from exc
-                self._sleep(self.retry.delay(failures, _retry_after(exc)))
-            except (HTTPError, OSError) as exc:
+                self._pause(bounds, self.retry.delay(failures, _retry_after(exc)), verb,
+                            resource, namespace)
+            except (HTTPError, OSError, NotJson) as exc:
+                why = bounds.why() or (str(exc) if isinstance(exc, NotJson) else None)
+                if why is not None:  # a hostile or broken server: not worth another try
+                    raise StoreUnavailable(f"API server unavailable: {verb} {resource} "
+                                           f"{_where(namespace)}: {why}") from exc
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise StoreUnavailable(
                         f"API server unreachable: {verb} {resource} {_where(namespace)} failed "
                         f"{failures} times, last with {type(exc).__name__}: {exc}") from exc
-                self._sleep(self.retry.delay(failures))
+                self._pause(bounds, self.retry.delay(failures), verb, resource, namespace)
+
+    def _pause(self, bounds: Bounds, delay: float, verb: str, resource: str,
+               namespace: str | None) -> None:
+        """Sleep before the next try, unless the call's deadline comes first."""
+        if bounds.left() <= delay:
+            raise StoreUnavailable(f"API server unavailable: {verb} {resource} "
+                                   f"{_where(namespace)}: no answer within "
+                                   f"{self.retry.deadline:g} s")
+        self._sleep(delay)
 
     @staticmethod
     def _refused(status: int, verb: str, resource: str, namespace: str | None, exc: Any) -> str:

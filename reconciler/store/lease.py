@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.errors import StoreConflict, StoreError, StoreForbidden, StoreUnavailable
-from reconciler.store.kubeclient import read_json
+from reconciler.store import bounded
+from reconciler.store.kubeclient import NotJson, read_json
+
+#: A Lease is a few hundred bytes; anything near this is not one.
+_LEASE_BYTES = 1 << 20
 
 
 class LeaseConflict(StoreConflict):
@@ -26,6 +30,7 @@ class LeaseClient:
         from kubernetes import client
 
         self._api = client.CoordinationV1Api(api_client)
+        bounded.install(api_client)
         self.namespace, self.name = namespace, name
         self._timeout = timeout
 
@@ -33,8 +38,10 @@ class LeaseClient:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        bounds = bounded.Bounds(sum(self._timeout), _LEASE_BYTES)  # a drip ends here
         try:
-            return read_json(send())
+            with bounded.bounded(bounds):
+                return read_json(send())
         except ApiException as exc:
             if exc.status == 404 and verb == "get":
                 return None
@@ -49,9 +56,10 @@ class LeaseClient:
                                  f"{self.namespace}/{self.name} ({exc.status})") from exc
             raise StoreUnavailable(f"{verb} lease {self.namespace}/{self.name} failed "
                                    f"({exc.status})") from exc
-        except (HTTPError, OSError) as exc:
+        except (HTTPError, OSError, NotJson) as exc:
+            why = bounds.why() or type(exc).__name__
             raise StoreUnavailable(f"{verb} lease {self.namespace}/{self.name} failed: "
-                                   f"{type(exc).__name__}") from exc
+                                   f"{why}") from exc
 
     def get(self) -> dict[str, Any] | None:
         """The Lease object, or None when it does not exist."""

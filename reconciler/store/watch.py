@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from reconciler.log import get_logger
 from reconciler.model import API_GROUP, API_VERSION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL
 from reconciler.policy import CREDENTIAL_LABEL
+from reconciler.store import bounded
 from reconciler.store.base import Key, object_key
 
 log = get_logger("reconciler.watch")
@@ -128,12 +129,14 @@ class Informer:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def _relist(self) -> None:
-        response = self._list_fn(*self._list_args, _preload_content=False,
-                                 _request_timeout=(5, 60))
-        try:
-            body = json.loads(response.data or b"{}")
-        finally:
-            response.release_conn()
+        # Bounded like every call (bounded.py): a dripped or endless LIST is a failed relist.
+        with bounded.bounded(bounded.Bounds(60.0)):
+            response = self._list_fn(*self._list_args, _preload_content=False,
+                                     _request_timeout=(5, 60))
+            try:
+                body = json.loads(response.data or b"{}")
+            finally:
+                response.release_conn()
         fresh = {object_key(o): o for o in body.get("items") or []}
         with self._lock:
             old = self._cache
@@ -166,10 +169,13 @@ class Informer:
                               timeout_seconds=self.watch_seconds,
                               allow_watch_bookmarks=True,
                               _request_timeout=(5, self.watch_seconds + 10))
-            for event in stream:
-                self._apply(str(event.get("type")), event.get("raw_object") or {})
-                if self._stopping.is_set():
-                    w.stop()
+            # The server ends a watch after timeout_seconds; one that drips or floods past the
+            # bounds ends with an error, and the next watch resumes from resource_version.
+            with bounded.bounded(bounded.Bounds(self.watch_seconds + 10.0)):
+                for event in stream:
+                    self._apply(str(event.get("type")), event.get("raw_object") or {})
+                    if self._stopping.is_set():
+                        w.stop()
         finally:
             self._watch = None
             w._api_client.close()
@@ -199,6 +205,7 @@ def account_informer(api_client: Any, namespace: str | None, handler: Handler,
     """An informer over EmailAccounts in one namespace, or cluster-wide."""
     from kubernetes import client
 
+    bounded.install(api_client)
     custom = client.CustomObjectsApi(api_client)
     if namespace:
         return Informer(PLURAL, custom.list_namespaced_custom_object,
@@ -273,6 +280,7 @@ def secret_informer(api_client: Any, namespace: str | None, handler: Handler,
     """Informers over the Secrets of one namespace (or all) that carry one of SECRET_SELECTORS."""
     from kubernetes import client
 
+    bounded.install(api_client)
     core = client.CoreV1Api(api_client)
     parts = []
     for selector in SECRET_SELECTORS:
@@ -295,6 +303,7 @@ def configmap_informer(api_client: Any, namespace: str | None, handler: Handler,
     """An informer over the ConfigMaps of one namespace (or all) that carry CONFIGMAP_SELECTOR."""
     from kubernetes import client
 
+    bounded.install(api_client)
     core = client.CoreV1Api(api_client)
     list_fn = (functools.partial(core.list_namespaced_config_map, label_selector=CONFIGMAP_SELECTOR)
                if namespace else
