@@ -14,7 +14,13 @@ from urllib.parse import quote, quote_plus
 _lock = threading.Lock()
 # Settings given to configure_logging, applied when structlog is first needed (see there).
 _pending: tuple[str, str, Any] | None = None
+#: The redaction registry: every registered form, indexed by its first _MIN_REDACTED characters
+#: (prefix -> the forms with that prefix, longest first). A lookup per position of the text
+#: replaces a scan of every form, so redacting costs the same at 10 registered secrets as at
+#: 100,000 (issue 26 item 4). Lists are replaced, never changed in place, so a reader holding
+#: one while another thread registers sees a consistent (if slightly older) list.
 _secrets: set[str] = set()
+_by_prefix: dict[str, list[str]] = {}
 REDACTED = "[REDACTED]"
 _SENSITIVE_KEYS = ("password", "secret", "token", "authorization", "private_key", "assertion")
 #: Values shorter than this are still redacted but not reliably (a 4-character password is also
@@ -76,7 +82,11 @@ def register_secret(value: str | bytes | None) -> None:
         return
     forms = secret_forms(text)
     with _lock:
-        _secrets.update(forms)
+        for form in forms - _secrets:
+            _secrets.add(form)
+            prefix = form[:_MIN_REDACTED]
+            _by_prefix[prefix] = sorted([*_by_prefix.get(prefix, ()), form], key=len,
+                                        reverse=True)
 
 
 def is_short_secret(value: str | bytes) -> bool:
@@ -99,13 +109,37 @@ def safe_text(text: str, limit: int | None = None) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Replace every registered secret value in text."""
-    with _lock:
-        values = sorted(_secrets, key=len, reverse=True)
-    for v in values:
-        if v in text:
-            text = text.replace(v, REDACTED)
-    return text
+    """Replace every registered secret value in text.
+
+    Every occurrence of every registered form is found (one dictionary lookup per position of
+    the text, whatever the number of registered secrets), and each run of overlapping or
+    adjacent occurrences becomes one REDACTED: no character of any form survives."""
+    index = _by_prefix
+    if not index or len(text) < _MIN_REDACTED:
+        return text
+    width = _MIN_REDACTED
+    hits = [i for i in range(len(text) - width + 1) if text[i:i + width] in index]
+    if not hits:
+        return text
+    spans: list[tuple[int, int]] = []
+    for i in hits:
+        for form in index.get(text[i:i + width], ()):  # longest first: the first that matches covers the others
+            if text.startswith(form, i):
+                end = i + len(form)
+                if spans and i <= spans[-1][1]:
+                    if end > spans[-1][1]:
+                        spans[-1] = (spans[-1][0], end)
+                else:
+                    spans.append((i, end))
+                break
+    if not spans:
+        return text
+    out, pos = [], 0
+    for start, end in spans:
+        out += [text[pos:start], REDACTED]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 class RedactSecrets:

@@ -57,6 +57,22 @@ def test_redaction_leaves_ordinary_text_alone() -> None:
     assert redact_text("250 2.0.0 OK queued as ABC123") == "250 2.0.0 OK queued as ABC123"
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    # two secrets overlapping in the text: neither leaves a character behind
+    ("x Ov3rlapA-Ov3rlapB-tail y", f"x {REDACTED} y"),
+    ("x Ov3rlapA-Ov3rlap y", f"x {REDACTED} y"),
+    # one inside the other, and two side by side
+    ("[Ov3rlapB-tail]", f"[{REDACTED}]"),
+    ("Ov3rlapB-tailOv3rlapB-tail", REDACTED),
+    ("no secret here", "no secret here"),
+    ("", ""),
+])
+def test_overlapping_secrets_are_redacted_whole(text: str, expected: str) -> None:
+    register_secret("Ov3rlapA-Ov3rlap")
+    register_secret("Ov3rlapB-tail")
+    assert redact_text(text) == expected
+
+
 def test_control_characters_are_replaced_and_text_bounded() -> None:
     text = clean_text(f"hello {ESCAPES} world\r\n", 20)
     assert not any(c in text for c in "\x1b\x07\x00\x9b\r")
