@@ -655,15 +655,3 @@ def test_parse_duration_rejects_garbage(text: str) -> None:
 def test_leader_config_rejects_inconsistent_timings() -> None:
     with pytest.raises(ValueError, match="lease-duration > --renew-deadline"):
         LeaderConfig(lease_duration=1.0, renew_deadline=2.0, retry_period=0.5).check()
-
-
-def test_secret_names_referenced_by_a_spec() -> None:
-    from reconciler.run.controller import _secret_names
-
-    spec = {"smtp": {"authentication": {"passwordSecretRef": {"name": "pw", "key": "p"}},
-                     "connection": {"truststore": {"secretRef": {"name": "ca", "key": "c"}}},
-                     "signing": {"keystoreSecretRef": {"name": "ks", "key": "k"},
-                                 "keystorePasswordSecretRef": {"name": "ksp", "key": "k"}}},
-            "graph": {"authentication": {"clientSecretSecretRef": {"name": "cs", "key": "k"}}},
-            "publish": {"secretName": "out"}}
-    assert sorted(_secret_names(spec)) == ["ca", "cs", "ks", "ksp", "pw"]

@@ -428,7 +428,7 @@ def test_secret_reader_uses_one_list_per_kind_and_namespace(cluster: Cluster) ->
         version = reader.version(NS, KeyRef("app", "password"))
         meta = cluster.api.get_object("secrets", NS, "app")["metadata"]
         assert version == f"{meta['uid']}/{meta['resourceVersion']}"  # nothing of the value
-        assert store.list_secrets([NS])[(NS, "other")]["metadata"]["name"] == "other"
+        assert store.get_secret(NS, "other")["metadata"]["name"] == "other"  # the same LIST
         with pytest.raises(SecretNotFound, match="shop/app has no key 'user'"):
             reader.read(NS, KeyRef("app", "user"))
         with pytest.raises(SecretNotFound, match="Secret shop/missing not found"):
@@ -565,3 +565,64 @@ def test_probe_reads_credentials_from_the_cluster(cluster: Cluster, tmp_path: Pa
     assert set(cluster.api.count_by_verb()) == {"list"}  # reads Secrets/ConfigMaps, writes nothing
     assert main(["probe", str(cluster.manifests), "--secrets-from-cluster",
                  "--secrets-dir", str(tmp_path)]) == 2
+
+
+def test_a_primed_store_reads_only_the_names_it_needs(cluster: Cluster) -> None:
+    """Controller mode: the informers' caches are looked up by name, never copied whole, and a
+    name they miss (an unlabelled Secret) costs one GET, remembered for the run (issue 26 item 4:
+    a reconcile's cost does not grow with the Secrets of its namespace)."""
+    cached = {(NS, f"s-{i}"): {"apiVersion": "v1", "kind": "Secret",
+                               "metadata": {"name": f"s-{i}", "namespace": NS},
+                               "data": {"password": "cHc="}} for i in range(1000)}
+    asked: list[tuple[str, str]] = []
+
+    def lookup(namespace: str, name: str) -> dict[str, Any] | None:
+        asked.append((namespace, name))
+        return cached.get((namespace, name))
+
+    cluster.api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                       "metadata": {"name": "unlabelled", "namespace": NS}})
+    with KubeStore(cluster.api.api_client(), retry=FAST) as store:
+        store.prime([{"apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
+                      "metadata": {"name": "a", "namespace": NS}}], lookup)
+        cluster.api.clear_requests()
+        got = store.get_secret(NS, "s-7")
+        assert got == cached[(NS, "s-7")] and got is not cached[(NS, "s-7")]  # a copy
+        got["data"]["password"] = "changed"
+        assert cached[(NS, "s-7")]["data"]["password"] == "cHc="  # the cache is untouched
+        assert store.get_secret(NS, "s-7")["data"]["password"] == "cHc="
+        assert cluster.api.count_by_verb() == {}
+        assert (store.get_secret(NS, "unlabelled") or {})["metadata"]["name"] == "unlabelled"
+        assert store.get_secret(NS, "missing") is None
+        assert store.get_secret(NS, "missing") is None  # the 404 is remembered
+        assert cluster.api.count_by_verb() == {"get": 2}
+        assert store.get_configmap(NS, "ca") is not None  # no ConfigMap source: a GET
+    assert asked == [(NS, "s-7"), (NS, "unlabelled"), (NS, "missing")]
+
+
+def test_informers_keep_only_our_label_and_annotation_ownership() -> None:
+    from reconciler.store.watch import slim
+
+    obj = {"metadata": {"name": "s", "namespace": NS, "managedFields": [
+        {"manager": "email-reconciler", "operation": "Apply", "fieldsV1": {
+            "f:data": {"f:SMTP_PASSWORD": {}, "f:SMTP_HOST": {}},
+            "f:metadata": {"f:labels": {"f:a": {}}, "f:annotations": {"f:b": {}},
+                           "f:ownerReferences": {}}}},
+        {"manager": "email-reconciler", "operation": "Update", "subresource": "status",
+         "fieldsV1": {"f:status": {}}},
+        {"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:metadata": {
+            "f:labels": {"f:c": {}}}}}]}, "data": {"x": "eQ=="}}
+    before = copy.deepcopy(obj)
+    slimmed = slim(obj)
+    assert obj == before  # the informer's input is not modified
+    assert slimmed["metadata"]["managedFields"] == [
+        {"manager": "email-reconciler", "operation": "Apply",
+         "fieldsV1": {"f:metadata": {"f:labels": {"f:a": {}}, "f:annotations": {"f:b": {}}}}}]
+    assert slimmed["data"] == obj["data"]
+    from reconciler.store.base import owned_keys
+
+    assert owned_keys(slimmed, "labels") == owned_keys(obj, "labels") == {"a"}
+    assert owned_keys(slimmed, "annotations") == {"b"}
+    kubectl_only = {"metadata": {"name": "t", "managedFields": [
+        {"manager": "kubectl", "operation": "Update", "fieldsV1": {}}]}}
+    assert "managedFields" not in slim(kubectl_only)["metadata"]

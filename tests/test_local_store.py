@@ -63,14 +63,15 @@ def test_status_of_unknown_account_is_an_error(tmp_path: Path) -> None:
         LocalStore(tmp_path).write_status("shop", "ghost", {})
 
 
-def test_secrets_are_private_and_listed_per_namespace(tmp_path: Path) -> None:
+def test_secrets_are_private_and_read_per_namespace(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
               "metadata": {"name": "billing-sender", "namespace": "shop"}, "data": {"A": "Yg=="}}
     store.apply_secret(secret)
     path = tmp_path / "shop" / "secrets" / "billing-sender.yaml"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert store.list_secrets(["shop", "other"]) == {("shop", "billing-sender"): secret}
+    assert store.get_secret("shop", "billing-sender") == secret
+    assert store.get_secret("other", "billing-sender") is None
     store.delete_secret("shop", "billing-sender")
     assert not path.exists()
 

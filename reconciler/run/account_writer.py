@@ -43,19 +43,18 @@ class AccountWriter:
     def __init__(self, store: StateStore, *, dry_run: bool = False) -> None:
         self.store = store
         self.dry_run = dry_run
-        #: The published Secrets of the run's namespaces, kept current as this run writes them.
-        self.published: dict[Key, dict[str, Any]] = {}
-        self.secrets_error: StoreError | None = None
+        #: Secrets looked up by name in this run ((namespace, name) -> the Secret, or None when
+        #: there is none), kept current as this run writes them: an account reads only its own
+        #: published Secret (and the one it published under an old name), never a whole
+        #: namespace's (issue 26: cost per account independent of the number of accounts).
+        self.published: dict[Key, dict[str, Any] | None] = {}
 
-    def read_published(self, namespaces: set[str]) -> None:
-        """List the Secrets published in these namespaces, for the accounts' turns to come."""
-        self.secrets_error = None
-        try:
-            self.published = self.store.list_secrets(namespaces)
-        except StoreError as exc:  # without the list, conflicts cannot be seen: publish nothing
-            self.secrets_error = exc
-            self.published = {}
-            log.error("cannot list Secrets", error=redact_text(str(exc)))
+    def published_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret `namespace/name` as the store holds it (looked up once a run), or None."""
+        key = (namespace, name)
+        if key not in self.published:
+            self.published[key] = self.store.get_secret(namespace, name)
+        return self.published[key]
 
     def refused(self, account: Account, stored: Mapping[str, Any] | None,
                 entry: AccountReport, exc: StoreInvalid, now: datetime) -> None:
@@ -85,7 +84,7 @@ class AccountWriter:
                result: ProbeResult | None, entry: AccountReport, now: datetime) -> None:
         """`_finish`, with a store failure (an OSError included) made this account's reason."""
         try:
-            self._finish(account, stored, result, self.published, entry, now)
+            self._finish(account, stored, result, entry, now)
         except StoreInvalid as exc:  # the status itself was refused: Stalled, no retry loop
             text = redact_text(str(exc))
             entry.status = status.refused_status(
@@ -105,8 +104,7 @@ class AccountWriter:
                       error=text)
 
     def _finish(self, account: Account, stored: Mapping[str, Any] | None,
-                result: ProbeResult | None, published: dict[Key, dict[str, Any]],
-                entry: AccountReport, now: datetime) -> None:
+                result: ProbeResult | None, entry: AccountReport, now: datetime) -> None:
         old_status = dict((stored or {}).get("status") or {})
         entry.probed = result is not None
         publish_outcome: Outcome | None = None
@@ -114,7 +112,7 @@ class AccountWriter:
             if result is not None and readiness.probe_passed(account=account,
                                                              old_status=old_status,
                                                              result=result):
-                publish_outcome = self._publish(account, result, old_status, published, entry)
+                publish_outcome = self._publish(account, result, old_status, entry)
         except StoreForbidden as exc:
             publish_outcome = Outcome(False, reasons.FORBIDDEN, str(exc))
         except StoreError as exc:
@@ -126,10 +124,8 @@ class AccountWriter:
             self._write_status(account, old_status, new_status, entry, now)
 
     def _publish(self, account: Account, result: ProbeResult, old_status: Mapping[str, Any],
-                 published: dict[Key, dict[str, Any]], entry: AccountReport) -> Outcome:
+                 entry: AccountReport) -> Outcome:
         ns, secret_name = account.namespace, account.publish.secret_name
-        if self.secrets_error is not None:
-            raise self.secrets_error
         before = status_condition(old_status, "SecretPublished")
         if (before.get("reason") == reasons.INVALID and before.get("status") == "False"
                 and before.get("observedGeneration") == account.generation):
@@ -140,13 +136,9 @@ class AccountWriter:
         orphan = account.publish.deletion_policy == "Orphan"
         desired = render.render_secret(account, result,
                                        owner_uid=None if orphan else account.uid or None)
-        existing = published.get((ns, secret_name))
-        if existing is None:
-            # The controller's Secret list holds only labelled Secrets: look the name up, so an
-            # unlabelled Secret of it is reported as a conflict rather than taken over.
-            existing = self.store.get_secret(ns, secret_name)
-            if existing is not None:
-                published[(ns, secret_name)] = existing
+        # Looked up by name, whoever owns it: an unlabelled Secret of that name is reported as
+        # a conflict rather than taken over (a failed read raises: nothing is published).
+        existing = self.published_secret(ns, secret_name)
         _keep_published_pkcs12(existing, desired)
         if existing is not None and not render.is_managed(existing):
             return Outcome(False, reasons.SECRET_CONFLICT,
@@ -167,24 +159,24 @@ class AccountWriter:
         meta_changed = existing is not None and secret_metadata_differs(existing, desired)
         if (existing is None or old_hash != new_hash or meta_changed) and not self.dry_run:
             self.store.apply_secret(desired)
-            published[(ns, secret_name)] = desired
+            self.published[(ns, secret_name)] = desired
         if meta_changed and not any(diff.values()):
             entry.secret_changes = {"added": [], "changed": ["(metadata)"], "removed": []}
         old_name = old_status.get("secretName")
         if old_name and old_name != secret_name:
-            self._delete_old_secret(ns, old_name, account, published, entry)
+            self._delete_old_secret(ns, old_name, account, entry)
         return Outcome(True, reasons.PUBLISHED,
                        f"Secret {ns}/{secret_name} holds the sender configuration")
 
     def _delete_old_secret(self, ns: str, name: str, account: Account,
-                           published: dict[Key, dict[str, Any]], entry: AccountReport) -> None:
-        old = published.get((ns, name))
+                           entry: AccountReport) -> None:
+        old = self.published_secret(ns, name)
         if not secret_owned_by(old, account.name):  # never another account's Secret
             return
         entry.secret_changes.setdefault("removed", []).append(f"Secret {name}")
         if not self.dry_run:
             self.store.delete_secret(ns, name)
-        published.pop((ns, name), None)
+        self.published[(ns, name)] = None
 
     def _write_status(self, account: Account, old: Mapping[str, Any], new: Mapping[str, Any],
                       entry: AccountReport, now: datetime) -> None:

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from reconciler.model import (
 from reconciler.policy import DEFAULT_POLICY, Policy
 from reconciler.run.leader import LeaderConfig, LeaderElector
 from reconciler.run.metrics import HealthServer, Metrics, MetricsServer
+from reconciler.run.refs import RefIndex, configmap_names, secret_names
 from reconciler.run.worker import Worker
 from reconciler.run.workqueue import ApiBackoff, Slots, WorkQueue
 from reconciler.store.base import Key, object_key
@@ -69,33 +70,6 @@ def parse_duration(text: str) -> float:
     if pos != len(value) or not value:
         raise UsageError(f"invalid duration {text!r}: write it like 30s, 10m or 1h30m")
     return total
-
-
-# --------------------------------------------------------------------------- what an account reads
-
-
-def _ref_names(spec: Any, is_ref: Callable[[str], bool]) -> Iterator[str]:
-    """Names of the objects a spec references through keys for which `is_ref(key)` holds."""
-    if isinstance(spec, Mapping):
-        for key, value in spec.items():
-            if is_ref(key) and isinstance(value, Mapping):
-                if value.get("name"):
-                    yield str(value["name"])
-            else:
-                yield from _ref_names(value, is_ref)
-    elif isinstance(spec, list):
-        for item in spec:
-            yield from _ref_names(item, is_ref)
-
-
-def _secret_names(spec: Any) -> Iterator[str]:
-    """Names of the Secrets a spec references (any `...SecretRef`/`secretRef` with a name)."""
-    return _ref_names(spec, lambda key: key.endswith("SecretRef") or key == "secretRef")
-
-
-def _configmap_names(spec: Any) -> Iterator[str]:
-    """Names of the ConfigMaps a spec references (any `configMapRef` with a name)."""
-    return _ref_names(spec, lambda key: key == "configMapRef")
 
 
 def _data_hash(secret: Mapping[str, Any]) -> Any:
@@ -141,9 +115,8 @@ class Controller:
                              queue=self.queue, api_backoff=self.api_backoff,
                              metrics=self.metrics, accounts=self.accounts,
                              secrets=self.secrets, configmaps=self.configmaps)
-        self._lock = threading.Lock()
-        self._refs: dict[Key, set[str]] = {}  # account -> names of Secrets it reads
-        self._cm_refs: dict[Key, set[str]] = {}  # account -> names of ConfigMaps it reads
+        self.secret_refs = RefIndex()  # who reads which Secret (reverse references)
+        self.configmap_refs = RefIndex()  # and which ConfigMap
         self._leading = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -229,21 +202,18 @@ class Controller:
     def _on_account(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
         key = object_key(obj)
         if etype == "DELETED":
-            with self._lock:
-                self._refs.pop(key, None)
-                self._cm_refs.pop(key, None)
+            self.secret_refs.drop(key)
+            self.configmap_refs.drop(key)
             self.worker.forget(key)
             self.queue.remove(key)
             self.metrics.observe_account(key, None)
-            self.metrics.accounts.set(len(self.accounts.cached_keys()))
+            self.metrics.accounts.set(len(self.accounts))
             return
         spec = obj.get("spec") or {}
-        names = set(_secret_names(spec))
-        with self._lock:
-            self._refs[key] = names
-            self._cm_refs[key] = set(_configmap_names(spec))
+        self.secret_refs.set(key, secret_names(spec))
+        self.configmap_refs.set(key, configmap_names(spec))
         done = self.worker.reconciled_generation(key)
-        self.metrics.accounts.set(len(self.accounts.cached_keys()))
+        self.metrics.accounts.set(len(self.accounts))
         self.metrics.observe_account(key, obj.get("status") or {})
         meta = obj.get("metadata") or {}
         generation = int(meta.get("generation") or 0)
@@ -270,9 +240,7 @@ class Controller:
             self.queue.add((ns, str(owner)), urgent=True)
         if not data_changed:
             return
-        with self._lock:
-            readers = [k for k, names in self._refs.items() if k[0] == ns and name in names]
-        for key in readers:
+        for key in self.secret_refs.readers(ns, name):
             self.queue.add(key, urgent=True)
 
     def _on_configmap(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
@@ -281,9 +249,7 @@ class Controller:
         if prev is not None and etype != "DELETED" and (
                 prev.get("data"), prev.get("binaryData")) == (obj.get("data"), obj.get("binaryData")):
             return
-        with self._lock:
-            readers = [k for k, names in self._cm_refs.items() if k[0] == ns and name in names]
-        for key in readers:
+        for key in self.configmap_refs.readers(ns, name):
             self.queue.add(key, urgent=True)
 
     # ------------------------------------------------------------------ workers

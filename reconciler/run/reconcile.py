@@ -138,8 +138,6 @@ class Reconciler:
     def _reconcile_accounts(self, accounts: Sequence[Account],
                             stored: Mapping[Key, Mapping[str, Any]], report: RunReport,
                             now: datetime, unpublished: Collection[Key] = ()) -> None:
-        namespaces = {a.namespace for a in accounts} | {k[0] for k in stored}
-        self.writer.read_published(namespaces)
         decisions = {}
         for account in accounts:
             old = (stored.get(account.key) or {}).get("status") or {}
@@ -294,7 +292,7 @@ class Reconciler:
         """Delete the account; its Secret only when the Secret's owner label names it too."""
         ns, name = key
         publish = (obj.get("spec") or {}).get("publish") or {}
-        secret = self.writer.published.get((ns, secret_name)) if secret_name else None
+        secret = self.writer.published_secret(ns, secret_name) if secret_name else None
         report.pruned.append(key)
         if self.options.dry_run:
             return

@@ -93,12 +93,11 @@ class Worker:
             obj = _with_remembered(obj, self._unwritten.get(key))
         started = time.monotonic()
         store = self._store()
-        secrets = self.secrets.by_namespace(key[0])
-        prime_store(store, obj, {key[0]: secrets}, {key[0]: self.configmaps.by_namespace(key[0])})
+        prime_store(store, obj, self.secrets.peek, self.configmaps.peek)
         with self._lock:  # before the status write, whose watch event must not queue it again
             self._generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
         # A deleted published Secret is put back from a fresh probe: probe_decision's input.
-        unpublished = [key] if _unpublished(obj, secrets) else []
+        unpublished = [key] if _unpublished(obj, self.secrets) else []
         report = Reconciler(store, store.secret_reader(),
                             RunOptions(prune=False, concurrency=1, policy=self.policy)
                             ).reconcile_objects([obj], unpublished=unpublished)
@@ -162,7 +161,7 @@ class Worker:
         spec = obj.get("spec") or {}
         name = ((spec.get("publish") or {}).get("secretName")
                 or (obj.get("status") or {}).get("secretName") or f"{key[1]}-sender")
-        published = (getattr(store, "_secrets", None) or {}).get(key[0], {}).get(name)
+        published = store.get_secret(key[0], name)
         labels = ((published or {}).get("metadata") or {}).get("labels") or {}
         orphan = (spec.get("publish") or {}).get("deletionPolicy") == "Orphan"
         if (published is not None and is_managed(published) and not orphan
@@ -172,10 +171,11 @@ class Worker:
         log.info("account deleted during its reconcile; cleaned up", account=f"{key[0]}/{key[1]}")
 
 
-def _unpublished(obj: Mapping[str, Any], secrets: Mapping[str, Any]) -> bool:
+def _unpublished(obj: Mapping[str, Any], secrets: InformerUnion) -> bool:
     """Whether the Secret the account's status names as published is missing from the cache."""
     name = (obj.get("status") or {}).get("secretName")
-    return bool(name) and name not in secrets
+    ns = str((obj.get("metadata") or {}).get("namespace") or "default")
+    return bool(name) and secrets.peek(ns, str(name)) is None
 
 
 def _with_remembered(obj: dict[str, Any], unwritten: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -48,13 +48,9 @@ class StateStore(Protocol):
 
     def delete_account(self, namespace: str, name: str) -> None: ...
 
-    def list_secrets(self, namespaces: Iterable[str]) -> dict[Key, dict[str, Any]]:
-        """Every Secret in those namespaces, ours or not (to detect conflicts), one read each."""
-        ...
-
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """One Secret by name, or None: for a name list_secrets did not return (the controller's
-        informers hold only labelled Secrets, so an unlabelled one of that name may exist)."""
+        """One Secret by name, ours or not (to detect conflicts), or None. An account reads
+        only the Secrets it names: no run lists a namespace's Secrets per account."""
         ...
 
     def apply_secret(self, secret: Mapping[str, Any]) -> None:

@@ -41,6 +41,8 @@ ACCOUNTS = f"{PLURAL}.{API_GROUP}"  # how RBAC names the resource in messages
 _SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields",
                   "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
 _PAGE = 500
+#: (namespace, name) -> the cached object (shared: not to be modified), or None.
+Lookup = Callable[[str, str], "dict[str, Any] | None"]
 
 
 def inventory_configmap(name: str) -> str:
@@ -143,30 +145,29 @@ class KubeStore:
 
     def _reset_run_cache(self) -> None:
         self._accounts: dict[Key, dict[str, Any]] | None = None
+        #: The run's Secrets (namespace -> name -> object): a namespace's LIST (CLI/GitOps run),
+        #: or, after a prime, only the names this run looked up or wrote.
         self._secrets: dict[str, dict[str, dict[str, Any]]] = {}
-        #: Namespaces whose Secrets came from label-selected informers (prime): a name missing
-        #: there may still exist, so it is read by name (and a 404 remembered for the run).
-        self._partial: set[str] = set()
         self._absent: set[Key] = set()
         self._configmaps: dict[str, dict[str, dict[str, Any]]] = {}
-        #: The same for ConfigMaps (truststores) from the controller's label-selected informer.
-        self._cm_partial: set[str] = set()
         self._cm_absent: set[Key] = set()
+        #: After a prime: the informers' caches, looked up by name. They hold only labelled
+        #: objects, so a name they miss may still exist: it is read with one GET (and a 404
+        #: remembered for the run). No namespace is LISTed.
+        self._secret_source: Lookup | None = None
+        self._cm_source: Lookup | None = None
         self._inventory: dict[str, dict[str, dict[str, str]]] | None = None
 
-    def prime(self, accounts: Iterable[Mapping[str, Any]],
-              secrets: Mapping[str, Mapping[str, Mapping[str, Any]]],
-              configmaps: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> None:
-        """Start a run over objects informers already hold (namespace -> name -> Secret, and
-        -> ConfigMap), so the run sends no LIST for them (controller mode)."""
+    def prime(self, accounts: Iterable[Mapping[str, Any]], secrets: Lookup,
+              configmaps: Lookup | None = None) -> None:
+        """Start a run over objects informers already hold: `secrets(namespace, name)` and
+        `configmaps(namespace, name)` return the cached object or None. The run then sends no
+        LIST, and copies only the objects it reads (controller mode: cost per reconcile does
+        not grow with the namespace)."""
         self._reset_run_cache()
         self._accounts = {object_key(a): copy.deepcopy(dict(a)) for a in accounts}
-        self._secrets = {ns: {name: dict(obj) for name, obj in objs.items()}
-                         for ns, objs in secrets.items()}
-        self._partial = set(secrets)
-        self._configmaps = {ns: {name: dict(obj) for name, obj in objs.items()}
-                            for ns, objs in (configmaps or {}).items()}
-        self._cm_partial = set(configmaps or {})
+        self._secret_source = secrets
+        self._cm_source = configmaps or (lambda namespace, name: None)
 
     def cached_account(self, key: Key) -> dict[str, Any] | None:
         """The account as this store last saw it (after its own writes), or None."""
@@ -250,62 +251,57 @@ class KubeStore:
 
     # ------------------------------------------------------------------ secrets
     def _namespace_secrets(self, namespace: str) -> dict[str, dict[str, Any]]:
-        if namespace not in self._secrets:
+        if namespace not in self._secrets and self._secret_source is None:
             core, kw = self._core, self.api.options()
             items = self.api.list_all("secrets", namespace, lambda t: core.list_namespaced_secret(
                 namespace, limit=_PAGE, _continue=t, **kw))
             self._secrets[namespace] = {str(o["metadata"]["name"]): o for o in items}
-        return self._secrets[namespace]
+        return self._secrets.setdefault(namespace, {})
 
     def _namespace_configmaps(self, namespace: str) -> dict[str, dict[str, Any]]:
-        if namespace not in self._configmaps:
+        if namespace not in self._configmaps and self._cm_source is None:
             core, kw = self._core, self.api.options()
             items = self.api.list_all("configmaps", namespace, lambda t: core.list_namespaced_config_map(
                 namespace, limit=_PAGE, _continue=t, **kw))
             self._configmaps[namespace] = {str(o["metadata"]["name"]): o for o in items}
-        return self._configmaps[namespace]
+        return self._configmaps.setdefault(namespace, {})
+
+    def _lookup(self, kind: str, namespace: str, name: str, objs: dict[str, dict[str, Any]],
+                source: Lookup | None, absent: set[Key], read: Callable[[], Any]
+                ) -> dict[str, Any] | None:
+        """One object by name: the run's cache, else (after a prime) the informer's, else one
+        GET for a name the label-selected informer does not hold."""
+        if name in objs:
+            return copy.deepcopy(objs[name])
+        if source is None or (namespace, name) in absent:
+            return None
+        obj = source(namespace, name)
+        if obj is None:
+            obj = self.api.call("get", kind, namespace, read, missing_ok=True)
+        if not obj:
+            absent.add((namespace, name))
+            return None
+        objs[name] = obj
+        return copy.deepcopy(obj)
 
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One ConfigMap by name, or None. Served from the run's LIST (CLI/GitOps: one per
-        namespace and run); after a prime (an informer that holds only opted-in ConfigMaps) a
+        namespace and run); after a prime, from the informer (opted-in ConfigMaps only), and a
         name it misses is read with one GET, so an unlabelled truststore still gets the opt-in
         refusal rather than "not found"."""
-        objs = self._namespace_configmaps(namespace)
-        if (name in objs or namespace not in self._cm_partial
-                or (namespace, name) in self._cm_absent):
-            return copy.deepcopy(objs[name]) if name in objs else None
-        obj = self.api.call("get", "configmaps", namespace,
-                            lambda: self._core.read_namespaced_config_map(name, namespace,
-                                                                          **self.api.options()),
-                            missing_ok=True)
-        if not obj:
-            self._cm_absent.add((namespace, name))
-            return None
-        objs[name] = obj
-        return copy.deepcopy(obj)
-
-    def list_secrets(self, namespaces: Iterable[str]) -> dict[Key, dict[str, Any]]:
-        """Every Secret in those namespaces, ours or not: one LIST each, shared with the reader."""
-        out: dict[Key, dict[str, Any]] = {}
-        for ns in sorted(set(namespaces)):
-            for name, obj in self._namespace_secrets(ns).items():
-                out[(ns, name)] = copy.deepcopy(obj)
-        return out
+        return self._lookup("configmaps", namespace, name, self._namespace_configmaps(namespace),
+                            self._cm_source, self._cm_absent,
+                            lambda: self._core.read_namespaced_config_map(
+                                name, namespace, **self.api.options()))
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """One Secret by name, or None. Served from the run's LIST; after a prime (informers
-        that hold only labelled Secrets) a name they miss is read with one GET, so an unlabelled
-        Secret of that name is still seen (a publish conflict, an opt-in refusal)."""
-        objs = self._namespace_secrets(namespace)
-        if name in objs or namespace not in self._partial or (namespace, name) in self._absent:
-            return copy.deepcopy(objs[name]) if name in objs else None
-        obj = self.api.call("get", "secrets", namespace, lambda: self._core.read_namespaced_secret(
-            name, namespace, **self.api.options()), missing_ok=True)
-        if not obj:
-            self._absent.add((namespace, name))
-            return None
-        objs[name] = obj
-        return copy.deepcopy(obj)
+        """One Secret by name, or None. Served from the run's LIST; after a prime, from the
+        informers (labelled Secrets only), and a name they miss is read with one GET, so an
+        unlabelled Secret of that name is still seen (a publish conflict, an opt-in refusal)."""
+        return self._lookup("secrets", namespace, name, self._namespace_secrets(namespace),
+                            self._secret_source, self._absent,
+                            lambda: self._core.read_namespaced_secret(
+                                name, namespace, **self.api.options()))
 
     def apply_secret(self, secret: Mapping[str, Any]) -> None:
         """Server-side apply of a published Secret (the caller checked its data hash changed)."""
@@ -316,8 +312,8 @@ class KubeStore:
         obj = self.api.call("patch", "secrets", ns, lambda: self._core.patch_namespaced_secret(
             name, ns, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
             **self.api.options()))
-        if ns in self._secrets and obj:
-            self._secrets[ns][name] = obj
+        if obj and (ns in self._secrets or self._secret_source is not None):
+            self._secrets.setdefault(ns, {})[name] = obj
             self._absent.discard((ns, name))
 
     def delete_secret(self, namespace: str, name: str) -> None:
@@ -325,6 +321,7 @@ class KubeStore:
         self.api.call("delete", "secrets", namespace, lambda: self._core.delete_namespaced_secret(
             name, namespace, **self.api.options()), missing_ok=True)
         self._secrets.get(namespace, {}).pop(name, None)
+        self._absent.add((namespace, name))  # the informer may not have seen the delete yet
 
     # ------------------------------------------------------------------ events
     def record_event(self, event: Event) -> None:

@@ -231,15 +231,6 @@ class LocalStore:
         self._unlink(self._account_path(namespace, name))
 
     # ------------------------------------------------------------------ secrets
-    def list_secrets(self, namespaces: Iterable[str]) -> dict[Key, dict[str, Any]]:
-        out: dict[Key, dict[str, Any]] = {}
-        for ns in sorted(set(namespaces)):
-            for path in sorted((self.root / _safe_name(ns) / "secrets").glob("*.yaml")):
-                obj = self._read(path)
-                if obj is not None:
-                    out[(ns, str((obj.get("metadata") or {}).get("name") or path.stem))] = obj
-        return out
-
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._read(self._secret_path(namespace, name))
 

@@ -23,13 +23,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler.log import get_logger
-from reconciler.model import API_GROUP, API_VERSION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL
+from reconciler.model import (
+    API_GROUP,
+    API_VERSION,
+    FIELD_MANAGER,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    PLURAL,
+)
 from reconciler.policy import CREDENTIAL_LABEL
 from reconciler.store import bounded
 from reconciler.store.base import Key, object_key
 
 log = get_logger("reconciler.watch")
 
+Lookup = Callable[[str, str], "dict[str, Any] | None"]
 Handler = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
 ListFn = Callable[..., Any]
 
@@ -62,7 +70,15 @@ class Informer:
             obj = self._cache.get(key)
             return copy.deepcopy(obj) if obj is not None else None
 
+    def peek(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The cached object itself (shared: do not modify), or None; no copy."""
+        return self._cache.get((namespace, name))
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
     def cached_keys(self) -> list[Key]:
+        """Every cached key, sorted (a whole-cache copy: not for a per-event path)."""
         with self._lock:
             return sorted(self._cache)
 
@@ -70,11 +86,6 @@ class Informer:
         """The cached objects (shared, do not modify)."""
         with self._lock:
             return list(self._cache.values())
-
-    def by_namespace(self, namespace: str) -> dict[str, dict[str, Any]]:
-        """name -> object for one namespace (shared objects, a new dict)."""
-        with self._lock:
-            return {k[1]: o for k, o in self._cache.items() if k[0] == namespace}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -137,7 +148,7 @@ class Informer:
                 body = json.loads(response.data or b"{}")
             finally:
                 response.release_conn()
-        fresh = {object_key(o): o for o in body.get("items") or []}
+        fresh = {object_key(o): slim(o) for o in body.get("items") or []}
         with self._lock:
             old = self._cache
             self._cache = fresh
@@ -186,6 +197,7 @@ class Informer:
             self.resource_version = rv or self.resource_version
             return
         key = object_key(obj)
+        obj = slim(obj)
         with self._lock:
             prev = self._cache.get(key)
             if etype == "DELETED":
@@ -198,6 +210,32 @@ class Informer:
             self._handler("DELETED", obj, prev)
         else:
             self._handler("ADDED" if prev is None else "MODIFIED", obj, prev)
+
+
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as an informer keeps it: managedFields cut down to what we read of them.
+
+    Every field manager's entry names every field it set (a published Secret's lists each data
+    key), about as large as the object itself; the controller reads only which label and
+    annotation keys our own manager applied (`base.owned_keys`, so a key that left the desired
+    Secret is removed). The other managers' entries, and the rest of ours, are dropped."""
+    meta = obj.get("metadata")
+    entries = meta.get("managedFields") if isinstance(meta, dict) else None
+    if not entries:
+        return obj
+    kept = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("manager") != FIELD_MANAGER or entry.get(
+                "subresource"):
+            continue
+        fields = ((entry.get("fieldsV1") or {}).get("f:metadata") or {})
+        kept.append({"manager": FIELD_MANAGER, "operation": entry.get("operation"),
+                     "fieldsV1": {"f:metadata": {k: v for k, v in fields.items()
+                                                 if k in ("f:labels", "f:annotations")}}})
+    meta = {k: v for k, v in meta.items() if k != "managedFields"}
+    if kept:
+        meta["managedFields"] = kept
+    return {**obj, "metadata": meta}
 
 
 def account_informer(api_client: Any, namespace: str | None, handler: Handler,
@@ -234,14 +272,17 @@ class InformerUnion:
                 return obj
         return None
 
+    def peek(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The cached object itself (shared: do not modify), the first part's when both hold
+        it; no copy."""
+        for part in self.parts:
+            obj = part.peek(namespace, name)
+            if obj is not None:
+                return obj
+        return None
+
     def cached_keys(self) -> list[Key]:
         return sorted({k for p in self.parts for k in p.cached_keys()})
-
-    def by_namespace(self, namespace: str) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for part in reversed(self.parts):  # the first part wins a name both hold
-            out.update(part.by_namespace(namespace))
-        return out
 
     def start(self) -> None:
         for part in self.parts:
@@ -354,12 +395,11 @@ def instrument_client(api_client: Any, record: Callable[[str, str], None]) -> No
 # --------------------------------------------------------------------------- store priming
 
 
-def prime_store(store: Any, account: Mapping[str, Any],
-                secrets: Mapping[str, dict[str, dict[str, Any]]],
-                configmaps: Mapping[str, dict[str, dict[str, Any]]] | None = None) -> None:
-    """Start a KubeStore run over cached objects: the account as last seen, the Secrets and
-    ConfigMaps of the informers (namespace -> name -> object), so one reconcile sends no LIST
-    for them."""
+def prime_store(store: Any, account: Mapping[str, Any], secrets: Lookup,
+                configmaps: Lookup | None = None) -> None:
+    """Start a KubeStore run over cached objects: the account as last seen, and the informers'
+    Secrets and ConfigMaps looked up by (namespace, name), so one reconcile sends no LIST and
+    copies only what it reads."""
     store.prime([account], secrets, configmaps)
 
 
