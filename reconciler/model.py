@@ -92,6 +92,8 @@ class OAuth2:
 class Authentication:
     method: Literal["Password", "OAuth2", "AWSAccessKey", "None"] = "None"
     password: KeyRef | None = None
+    # Password: a username that is itself a credential (SES SMTP user name, Postmark token)
+    username: KeyRef | None = None
     oauth2: OAuth2 | None = None
     # AWSAccessKey (amazon-ses): two keys of one Secret; the SMTP password is derived per region
     access_key_id: KeyRef | None = None
@@ -182,8 +184,8 @@ class Account:
         refs: list[KeyRef | None] = []
         if self.smtp is not None:
             a = self.smtp.authentication
-            refs += [self.smtp.connection.truststore, a.password, a.access_key_id,
-                     a.secret_access_key]
+            refs += [self.smtp.connection.truststore, a.username, a.password,
+                     a.access_key_id, a.secret_access_key]
             if a.oauth2 is not None:
                 refs += [a.oauth2.service_account_key, a.oauth2.client_secret,
                          a.oauth2.client_certificate]

@@ -176,7 +176,10 @@ def destinations(account: Account) -> dict[KeyRef, tuple[tuple[str, int | None],
         s = account.smtp
         mail = (s.connection.host, s.connection.port)
         put(s.connection.truststore, mail)
+        put(s.authentication.username, mail)
         put(s.authentication.password, mail)
+        put(s.authentication.access_key_id, mail)
+        put(s.authentication.secret_access_key, mail)
         o = s.authentication.oauth2
         if o is not None:
             put(o.service_account_key, _host(o.token_url))

@@ -21,7 +21,8 @@ ROOT = Path(__file__).parent.parent
 
 def _manifest(provider: str, *, region: str | None = None, tier: str | None = None,
               method: str = "Password", identity: dict[str, str] | None = None,
-              connection: dict[str, Any] | None = None) -> dict[str, Any]:
+              connection: dict[str, Any] | None = None,
+              username_ref: bool = False) -> dict[str, Any]:
     spec: dict[str, Any] = {"provider": provider}
     if region is not None:
         spec["region"] = region
@@ -30,6 +31,8 @@ def _manifest(provider: str, *, region: str | None = None, tier: str | None = No
     auth: dict[str, Any] = {"method": method}
     if method == "Password":
         auth["passwordSecretRef"] = {"name": "smtp", "key": "password"}
+        if username_ref:
+            auth["usernameSecretRef"] = {"name": "smtp", "key": "username"}
     if method == "AWSAccessKey":
         auth["accessKeySecretRef"] = {"name": "iam"}
     spec["smtp"] = {"identity": {"emailAddress": "sender@example.com", **(identity or {})},
@@ -187,7 +190,17 @@ def _findings(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     (_manifest("amazon-ses", region="eu"), "error", "/spec/region", ["AWS region name"]),
     (_manifest("sendgrid", tier="paid"), "error", "/spec/tier", ["remove spec.tier"]),
     (_manifest("postmark"), "warning", "/spec/smtp/identity",
-     ["SMTP token", "set userId"]),
+     ["SMTP token", "usernameSecretRef", "set identity.userId", "Postmark refuses"]),
+    (_manifest("amazon-ses", region="eu-west-1"), "warning", "/spec/smtp/identity",
+     ["IAM access key id", "usernameSecretRef", "Amazon SES refuses"]),
+    (_manifest("mailjet"), "warning", "/spec/smtp/identity", ["API key"]),
+    (_manifest("scaleway"), "warning", "/spec/smtp/identity", ["Project ID"]),
+    (_manifest("brevo"), "warning", "/spec/smtp/identity", ["SMTP login"]),
+    (_manifest("sendgrid", username_ref=True), "warning",
+     "/spec/smtp/authentication/usernameSecretRef", ["'apikey'", "remove usernameSecretRef"]),
+    (_manifest("amazon-ses", region="eu-west-1", identity={"userId": "AKIAIOSFODNN7EXAMPLE"}),
+     "warning", "/spec/smtp/identity/userId",
+     ["an AWS access key id", "authentication.usernameSecretRef"]),
     (_manifest("custom", method="AWSAccessKey", connection={"host": "mail.example.com"}),
      "error", "/spec/smtp/authentication/method", ["only for provider: amazon-ses"]),
 ])
@@ -197,6 +210,25 @@ def test_provider_rules(doc: dict[str, Any], severity: str, pointer: str,
     assert found, _findings(doc)
     for w in words:
         assert w in found[0][2], (w, found[0][2])
+
+
+@pytest.mark.parametrize("doc", [
+    _manifest("amazon-ses", region="eu-west-1", username_ref=True),
+    _manifest("postmark", username_ref=True),
+    _manifest("mailjet", identity={"userId": "0123456789abcdef0123456789abcdef"}),
+    _manifest("amazon-ses", region="eu-west-1", method="AWSAccessKey"),
+    _manifest("mailgun"), _manifest("gmail"), _manifest("sendgrid"),
+], ids=["ses-secret", "postmark-secret", "mailjet-userId", "ses-iam", "mailgun", "gmail",
+        "sendgrid"])
+def test_a_named_or_implied_username_draws_no_warning(doc: dict[str, Any]) -> None:
+    assert [f for f in _findings(doc) if f[0] != "note"] == []
+
+
+def test_a_username_from_a_secret_is_not_the_user_id(tmp_path: Path) -> None:
+    smtp = _effective(tmp_path, _manifest("amazon-ses", region="eu-west-1",
+                                          username_ref=True))["spec"]["smtp"]
+    assert "userId" not in smtp["identity"]
+    assert smtp["authentication"]["usernameSecretRef"] == {"name": "smtp", "key": "username"}
 
 
 def test_provider_rule_diagnostics_name_file_document_and_field(tmp_path: Path) -> None:

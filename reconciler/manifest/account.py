@@ -83,18 +83,21 @@ def _smtp(provider: str, region: str | None, tier: str | None,
     ident = raw["identity"]
     preset = providers.preset(provider)
     fixed = preset.username if preset else None
-    identity = model.Identity(
-        email_address=ident["emailAddress"], display_name=ident.get("displayName"),
-        user_id=None if (raw.get("authentication") or {}).get("method") == "AWSAccessKey"
-        else ident.get("userId") or fixed or ident["emailAddress"],  # AWS: the access key id
-        reply_to=ident.get("replyTo"))
     auth_raw = raw.get("authentication") or {}
     p = "/spec/smtp/authentication"
+    username = _ref(auth_raw, "usernameSecretRef", p)
+    # No userId when the username comes from a Secret: usernameSecretRef, or AWS's access key id
+    secret_username = username is not None or auth_raw.get("method") == "AWSAccessKey"
+    identity = model.Identity(
+        email_address=ident["emailAddress"], display_name=ident.get("displayName"),
+        user_id=None if secret_username
+        else ident.get("userId") or fixed or ident["emailAddress"],
+        reply_to=ident.get("replyTo"))
     aws = auth_raw.get("accessKeySecretRef")
     aws_field = f"{p}/accessKeySecretRef"
     auth = model.Authentication(
         method=auth_raw.get("method", "None"),
-        password=_ref(auth_raw, "passwordSecretRef", p),
+        password=_ref(auth_raw, "passwordSecretRef", p), username=username,
         access_key_id=model.KeyRef(
             name=str(aws["name"]), key=str(aws.get("accessKeyIdKey", AWS_ACCESS_KEY_ID_KEY)),
             field=aws_field) if isinstance(aws, Mapping) else None,

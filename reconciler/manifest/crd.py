@@ -85,6 +85,14 @@ _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
          "message": "method OAuth2 needs oauth2"},
         {"rule": "self.method != 'AWSAccessKey' || has(self.accessKeySecretRef)",
          "message": "method AWSAccessKey needs accessKeySecretRef"},
+        {"rule": "self.method == 'Password' || !has(self.usernameSecretRef)",
+         "message": "usernameSecretRef is only used with method Password"},
+    ],
+    ("spec", "smtp"): [
+        {"rule": "!has(self.identity.userId) || !has(self.authentication) || "
+                 "!has(self.authentication.usernameSecretRef)",
+         "message": "set the username in one place: identity.userId or "
+                    "authentication.usernameSecretRef, not both"},
     ],
     ("spec", "smtp", "authentication", "oauth2"): [
         {"rule": "self.grantType != 'JWTBearer' || "

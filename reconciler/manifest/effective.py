@@ -32,7 +32,8 @@ def _smtp(s: model.SmtpSpec) -> dict[str, Any]:
     if c.truststore is not None:
         kind = "configMapRef" if c.truststore.kind == "ConfigMap" else "secretRef"
         truststore = {kind: _ref(c.truststore)}
-    auth: dict[str, Any] = _prune({"method": a.method, "passwordSecretRef": _ref(a.password)})
+    auth: dict[str, Any] = _prune({"method": a.method, "usernameSecretRef": _ref(a.username),
+                                   "passwordSecretRef": _ref(a.password)})
     if a.access_key_id is not None and a.secret_access_key is not None:
         auth["accessKeySecretRef"] = {"name": a.access_key_id.name,
                                       "accessKeyIdKey": a.access_key_id.key,

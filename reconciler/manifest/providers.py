@@ -51,6 +51,9 @@ class Preset:
     default_tier: str | None = None
     username: str | None = None  # the username the provider fixes (sendgrid: "apikey")
     username_rule: str = "the mailbox address"  # what the username is, in words
+    #: The username is neither the mailbox address nor fixed: the manifest must name it
+    #: (identity.userId, or authentication.usernameSecretRef when it is a credential or token).
+    username_needed: bool = False
     auth_methods: tuple[str, ...] = ("Password",)  # spec.smtp.authentication.method values
     min_tls: str | None = None  # the lowest TLS version the provider accepts, when documented
     app_password: bool = False  # Password means an app(-specific) password, never the login one
@@ -163,26 +166,31 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
         other_ports=((2587, "STARTTLS"), (25, "STARTTLS"), (465, "SMTPS"), (2465, "SMTPS")),
         host_template="email-smtp.{region}.amazonaws.com",
         username_rule="the SMTP user name (an IAM access key id)",
+        username_needed=True,
         auth_methods=("Password", "AWSAccessKey"), min_tls="1.2",
         notes="spec.region (an AWS region) is required: SMTP credentials are per region. "
-              "AWSAccessKey derives the SMTP password from an IAM access key for that region.",
+              "Password: the SMTP user name from usernameSecretRef, the SMTP password from "
+              "passwordSecretRef. AWSAccessKey derives the SMTP password from an IAM access key "
+              "for that region.",
         source="docs.aws.amazon.com/ses/latest/dg/smtp-connect.html; "
                "docs.aws.amazon.com/ses/latest/dg/smtp-credentials.html; "
                "docs.aws.amazon.com/ses/latest/dg/security-protocols.html (TLS 1.2 and 1.3)"),
     Preset(
         "postmark", "Postmark", _frozen({"": "smtp.postmarkapp.com"}), 587, "STARTTLS",
         other_ports=((25, "STARTTLS"), (2525, "STARTTLS")),
-        username_rule="an SMTP token's access key (set userId), or the Server API token (the "
-                      "same value as the password)",
-        notes="No implicit-TLS port. Set userId to an SMTP token's access key and put its "
-              "secret key in the password Secret (validate warns without userId); broadcasts "
-              "use smtp-broadcasts.postmarkapp.com (set host).",
+        username_rule="an SMTP token's access key, or the Server API token (the same value as "
+                      "the password)",
+        username_needed=True,
+        notes="No implicit-TLS port. Put an SMTP token's access key (or the Server API token) "
+              "in the Secret usernameSecretRef names and its secret key (or the same token) in "
+              "the password Secret (validate warns without a username); broadcasts use "
+              "smtp-broadcasts.postmarkapp.com (set host).",
         source="postmarkapp.com/support/article/811-what-are-the-smtp-details-api-tokens-i-"
                "should-be-using"),
     Preset(
         "brevo", "Brevo (Sendinblue)", _frozen({"": "smtp-relay.brevo.com"}), 587, "STARTTLS",
         other_ports=((2525, "STARTTLS"), (465, "SMTPS")),
-        username_rule="the SMTP login shown under SMTP & API",
+        username_rule="the SMTP login shown under SMTP & API", username_needed=True,
         notes="The password is an SMTP key, not the API key and not the account password.",
         source="developers.brevo.com/docs/smtp-integration"),
     Preset(
@@ -202,7 +210,7 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
     Preset(
         "scaleway", "Scaleway Transactional Email", _frozen({"": "smtp.tem.scaleway.com"}), 587,
         "STARTTLS", other_ports=((2587, "STARTTLS"), (465, "SMTPS"), (2465, "SMTPS")),
-        username_rule="the Scaleway Project ID",
+        username_rule="the Scaleway Project ID", username_needed=True,
         notes="TLS is mandatory; the password is the secret key of an IAM API key with "
               "Transactional Email permissions.",
         source="scaleway docs-content (transactional-email smtp-configuration: Project ID "
@@ -216,7 +224,7 @@ PRESET_LIST: Final[tuple[Preset, ...]] = (
     Preset(
         "mailjet", "Mailjet", _frozen({"": "in-v3.mailjet.com"}), 587, "STARTTLS",
         other_ports=((25, "STARTTLS"), (465, "SMTPS")),
-        username_rule="the API key (the password is its secret key)",
+        username_rule="the API key (the password is its secret key)", username_needed=True,
         notes="The username is the API key, the password the secret key of the same pair.",
         source="mailjet.com/support/what-are-the-api-key-and-secret-keys-how-should-i-use-"
                "them,109.htm (API key and secret key as SMTP credentials); the mailjet Ruby "
@@ -361,6 +369,8 @@ def render_table() -> str:
              "|---|---|---|---|---|---|---|---|"]
     for p in PRESET_LIST:
         user = f"`{p.username}` (fixed)" if p.username else p.username_rule
+        if p.username_needed:
+            user += ": userId, or usernameSecretRef when it is a credential"
         methods = ", ".join(p.auth_methods) or "none we support"
         if p.app_password:
             methods += " (app password)"
@@ -368,7 +378,8 @@ def render_table() -> str:
                  p.min_tls or "–", p.notes, f"{p.source} ({p.checked})"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines.append("| `custom` | spec.smtp.connection.host (required) | 587 STARTTLS, 465 SMTPS, "
-                 "25 None (from the port) | userId, else emailAddress | Password, OAuth2, None | "
+                 "25 None (from the port) | userId or usernameSecretRef, else emailAddress | "
+                 "Password, OAuth2, None | "
                  "– | | |")
     lines.append(TABLE_END)
     return "\n".join(lines) + "\n"

@@ -4,6 +4,9 @@ Two rules, both reported without echoing the value:
 - a key named like a credential (password, secret, token, apiKey, privateKey...) holding a literal;
 - a string anywhere shaped like a known key or token (PEM private key, JWT, AWS/Google/SendGrid/
   Slack/GitHub tokens, long high-entropy base64).
+One exception is a warning, not an error: an AWS access key id in `smtp.identity.userId` (an
+Amazon SES SMTP user name is one). It identifies rather than proves, but it is half of the
+credential, so the warning points at `authentication.usernameSecretRef`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
+
+Severity = Literal["error", "warning"]
 
 _CREDENTIAL_KEY = re.compile(
     r"passw(or)?d|passphrase|^pass$|secret|token|api_?key|private_?key|credential|bearer",
@@ -35,6 +40,8 @@ _SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
      re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})")),
     ("a Google OAuth client secret", re.compile(r"\bGOCSPX-[A-Za-z0-9_-]{20,}")),
 )
+#: (pointer, shape) found in a manifest that is a warning rather than an error.
+_TOLERATED = {("/spec/smtp/identity/userId", "an AWS access key id")}
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
 _BASE64_MIN = 32
 #: Any of the shapes: one search rules most strings out (the ordered list then names the shape).
@@ -78,6 +85,8 @@ def suggest_ref(pointer: str, key: str) -> str:
         if "user" in k:
             return "usernameSecretRef"
         return "clientCertificateSecretRef" if "cert" in k else "clientSecretSecretRef"
+    if pointer.endswith("/identity") and "user" in k:
+        return "authentication.usernameSecretRef"
     if "/oauth2" in pointer:
         if "secret" in k:
             return "clientSecretSecretRef"
@@ -115,14 +124,15 @@ def escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def scan_document(doc: Any) -> list[tuple[str, str]]:
-    """(pointer, message) for every inline credential in a document; messages never echo values."""
-    found: list[tuple[str, str]] = []
+def scan_document(doc: Any) -> list[tuple[str, str, Severity]]:
+    """(pointer, message, severity) for every inline credential in a document; messages never
+    echo values."""
+    found: list[tuple[str, str, Severity]] = []
     _scan(doc, "", found)
     return found
 
 
-def _scan(node: Any, parent: str, found: list[tuple[str, str]]) -> None:
+def _scan(node: Any, parent: str, found: list[tuple[str, str, Severity]]) -> None:
     """Check every member of node, depth first in document order, appending to found."""
     kind = _parent_kind(parent)
     for key, value in _members(node):
@@ -135,14 +145,20 @@ def _scan(node: Any, parent: str, found: list[tuple[str, str]]) -> None:
             pointer = f"{parent}/{escape(key)}"
             ref = suggest_ref(parent, key)
             found.append((pointer, f"{_dotted(pointer)} looks like an inline credential; put it in "
-                                   f"a Secret and reference it with {ref}"))
+                                   f"a Secret and reference it with {ref}", "error"))
             continue
         shape = credential_shape(value) if isinstance(value, str) else None
         if shape:
             pointer = f"{parent}/{escape(key)}"
+            if (pointer, shape) in _TOLERATED:
+                found.append((pointer, f"{_dotted(pointer)} looks like {shape} (an Amazon SES SMTP "
+                                       "user name is one): it is half of a credential, so keep it "
+                                       "out of git: put it in a Secret and reference it with "
+                                       "authentication.usernameSecretRef", "warning"))
+                continue
             ref = suggest_ref(parent, key)
             found.append((pointer, f"{_dotted(pointer)} looks like an inline credential ({shape}); "
-                                   f"put it in a Secret and reference it with {ref}"))
+                                   f"put it in a Secret and reference it with {ref}", "error"))
 
 
 def _dotted(pointer: str) -> str:

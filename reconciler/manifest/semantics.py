@@ -152,26 +152,32 @@ def check_provider_auth(a: model.Account, doc: Mapping[str, Any]) -> list[Findin
 
 
 def check_fixed_username(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
-    """A userId that contradicts the username the provider fixes."""
+    """A username that contradicts the provider's rule: fixed by it, or one it needs named."""
     p = providers.preset(a.provider)
     if p is None or a.smtp is None:
         return []
     ident = (_spec(doc).get("smtp") or {}).get("identity") or {}
     written = ident.get("userId") if isinstance(ident, Mapping) else None
+    from_secret = a.smtp.authentication.username is not None
     if a.smtp.authentication.method == "AWSAccessKey" and written is not None:
         return [("/spec/smtp/identity/userId",
                  "userId is not used with method AWSAccessKey: the SMTP username is the access "
                  "key id from accessKeySecretRef; remove userId", "warning")]
     if a.smtp.authentication.method != "Password":
         return []
-    if a.provider == "postmark" and written is None:
+    if p.username_needed and written is None and not from_secret:
         return [("/spec/smtp/identity",
-                 "provider postmark authenticates with an SMTP token (set userId to its access "
-                 "key, the password Secret to its secret key) or with the Server API token as "
-                 "both username and password; without userId the username would be the "
-                 "emailAddress, which Postmark refuses: set userId", "warning")]
+                 f"provider {a.provider} authenticates with {p.username_rule}, not "
+                 "the e-mail address: put it in a Secret and reference it with "
+                 "authentication.usernameSecretRef when it is a credential or token, or set "
+                 f"identity.userId; without either the username would be emailAddress, which "
+                 f"{p.title} refuses", "warning")]
     if p.username is None:
         return []
+    if from_secret:
+        return [(f"{_AUTH}/usernameSecretRef",
+                 f"provider {a.provider} fixes the SMTP username to {p.username!r}: remove "
+                 "usernameSecretRef (the preset fills it in)", "warning")]
     if written is None or written == p.username:
         return []
     return [("/spec/smtp/identity/userId",

@@ -177,8 +177,9 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
                       f"{_type_name(doc)}")], None
     out: list[model.Diagnostic] = []
     flagged = scan_document(doc)
-    flagged_ptrs = {p for p, _ in flagged}
-    out += [_diag(file, document, locate, p, m) for p, m in flagged]
+    flagged_ptrs = {p for p, _, severity in flagged if severity == "error"}
+    out += [_diag(file, document, locate, p, m) for p, m, s in flagged if s == "error"]
+    tolerated = [_diag(file, document, locate, p, m, s) for p, m, s in flagged if s != "error"]
     seen: set[tuple[str, str]] = set()
     for err in schema_errors(doc):
         for pointer, message in _schema_messages(err):
@@ -188,7 +189,8 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
                 seen.add((pointer, message))
                 out.append(_diag(file, document, locate, pointer, message))
     if out:
-        return out, None
+        return out + tolerated, None
+    out += tolerated
     from reconciler.manifest.account import account_from_manifest
     from reconciler.manifest.objectmeta import check_object_meta
     from reconciler.manifest.semantics import check_account

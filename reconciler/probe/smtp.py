@@ -140,11 +140,12 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
     credentials: dict[str, str] = {}
     identity = account.smtp.identity.user_id or account.smtp.identity.email_address
     if auth.method == "Password" and auth.password is not None:
-        # The renderer needs the password even when AUTH is deferred this run.
+        # The renderer needs the username and password even when AUTH is deferred this run.
         with contextlib.suppress(SecretNotFound):
+            user = creds.identity if creds else _username(secrets, account, identity)
             password = creds.password if creds else _read_text(secrets, account, auth.password)
             if password is not None:
-                credentials = {"username": identity, "password": password}
+                credentials = {"username": user, "password": password}
     elif auth.method == "AWSAccessKey":
         # The published Secret carries the derived SMTP password, never the IAM secret key.
         with contextlib.suppress(SecretNotFound):
@@ -265,6 +266,21 @@ def _read_text(secrets: SecretReader, account: Account, ref: KeyRef) -> str:
     return value
 
 
+def _username(secrets: SecretReader, account: Account, identity: str) -> str:
+    """The SMTP username: from usernameSecretRef (a credential, so redacted), else `identity`."""
+    assert account.smtp is not None
+    ref = account.smtp.authentication.username
+    return identity if ref is None else _read_text(secrets, account, ref)
+
+
+def username_shown(account: Account) -> str:
+    """How messages name a username read from a Secret (never its value); "" otherwise."""
+    assert account.smtp is not None
+    ref = account.smtp.authentication.username
+    return "" if ref is None else (f"the username in Secret {account.namespace}/{ref.name} "
+                                   f"key {ref.key!r}")
+
+
 def _ses(account: Account, secrets: SecretReader) -> tuple[str, str]:
     """(access key id, derived SES SMTP password) of an AWSAccessKey account."""
     from reconciler.probe.aws import ses_credentials
@@ -288,9 +304,14 @@ async def _resolve_credentials(account: Account, secrets: SecretReader, identity
             return Outcome(False, reasons.INVALID_SPEC,
                            "authentication.method Password needs passwordSecretRef")
         try:
-            return Credentials(identity, password=_read_text(secrets, account, auth.password))
+            user = _username(secrets, account, identity)
+        except SecretNotFound as exc:
+            return secret_not_found(exc, auth.username)
+        try:
+            password = _read_text(secrets, account, auth.password)
         except SecretNotFound as exc:
             return secret_not_found(exc, auth.password)
+        return Credentials(user, password=password, shown=username_shown(account))
     if auth.method == "AWSAccessKey":
         try:
             key_id, password = _ses(account, secrets)

@@ -21,6 +21,13 @@ class Credentials:
     identity: str
     password: str | None = None
     token: str | None = None
+    #: How messages name the identity when it is itself a secret (usernameSecretRef), else "".
+    shown: str = ""
+
+    @property
+    def named(self) -> str:
+        """The identity as messages may show it."""
+        return self.shown or self.identity
 
 
 def choose_mechanism(method: str, offered: Sequence[str], adv: Mapping[str, str]
@@ -77,7 +84,9 @@ def auth_outcome(reply: Reply, mech: str, ident: str, account: Account) -> Outco
                        f"the server does not accept {mech}: {reply.text}: adjust "
                        "mail.smtp.auth.mechanisms in advanced")
     if auth.method == "Password" and auth.password is not None:
-        fix = (f"check userId and the password in Secret {account.namespace}/"
+        user = (f"the username in Secret {account.namespace}/{auth.username.name} key "
+                f"{auth.username.key!r}" if auth.username is not None else "userId")
+        fix = (f"check {user} and the password in Secret {account.namespace}/"
                f"{auth.password.name} key {auth.password.key!r}")
     elif auth.method == "AWSAccessKey" and auth.secret_access_key is not None:
         fix = (f"check the access key in Secret {account.namespace}/"

@@ -182,7 +182,7 @@ async def converse(st: SessionState, account: Account, ctx: ssl.SSLContext, trus
         try:
             st.authentication = await _polite_authenticate(st, account, creds)
             if st.authentication.ok:
-                st.identity = creds.identity
+                st.identity = creds.named
         except TimeoutError:
             raise
         except SmtpViolation as exc:
@@ -419,4 +419,4 @@ async def _authenticate(st: SessionState, account: Account, creds: Credentials,
     if reply.code == 421:
         conn = account.smtp.connection
         _busy(st, f"{conn.host}:{conn.port}", reply, "AUTH")
-    return auth_outcome(reply, mech, ident, account)
+    return auth_outcome(reply, mech, creds.named, account)

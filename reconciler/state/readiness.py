@@ -25,7 +25,10 @@ def identity(account: Account) -> str:
     if account.graph is not None:
         return account.graph.user_principal_name
     if account.smtp is not None:
-        ident = account.smtp.identity
+        ident, user = account.smtp.identity, account.smtp.authentication.username
+        if user is not None and account.smtp.authentication.method == "Password":
+            # a username that is a credential is named by where it lies, never shown
+            return f"the username in Secret {account.namespace}/{user.name} key {user.key!r}"
         return ident.user_id or ident.email_address
     return account.name
 
