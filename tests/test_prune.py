@@ -104,8 +104,11 @@ def test_an_account_another_source_still_applies_is_not_pruned(
     assert run(world, str(moved)) == 0
     capsys.readouterr()
     assert run(world) == 0
+    out = capsys.readouterr().out
     assert stored(world, "alerts") and secret_exists(world, "alerts-sender")
     assert ready(world, "alerts")
+    assert re.search(rf"not pruned: {NS}/alerts left this source but inventory "
+                     r"[-a-z0-9]*team-b-[0-9a-f]{8} still applies it", out), out
 
 
 def test_accounts_applied_before_inventories_existed_are_adopted_not_pruned(
@@ -178,7 +181,9 @@ def test_pruning_an_account_of_another_source_never_touches_the_victims_secret(
     capsys.readouterr()
     assert run(world, str(other)) == 0
     out = capsys.readouterr().out
-    assert f"pruned {NS}/mallory" in out
+    assert f"pruned {NS}/mallory\n" in out
+    assert (f"pruned {NS}/mallory but kept Secret {NS}/victim-sender: it is published for "
+            "EmailAccount victim") in out
     assert not stored(world, "mallory")
     assert world.published("victim-sender") == before
     assert run(world) == 0

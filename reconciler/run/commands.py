@@ -235,6 +235,7 @@ def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> N
                           "error": a.error, "status": a.status} for a in report.accounts],
             "pruned": [{"namespace": ns, "name": n} for ns, n in report.pruned],
             "pruneSkipped": report.prune_skipped,
+            "pruneNotes": report.prune_notes,
         }, out, indent=2)
         out.write("\n")
         return
@@ -256,6 +257,8 @@ def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> N
         out.write(f"{'would prune' if dry_run else 'pruned'} {ns}/{name}\n")
     if report.prune_skipped:
         out.write(f"prune skipped: {report.prune_skipped}\n")
+    for note in report.prune_notes:
+        out.write(note + "\n")
     for a in report.accounts:
         ready = status_condition(a.status, "Ready")
         if ready.get("status") != "True" and ready.get("message"):

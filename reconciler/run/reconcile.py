@@ -267,14 +267,16 @@ class Reconciler:
             plan = inventory.plan_prune(mine=mine, present=set(applied) | set(named),
                                         others=inventories, stored=stored, is_ours=is_ours)
             for (ns, account), other in plan.kept:
-                report.diagnostics.append(f"not pruned: {ns}/{account} is also applied by "
-                                          f"inventory {other}")
+                report.prune_notes.append(f"not pruned: {ns}/{account} left this source but "
+                                          f"inventory {other} still applies it")
+                log.warning("not pruned", account=f"{ns}/{account}", inventory=other)
             for key, secret_name in plan.prune:
                 try:
                     self._prune_one(key, secret_name, stored[key], report)
                 except StoreError as exc:  # the next run tries again; the others go on
                     failed.append(key)
-                    report.diagnostics.append(f"prune {key[0]}/{key[1]} failed: {exc}")
+                    report.prune_notes.append(f"prune {key[0]}/{key[1]} failed: "
+                                              f"{redact_text(str(exc))}")
                     log.error("prune failed", account=f"{key[0]}/{key[1]}",
                               error=redact_text(str(exc)))
         if not self.options.dry_run:
@@ -309,7 +311,9 @@ class Reconciler:
                 self.store.delete_secret(ns, secret_name)
         elif secret is not None and render.is_managed(secret):
             owner = ((secret.get("metadata") or {}).get("labels") or {}).get(ACCOUNT_LABEL)
-            report.diagnostics.append(f"pruned {ns}/{name} but kept Secret {ns}/{secret_name}: "
+            report.prune_notes.append(f"pruned {ns}/{name} but kept Secret {ns}/{secret_name}: "
                                       f"it is published for EmailAccount {owner}")
+            log.warning("Secret of another account kept", account=f"{ns}/{name}",
+                        secret=f"{ns}/{secret_name}", owner=owner)
         self.store.delete_account(ns, name)
         log.info("pruned", account=f"{ns}/{name}")

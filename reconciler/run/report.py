@@ -45,6 +45,8 @@ class RunReport:
     accounts: list[AccountReport] = field(default_factory=list)
     pruned: list[Key] = field(default_factory=list)
     prune_skipped: str | None = None
+    #: What prune left alone and why, and prunes that failed (one line each, no secret values).
+    prune_notes: list[str] = field(default_factory=list)
     diagnostics: list[str] = field(default_factory=list)
 
     @property
