@@ -163,3 +163,34 @@ def test_an_identity_the_api_server_cannot_hold_deletes_nothing(
     assert run(cluster) == 1
     assert deletes(cluster) == []
     assert ready(cluster, "victim") and exists(cluster, "secrets", "victim-sender")
+
+
+def test_an_upgrade_from_the_single_inventory_adopts_and_prunes_nothing_at_first(
+        cluster: Cluster) -> None:
+    """Accounts applied before inventories were per source (one ConfigMap
+    email-reconciler-inventory listing every account) are not pruned by the first run of a
+    source: it records what it applied; its next runs prune what leaves it."""
+    for name in ("billing", "alerts", "legacy"):
+        cluster.account(name)
+    assert run(cluster, "--inventory=git") == 0
+    from kubernetes import client
+
+    with cluster.api.api_client() as api_client:  # as a store written by the older version
+        client.CoreV1Api(api_client).delete_namespaced_config_map(inventory_configmap("git"), NS)
+    cluster.api.add_object("configmaps", {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "email-reconciler-inventory", "namespace": NS,
+                     "labels": {"email.reconciler.io/inventory": "true"}},
+        "data": {"entries": json.dumps(["alerts", "billing", "legacy"])}})
+    (cluster.manifests / "legacy.yaml").unlink()
+    cluster.api.clear_requests()
+    assert run(cluster, str(cluster.manifests / "billing.yaml")) == 0
+    assert run(cluster, "--inventory=git") == 0
+    assert deletes(cluster) == []
+    assert cluster.inventory("git") == {"alerts": "alerts-sender", "billing": "billing-sender"}
+    (cluster.manifests / "alerts.yaml").unlink()
+    assert run(cluster, "--inventory=git") == 0
+    assert sorted(deletes(cluster), key=str) == [("emailaccounts", "alerts"),
+                                                 ("secrets", "alerts-sender")]
+    assert not exists(cluster, "secrets", "alerts-sender")
+    assert exists(cluster, "emailaccounts", "legacy") and ready(cluster, "legacy")

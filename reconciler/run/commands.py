@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -209,7 +209,7 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
     return EXIT_OK if report.all_ready and loaded.ok else EXIT_FAIL
 
 
-def _secret_owner(store: Any) -> Any:
+def _secret_owner(store: Any) -> Callable[[str, str], str | None]:
     """Who already owns a published Secret (its owner label), for the loader to blame the
     newcomer of two documents publishing one Secret name; None when unknown."""
     from reconciler.run.inventory import secret_owner

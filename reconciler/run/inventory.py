@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +94,7 @@ class PrunePlan:
 
 def plan_prune(*, mine: Inventory | None, present: Iterable[Key],
                others: Mapping[str, Inventory], stored: Mapping[Key, Mapping[str, Any]],
-               is_ours: Any) -> PrunePlan:
+               is_ours: Callable[[Mapping[str, Any]], bool]) -> PrunePlan:
     """Accounts this source applied before (`mine`), no longer has (`present`), still stored
     with our label, and listed by no other inventory. No inventory yet: nothing."""
     plan = PrunePlan()
