@@ -1,51 +1,83 @@
-"""Command line: parse arguments, build the objects, run them, return an exit code."""
+"""Command line: parse arguments into typed options, build the objects, run them, return an exit code.
+
+Every flag has help text, and the help shows its default. `--log-level` and `--log-format` are
+accepted before or after the command. Exit codes: `reconciler.errors.ExitCode`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from reconciler import __version__
+from reconciler.errors import ExitCode, ReconcilerError, exit_code_of
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "console", "json")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where it says nothing (None, False, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The flags every command takes; after the command they override those given before it."""
+    default: Any = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=default("warning"),
+                        help="least severe log lines written to stderr" +
+                             ("" if top else " (default: warning)"))
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=default("auto"),
+                        help="auto: console on a terminal, else JSON" +
+                             ("" if top else " (default: auto)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="email-reconciler",
-        description="GitOps for outbound e-mail accounts.",
-    )
+    parser = argparse.ArgumentParser(prog="email-reconciler", formatter_class=_Formatter,
+                                     description="GitOps for outbound e-mail accounts.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
-    parser.add_argument("--log-level", default="warning")
+    _global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check manifests against the schema and semantic rules")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--output", "-o", choices=["text", "json"], default="text")
+    def command(name: str, help_text: str, run: Callable[[argparse.Namespace], int]
+                ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
+        _global_flags(p, top=False)
+        p.set_defaults(func=run)
+        return p
+
+    p = command("validate", "check manifests against the schema and semantic rules", cmd_validate)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or folders")
+    p.add_argument("--output", "-o", choices=["text", "json"], default="text",
+                   help="output format")
     p.add_argument("--show-effective", action="store_true",
                    help="print each account with presets and defaults applied")
-    p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the schema")
-    p.set_defaults(func=cmd_crd)
+    command("crd", "print the CustomResourceDefinition generated from the schema", cmd_crd)
 
-    p = sub.add_parser("probe", help="test connectivity of each account; no store needed")
+    p = command("probe", "test connectivity of each account; no store needed", cmd_probe)
     _probe_args(p)
-    p.add_argument("--name", action="append", help="only this account (NAME or NAMESPACE/NAME)")
+    p.add_argument("--name", action="append",
+                   help="only this account (NAME or NAMESPACE/NAME; repeatable)")
     p.add_argument("--send-test-to", metavar="ADDRESS",
                    help="also send one real test message through each account")
     p.add_argument("--secrets-from-cluster", action="store_true",
                    help="read credentials from the cluster's Secrets and ConfigMaps instead")
     p.add_argument("--context", help="kubeconfig context (with --secrets-from-cluster)")
-    p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("reconcile", help="validate, probe, write status and publish Secrets")
+    p = command("reconcile", "validate, probe, write status and publish Secrets", cmd_reconcile)
     _probe_args(p)
-    p.add_argument("--once", action="store_true", help="one pass, then exit (the default)")
+    p.add_argument("--once", action="store_true", help="one pass, then exit (always the case)")
     p.add_argument("--dry-run", action="store_true",
                    help="write nothing; print what would change; exit 1 if anything would")
+    p.add_argument("--force", action="store_true",
+                   help="probe every account now, AUTH included, whatever its schedule says")
     p.add_argument("--no-prune", action="store_true",
                    help="keep accounts that left git, and their Secrets")
     p.add_argument("--inventory", metavar="NAME",
@@ -55,41 +87,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply and prune only; leave probes, status and Secrets to the "
                         "controller (one writer of status when both run)")
     p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="local store: how long to wait for another run to finish (default 30)")
+                   help="local store: how long to wait for another run to finish")
     _store_args(p)
-    p.set_defaults(func=cmd_reconcile)
 
-    p = sub.add_parser("get", help="the `kubectl get emailaccounts` table, from either store")
+    p = command("get", "the `kubectl get emailaccounts` table, from either store", cmd_get)
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these accounts")
     _store_args(p)
-    p.add_argument("--output", "-o", choices=["table", "wide", "yaml", "json"], default="table")
-    p.set_defaults(func=cmd_get)
+    p.add_argument("--output", "-o", choices=["table", "wide", "yaml", "json"], default="table",
+                   help="output format (wide adds the message)")
 
-    p = sub.add_parser("demo", help="run the whole product against local SMTP servers")
+    p = command("describe", "one account in detail: conditions, last probe, events, Secret",
+                cmd_describe)
+    p.add_argument("name", metavar="NAME", help="the account (NAME or NAMESPACE/NAME)")
+    p.add_argument("--events", type=int, default=10, metavar="N",
+                   help="how many recent events to show")
+    _store_args(p)
+
+    p = command("request", "ask for a probe now (AUTH included): sets the "
+                "email.reconciler.io/requested-at annotation, which the controller honours",
+                cmd_request)
+    p.add_argument("name", metavar="NAME", help="the account (NAME or NAMESPACE/NAME)")
+    _store_args(p)
+
+    p = command("demo", "run the whole product against local SMTP servers", cmd_demo)
     p.add_argument("--keep", metavar="DIR", help="keep the store and secrets under DIR")
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("controller", help="watch EmailAccounts and reconcile them continuously")
+    p = command("controller", "watch EmailAccounts and reconcile them continuously",
+                cmd_controller)
     _store_args(p, local=False)
-    p.add_argument("--workers", type=_positive_int, default=4)
-    p.add_argument("--interval", default="10m", help="jittered resync interval")
+    p.add_argument("--workers", type=_positive_int, default=4,
+                   help="accounts reconciled at the same time")
+    p.add_argument("--interval", default="10m",
+                   help="jittered resync interval of each account (a duration: 30s, 10m, 1h)")
     p.add_argument("--metrics-addr", default=":8080",
                    help="host:port for /metrics (admit monitoring only; empty: off)")
     p.add_argument("--health-addr", default=":8081",
                    help="host:port for /healthz and /readyz (the kubelet's probes; empty: off)")
-    p.add_argument("--leader-elect", action="store_true")
-    p.add_argument("--lease-name", default="email-reconciler")
-    p.add_argument("--lease-namespace", default=None)
-    p.add_argument("--lease-duration", type=float, default=15.0)
-    p.add_argument("--renew-deadline", type=float, default=10.0)
-    p.add_argument("--retry-period", type=float, default=2.0)
+    p.add_argument("--leader-elect", action="store_true",
+                   help="shard the accounts across replicas through Leases")
+    p.add_argument("--lease-name", default="email-reconciler",
+                   help="name prefix of the replicas' Leases")
+    p.add_argument("--lease-namespace", default=None,
+                   help="namespace of the Leases (default: the pod's namespace)")
+    p.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS",
+                   help="how long a Lease holds without renewal")
+    p.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS",
+                   help="a replica that cannot renew within this stops acting")
+    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS",
+                   help="how often Leases are renewed or tried")
     _politeness_args(p)
     _policy_args(p)
-    p.set_defaults(func=cmd_controller)
     return parser
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
@@ -97,11 +152,13 @@ def _positive_int(text: str) -> int:
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
     """What every command that probes takes: manifests, credentials, parallelism, output."""
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or folders")
     p.add_argument("--secrets-dir", metavar="DIR",
                    help="credentials laid out as DIR/<namespace>/<secret-name>/<key>")
-    p.add_argument("--concurrency", type=_positive_int, default=32)
-    p.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    p.add_argument("--concurrency", type=_positive_int, default=32,
+                   help="accounts probed at the same time")
+    p.add_argument("--output", "-o", choices=["table", "wide", "json"], default="table",
+                   help="output format (wide adds the message)")
     _politeness_args(p)
     _policy_args(p)
 
@@ -115,19 +172,10 @@ def _politeness_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--max-sessions-per-server", type=_positive_int,
                    default=DEFAULT_MAX_SESSIONS_PER_SERVER,
-                   help="concurrent SMTP sessions per server, TLS diagnostic sessions included "
-                        f"(default {DEFAULT_MAX_SESSIONS_PER_SERVER})")
+                   help="concurrent SMTP sessions per server, TLS diagnostic sessions included")
     p.add_argument("--max-auth-per-minute", type=_positive_int,
                    default=DEFAULT_MAX_AUTH_PER_MINUTE,
-                   help="AUTH attempts per server and minute (default "
-                        f"{DEFAULT_MAX_AUTH_PER_MINUTE}; a minute's worth may go at once)")
-
-
-def _configure_politeness(args: argparse.Namespace) -> None:
-    from reconciler.probe.limits import configure
-
-    configure(max_sessions_per_server=args.max_sessions_per_server,
-              max_auth_per_minute=args.max_auth_per_minute)
+                   help="AUTH attempts per server and minute (a minute's worth may go at once)")
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
@@ -144,8 +192,18 @@ def _store_args(p: argparse.ArgumentParser, *, local: bool = True) -> None:
         p.add_argument("--store", metavar="local:DIR|kube",
                        help="where status and Secrets live (default: kube when a kubeconfig or "
                             "in-cluster config exists, else local:.email-reconciler)")
-    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--context", help="kubeconfig context (default: the current context)")
     p.add_argument("--namespace", "-n", help="only this namespace (default: all)")
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _configure_politeness(args: argparse.Namespace) -> None:
+    from reconciler.probe.limits import configure
+
+    configure(max_sessions_per_server=args.max_sessions_per_server,
+              max_auth_per_minute=args.max_auth_per_minute)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -159,27 +217,44 @@ def cmd_crd(args: argparse.Namespace) -> int:
     from reconciler.manifest.crd import render_crd
 
     sys.stdout.write(render_crd())
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     _configure_politeness(args)
     from reconciler.run.commands import run_probe
+    from reconciler.run.options import ProbeOptions, options_from
 
-    return run_probe(args, out=sys.stdout)
+    return run_probe(options_from(ProbeOptions, args), out=sys.stdout)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     _configure_politeness(args)
     from reconciler.run.commands import run_reconcile
+    from reconciler.run.options import ReconcileOptions, options_from
 
-    return run_reconcile(args, out=sys.stdout)
+    return run_reconcile(options_from(ReconcileOptions, args), out=sys.stdout)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     from reconciler.run.commands import run_get
+    from reconciler.run.options import GetOptions, options_from
 
-    return run_get(args, out=sys.stdout)
+    return run_get(options_from(GetOptions, args), out=sys.stdout)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from reconciler.run.describe import run_describe
+    from reconciler.run.options import DescribeOptions, options_from
+
+    return run_describe(options_from(DescribeOptions, args), out=sys.stdout)
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from reconciler.run.describe import run_request
+    from reconciler.run.options import RequestOptions, options_from
+
+    return run_request(options_from(RequestOptions, args), out=sys.stdout)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -191,8 +266,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_controller(args: argparse.Namespace) -> int:
     _configure_politeness(args)
     from reconciler.run.controller import run_controller
+    from reconciler.run.options import ControllerOptions, options_from
 
-    return run_controller(args)
+    return run_controller(options_from(ControllerOptions, args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,16 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    from reconciler.errors import UsageError
+        return ExitCode.USAGE
     from reconciler.log import configure_logging
 
     configure_logging(fmt=args.log_format, level=args.log_level)
     try:
         return int(args.func(args))
-    except UsageError as exc:
-        print(f"email-reconciler: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except ReconcilerError as exc:
+        code = exit_code_of(exc)
+        what = "error" if code == ExitCode.USAGE else "store error"
+        print(f"email-reconciler {args.command}: {what}: {exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `... | head`: the reader left; say nothing more

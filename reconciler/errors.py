@@ -8,7 +8,7 @@ are probe outcomes with reasons (reconciler.reasons), not exceptions.
     ├── ManifestError            a file cannot be loaded at all (carries Diagnostics)
     ├── SecretNotFound           a referenced Secret/ConfigMap or key is absent (or unreadable)
     │   └── SecretNotAllowed     it exists but is not opted in for this account (§8)
-    └── StoreError               the state store failed
+    └── StoreError               the state store failed -> exit 3
         ├── StoreConflict        409: re-read and retry
         ├── StoreUnavailable     429/5xx/connection: back off, then ApiUnavailable
         ├── StoreBusy            another run holds the local store's lock -> exit 2
@@ -17,6 +17,26 @@ are probe outcomes with reasons (reconciler.reasons), not exceptions.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The exit codes of every command, defined once."""
+
+    OK = 0
+    PROBLEMS = 1  # invalid manifests, an account not Ready, or (--dry-run) something would change
+    USAGE = 2  # bad command line or configuration (UsageError), or the local store is busy
+    UNREACHABLE = 3  # the cluster or the store could not be used (StoreError)
+
+
+def exit_code_of(exc: BaseException) -> ExitCode:
+    """The exit code for an error that ends a command."""
+    if isinstance(exc, UsageError | StoreBusy):
+        return ExitCode.USAGE
+    if isinstance(exc, StoreError):
+        return ExitCode.UNREACHABLE
+    return ExitCode.PROBLEMS
 
 
 class ReconcilerError(Exception):

@@ -28,12 +28,16 @@ def test_dir_reader_missing_object_and_missing_key(tmp_path: Path) -> None:
     reader = DirSecretReader(tmp_path)
     with pytest.raises(SecretNotFound) as missing_key:
         reader.read("mail", REF)
-    assert str(missing_key.value) == "Secret mail/smtp-credentials has no key 'password'"
+    assert str(missing_key.value) == (
+        "Secret mail/smtp-credentials has no key 'password': no file "
+        f"{tmp_path / 'mail' / 'smtp-credentials' / 'password'} under --secrets-dir")
     assert (missing_key.value.namespace, missing_key.value.name, missing_key.value.key) == (
         "mail", "smtp-credentials", "password")
     with pytest.raises(SecretNotFound) as missing_object:
         reader.read("other", KeyRef("ca", "ca.crt", kind="ConfigMap"))
-    assert str(missing_object.value) == "ConfigMap other/ca not found (key 'ca.crt')"
+    assert str(missing_object.value) == (
+        f"ConfigMap other/ca not found (key 'ca.crt'): no folder {tmp_path / 'other' / 'ca'} "
+        "under --secrets-dir")
 
 
 @pytest.mark.parametrize(("namespace", "name", "key"), [

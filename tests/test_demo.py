@@ -62,9 +62,9 @@ def test_demo_subprocess_shows_oauth_and_graph_ready_quickly(tmp_path: Path) -> 
 
     rows = _table_rows(proc.stdout)
     for name, protocol in OAUTH_ROWS.items():
-        # NAMESPACE NAME READY REASON PROTOCOL TLS ...
-        assert rows[name][2:6] == ["True", "Ready", protocol, "TLSv1.3"], rows[name]
-    assert all(cols[2] == "True" for cols in rows.values()), rows
+        # NAMESPACE NAME PROVIDER VIA PROTOCOL TLS READY REASON ...
+        assert rows[name][4:8] == [protocol, "TLSv1.3", "True", "Ready"], rows[name]
+    assert all(cols[6] == "True" for cols in rows.values()), rows
     assert "Google token :" in proc.stdout and "Graph :" in proc.stdout
 
     statuses = {p.stem: yaml.safe_load(p.read_text())["status"]

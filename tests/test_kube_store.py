@@ -626,3 +626,33 @@ def test_informers_keep_only_our_label_and_annotation_ownership() -> None:
     kubectl_only = {"metadata": {"name": "t", "managedFields": [
         {"manager": "kubectl", "operation": "Update", "fieldsV1": {}}]}}
     assert "managedFields" not in slim(kubectl_only)["metadata"]
+
+
+def test_describe_and_request_through_the_cluster(cluster: Cluster, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+    from reconciler.model import REQUESTED_AT_ANNOTATION
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(cluster.api.kubeconfig(tmp_path / "kubeconfig")))
+    cluster.account("billing")
+    cluster.account("relay")
+    doc = yaml.safe_load((cluster.manifests / "relay.yaml").read_text())
+    doc["spec"]["smtp"]["connection"]["security"] = "None"  # an insecure account: an Event
+    doc["spec"]["smtp"]["connection"]["allowInsecureAuth"] = True
+    cluster.write(doc)
+    cluster.reconcile()
+    capsys.readouterr()
+    assert main(["describe", "billing", "--store", "kube"]) == 0
+    out = capsys.readouterr().out
+    assert "Name:         billing" in out and "SMTP_PASSWORD" in out and PASSWORD not in out
+    assert main(["describe", "relay", "--store", "kube"]) == 0
+    assert "InsecureConnection" in capsys.readouterr().out.split("Events:")[1]
+
+    assert main(["request", "billing", "--store", "kube"]) == 0
+    annotations = cluster.api.get_object("emailaccounts", NS, "billing")["metadata"]["annotations"]
+    requested = annotations[REQUESTED_AT_ANNOTATION]
+    cluster.reconcile()  # applying git again keeps the request: another field manager owns it
+    kept = cluster.api.get_object("emailaccounts", NS, "billing")["metadata"]["annotations"]
+    assert kept[REQUESTED_AT_ANNOTATION] == requested

@@ -157,8 +157,9 @@ def test_get_prints_the_kubectl_table(world: World, capsys: pytest.CaptureFixtur
     capsys.readouterr()
     assert main(["get", "--store", f"local:{world.store}", "-o", "wide"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:9] == ["NAMESPACE", "NAME", "PROVIDER", "VIA", "PROTOCOL", "TLS",
-                                    "READY", "REASON", "AGE"]
+    assert lines[0].split() == ["NAMESPACE", "NAME", "PROVIDER", "VIA", "PROTOCOL", "TLS",
+                                "READY", "REASON", "SECRET", "AGE", "EMAIL", "HOST", "CERT-DAYS",
+                                "MESSAGE"]
     row = lines[1].split()
     assert row[:5] == [NS, "billing", "custom", "SMTP", "STARTTLS"]
     assert row[5].startswith("TLSv1.") and row[6] == "True"

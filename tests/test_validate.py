@@ -64,7 +64,8 @@ CASES = [
     ("ses-without-region", 7, 1, "/spec/region", "missing required field 'region'"),
     ("tabs", 13, 1, "", "indent with spaces, not tabs"),
     ("truststore-both", 15, 1, "/spec/smtp/connection/truststore", "exactly one of"),
-    ("unknown-field", 12, 1, "/spec/smtp/connection/hots", "unknown field 'hots'"),
+    ("unknown-field", 12, 1, "/spec/smtp/connection/hots",
+     "unknown field 'hots'; did you mean 'host'? allowed here: "),
     ("unknown-provider", 7, 1, "/spec/provider", "must be one of: gmail"),
     ("unknown-tag", 13, 1, "", "constructor"),
     ("wrong-api-version", 1, 1, "/apiVersion", "email.reconciler.io/v1alpha1"),
@@ -271,3 +272,14 @@ def test_validate_of_no_files_is_an_error(tmp_path: Path,
     (tmp_path / "README.md").write_text("no manifests here\n")
     assert main(["validate", str(tmp_path)]) == 2
     assert f"no manifest files (*.yaml, *.yml) under {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("key", "allowed", "message"), [
+    ("hots", ["host", "port"], "unknown field 'hots'; did you mean 'host'? allowed here: host, port"),
+    ("Port", ["host", "port"], "unknown field 'Port'; did you mean 'port'? allowed here: host, port"),
+    ("colour", ["host", "port"], "unknown field 'colour'; allowed here: host, port"),
+])
+def test_unknown_field_suggests_the_closest(key: str, allowed: list[str], message: str) -> None:
+    from reconciler.manifest.validate import _unknown_field
+
+    assert _unknown_field(key, allowed) == message

@@ -169,12 +169,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "TLS", "type": "string", "jsonPath": ".status.tlsVersion"},
     {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status"},
     {"name": "Reason", "type": "string", "jsonPath": f"{_READY}.reason"},
+    {"name": "Secret", "type": "string", "jsonPath": ".status.secretName"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Email", "type": "string", "priority": 1, "jsonPath": ".status.sender"},
     {"name": "Host", "type": "string", "priority": 1, "jsonPath": ".status.host"},
     {"name": "Cert-Days", "type": "integer", "priority": 1,
      "jsonPath": ".status.certificate.daysRemaining"},
-    {"name": "Secret", "type": "string", "priority": 1, "jsonPath": ".status.secretName"},
+    {"name": "Message", "type": "string", "priority": 1, "jsonPath": f"{_READY}.message"},
 ]
 
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

@@ -108,8 +108,7 @@ def _schema_messages(err: jsonschema.ValidationError) -> Iterator[tuple[str, str
         allowed = sorted(schema.get("properties", {}))
         for key in err.instance:
             if key not in allowed:
-                yield (f"{where}/{escape(str(key))}",
-                       f"unknown field {str(key)!r}; allowed here: {', '.join(allowed)}")
+                yield f"{where}/{escape(str(key))}", _unknown_field(str(key), allowed)
         return
     if v == "required":
         m = _REQUIRED.match(err.message)
@@ -145,6 +144,17 @@ def _schema_messages(err: jsonschema.ValidationError) -> Iterator[tuple[str, str
         yield where, f"must match the pattern {value}"
     else:
         yield where, f"is invalid ({v})"
+
+
+def _unknown_field(key: str, allowed: list[str]) -> str:
+    """"unknown field 'hots'; did you mean 'host'? allowed here: ..." (difflib's guess, if any)."""
+    import difflib
+
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if not close:  # a case slip (smtpHost for host is too far; Port for port is not)
+        close = [a for a in allowed if a.lower() == key.lower()][:1]
+    guess = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"unknown field {key!r}{guess} allowed here: {', '.join(allowed)}"
 
 
 def _diag(file: str, document: int, locate: Locate | None, pointer: str, message: str,

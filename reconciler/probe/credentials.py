@@ -46,17 +46,25 @@ class DirSecretReader:
         """Opted in by where it lies; SecretNotFound when the object does not exist."""
         _check_names(namespace, ref)
         if not (self.root / namespace / ref.name).is_dir():
-            raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+            raise self._missing(namespace, ref, self.root / namespace / ref.name)
         return OPERATOR_SOURCE
+
+    @staticmethod
+    def _missing(namespace: str, ref: KeyRef, looked_for: Path, detail: str = "") -> SecretNotFound:
+        """SecretNotFound naming the path looked for (a path, never a value)."""
+        plain = SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail=detail)
+        kind = "file" if detail == "key" else "folder"
+        return SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail=detail,
+                              message=f"{plain}: no {kind} {looked_for} under --secrets-dir")
 
     def _path(self, namespace: str, ref: KeyRef) -> Path:
         _check_names(namespace, ref)
         folder = self.root / namespace / ref.name
         if not folder.is_dir():
-            raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+            raise self._missing(namespace, ref, folder)
         path = folder / ref.key
         if not path.is_file():
-            raise SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail="key")
+            raise self._missing(namespace, ref, path, detail="key")
         # The folder is a jail: every component resolved (folder symlinks included) must stay
         # under the root, and kubelet's key symlinks into ..data must stay inside their folder.
         root = self.root.resolve()

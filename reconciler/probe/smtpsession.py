@@ -17,7 +17,7 @@ import datetime as dt
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler import reasons
@@ -107,6 +107,18 @@ def _busy(st: SessionState, where: str, reply: Reply, step: str) -> None:
                             "--max-sessions-per-server")
 
 
+def host_hint(account: Account) -> tuple[str, str]:
+    """(", the host of provider X", what to check) when the host is the provider's preset, not
+    a field of the manifest (then the message must not send the reader to connection.host)."""
+    assert account.smtp is not None
+    spec = account.manifest.get("spec") if isinstance(account.manifest, Mapping) else None
+    written = (((spec or {}).get("smtp") or {}).get("connection") or {}).get("host")
+    if written or account.provider == "custom":
+        return "", ""
+    return (f", the host of provider {account.provider}",
+            "check this network's DNS and egress to it (a firewall or NetworkPolicy)")
+
+
 async def converse(st: SessionState, account: Account, ctx: ssl.SSLContext, truststore: str | None,
                     creds: Credentials | None, authenticate: bool, now: dt.datetime,
                     transaction: Transaction | None, deadline: Deadline) -> None:
@@ -118,15 +130,18 @@ async def converse(st: SessionState, account: Account, ctx: ssl.SSLContext, trus
     try:
         st.client = client = await SmtpClient.connect(conn.host, conn.port, deadline)
     except socket.gaierror as exc:
+        what, fix = host_hint(account)
         st.connection = Outcome(False, reasons.CONNECT_FAILED,
-                                f"cannot resolve {conn.host} ({exc.strerror}): check connection.host")
+                                f"cannot resolve {conn.host}{what} ({exc.strerror}): "
+                                f"{fix or 'check connection.host'}")
         return
     except TimeoutError:
         raise
     except OSError as exc:
+        what, fix = host_hint(account)
         st.connection = Outcome(False, reasons.CONNECT_FAILED,
-                                f"cannot connect to {where}: {exc.strerror or exc}: check "
-                                "connection.host and port, and that the server is reachable")
+                                f"cannot connect to {where}{what}: {exc.strerror or exc}: "
+                                f"{fix or 'check connection.host and port, and that the server is reachable'}")
         return
     st.done("connect")
 

@@ -2,44 +2,56 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
-from reconciler.errors import SecretNotFound, StoreError, UsageError
+from reconciler.errors import ExitCode, SecretNotFound, StoreError, UsageError
+from reconciler.manifest.report import plural
 from reconciler.model import KeyRef, SecretReader, status_condition
 from reconciler.policy import Policy, guard
-from reconciler.run.table import format_table, rows
+from reconciler.run.options import GetOptions, PolicyOptions, ProbeOptions, ReconcileOptions
+from reconciler.run.table import format_table, rows, table_object
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = ExitCode.OK, ExitCode.PROBLEMS, ExitCode.USAGE
 
 
 class NoSecrets:
     """The secret reader when none is configured: every reference is missing, with a hint."""
 
+    @staticmethod
+    def _missing(namespace: str, ref: KeyRef) -> SecretNotFound:
+        plain = SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+        return SecretNotFound(
+            namespace, ref.name, ref.key, ref.kind,
+            message=f"{plain}: no --secrets-dir was given, so no credential is read; pass "
+                    f"--secrets-dir DIR holding DIR/{namespace}/{ref.name}/{ref.key}")
+
     def metadata(self, namespace: str, ref: KeyRef) -> Any:
-        raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+        raise self._missing(namespace, ref)
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
-        raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+        raise self._missing(namespace, ref)
 
     def version(self, namespace: str, ref: KeyRef) -> str:
-        raise SecretNotFound(namespace, ref.name, ref.key, ref.kind)
+        raise self._missing(namespace, ref)
 
 
 def _secret_reader(secrets_dir: str | None, store: Any = None, *,
                    dry_run: bool = False) -> SecretReader:
     if secrets_dir:
         if not Path(secrets_dir).is_dir():
-            raise UsageError(f"--secrets-dir {secrets_dir}: not a directory")
+            what = "not a directory" if Path(secrets_dir).exists() else "no such directory"
+            full = Path(secrets_dir).absolute()
+            looked = f" (looked for {full})" if str(full) != secrets_dir else ""
+            raise UsageError(f"--secrets-dir {secrets_dir}: {what}{looked}")
         from reconciler.probe.credentials import DirSecretReader
         from reconciler.secretrefs import installation_key
 
@@ -50,7 +62,7 @@ def _secret_reader(secrets_dir: str | None, store: Any = None, *,
     return reader if reader is not None else NoSecrets()
 
 
-def policy_from(args: argparse.Namespace) -> Policy:
+def policy_from(args: PolicyOptions | Any) -> Policy:
     """The endpoint policy of `--allowed-endpoints` and `--allowed-hosts`."""
     return Policy.from_flags(getattr(args, "allowed_endpoints", None),
                              getattr(args, "allowed_hosts", None))
@@ -67,7 +79,7 @@ def _print_diagnostics(loaded: Any, err: IO[str] | None) -> None:
 # --------------------------------------------------------------------------- probe
 
 
-def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
+def run_probe(args: ProbeOptions, *, out: IO[str]) -> int:
     """`email-reconciler probe`: the seed's Test connectivity, no store at all."""
     from reconciler.manifest.load import load_paths
     from reconciler.probe import probe_accounts
@@ -106,15 +118,12 @@ def run_probe(args: argparse.Namespace, *, out: IO[str]) -> int:
         json.dump(entries, out, indent=2, sort_keys=False)
         out.write("\n")
     else:
-        table = [["NAMESPACE", "NAME", "CONNECTIVITY", "TLS", "AUTH", "READY", "REASON", "MESSAGE"]]
-        for e, r in zip(entries, results, strict=True):
-            ready = status_condition(e["status"], "Ready")
-            table.append([e["namespace"], e["name"], r.connectivity or "-", r.tls_version or "-",
-                          r.auth_mechanism or (r.authentication.reason if r.authentication
-                                               else "-"),
-                          ready.get("status", "Unknown"), ready.get("reason", ""),
-                          _short(ready.get("message", ""))])
-        out.write(format_table(table))
+        objects = [table_object(a.namespace, a.name, e["status"], provider=a.provider,
+                                send_using=a.send_using) for a, e in zip(accounts, entries,
+                                                                         strict=True)]
+        if objects:
+            out.write(format_table(rows(objects, wide=args.output == "wide", now=now)))
+        _write_not_ready(entries, out)
     ready_all = all(status_condition(e["status"], "Ready").get("status") == "True" for e in entries)
     invalid = not loaded.ok
     return EXIT_OK if ready_all and sent_ok and not invalid and entries else EXIT_FAIL
@@ -158,30 +167,29 @@ def _token_cache() -> Any:
     return TokenCache()
 
 
-def _short(text: str, limit: int = 100) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _write_not_ready(entries: Sequence[Mapping[str, Any]], out: IO[str]) -> None:
+    """Below the table: each account that is not Ready, with its reason and whole message."""
+    for e in entries:
+        ready = status_condition(e["status"], "Ready")
+        if ready.get("status") != "True" and ready.get("message"):
+            out.write(f"{e['namespace']}/{e['name']}: {ready.get('reason')}: "
+                      f"{ready['message']}\n")
 
 
 # --------------------------------------------------------------------------- reconcile
 
 
-def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
+def run_reconcile(args: ReconcileOptions, *, out: IO[str]) -> int:
     """`email-reconciler reconcile`: the GitOps run."""
     from reconciler.manifest.load import load_paths
     from reconciler.run.inventory import check_name, default_name
     from reconciler.run.reconcile import Reconciler, RunOptions
     from reconciler.store import open_store
 
-    try:
-        store = open_store(args.store, context=args.context, namespace=args.namespace)
-    except StoreError as exc:
-        print(f"email-reconciler: store error: {exc}", file=__import__("sys").stderr)
-        return EXIT_USAGE
+    store = open_store(args.store, context=args.context, namespace=args.namespace)
     # kubectl's rule: a manifest without metadata.namespace goes to --namespace, else to the
     # kubeconfig context's namespace; with --namespace, one naming another namespace is an error.
-    name = getattr(args, "inventory", None)
-    name = check_name(name) if name else default_name(args.paths)
+    name = check_name(args.inventory) if args.inventory else default_name(args.paths)
     loaded = load_paths(args.paths, namespace=getattr(store, "default_namespace", None),
                         enforce_namespace=bool(args.namespace),
                         secret_owner=_secret_owner(store))
@@ -189,19 +197,17 @@ def run_reconcile(args: argparse.Namespace, *, out: IO[str]) -> int:
     # Before anything is written: which store, which namespaces, which source's inventory.
     print(f"email-reconciler: {'dry run against' if args.dry_run else 'writing to'} "
           f"{store.description}; inventory {name}", file=sys.stderr)
-    try:
-        secrets = _secret_reader(args.secrets_dir, store, dry_run=args.dry_run)
-        options = RunOptions(dry_run=args.dry_run, prune=not args.no_prune,
-                             concurrency=args.concurrency, policy=policy_from(args),
-                             apply_only=args.apply_only, inventory=name)
-        locked = getattr(store, "locked", None)  # the local store: one writing run at a time
-        with (locked(args.lock_timeout) if locked is not None and not args.dry_run
-              else contextlib.nullcontext()):
-            report = Reconciler(store, secrets, options).run(loaded)
-    except StoreError as exc:
-        print(f"email-reconciler: store error: {exc}", file=__import__("sys").stderr)
-        return EXIT_USAGE
+    secrets = _secret_reader(args.secrets_dir, store, dry_run=args.dry_run)
+    options = RunOptions(dry_run=args.dry_run, prune=not args.no_prune,
+                         concurrency=args.concurrency, policy=policy_from(args),
+                         apply_only=args.apply_only, inventory=name, force=args.force)
+    locked = getattr(store, "locked", None)  # the local store: one writing run at a time
+    with (locked(args.lock_timeout) if locked is not None and not args.dry_run
+          else contextlib.nullcontext()):
+        report = Reconciler(store, secrets, options).run(loaded)
     render_report(report, out=out, output=args.output, dry_run=args.dry_run)
+    if args.output != "json" and not args.dry_run and not args.apply_only:
+        _write_probed(report, out)
     if args.dry_run:
         return EXIT_FAIL if report.changed else EXIT_OK
     if args.apply_only:  # readiness is the controller's to report
@@ -239,15 +245,15 @@ def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> N
         }, out, indent=2)
         out.write("\n")
         return
-    table = [["NAMESPACE", "NAME", "READY", "REASON", "PROTOCOL", "TLS", "SECRET",
-              "WOULD CHANGE" if dry_run else "CHANGED"]]
-    for a in report.accounts:
-        ready = status_condition(a.status, "Ready")
-        table.append([a.namespace, a.name, ready.get("status", "Unknown"),
-                      ready.get("reason", ""), str(a.status.get("protocol") or "-"),
-                      str(a.status.get("tlsVersion") or "-"),
-                      str(a.status.get("secretName") or "-"), _changes(a)])
-    out.write(format_table(table))
+    if report.accounts:
+        objects = [table_object(a.namespace, a.name, a.status, provider=a.provider,
+                                send_using=a.send_using, created=a.created_at)
+                   for a in report.accounts]
+        table = rows(objects, wide=output == "wide", now=datetime.now(UTC), sort=False)
+        table[0].append("WOULD CHANGE" if dry_run else "CHANGED")
+        for row, a in zip(table[1:], report.accounts, strict=True):
+            row.append(_changes(a))
+        out.write(format_table(table))
     if dry_run:
         for a in report.accounts:
             details = _secret_details(a)
@@ -259,10 +265,18 @@ def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> N
         out.write(f"prune skipped: {report.prune_skipped}\n")
     for note in report.prune_notes:
         out.write(note + "\n")
-    for a in report.accounts:
-        ready = status_condition(a.status, "Ready")
-        if ready.get("status") != "True" and ready.get("message"):
-            out.write(f"{a.namespace}/{a.name}: {ready.get('reason')}: {ready['message']}\n")
+    _write_not_ready([{"namespace": a.namespace, "name": a.name, "status": a.status}
+                      for a in report.accounts], out)
+
+
+def _write_probed(report: Any, out: IO[str]) -> None:
+    """Say when accounts were not probed (not due yet), so a quiet second run is not a mystery."""
+    probed = sum(1 for a in report.accounts if a.probed)
+    skipped = len(report.accounts) - probed
+    if skipped:
+        out.write(f"probed {probed} of {plural(len(report.accounts), 'account')}; "
+                  f"{'the other is' if skipped == 1 else 'the others are'} not due yet "
+                  "(--force probes now)\n")
 
 
 def _changes(a: Any) -> str:
@@ -294,18 +308,39 @@ def _secret_details(a: Any) -> str | None:
 # --------------------------------------------------------------------------- get
 
 
-def run_get(args: argparse.Namespace, *, out: IO[str]) -> int:
-    """`email-reconciler get`: the `kubectl get emailaccounts` table from either store."""
+def select(objects: Sequence[Mapping[str, Any]], names: Sequence[str],
+           namespace: str | None) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """The objects named NAME or NAMESPACE/NAME (all when no name), and the names not found."""
+    def key(o: Mapping[str, Any]) -> tuple[str, str]:
+        meta = o.get("metadata") or {}
+        return str(meta.get("namespace") or "default"), str(meta.get("name"))
+
+    objects = [o for o in objects if namespace is None or key(o)[0] == namespace]
+    if not names:
+        return list(objects), []
+    chosen: list[Mapping[str, Any]] = []
+    missing: list[str] = []
+    for wanted in names:
+        ns, _, name = wanted.rpartition("/")
+        found = [o for o in objects if key(o)[1] == name and (not ns or key(o)[0] == ns)]
+        if not found:
+            missing.append(wanted)
+        chosen += [o for o in found if o not in chosen]
+    return chosen, missing
+
+
+def run_get(args: GetOptions, *, out: IO[str]) -> int:
+    """`email-reconciler get [NAME...]`: the `kubectl get emailaccounts` table from either store."""
+    import sys
+
     from reconciler.store import open_store
 
-    try:
-        store = open_store(args.store, context=args.context, namespace=args.namespace)
-        objects = store.list_accounts()
-    except StoreError as exc:
-        raise UsageError(str(exc)) from exc
-    if args.namespace:
-        objects = [o for o in objects
-                   if (o.get("metadata") or {}).get("namespace") == args.namespace]
+    store = open_store(args.store, context=args.context, namespace=args.namespace)
+    objects, missing = select(store.list_accounts(), args.names, args.namespace)
+    for name in missing:
+        where = f" in namespace {args.namespace}" if args.namespace else ""
+        print(f"email-reconciler get: emailaccount {name!r} not found{where} "
+              f"({store.description})", file=sys.stderr)
     if args.output in ("yaml", "json"):
         doc = {"apiVersion": "v1", "kind": "List", "items": objects}
         if args.output == "json":
@@ -313,9 +348,8 @@ def run_get(args: argparse.Namespace, *, out: IO[str]) -> int:
             out.write("\n")
         else:
             out.write(yaml.safe_dump(doc, sort_keys=False))
-        return EXIT_OK
-    if not objects:
+    elif objects:
+        out.write(format_table(rows(objects, wide=args.output == "wide", now=datetime.now(UTC))))
+    elif not missing:
         out.write("No resources found\n")
-        return EXIT_OK
-    out.write(format_table(rows(objects, wide=args.output == "wide", now=datetime.now(UTC))))
-    return EXIT_OK
+    return EXIT_FAIL if missing else EXIT_OK

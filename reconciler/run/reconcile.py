@@ -60,6 +60,8 @@ class RunOptions:
     apply_only: bool = False
     #: The source's inventory (what prune considers); None: derived from the paths loaded.
     inventory: str | None = None
+    #: Probe every account now, AUTH included, whatever its schedule says (`reconcile --force`).
+    force: bool = False
 
 
 class Reconciler:
@@ -129,8 +131,10 @@ class Reconciler:
                                                          errors, dict(obj)), stored, report, now)
                 continue
             account = account_from_manifest(obj, warnings=tuple(diagnostics))
-            report.accounts.append(AccountReport(account.namespace, account.name,
-                                                 status=dict(obj.get("status") or {})))
+            report.accounts.append(AccountReport(
+                account.namespace, account.name, status=dict(obj.get("status") or {}),
+                provider=account.provider, send_using=account.send_using,
+                created_at=(obj.get("metadata") or {}).get("creationTimestamp")))
             accounts.append(account)
         self._reconcile_accounts(accounts, stored, report, now, unpublished)
         return report
@@ -145,6 +149,8 @@ class Reconciler:
             decisions[account.key] = schedule.probe_decision(
                 account=account, old_status=old, secret_versions=versions, now=now,
                 published_secret_missing=account.key in unpublished)
+            if self.options.force and not account.probe.suspend:
+                decisions[account.key] = schedule.Decision(True, True, "forced (--force)")
         by_key = {(r.namespace, r.name): r for r in report.accounts}
         # Accounts not due first (no probe to wait for), then each probed account the moment
         # its own probe ends: a run killed halfway keeps everything that had finished.
@@ -165,19 +171,22 @@ class Reconciler:
         with the stored generation and uid."""
         old = stored.get(account.key)
         entry = AccountReport(account.namespace, account.name,
-                              status=dict((old or {}).get("status") or {}))
+                              status=dict((old or {}).get("status") or {}),
+                              provider=account.provider, send_using=account.send_using)
         report.accounts.append(entry)
         desired = account_object(account.manifest)
         entry.created = old is None
         entry.spec_changed = old is not None and old.get("spec") != desired["spec"]
         if self.options.dry_run:
             meta = (old or {}).get("metadata") or {}
+            entry.created_at = meta.get("creationTimestamp")
             generation = int(meta.get("generation") or 0) + (1 if entry.spec_changed or old is None
                                                              else 0)
             return dataclasses.replace(account, generation=generation,
                                        uid=str(meta.get("uid") or ""))
         obj = self.store.apply_account(account.manifest)
         meta = obj.get("metadata") or {}
+        entry.created_at = meta.get("creationTimestamp")
         return dataclasses.replace(account, generation=int(meta.get("generation") or 1),
                                    uid=str(meta.get("uid") or ""))
 

@@ -25,6 +25,10 @@ class AccountReport:
     secret_changes: dict[str, list[str]] = field(default_factory=dict)  # added/changed/removed
     spec_changed: bool = False
     created: bool = False
+    #: metadata.creationTimestamp of the stored object (None: not stored yet), for the AGE column.
+    created_at: str | None = None
+    provider: str | None = None  # spec.provider and spec.sendUsing, for the table
+    send_using: str | None = None
     error: str | None = None
     #: The status this run decided on but could not write (the store failed): what it knows,
     #: e.g. that it authenticated, for a caller that retries (the controller remembers it).

@@ -60,6 +60,27 @@ def first_failure(conditions: Sequence[Mapping[str, Any]],
     return None
 
 
+#: Failures worth naming beside the first one: each needs its own fix (SecretPublished follows
+#: from the others, so it would only repeat them).
+_ALSO = ("Connected", "Authenticated", "SigningReady")
+
+
+def all_problems(conditions: Sequence[Mapping[str, Any]], first: tuple[str, str]) -> str:
+    """The first failure's message, then every other failed step's: one run shows them all.
+
+    A missing Secret and a DNS failure are both found before the first failing step (the
+    credentials are read before connecting); Ready names both, not only the first.
+    """
+    others = []
+    for type_ in _ALSO:
+        cond = find_condition(conditions, type_)
+        if (cond is not None and cond.get("status") == "False"
+                and (cond.get("reason"), cond.get("message")) != first):
+            others.append(f"{type_} {cond.get('reason')}: {cond.get('message')}")
+    message = first[1]
+    return "; also ".join([message.rstrip("."), *others]) if others else message
+
+
 def ready_message(account: Account, status: Mapping[str, Any]) -> str:
     """'SMTP (Connect using STARTTLS), TLSv1.3, authenticated as x' from the status fields."""
     parts = [str(status.get("connectivity") or account.send_using)]

@@ -40,6 +40,7 @@ from reconciler.state.conditions import (
 )
 from reconciler.state.formats import format_warnings
 from reconciler.state.readiness import (
+    all_problems,
     auth_not_required,
     first_failure,
     identity,
@@ -82,7 +83,8 @@ def _summarise(account: Account, status: Status, now: datetime, publishing: bool
         conditions = set_condition(conditions, "Ready", "True", reasons.READY,
                                    ready_message(account, status), now, gen)
     else:
-        conditions = set_condition(conditions, "Ready", "False", failure[0], failure[1], now, gen)
+        conditions = set_condition(conditions, "Ready", "False", failure[0],
+                                   all_problems(conditions, failure), now, gen)
     if failure is not None and failure[0] in reasons.TERMINAL:
         conditions = set_condition(conditions, "Stalled", "True", failure[0],
                                    stalled_message(*failure), now, gen)

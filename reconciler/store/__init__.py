@@ -34,5 +34,8 @@ def open_store(spec: str | None, *, context: str | None = None,
     if spec == "kube":
         from reconciler.store.kube import KubeStore
 
-        return KubeStore.from_config(context=context, namespace=namespace)
+        try:
+            return KubeStore.from_config(context=context, namespace=namespace)
+        except UsageError as exc:  # the commands with --store have the local one too
+            raise UsageError(f"{exc}, or use --store local:DIR") from exc
     raise UsageError(f"--store must be local:DIR or kube, not {spec!r}")

@@ -323,7 +323,31 @@ class KubeStore:
         self._secrets.get(namespace, {}).pop(name, None)
         self._absent.add((namespace, name))  # the informer may not have seen the delete yet
 
+    def annotate_account(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Merge-patch annotations onto one EmailAccount (`email-reconciler request`); its own
+        field manager, so a later apply from git does not take the annotation away."""
+        patch = {"metadata": {"annotations": dict(annotations)}}
+        obj = self.api.call(
+            "patch", ACCOUNTS, namespace,
+            lambda: self._custom.patch_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, PLURAL, name, patch,
+                field_manager=f"{FIELD_MANAGER}-request", _content_type=MERGE,
+                **self.api.options()))
+        self._remember(obj)
+
     # ------------------------------------------------------------------ events
+    def account_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The Events of one EmailAccount, oldest first, as {time, type, reason, message}."""
+        selector = f"involvedObject.kind={KIND},involvedObject.name={name}"
+        core, kw = self._core, self.api.options()
+        items = self.api.list_all("events", namespace, lambda t: core.list_namespaced_event(
+            namespace, field_selector=selector, limit=_PAGE, _continue=t, **kw))
+        events = [{"time": e.get("lastTimestamp") or e.get("eventTime") or
+                   (e.get("metadata") or {}).get("creationTimestamp"), "type": e.get("type"),
+                   "reason": e.get("reason"), "message": e.get("message"),
+                   "count": e.get("count") or 1} for e in items]
+        return sorted(events, key=lambda e: str(e["time"] or ""))
+
     def record_event(self, event: Event) -> None:
         """A core v1 Event on the EmailAccount (kubectl describe shows it)."""
         involved: dict[str, Any] = {"apiVersion": GROUP_VERSION, "kind": KIND,

@@ -167,8 +167,8 @@ def client_from_config(context: str | None = None) -> tuple[Any, str | None]:
                                     client_configuration=configuration)
             default_ns = _context_namespace(config_file, context)
     except (config.ConfigException, OSError, ValueError) as exc:
-        raise UsageError(f"no usable Kubernetes configuration ({exc}); set KUBECONFIG, "
-                         "pass --context, or use --store local:DIR") from exc
+        raise UsageError(f"no usable Kubernetes configuration ({exc}); set KUBECONFIG or "
+                         "pass --context") from exc
     configuration.retries = False
     return client.ApiClient(configuration), default_ns
 

@@ -259,6 +259,20 @@ class LocalStore:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    def account_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The events of one EmailAccount, oldest first."""
+        return [e for e in self.read_events() if e.get("namespace") == namespace
+                and (e.get("involvedObject") or {}).get("name") == name]
+
+    def annotate_account(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Set annotations on one stored EmailAccount (`email-reconciler request`)."""
+        path = self._account_path(namespace, name)
+        obj = self._read(path)
+        if obj is None:
+            raise StoreError(f"EmailAccount {namespace}/{name} not found in {self.description}")
+        obj.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+        self._write(path, obj)
+
     def _inventory_path(self, name: str) -> Path:
         return self.root / INVENTORIES / f"{_safe_name(name)}.yaml"
 

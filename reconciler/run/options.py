@@ -1,0 +1,109 @@
+"""Typed options of each command: what the CLI parses its arguments into before it builds and runs.
+
+The parser (`reconciler.cli`) owns the flags, their help and their defaults; these dataclasses own
+the names and types the commands read, so a command never reaches into an `argparse.Namespace`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def options_from(cls: type[T], args: argparse.Namespace) -> T:
+    """An options object of `cls` from parsed arguments (each field from the flag of its name)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Where status and Secrets live (`--store`, `--context`, `--namespace`)."""
+
+    store: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """The admin's endpoint policy (`--allowed-endpoints`, `--allowed-hosts`)."""
+
+    allowed_endpoints: list[str] | None = None
+    allowed_hosts: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ProbeOptions(PolicyOptions):
+    """`probe PATH...`"""
+
+    paths: list[str] = dataclasses.field(default_factory=list)
+    secrets_dir: str | None = None
+    concurrency: int = 32
+    output: str = "table"
+    name: list[str] | None = None
+    send_test_to: str | None = None
+    secrets_from_cluster: bool = False
+    context: str | None = None
+
+
+@dataclass(frozen=True)
+class ReconcileOptions(PolicyOptions, StoreOptions):
+    """`reconcile PATH...`"""
+
+    paths: list[str] = dataclasses.field(default_factory=list)
+    secrets_dir: str | None = None
+    concurrency: int = 32
+    output: str = "table"
+    dry_run: bool = False
+    no_prune: bool = False
+    inventory: str | None = None  # the source's inventory name (default: derived from the paths)
+    apply_only: bool = False
+    force: bool = False
+    lock_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class GetOptions(StoreOptions):
+    """`get [NAME...]`"""
+
+    names: list[str] = dataclasses.field(default_factory=list)
+    output: str = "table"
+
+
+@dataclass(frozen=True)
+class DescribeOptions(StoreOptions):
+    """`describe NAME`"""
+
+    name: str = ""
+    events: int = 10
+
+
+@dataclass(frozen=True)
+class RequestOptions(StoreOptions):
+    """`request NAME`"""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ControllerOptions(PolicyOptions):
+    """`controller`"""
+
+    context: str | None = None
+    namespace: str | None = None
+    workers: int = 4
+    interval: str = "10m"
+    metrics_addr: str = ":8080"
+    health_addr: str = ":8081"
+    leader_elect: bool = False
+    lease_name: str = "email-reconciler"
+    lease_namespace: str | None = None
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
