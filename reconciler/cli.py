@@ -18,11 +18,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
 
 
+def _says_nothing(default: object) -> bool:
+    """None, False, [] or SUPPRESS: a default not worth showing (0 and 0.0 are shown)."""
+    return default is None or default is False or default == [] or default == argparse.SUPPRESS
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each flag's default, except where it says nothing (None, False, [])."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+        if _says_nothing(action.default) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

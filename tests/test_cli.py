@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import _Formatter, build_parser, main
+from reconciler.cli import _Formatter, _says_nothing, build_parser, main
 from reconciler.errors import ExitCode, StoreBusy, StoreUnavailable, UsageError, exit_code_of
 
 GOOD = """\
@@ -48,7 +48,7 @@ def test_every_flag_has_help_that_shows_its_default(command: str, parser: argpar
                                                     action: argparse.Action) -> None:
     assert action.help and action.help.strip(), f"{command} {action.option_strings}: no help"
     assert parser.formatter_class is _Formatter
-    if action.default not in (None, False, [], argparse.SUPPRESS):
+    if not _says_nothing(action.default):
         shown = parser._get_formatter()._expand_help(action)  # the text `--help` prints
         assert "default" in shown, f"{command} {action.option_strings}: {shown!r} has no default"
 
@@ -123,3 +123,22 @@ def test_a_missing_secrets_dir_names_the_path_looked_for(
     assert main(["probe", "billing.yaml", "--secrets-dir", "secrets"]) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert f"--secrets-dir secrets: no such directory (looked for {tmp_path / 'secrets'})" in err
+
+
+@pytest.mark.parametrize("command", sorted(_subparsers(build_parser())))
+def test_every_flag_reaches_its_command(command: str) -> None:
+    """Each command's parsed flags all have a field in its typed options (no flag is dropped)."""
+    from reconciler.run import options
+
+    classes = {"probe": options.ProbeOptions, "reconcile": options.ReconcileOptions,
+               "get": options.GetOptions, "describe": options.DescribeOptions,
+               "request": options.RequestOptions, "controller": options.ControllerOptions}
+    if command not in classes:
+        return
+    argv = {"probe": ["probe", "."], "reconcile": ["reconcile", "."], "describe": ["describe", "x"],
+            "request": ["request", "x"]}.get(command, [command])
+    args = build_parser().parse_args(argv)
+    options.options_from(classes[command], args)  # raises TypeError for a flag without a field
+    args.surprise = 1
+    with pytest.raises(TypeError, match="no field for surprise"):
+        options.options_from(classes[command], args)

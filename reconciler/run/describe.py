@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from reconciler.errors import ExitCode, UsageError
+from reconciler.manifest.report import plural
 from reconciler.model import REQUESTED_AT_ANNOTATION
 from reconciler.run.options import DescribeOptions, RequestOptions
 from reconciler.run.table import age
@@ -94,7 +95,8 @@ def _secret_lines(secret: Mapping[str, Any] | None, name: str | None) -> list[st
     if secret is None:
         return [f"  {name}: not found"]
     data = secret.get("data") or {}
-    lines = [f"  {name} ({len(data)} keys; values masked, as kubectl describe shows them)"]
+    lines = [f"  {name} ({plural(len(data), 'key')}; values masked, as kubectl describe "
+             "shows them)"]
     lines += [f"    {key:<28} {_size(value)}" for key, value in sorted(data.items())]
     return lines
 
@@ -179,7 +181,12 @@ def run_request(args: RequestOptions, *, out: IO[str],
     namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     when = rfc3339(now or datetime.now(UTC))
     store.annotate_account(namespace, name, {REQUESTED_AT_ANNOTATION: when})
+    if getattr(store, "root", None) is not None:  # the local store: no controller watches it
+        then = ("no controller watches a local store, and a GitOps run reads the manifests from "
+                "git: `email-reconciler reconcile PATH --force` probes now")
+    else:
+        then = ("the controller probes it now, AUTH included (`reconcile --force` does the same "
+                "for a GitOps run)")
     out.write(f"emailaccount {namespace}/{name} annotated {REQUESTED_AT_ANNOTATION}={when}: "
-              "the controller probes it now, AUTH included (`reconcile --force` does the same "
-              "for a GitOps run)\n")
+              f"{then}\n")
     return ExitCode.OK

@@ -14,9 +14,22 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+#: Parsed arguments the CLI itself consumes before a command runs (logging, the politeness
+#: limits it configures once, the dispatch) or that change nothing (`reconcile --once`).
+CLI_ONLY = frozenset({"func", "command", "log_level", "log_format", "max_sessions_per_server",
+                      "max_auth_per_minute", "once"})
+
+
 def options_from(cls: type[T], args: argparse.Namespace) -> T:
-    """An options object of `cls` from parsed arguments (each field from the flag of its name)."""
+    """An options object of `cls` from parsed arguments (each field from the flag of its name).
+
+    A flag with no field is a bug, reported at once rather than lost on the way to the command.
+    """
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(vars(args)) - names - CLI_ONLY)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field for {', '.join(unknown)}: add it in "
+                        "reconciler/run/options.py")
     values: dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
     return cls(**values)
 
