@@ -6,6 +6,8 @@ is ``deploy/crd.yaml`` when it exists (the generated one), else :data:`MINIMAL_C
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,16 +72,27 @@ def kube_api() -> Iterator[KubeAPIServer]:
         yield server
 
 
-def deployed_rbac(paths: Sequence[Path] = ()) -> list[dict[str, Any]]:
-    """The Namespaces, ServiceAccounts, Roles and bindings of deploy/ (or of ``paths``), deduplicated."""
-    files = list(paths) or sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
+def render(path: Path = DEPLOY) -> list[dict[str, Any]]:
+    """`kubectl kustomize PATH`: the objects one kustomization of deploy/ installs."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is needed to render deploy/ (kustomize with replacements)")
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+#: The modes whose RBAC ``deployed_rbac`` loads by default: the controller for one namespace
+#: (mail) and the GitOps CronJob, so that a request outside mail is refused.
+ONE_NAMESPACE_MODES = ("controller-one-namespace", "gitops")
+
+
+def deployed_rbac(modes: Sequence[str] = ONE_NAMESPACE_MODES) -> list[dict[str, Any]]:
+    """The Namespaces, ServiceAccounts, Roles and bindings deploy/ renders for ``modes``, deduplicated."""
     found: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for path in files:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") in RBAC_KINDS and "metadata" in doc:
-                if doc["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding") and not (
-                        doc.get("rules") is not None or doc.get("roleRef")):
-                    continue  # a kustomize patch, not a whole object
+    for mode in modes:
+        for doc in render(DEPLOY / mode):
+            if doc.get("kind") in RBAC_KINDS:
                 meta = doc["metadata"]
                 found.setdefault((doc["kind"], meta.get("namespace", ""), meta["name"]), doc)
     return list(found.values())

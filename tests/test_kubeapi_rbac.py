@@ -230,5 +230,5 @@ def test_admin_token_bypasses_rbac(kube_api: KubeAPIServer, service_account_clie
     service_account_client(GITOPS)  # loads deploy/'s Roles
     with kube_api.api_client() as api:
         assert client.CoreV1Api(api).list_secret_for_all_namespaces().items is not None
-    roles = {r["metadata"]["name"] for r in kube_api.objects("roles")}
+    roles = {r["metadata"]["name"] for r in kube_api.objects("clusterroles")}
     assert {"email-reconciler-controller", "email-reconciler-gitops"} <= roles

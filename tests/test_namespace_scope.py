@@ -16,7 +16,7 @@ import yaml
 
 from reconciler.cli import main
 from reconciler.store.local import LocalStore
-from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd
+from tests.kube_fixtures import TEST_NAMESPACES, email_account_crd, render
 from tests.kubeapi import KubeAPIServer
 from tests.manifests_factory import LoopbackServers as Servers
 from tests.manifests_factory import loopback_account, loopback_servers, write_manifests
@@ -64,8 +64,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 
 def _cronjob_args() -> list[str]:
     """The reconcile container's arguments, exactly as deploy/ ships them."""
-    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "gitops" / "cronjob.yaml").read_text()) if d]
-    cronjob = next(d for d in docs if d.get("kind") == "CronJob")
+    cronjob = next(d for d in render(ROOT / "deploy" / "gitops") if d.get("kind") == "CronJob")
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     container = next(c for c in pod["containers"] if c["name"] == "reconcile")
     return list(container["args"])

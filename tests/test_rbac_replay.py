@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +53,22 @@ def servers() -> Iterator[Servers]:
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
     """`kubectl kustomize` of each mode (the CronJob's arguments differ between gitops and both)."""
-    return {mode: render(DEPLOY / mode) for mode in ("gitops", "controller", "both")}
+    return {mode: render(DEPLOY / mode) for mode in ("gitops", "controller", "controller-one-namespace", "both")}
 
 
 @pytest.fixture
 def api(rendered: dict[str, list[dict[str, Any]]], servers: Servers) -> Iterator[KubeAPIServer]:
-    """The fake with deploy/'s ServiceAccounts, Roles and RoleBindings (as rendered for both modes)
-    and the cluster-side inputs: the truststore ConfigMap and each account's password Secret."""
+    """The fake with deploy/'s ServiceAccounts, Roles and bindings (as rendered for both modes: the
+    cluster-wide controller) and the cluster-side inputs: the truststore ConfigMap and each
+    account's password Secret."""
+    with cluster(rendered["both"], servers) as server:
+        yield server
+
+
+@contextmanager
+def cluster(objects: list[dict[str, Any]], servers: Servers) -> Iterator[KubeAPIServer]:
     with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as server:
-        server.apply_manifests([d for d in rendered["both"]
+        server.apply_manifests([d for d in objects
                                 if d["kind"] in RBAC_KINDS and d["kind"] != "Namespace"])
         server.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
                                          "metadata": {"name": "ca", "namespace": NS, "labels": CREDENTIAL},
@@ -189,9 +196,10 @@ def test_the_gitops_cronjob_as_its_service_account_reconciles_publishes_and_prun
 def test_a_role_missing_one_verb_gets_a_403_that_surfaces_as_forbidden(
         api: KubeAPIServer, servers: Servers, rendered: dict[str, list[dict[str, Any]]],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The negative control: the gitops Role without `patch` on secrets, for its own account."""
+    """The negative control: the gitops rules without `patch` on secrets, as a Role of their own."""
     role = copy.deepcopy(next(d for d in rendered["gitops"]
-                              if d["kind"] == "Role" and d["metadata"]["name"] == GITOPS))
+                              if d["kind"] == "ClusterRole" and d["metadata"]["name"] == GITOPS))
+    role["kind"] = "Role"
     rules = [r for r in role["rules"] if r.get("apiGroups") == [""] and "secrets" in r["resources"]]
     assert len(rules) == 1 and "patch" in rules[0]["verbs"]
     rules[0]["verbs"] = [v for v in rules[0]["verbs"] if v != "patch"]
@@ -223,6 +231,30 @@ def test_a_role_missing_one_verb_gets_a_403_that_surfaces_as_forbidden(
 # --------------------------------------------------------------------------- both: CronJob + controller
 
 
+def start_controller(api: KubeAPIServer, objects: list[dict[str, Any]], tmp_path: Path,
+                     ) -> tuple[subprocess.Popen[bytes], Callable[[Callable[[], Any]], Callable[[], Any]]]:
+    """The Deployment's container as a process, as its ServiceAccount, its arguments exactly but
+    for the two listen addresses (a fixed port is not ours to take on a shared machine); and a
+    wrapper for wait_for predicates that fails at once if it died or was refused."""
+    c = container(objects, "Deployment", "controller")
+    assert c["serviceAccountName"] == CONTROLLER and "--leader-elect" in c["args"]
+    args = [a.replace(":8080", "127.0.0.1:0").replace(":8081", "127.0.0.1:0") for a in c["args"]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "POD_NAMESPACE": OWN,
+           "KUBECONFIG": str(kubeconfig_as(api, tmp_path / "controller.kubeconfig", CONTROLLER))}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def alive(predicate: Callable[[], Any]) -> Callable[[], Any]:
+        def check() -> Any:
+            if proc.poll() is not None:
+                pytest.fail(f"the controller exited {proc.returncode}: {proc.communicate()[1].decode()[-3000:]}")
+            assert refusals(api) == []
+            return predicate()
+        return check
+    return proc, alive
+
+
 def test_both_modes_apply_only_cronjob_and_the_leader_elected_controller_without_a_403(
         api: KubeAPIServer, servers: Servers, rendered: dict[str, list[dict[str, Any]]],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,24 +267,8 @@ def test_both_modes_apply_only_cronjob_and_the_leader_elected_controller_without
     assert (code, refusals(api)) == (0, []), output[-3000:]
     assert {o["metadata"]["name"] for o in api.objects("emailaccounts", NS)} == set(ACCOUNTS)
 
-    # The Deployment's container, as its ServiceAccount, its arguments exactly but for the two
-    # listen addresses (a fixed port is not ours to take on a shared machine).
-    c = container(both, "Deployment", "controller")
-    assert c["serviceAccountName"] == CONTROLLER and "--leader-elect" in c["args"]
-    args = [a.replace(":8080", "127.0.0.1:0").replace(":8081", "127.0.0.1:0") for a in c["args"]]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "POD_NAMESPACE": OWN,
-           "KUBECONFIG": str(kubeconfig_as(api, tmp_path / "controller.kubeconfig", CONTROLLER))}
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def alive(predicate: Callable[[], Any]) -> Callable[[], Any]:
-        def check() -> Any:  # fail at once (with its output) if the controller died or was refused
-            if proc.poll() is not None:
-                pytest.fail(f"the controller exited {proc.returncode}: {proc.communicate()[1].decode()[-3000:]}")
-            assert refusals(api) == []
-            return predicate()
-        return check
+    proc, alive = start_controller(api, both, tmp_path)
+    assert "--namespace" not in " ".join(proc.args)  # the cluster-wide controller
 
     def lease() -> dict[str, Any]:
         return (api.get_object("leases", OWN, "email-reconciler") or {}).get("spec") or {}
@@ -270,6 +286,17 @@ def test_both_modes_apply_only_cronjob_and_the_leader_elected_controller_without
                            "billing-sender published")
         assert billing["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
         wait_for(alive(lambda: api.get_object("secrets", NS, "kept-sender")), PATIENCE, "kept-sender")
+
+        # cluster-wide: an account of another namespace, with its own opted-in inputs, as well
+        servers.users["tenant@example.com"] = PASSWORD
+        api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "data": {"ca.crt": servers.ca.ca_pem},
+                                      "metadata": {"name": "ca", "namespace": "team", "labels": CREDENTIAL}})
+        api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                   "metadata": {"name": "tenant-smtp", "namespace": "team", "labels": CREDENTIAL},
+                                   "data": {"password": base64.b64encode(PASSWORD.encode()).decode()}})
+        api.add_object("emailaccounts", loopback_account("tenant", "team", servers.starttls.port, timeout=5))
+        wait_for(alive(lambda: api.get_object("secrets", "team", "tenant-sender")), PATIENCE,
+                 "tenant-sender published in team")
 
         # a deleted published Secret is republished
         old_uid = billing["metadata"]["uid"]
@@ -305,3 +332,34 @@ def test_both_modes_apply_only_cronjob_and_the_leader_elected_controller_without
     assert {("watch", "emailaccounts", None), ("patch", "emailaccounts", "status"), ("create", "events", None),
             ("update", "leases", None)} <= seen
     assert PASSWORD.encode() not in out + err
+
+
+# --------------------------------------------------------------------------- the controller for one namespace
+
+
+def test_the_one_namespace_controller_serves_its_namespace_only_without_a_403(
+        rendered: dict[str, list[dict[str, Any]]], servers: Servers, tmp_path: Path) -> None:
+    """deploy/controller-one-namespace: its ClusterRole bound in mail only, `--namespace=mail`. It
+    reconciles mail's accounts and sends no request outside mail and its own namespace, so the
+    RoleBinding's scope is all it needs; an account in another namespace is left alone."""
+    objects = rendered["controller-one-namespace"]
+    assert not [o for o in objects if o["kind"] == "ClusterRoleBinding"]
+    with cluster(objects, servers) as api:
+        api.add_object("emailaccounts", loopback_account("billing", NS, servers.starttls.port, timeout=5))
+        api.add_object("emailaccounts", loopback_account("elsewhere", "team", servers.starttls.port, timeout=5))
+        proc, alive = start_controller(api, objects, tmp_path)
+        assert f"--namespace={NS}" in proc.args
+        try:
+            wait_for(alive(lambda: ready(api, "billing") == "True"), PATIENCE, "billing Ready")
+            wait_for(alive(lambda: api.get_object("secrets", NS, "billing-sender")), PATIENCE,
+                     "billing-sender published")
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=PATIENCE)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err.decode()[-3000:]
+        assert refusals(api) == []
+        assert {r.namespace for r in api.requests if r.resource is not None} == {NS, OWN}
+        assert not (api.get_object("emailaccounts", "team", "elsewhere") or {}).get("status")
