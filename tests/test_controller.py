@@ -655,3 +655,28 @@ def test_parse_duration_rejects_garbage(text: str) -> None:
 def test_leader_config_rejects_inconsistent_timings() -> None:
     with pytest.raises(ValueError, match="lease-duration > --renew-deadline"):
         LeaderConfig(lease_duration=1.0, renew_deadline=2.0, retry_period=0.5).check()
+
+
+def test_request_makes_the_controller_probe_now_with_auth(
+        cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`email-reconciler request NAME` (issue 22 item 8): the annotation it writes through the
+    API makes the running controller probe at once, AUTH included."""
+    from reconciler.cli import main
+
+    ctl = cluster.controller()
+    assert ctl.wait_synced(PATIENCE)
+    cluster.account("billing")
+    wait_for(lambda: cluster.ready("billing"), PATIENCE, "billing Ready")
+    wait_for(lambda: settled(ctl, "billing-smtp", "billing-sender"), PATIENCE, "a settled queue")
+    before = cluster.servers.starttls.connections
+    cluster.servers.users["billing@example.com"] = "changed on the server"  # AUTH now fails
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(cluster.api.kubeconfig(tmp_path / "kubeconfig")))
+    assert main(["request", "billing", "--store", "kube"]) == 0
+    requested = cluster.api.get_object("emailaccounts", NS, "billing")["metadata"][
+        "annotations"]["email.reconciler.io/requested-at"]
+    wait_for(lambda: condition(cluster.status("billing"), "Authenticated").get("reason")
+             == "AuthenticationFailed", PATIENCE, "a probe with AUTH")
+    assert cluster.servers.starttls.connections > before
+    assert cluster.status("billing")["lastRequestedAt"] == requested
