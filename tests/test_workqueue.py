@@ -65,3 +65,28 @@ def test_api_backoff_grows_once_per_round_and_resets_on_success() -> None:
     assert backoff.remaining() == 0 and backoff.failures == 0
     stopping = threading.Event()
     backoff.wait(stopping)  # returns at once: no backoff
+
+
+def test_after_a_failure_one_thread_at_a_time_tries() -> None:
+    """The half-open round (issue 23 item 11): once the delay is over, the first thread to wait
+    gets the turn; another waits until that try fails, succeeds or decides nothing."""
+    backoff = ApiBackoff(base=0.001, cap=0.001)
+    backoff.failed()
+    stopping = threading.Event()
+    backoff.wait(stopping)  # the delay passes, and this thread has the turn
+    backoff.wait(stopping)  # again: still its turn
+    passed = threading.Event()
+
+    def other() -> None:
+        backoff.wait(stopping)
+        passed.set()
+        backoff.done()
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert not passed.wait(0.3)  # blocked behind this thread's try (a bounded look, not a sync)
+    backoff.done()  # the try decided nothing: the other may try
+    assert passed.wait(10)
+    t.join(10)
+    backoff.succeeded()
+    assert backoff.failures == 0

@@ -40,9 +40,13 @@ log = get_logger("reconciler.run")
 class AccountWriter:
     """Writes each account's outcome to a store (nothing in dry-run), one account at a time."""
 
-    def __init__(self, store: StateStore, *, dry_run: bool = False) -> None:
+    def __init__(self, store: StateStore, *, dry_run: bool = False,
+                 hold_on_outage: bool = False) -> None:
         self.store = store
         self.dry_run = dry_run
+        #: After the Secret's write failed with StoreUnavailable, do not send the status write
+        #: (it would fail too): both wait for the controller's shared backoff.
+        self.hold_on_outage = hold_on_outage
         #: Secrets looked up by name in this run ((namespace, name) -> the Secret, or None when
         #: there is none), kept current as this run writes them: an account reads only its own
         #: published Secret (and the one it published under an old name), never a whole
@@ -108,6 +112,7 @@ class AccountWriter:
         old_status = dict((stored or {}).get("status") or {})
         entry.probed = result is not None
         publish_outcome: Outcome | None = None
+        held: StoreUnavailable | None = None
         try:
             if result is not None and readiness.probe_passed(account=account,
                                                              old_status=old_status,
@@ -117,11 +122,18 @@ class AccountWriter:
             publish_outcome = Outcome(False, reasons.FORBIDDEN, str(exc))
         except StoreError as exc:
             publish_outcome = Outcome(False, _store_reason(exc), str(exc))
+            if self.hold_on_outage and isinstance(exc, StoreUnavailable):
+                held = exc
         finally:
             new_status = status.build_status(account=account, old_status=old_status,
                                              result=result, published=publish_outcome, now=now)
             entry.status = new_status
-            self._write_status(account, old_status, new_status, entry, now)
+            if held is None:
+                self._write_status(account, old_status, new_status, entry, now)
+            else:
+                entry.status_changed = status.status_differs(old_status, new_status)
+        if held is not None:
+            raise held  # finish: the status decided is remembered, not written
 
     def _publish(self, account: Account, result: ProbeResult, old_status: Mapping[str, Any],
                  entry: AccountReport) -> Outcome:

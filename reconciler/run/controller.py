@@ -259,8 +259,10 @@ class Controller:
         while not self.synced and not self._stopping.wait(0.05):
             pass
         while not self._stopping.is_set():
-            self.api_backoff.wait(self._stopping)  # the API server failed: everyone waits
+            # The API server failed: everyone waits, then one worker at a time tries.
+            self.api_backoff.wait(self._stopping)
             if not self.slots.acquire(timeout=0.5):
+                self.api_backoff.done()
                 continue
             key = None
             try:
@@ -279,6 +281,7 @@ class Controller:
                     self.queue.add_after(key, self.queue.backoff(key))
             finally:
                 self.slots.release()
+                self.api_backoff.done()  # this thread's try, if it decided nothing
                 if key is not None:
                     self.queue.done(key)
 

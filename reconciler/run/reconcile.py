@@ -62,6 +62,9 @@ class RunOptions:
     inventory: str | None = None
     #: Probe every account now, AUTH included, whatever its schedule says (`reconcile --force`).
     force: bool = False
+    #: The controller: a write the API server answers with 429/5xx (or never answers) ends the
+    #: account's turn, the status waiting with the Secret for the shared backoff.
+    hold_writes_on_outage: bool = False
 
 
 class Reconciler:
@@ -73,7 +76,8 @@ class Reconciler:
         self.secrets = secrets
         self.options = options
         self.tokens = tokens
-        self.writer = AccountWriter(store, dry_run=options.dry_run)
+        self.writer = AccountWriter(store, dry_run=options.dry_run,
+                                    hold_on_outage=options.hold_writes_on_outage)
 
     # ------------------------------------------------------------------ the run
     def run(self, loaded: LoadResult) -> RunReport:

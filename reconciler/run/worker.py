@@ -72,10 +72,12 @@ class Worker:
             from reconciler.store.kube import KubeStore
             from reconciler.store.kubeclient import RetryPolicy
 
-            # One quick retry for a blip; past it the controller-wide backoff takes over (five
-            # tries per request, per key, made an outage cost ten times the requests).
-            store = self._local.store = KubeStore(self.api_client, self.namespace,
-                                                  retry=RetryPolicy(attempts=2))
+            # One quick retry for a dropped connection; an answer of 429/5xx goes straight to
+            # the controller-wide backoff (five tries per request, per key, made an outage cost
+            # ten times the requests; then two tries of each write, twice: issue 23 item 11).
+            store = self._local.store = KubeStore(
+                self.api_client, self.namespace,
+                retry=RetryPolicy(attempts=2, retry_server_errors=False))
         return store
 
     def reconcile(self, key: Key) -> None:
@@ -99,7 +101,8 @@ class Worker:
         # A deleted published Secret is put back from a fresh probe: probe_decision's input.
         unpublished = [key] if _unpublished(obj, self.secrets) else []
         report = Reconciler(store, store.secret_reader(),
-                            RunOptions(prune=False, concurrency=1, policy=self.policy)
+                            RunOptions(prune=False, concurrency=1, policy=self.policy,
+                                       hold_writes_on_outage=True)
                             ).reconcile_objects([obj], unpublished=unpublished)
         self.metrics.duration.observe(time.monotonic() - started)
         if self.accounts.get(key) is None:

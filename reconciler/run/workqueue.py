@@ -151,20 +151,26 @@ class ApiBackoff:
     """One backoff for the whole controller while the API server fails (429, 5xx, unreachable).
 
     Per-key backoff alone lets every key retry on its own schedule: in an outage N keys make N
-    times the requests. After a failure every worker waits out the shared delay before its next
-    reconcile; it doubles with each failure (capped, jittered) and resets on the first success.
+    times the requests. After a failure every worker waits out the shared delay; then one worker
+    at a time tries (a circuit breaker's half-open state) while the others wait on: its reconcile
+    succeeds (`succeeded`: everyone goes on), fails (`failed`: the delay doubles, capped and
+    jittered) or sends nothing conclusive (`done`: the next worker tries). So an outage costs
+    about one request per round, whatever the number of keys and workers (issue 23 item 11).
     """
 
     def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
         self.base, self.cap = base, cap
-        self._lock = threading.Lock()
+        self._cv = threading.Condition()
         self.failures = 0
         self._until = 0.0
+        self._trying: int | None = None  # the thread whose reconcile is this round's try
 
     def failed(self) -> float:
         """Count a failure; the delay every worker now waits. Failures of reconciles that were
         already under way while a backoff lasts belong to the same round: they do not grow it."""
-        with self._lock:
+        with self._cv:
+            if self._trying == threading.get_ident():
+                self._trying = None
             now = time.monotonic()
             if now < self._until:
                 return self._until - now
@@ -172,21 +178,43 @@ class ApiBackoff:
             ceiling = min(self.cap, self.base * 2.0 ** min(self.failures - 1, 32))
             delay = ceiling / 2 + random.uniform(0, ceiling / 2)
             self._until = now + delay
+            self._cv.notify_all()
             return delay
 
     def succeeded(self) -> None:
-        with self._lock:
+        with self._cv:
             self.failures = 0
             self._until = 0.0
+            self._trying = None
+            self._cv.notify_all()
+
+    def done(self) -> None:
+        """This thread's reconcile is over: if it was the round's try and neither failed nor
+        succeeded, the next worker may try."""
+        with self._cv:
+            if self._trying == threading.get_ident():
+                self._trying = None
+                self._cv.notify_all()
 
     def remaining(self) -> float:
-        with self._lock:
+        with self._cv:
             return max(0.0, self._until - time.monotonic())
 
     def wait(self, stopping: threading.Event) -> None:
-        """Block while the backoff lasts (or until `stopping` is set)."""
-        while (left := self.remaining()) > 0 and not stopping.wait(min(left, 0.5)):
-            pass
+        """Block while the backoff lasts, then, while the API server is failing, until this
+        thread's turn to try (or until `stopping` is set)."""
+        me = threading.get_ident()
+        with self._cv:
+            while not stopping.is_set():
+                left = self._until - time.monotonic()
+                if left > 0:
+                    self._cv.wait(min(left, 0.5))
+                elif self.failures == 0 or self._trying in (None, me):
+                    if self.failures:
+                        self._trying = me
+                    return
+                else:
+                    self._cv.wait(0.5)
 
 
 class Slots:

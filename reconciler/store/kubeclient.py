@@ -44,6 +44,10 @@ class RetryPolicy:
     """How hard to try before giving up on the API server; delays in seconds."""
 
     attempts: int = 5  # tries for 429/5xx/connection errors
+    #: False: an answer of 429/5xx is not tried again here; the caller has a backoff shared by
+    #: all its requests (the controller's ApiBackoff), and a second try would only double an
+    #: outage's requests. A dropped connection is still tried again.
+    retry_server_errors: bool = True
     base_delay: float = 0.05
     max_delay: float = 1.0
     conflicts: int = 3  # retries after a 409
@@ -240,10 +244,11 @@ class KubeClient:
                                      f"{_where(namespace)} ({status}): "
                                      f"{_server_message(exc)}") from exc
                 failures += 1
-                if failures >= self.retry.attempts:
+                if failures >= self.retry.attempts or not self.retry.retry_server_errors:
+                    times = f"failed {failures} times, last" if failures > 1 else "failed"
                     raise StoreUnavailable(
-                        f"API server unavailable: {verb} {resource} {_where(namespace)} failed "
-                        f"{failures} times, last with {status}: {_server_message(exc)}"
+                        f"API server unavailable: {verb} {resource} {_where(namespace)} {times} "
+                        f"with {status}: {_server_message(exc)}"
                     ) from exc
                 self._pause(bounds, self.retry.delay(failures, _retry_after(exc)), verb,
                             resource, namespace)
