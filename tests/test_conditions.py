@@ -271,6 +271,41 @@ def test_no_churn_when_nothing_changed() -> None:
     assert changed <= {"lastProbeTime", "nextProbeTime", "lastAuthTime"}
     assert s3["conditions"] == s1["conditions"]
     assert transitions(s1, s3) == []
+    # ... and that is not a write (issue 26 item 5: no heartbeat), unless it authenticated
+    s4 = build_status(account=account(), old_status=s1, result=result(authentication=None),
+                      published=PUBLISHED, now=T1)
+    assert s4["lastProbeTime"] != s1["lastProbeTime"] and not status_differs(s1, s4)
+    assert status_differs(s1, s3)  # lastAuthTime moved: when credentials were last proven
+
+
+@pytest.mark.parametrize(("old", "new", "differs"), [
+    ({"lastProbeTime": "A", "nextProbeTime": "B", "x": 1},
+     {"lastProbeTime": "C", "nextProbeTime": "D", "x": 1}, False),
+    ({"lastProbeTime": "A", "nextProbeTime": "B", "x": 1},
+     {"lastProbeTime": "C", "nextProbeTime": "D", "x": 2}, True),
+    ({"x": 1}, {"lastProbeTime": "C", "nextProbeTime": "D", "x": 1}, True),  # a first probe
+    ({"lastProbeTime": "A", "x": 1}, {"x": 1}, True),  # a field removed
+    ({"lastProbeTime": "A", "failedProbes": 1}, {"lastProbeTime": "C", "failedProbes": 2}, True),
+    ({"lastAuthTime": "A"}, {"lastAuthTime": "C"}, True),
+    (None, {}, True),
+])
+def test_schedule_fields_alone_are_not_a_change(old: dict[str, Any] | None, new: dict[str, Any],
+                                                differs: bool) -> None:
+    assert status_differs(old, new) is differs
+
+
+def test_an_account_that_stays_broken_stops_changing_its_status() -> None:
+    """failedProbes counts up to the failure whose backoff reaches the interval (30 s doubling
+    to 600 s: the sixth); later failures leave the status as it was: nothing to write."""
+    down = result(Outcome(False, reasons.CONNECT_FAILED, "refused"), None)
+    statuses = [build_status(account=account(), old_status=None, result=down, published=None,
+                             now=T0)]
+    for i in range(1, 9):
+        statuses.append(build_status(account=account(), old_status=statuses[-1], result=down,
+                                     published=None, now=T0 + timedelta(minutes=10 * i)))
+    assert [s["failedProbes"] for s in statuses] == [1, 2, 3, 4, 5, 6, 6, 6, 6]
+    assert [status_differs(a, b) for a, b in zip(statuses, statuses[1:], strict=False)] == [
+        True] * 5 + [False] * 3
 
 
 def test_new_generation_updates_observed_generation_everywhere() -> None:

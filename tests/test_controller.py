@@ -265,6 +265,32 @@ def test_a_suspended_account_waits_for_the_resync_not_its_stale_next_probe_time(
     assert cluster.ready("billing")
 
 
+def test_probes_that_find_nothing_changed_write_nothing(cluster: Cluster) -> None:
+    """Issue 26 item 5: no heartbeat. The account is probed every 2 s; after its first status
+    no probe writes again (lastProbeTime moves only in memory and in the freshness metric), and
+    the probe times kept in memory pace it: the stored nextProbeTime, long past, does not make
+    the worker reconcile it in a loop."""
+    ctl = cluster.controller()
+    cluster.account("billing", probe={"interval": "2s"})
+    wait_for(lambda: cluster.ready("billing"), PATIENCE, "billing Ready")
+    key = (NS, "billing")
+    first = cluster.status("billing")
+    probes = ctl.metrics.probes.labels(reason="Ready")
+    seen = probes._value.get()
+    wait_for(lambda: probes._value.get() >= seen + 3, PATIENCE, "three more probes")
+    status_writes = [r for r in cluster.api.requests
+                     if r.resource == "emailaccounts" and r.subresource == "status"
+                     and r.verb == "patch"]
+    assert len(status_writes) == 1, status_writes
+    assert cluster.status("billing") == first
+    assert ctl.reconciles[key] <= probes._value.get() + 3  # one turn per probe, no loop
+    ages = {s.labels["namespace"]: s.value
+            for family in text_string_to_metric_families(ctl.metrics.render().decode())
+            if family.name == "email_reconciler_oldest_probe_age_seconds"
+            for s in family.samples}
+    assert 0 <= ages[NS] < 60  # fresh, though the stored lastProbeTime is not
+
+
 # --------------------------------------------------------------------------- which Secrets (issue 18)
 
 

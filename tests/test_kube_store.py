@@ -10,7 +10,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -656,3 +656,22 @@ def test_describe_and_request_through_the_cluster(cluster: Cluster, tmp_path: Pa
     cluster.reconcile()  # applying git again keeps the request: another field manager owns it
     kept = cluster.api.get_object("emailaccounts", NS, "billing")["metadata"]["annotations"]
     assert kept[REQUESTED_AT_ANNOTATION] == requested
+
+
+def test_a_run_that_probes_and_finds_nothing_changed_writes_nothing(cluster: Cluster) -> None:
+    """Issue 26 item 5: no heartbeat. Every account is due again (the interval passed), each is
+    probed (AUTH is not due) and found as before: the run writes nothing, and the stored
+    lastProbeTime stays at the last change."""
+    cluster.account("billing")
+    cluster.account("alerts")
+    t0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    assert cluster.reconcile(clock=lambda: t0).all_ready
+    before = cluster.status("billing")
+    cluster.api.clear_requests()
+    connections = cluster.servers.starttls.connections
+    report = cluster.reconcile(clock=lambda: t0 + timedelta(minutes=11))
+    assert [a.probed for a in report.accounts] == [True, True]
+    assert cluster.servers.starttls.connections >= connections + 2
+    assert not report.changed
+    assert writes(cluster.api) == []
+    assert cluster.status("billing") == before

@@ -29,3 +29,32 @@ def test_stop_closes_every_connection_even_those_not_yet_served() -> None:
             gc.collect()
         leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
         assert not leaked, leaked[:3]
+
+
+def test_oldest_probe_age_per_namespace() -> None:
+    """Freshness is a metric (DESIGN §5): the status's lastProbeTime is written only with
+    another change, so the gauge takes the newest probe time seen for each account and reports
+    per namespace the age of the least recent one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from reconciler.run.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.clock = lambda: 1764057600.0 + 100  # 2025-11-25T08:01:40Z
+
+    def ages() -> dict[str, float]:
+        return {s.labels["namespace"]: s.value
+                for f in text_string_to_metric_families(metrics.render().decode())
+                if f.name == "email_reconciler_oldest_probe_age_seconds" for s in f.samples}
+
+    metrics.observe_account(("shop", "a"), {"lastProbeTime": "2025-11-25T08:00:00Z"})
+    metrics.observe_account(("shop", "b"), {"lastProbeTime": "2025-11-25T08:01:00Z"})
+    metrics.observe_account(("mail", "c"), {"lastProbeTime": "2025-11-25T08:01:30Z"})
+    metrics.observe_account(("mail", "d"), {})  # never probed: no age yet
+    assert ages() == {"shop": 100.0, "mail": 10.0}
+    # an older stored time (not rewritten) does not undo a newer one seen
+    metrics.observe_account(("shop", "a"), {"lastProbeTime": "2025-11-25T07:00:00Z"})
+    metrics.observe_account(("shop", "a"), {"lastProbeTime": "2025-11-25T08:01:20Z"})
+    assert ages() == {"shop": 40.0, "mail": 10.0}
+    metrics.observe_account(("mail", "c"), None)  # deleted
+    assert ages() == {"shop": 40.0}

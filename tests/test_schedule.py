@@ -22,6 +22,7 @@ from reconciler.model import (
 )
 from reconciler.state.schedule import (
     Decision,
+    max_failed_probes,
     next_probe_time,
     parse_rfc3339,
     probe_decision,
@@ -163,6 +164,26 @@ def test_backoff_doubles_from_retry_interval_and_is_capped_at_interval(failed: i
     acc = account()
     assert probe_delay_seconds(acc, failed_probes=failed) == seconds
     assert next_probe_time(acc, now=NOW, failed_probes=failed) == NOW + timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(("interval", "retry", "cap"), [
+    (600, 30, 6),  # 30, 60, 120, 240, 480, 600: the sixth failure reaches the interval
+    (600, 600, 1),
+    (600, 900, 1),  # a retryInterval longer than the interval: capped at once
+    (60, 1, 7),  # 1, 2, 4, ... 64 > 60
+    (86400, 0.001, 18),  # retryInterval below 1 s counts as 1 s: 2**17 > 86400
+])
+def test_failures_are_counted_until_the_backoff_reaches_the_interval(interval: float,
+                                                                    retry: float,
+                                                                    cap: int) -> None:
+    from reconciler.model import ProbeSettings
+
+    acc = account(probe=ProbeSettings(interval_seconds=interval, retry_interval_seconds=retry))
+    assert max_failed_probes(acc) == cap
+    capped = probe_delay_seconds(acc, failed_probes=cap)
+    assert capped == min(probe_delay_seconds(acc, failed_probes=cap + 1), interval)
+    if cap > 1:
+        assert probe_delay_seconds(acc, failed_probes=cap - 1) < capped
 
 
 @pytest.mark.parametrize("uid", [f"uid-{i}" for i in range(40)] + [""])

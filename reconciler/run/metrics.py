@@ -48,6 +48,11 @@ class Metrics:
         self.leader = Gauge(f"{PREFIX}_leader", "1 while this replica is the leader", registry=r)
         self._lock = threading.Lock()
         self._ready_keys: set[tuple[str, str]] = set()
+        #: When each account was last probed (the newest lastProbeTime seen, in or out of the
+        #: written status: it is written only with another change), for the freshness gauge.
+        self._probed: dict[tuple[str, str], float] = {}
+        self.clock: Callable[[], float] = time.time
+        r.register(_OldestProbe(self))
 
     def api_request(self, verb: str, code: str) -> None:
         self.api_requests.labels(verb=verb, code=code).inc()
@@ -60,7 +65,12 @@ class Metrics:
             ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                         for c in status.get("conditions") or [])
             days = (status.get("certificate") or {}).get("daysRemaining")
+        probed = _epoch(status.get("lastProbeTime")) if status is not None else None
         with self._lock:
+            if status is None:
+                self._probed.pop(key, None)
+            elif probed is not None and probed > self._probed.get(key, float("-inf")):
+                self._probed[key] = probed
             if ready:
                 self._ready_keys.add(key)
             else:
@@ -72,8 +82,57 @@ class Metrics:
                 with contextlib.suppress(KeyError):
                     self.cert_days.remove(key[0], key[1])
 
+    def oldest_probes(self) -> dict[str, float]:
+        """namespace -> the time (epoch seconds) of its least recent probe."""
+        with self._lock:
+            probed = list(self._probed.items())
+        oldest: dict[str, float] = {}
+        for (namespace, _name), at in probed:
+            if at < oldest.get(namespace, float("inf")):
+                oldest[namespace] = at
+        return oldest
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _OldestProbe:
+    """`email_reconciler_oldest_probe_age_seconds{namespace}`, computed when scraped: the
+    freshness the status no longer shows on every probe (DESIGN §5). Alert when it exceeds two
+    intervals: an account of the namespace has not been probed for that long."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return [self._family()]
+
+    def _family(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return GaugeMetricFamily(f"{PREFIX}_oldest_probe_age_seconds",
+                                 "Seconds since the least recently probed EmailAccount of the "
+                                 "namespace was probed", labels=["namespace"])
+
+    def collect(self) -> list[Any]:
+        family = self._family()
+        now = self.metrics.clock()
+        for namespace, at in sorted(self.metrics.oldest_probes().items()):
+            family.add_metric([namespace], max(0.0, now - at))
+        return [family]
+
+
+def _epoch(value: Any) -> float | None:
+    """An RFC 3339 status time as epoch seconds, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 Route = Callable[[], tuple[int, bytes, str]]  # -> (HTTP status, body, content type)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from reconciler.log import get_logger, redact_text
 from reconciler.model import ACCOUNT_LABEL, status_condition
 from reconciler.policy import Policy
+from reconciler.state.status import SCHEDULE_FIELDS
+from reconciler.run import requeue
 from reconciler.run.metrics import Metrics
 from reconciler.run.workqueue import ApiBackoff, WorkQueue
 from reconciler.store.base import Key
@@ -51,6 +53,9 @@ class Worker:
         #: The status a reconcile decided on but could not write (API outage): remembered in
         #: memory so the retry does not AUTH again (DESIGN §3 authInterval; issue 12 item 7).
         self._unwritten: dict[Key, dict[str, Any]] = {}
+        #: The probe times last decided (lastProbeTime, nextProbeTime), which are not written
+        #: when nothing else changed (issue 26 item 5): the next reconcile decides from them.
+        self._schedule: dict[Key, dict[str, Any]] = {}
         self.reconciles: Counter[Key] = Counter()  # per key, for tests and logs
         self._local = threading.local()
 
@@ -65,6 +70,7 @@ class Worker:
             self._generations.pop(key, None)
             self._written.pop(key, None)
             self._unwritten.pop(key, None)
+            self._schedule.pop(key, None)
 
     def _store(self) -> Any:
         store = getattr(self._local, "store", None)
@@ -93,9 +99,13 @@ class Worker:
         with self._lock:
             obj = newest(cached, self._written.get(key)) or cached
             obj = _with_remembered(obj, self._unwritten.get(key))
+            schedule = self._schedule.get(key)
         started = time.monotonic()
         store = self._store()
         prime_store(store, obj, self.secrets.peek, self.configmaps.peek)
+        # The store compares what it writes with obj (as stored); the decision sees the probe
+        # times decided last, which are newer when nothing else changed since.
+        obj = _with_schedule(obj, schedule)
         with self._lock:  # before the status write, whose watch event must not queue it again
             self._generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
         # A deleted published Secret is put back from a fresh probe: probe_decision's input.
@@ -132,29 +142,36 @@ class Worker:
             self.metrics.probes.labels(reason=str(ready.get("reason") or "Unknown")).inc()
         if entry is not None and not entry.error:
             self.metrics.observe_account(key, status)
-        # A suspended account is not probed, so its nextProbeTime stays where the last probe put
-        # it; once past, waiting for it would requeue the account at once, over and over.
-        until_probe = None if status.get("suspended") else _seconds_until(
-            status.get("nextProbeTime"))
-        resync = self.interval * random.uniform(0.9, 1.1)
+            self._remember_schedule(key, status)
         if entry is None or entry.error:
-            result, delay = "error", self.queue.backoff(key)
+            outcome: requeue.Outcome = "error"
             log.warning("reconcile failed", account=f"{key[0]}/{key[1]}",
                         error=redact_text(str(entry.error if entry else "no report")))
         elif entry.ready:
-            self.queue.forget(key)
-            result = "ready"
-            delay = resync if until_probe is None else min(resync, max(until_probe, 0.0) + 0.05)
+            outcome = "ready"
         elif status_condition(status, "Stalled").get("status") == "True":
-            self.queue.forget(key)  # retrying cannot fix it: wait for a change or the interval
-            result, delay = "not_ready", resync
+            outcome = "stalled"
         else:
-            result = "not_ready"
-            delay = max(self.queue.backoff(key), (until_probe or 0.0) + 0.05)
-        self.metrics.reconciles.labels(result=result).inc()
-        log.info("reconciled", account=f"{key[0]}/{key[1]}", result=result,
-                 probed=bool(entry and entry.probed), next_in=round(delay, 3))
-        self.queue.add_after(key, delay)
+            outcome = "not_ready"
+        turn = requeue.requeue_after(
+            outcome, until_probe=_seconds_until(status.get("nextProbeTime")),
+            suspended=bool(status.get("suspended")),
+            resync=self.interval * random.uniform(0.9, 1.1),
+            backoff=self.queue.backoff(key) if requeue.uses_backoff(outcome) else 0.0)
+        if turn.forget:
+            self.queue.forget(key)
+        self.metrics.reconciles.labels(result=turn.result).inc()
+        log.info("reconciled", account=f"{key[0]}/{key[1]}", result=turn.result,
+                 probed=bool(entry and entry.probed), next_in=round(turn.after, 3))
+        self.queue.add_after(key, turn.after)
+
+    def _remember_schedule(self, key: Key, status: Mapping[str, Any]) -> None:
+        """Keep the probe times this reconcile decided: they are written only with another
+        change (state/status.py SCHEDULE_FIELDS), so the stored ones may be older."""
+        times = {k: status[k] for k in SCHEDULE_FIELDS if status.get(k)}
+        with self._lock:
+            if times:
+                self._schedule[key] = times
 
     def _clean_up_after(self, key: Key, store: Any, obj: Mapping[str, Any]) -> None:
         """The account was deleted while we reconciled it: a Secret we published meanwhile
@@ -196,6 +213,15 @@ def _with_remembered(obj: dict[str, Any], unwritten: Mapping[str, Any] | None) -
     out = dict(obj)
     out["status"] = {k: v for k, v in unwritten.items() if k != "nextProbeTime"}
     return out
+
+
+def _with_schedule(obj: dict[str, Any], times: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The object with the probe times decided last, when they are newer than its own."""
+    status = obj.get("status") or {}
+    if not times or not status or str(times.get("lastProbeTime") or "") <= str(
+            status.get("lastProbeTime") or ""):
+        return obj
+    return {**obj, "status": {**status, **times}}
 
 
 def _api_unavailable(status: Mapping[str, Any]) -> bool:

@@ -160,6 +160,17 @@ def probe_delay_seconds(account: Account, *, failed_probes: int) -> float:
     return interval * _jitter_factor(account)
 
 
+def max_failed_probes(account: Account) -> int:
+    """The consecutive failures after which the backoff has reached the interval (further ones
+    change nothing: `probe_delay_seconds` is the interval from there on)."""
+    interval = max(account.probe.interval_seconds, 1.0)
+    retry = max(account.probe.retry_interval_seconds, 1.0)
+    n = 1
+    while retry * 2.0 ** (n - 1) < interval and n < 64:
+        n += 1
+    return n
+
+
 def next_probe_time(account: Account, *, now: datetime, failed_probes: int) -> datetime:
     """When to probe next: `now` plus `probe_delay_seconds`, rounded up to whole seconds (the
     status has seconds precision; rounding down could make a backoff of 1 s due at once)."""

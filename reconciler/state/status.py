@@ -49,7 +49,7 @@ from reconciler.state.readiness import (
     signing_configured,
     stalled_message,
 )
-from reconciler.state.schedule import next_probe_time, rfc3339
+from reconciler.state.schedule import max_failed_probes, next_probe_time, rfc3339
 
 #: Fields that describe what the last probe found; absent in the result means absent in status.
 PROBE_FIELDS = ("connectivity", "protocol", "tlsVersion", "cipher", "certificate",
@@ -279,7 +279,11 @@ def build_status(*, account: Account, old_status: Mapping[str, Any] | None,
         else:
             status["conditions"] = remove_condition(status["conditions"], "SecretPublished")
             status.pop("secretName", None)
-        failed = _failed_probes(account, status, old, publishing)
+        # Counted up to the failure whose backoff reaches the interval: past it the next probe
+        # time is the same, and a count that moved on every failed probe would be a write per
+        # interval for an account that stays broken.
+        failed = min(_failed_probes(account, status, old, publishing),
+                     max_failed_probes(account))
         status["failedProbes"] = failed
         failure = first_failure(status["conditions"], signing_configured(account), publishing)
         # A terminal failure waits for a human, so backing off faster helps no one.
@@ -335,8 +339,21 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+#: When the last probe ran and when the next is due: they move with every probe, so they are
+#: written only with another change (DESIGN §5: no heartbeat; a run or controller that finds
+#: nothing changed writes nothing, at any number of accounts). Freshness is a metric instead
+#: (run/metrics.py, the age of the oldest probe per namespace); the controller keeps the times
+#: it decided in memory, and a CronJob probes what its stored nextProbeTime says is due.
+SCHEDULE_FIELDS = ("lastProbeTime", "nextProbeTime")
+
+
 def status_differs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
-    """True when `new` must be written: a deep comparison, not identity."""
+    """True when `new` must be written: a deep comparison, not identity, in which the schedule
+    fields count only when one side lacks them (a first probe is always recorded)."""
     if old is None:
         return True
+    moved = [k for k in SCHEDULE_FIELDS if k in old and k in new]
+    if moved:
+        old = {k: v for k, v in old.items() if k not in moved}
+        new = {k: v for k, v in new.items() if k not in moved}
     return bool(_normal(old) != _normal(new))
