@@ -112,3 +112,19 @@ def test_a_module_missing_from_the_readme_is_found(tmp_path: Path) -> None:
     assert tree_entries(tmp_path) == {"reconciler/", "reconciler/probe/",
                                       "reconciler/probe/smtp.py", "deploy/", "deploy/sub/",
                                       "tests/", "tests/sub/"}
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_table_of_contents_lists_every_section_in_order() -> None:
+    """The README's "Contents" links every `## ` section, in order, to its anchor (issue 22 item 10)."""
+    readme = (REPO / "README.md").read_text()
+    toc = readme.split("## Contents\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^- \[(.+)\]\(#([\w-]+)\)$", toc, re.M)
+    sections = [line[3:] for line in readme.splitlines() if line.startswith("## ") and line != "## Contents"]
+    assert [title for title, _ in listed] == sections, "update the README's Contents"
+    assert all(link == _anchor(title) for title, link in listed)
+    assert readme.index("## Contents") < readme.index(f"## {sections[0]}")
