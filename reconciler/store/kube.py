@@ -12,10 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import os
-import secrets as _random_token
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
 from reconciler.model import (
     API_GROUP,
@@ -28,6 +27,7 @@ from reconciler.model import (
 )
 from reconciler.store.base import Inventory, Key, account_object, object_key, owned_keys
 from reconciler.store.clustersecrets import ClusterSecretReader
+from reconciler.store import kubeevents
 from reconciler.store.kubeclient import KubeClient, RetryPolicy, client_from_config
 
 APPLY = "application/apply-patch+yaml"
@@ -337,43 +337,14 @@ class KubeStore:
 
     # ------------------------------------------------------------------ events
     def account_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        """The Events of one EmailAccount, oldest first, as {time, type, reason, message}."""
-        selector = f"involvedObject.kind={KIND},involvedObject.name={name}"
-        core, kw = self._core, self.api.options()
-        items = self.api.list_all("events", namespace, lambda t: core.list_namespaced_event(
-            namespace, field_selector=selector, limit=_PAGE, _continue=t, **kw))
-        events = [{"time": e.get("lastTimestamp") or e.get("eventTime") or
-                   (e.get("metadata") or {}).get("creationTimestamp"), "type": e.get("type"),
-                   "reason": e.get("reason"), "message": e.get("message"),
-                   "count": e.get("count") or 1} for e in items]
-        return sorted(events, key=lambda e: str(e["time"] or ""))
+        """The Events of one EmailAccount, oldest first (`describe`)."""
+        return kubeevents.account_events(self.api, self._core, namespace, name)
 
     def record_event(self, event: Event) -> None:
         """A core v1 Event on the EmailAccount (kubectl describe shows it)."""
-        involved: dict[str, Any] = {"apiVersion": GROUP_VERSION, "kind": KIND,
-                                    "name": event.name, "namespace": event.namespace}
         uid = (((self._accounts or {}).get((event.namespace, event.name)) or {})
                .get("metadata") or {}).get("uid")
-        if uid:
-            involved["uid"] = uid
-
-        def send() -> Any:
-            # A fresh name per attempt: a 409 AlreadyExists is a name clash, not a conflict.
-            name = f"{event.name}.{time.time_ns():x}{_random_token.token_hex(2)}"
-            body: dict[str, Any] = {
-                "apiVersion": "v1", "kind": "Event",
-                "metadata": {"name": name, "namespace": event.namespace},
-                "involvedObject": involved, "reason": event.reason, "message": event.message,
-                "type": event.type, "source": {"component": FIELD_MANAGER},
-                "firstTimestamp": event.time, "lastTimestamp": event.time, "count": 1,
-                "reportingComponent": FIELD_MANAGER,
-                "reportingInstance": os.environ.get("HOSTNAME", FIELD_MANAGER),
-            }
-            # the client takes a plain dict as well as its model (typed as the model only)
-            return self._core.create_namespaced_event(event.namespace, cast(Any, body),
-                                                      **self.api.options())
-
-        self.api.call("create", "events", event.namespace, send)
+        kubeevents.record_event(self.api, self._core, event, uid)
 
     # ------------------------------------------------------------------ inventory
     def _load_inventory(self) -> dict[str, dict[str, dict[str, str]]]:
