@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply-only", action="store_true",
                    help="apply and prune only; leave probes, status and Secrets to the "
                         "controller (one writer of status when both run)")
-    p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--lock-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="local store: how long to wait for another run to finish")
     _store_args(p)
 
@@ -134,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name prefix of the replicas' Leases")
     p.add_argument("--lease-namespace", default=None,
                    help="namespace of the Leases (default: the pod's namespace)")
-    p.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS",
+    p.add_argument("--lease-duration", type=_seconds, default=15.0, metavar="SECONDS",
                    help="how long a Lease holds without renewal")
-    p.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--renew-deadline", type=_seconds, default=10.0, metavar="SECONDS",
                    help="a replica that cannot renew within this stops acting")
-    p.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("--retry-period", type=_seconds, default=2.0, metavar="SECONDS",
                    help="how often Leases are renewed or tried")
     _politeness_args(p)
     _policy_args(p)
@@ -152,6 +152,14 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds: finite and not negative (argparse's float takes "nan" and "inf")."""
+    value = float(text)
+    if not 0 <= value <= 86400 * 365:  # False for NaN
+        raise argparse.ArgumentTypeError("must be a number of seconds from 0 to 31536000")
     return value
 
 
@@ -190,6 +198,9 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
                         "the public and sovereign clouds")
     p.add_argument("--allowed-hosts", metavar="GLOB,...", action="append",
                    help="only these SMTP hosts (host or host:port globs; default: any)")
+    p.add_argument("--allow-publish-annotations", metavar="GLOB,...", action="append",
+                   help="let spec.publish.annotations carry these annotations that copy a Secret "
+                        "elsewhere (Reflector, kubed, replicator; refused by default)")
 
 
 def _store_args(p: argparse.ArgumentParser, *, local: bool = True) -> None:

@@ -143,6 +143,12 @@ class Publish:
     signing_format: Literal["PEM", "PKCS12"] = "PEM"
 
 
+#: The longest probe.interval, authInterval or retryInterval (8760h, 365 days): far beyond any
+#: useful schedule, far inside what a datetime and the CRD's CEL `duration()` can hold.
+MAX_DURATION_SECONDS = 365 * 86400.0
+MAX_DURATION_TEXT = "8760h"
+
+
 @dataclass(frozen=True)
 class ProbeSettings:
     interval_seconds: float = 600.0

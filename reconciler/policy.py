@@ -5,9 +5,14 @@ is read or sent:
 - `endpoint_refusal`: OAuth/Graph URLs must be https and on the admin's allow-list
   (`--allowed-endpoints`, default the public and sovereign clouds); SMTP hosts may be restricted
   (`--allowed-hosts`, default any).
+- `publish_refusal`: annotations that make another controller copy the published Secret (and
+  its credentials) to other namespaces or clusters are the admin's call
+  (`--allow-publish-annotations`), not the manifest author's.
 - `GuardedReader`: a Secret (or ConfigMap) is read for an account only when its owner opted it
   in with the label `email.reconciler.io/credential: "true"`, and within the hosts and accounts
-  its annotations allow. Service-account tokens and registry credentials are never read. The
+  its annotations allow. Service-account tokens and registry credentials are never read, nor a
+  Secret we published (our managed-by label): it holds another account's credential without the
+  bindings its owner gave the original. The
   entries of a local `--secrets-dir` count as opted in: the operator laid that folder out.
 - `certificates_only`: a truststore holds CERTIFICATE PEM blocks and nothing else.
 
@@ -17,6 +22,7 @@ Pure: no I/O beyond the SecretReader it wraps.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +31,15 @@ from urllib.parse import urlsplit
 from reconciler import reasons
 from reconciler.errors import SecretNotAllowed, UsageError
 from reconciler.log import RELIABLE_SECRET_LENGTH
-from reconciler.model import API_GROUP, Account, KeyRef, Outcome, SecretReader
+from reconciler.model import (
+    API_GROUP,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    Account,
+    KeyRef,
+    Outcome,
+    SecretReader,
+)
 
 CREDENTIAL_LABEL = f"{API_GROUP}/credential"
 ALLOWED_HOSTS_ANNOTATION = f"{API_GROUP}/allowed-hosts"
@@ -42,6 +56,13 @@ DEFAULT_ENDPOINTS = (
     "graph.microsoft.com", "graph.microsoft.us", "dod-graph.microsoft.us",
     "microsoftgraph.chinacloudapi.cn", "oauth2.googleapis.com",
 )
+#: Annotations by which another controller copies a Secret to other namespaces or clusters, or
+#: fills it from elsewhere: Reflector (emberstack), kubed / config-syncer (AppsCode),
+#: kubernetes-replicator (mittwald), secretgen-controller (Carvel).
+COPY_ANNOTATIONS = (
+    "reflector.v1.k8s.emberstack.com/*", "kubed.appscode.com/*", "replicator.v1.mittwald.de/*",
+    "secretgen.carvel.dev/*",
+)
 
 
 # --------------------------------------------------------------------------- globs
@@ -55,19 +76,44 @@ def parse_globs(text: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(g.strip().lower() for item in items for g in item.split(",") if g.strip())
 
 
+#: The host part of a glob over IPv4 addresses (`127.0.0.*`, `10.?.0.1`).
+_IPV4_GLOB = re.compile(r"[0-9.*?]*[0-9][0-9.*?]*")
+
+
+def _address(host: str) -> str | None:
+    """The canonical text of an IP address, or None for a DNS name."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+def _is_address_glob(glob: str, names_port: bool) -> bool:
+    """Whether a glob's host part is an IP address pattern (IPv4 digits, or IPv6 colons)."""
+    hostpart = (glob.rsplit(":", 1)[0] if names_port else glob).strip("[]")
+    return ":" in hostpart or _IPV4_GLOB.fullmatch(hostpart) is not None
+
+
 def host_matches(globs: Sequence[str], host: str, port: int | None) -> bool:
     """A glob matches the host, or `host:port` when the glob names a port (`127.0.0.1:*`,
-    `[::1]:*`); an IPv6 glob without brackets matches the bare address."""
+    `[::1]:*`); an IPv6 glob without brackets matches the bare address. A glob over addresses
+    (`127.0.0.*`) matches IP addresses only, never a DNS name such as `127.0.0.evil.example`."""
     host = host.lower().strip("[]").rstrip(".")
-    with_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = _address(host)
     for glob in globs:
         tail = glob.rsplit("]", 1)[-1] if glob.startswith("[") else glob
         names_port = tail.count(":") == 1
         if names_port and port is None:
             continue
+        name = host
+        if _is_address_glob(glob, names_port):
+            if address is None:
+                continue
+            name = address
+        with_port = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
         # fnmatch reads [...] as a character class: brackets of an IPv6 literal are literal.
         pattern = glob.replace("[", "\0").replace("]", "[]]").replace("\0", "[[]")
-        if fnmatch.fnmatchcase(with_port if names_port else host, pattern):
+        if fnmatch.fnmatchcase(with_port if names_port else name, pattern):
             return True
     return False
 
@@ -81,17 +127,22 @@ class Policy:
 
     allowed_endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
     allowed_hosts: tuple[str, ...] = ("*",)
+    #: COPY_ANNOTATIONS keys the admin allows on published Secrets (`--allow-publish-annotations`).
+    allowed_publish_annotations: tuple[str, ...] = ()
 
     @classmethod
     def from_flags(cls, allowed_endpoints: str | Iterable[str] | None = None,
-                   allowed_hosts: str | Iterable[str] | None = None) -> Policy:
-        """`--allowed-endpoints` widens the default list; `--allowed-hosts` replaces "any"."""
+                   allowed_hosts: str | Iterable[str] | None = None,
+                   allow_publish_annotations: str | Iterable[str] | None = None) -> Policy:
+        """`--allowed-endpoints` widens the default list; `--allowed-hosts` replaces "any";
+        `--allow-publish-annotations` lets these copy-elsewhere annotations be published."""
         extra = parse_globs(allowed_endpoints)
         hosts = parse_globs(allowed_hosts)
         for glob in (*extra, *hosts):
             if "/" in glob:
                 raise UsageError(f"{glob!r}: a host glob (host or host:port), not a URL")
-        return cls(allowed_endpoints=DEFAULT_ENDPOINTS + extra, allowed_hosts=hosts or ("*",))
+        return cls(allowed_endpoints=DEFAULT_ENDPOINTS + extra, allowed_hosts=hosts or ("*",),
+                   allowed_publish_annotations=parse_globs(allow_publish_annotations))
 
 
 DEFAULT_POLICY = Policy()
@@ -138,6 +189,30 @@ def endpoint_refusal(account: Account, policy: Policy = DEFAULT_POLICY) -> Outco
                            "this reconciler may connect to (--allowed-hosts "
                            f"{','.join(policy.allowed_hosts)})")
     return None
+
+
+def copies_secret(key: str) -> bool:
+    """Whether an annotation key makes another controller copy the Secret (COPY_ANNOTATIONS)."""
+    return any(fnmatch.fnmatchcase(key.lower(), glob) for glob in COPY_ANNOTATIONS)
+
+
+def publish_refusal(account: Account, policy: Policy = DEFAULT_POLICY) -> Outcome | None:
+    """PublishNotAllowed when spec.publish.annotations would have another controller copy the
+    published Secret elsewhere and the admin did not allow that annotation; else None."""
+    for key in sorted(account.publish.annotations):
+        if copies_secret(key) and not any(fnmatch.fnmatchcase(key.lower(), glob)
+                                          for glob in policy.allowed_publish_annotations):
+            return Outcome(False, reasons.PUBLISH_NOT_ALLOWED,
+                           f"spec.publish.annotations {key!r} would have another controller copy "
+                           "the published Secret, credentials included, beyond this namespace: "
+                           "remove it, or an administrator allows it with "
+                           f"--allow-publish-annotations {key}")
+    return None
+
+
+def policy_refusal(account: Account, policy: Policy = DEFAULT_POLICY) -> Outcome | None:
+    """The first of endpoint_refusal and publish_refusal: decided before anything is read."""
+    return endpoint_refusal(account, policy) or publish_refusal(account, policy)
 
 
 # --------------------------------------------------------------------------- opt-in Secrets
@@ -209,6 +284,11 @@ def secret_refusal(account: Account, ref: KeyRef, meta: SecretMeta) -> str | Non
                 "e-mail credential in an Opaque Secret of its own")
     if meta.opted_in:
         return None
+    if (meta.labels or {}).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE:
+        return (f"{what} is a Secret email-reconciler published, so {used_by} may not read it: a "
+                "published Secret is never a credential (it holds another account's password "
+                "without the bindings its owner gave the original); reference the original "
+                "credential Secret instead")
     if (meta.labels or {}).get(CREDENTIAL_LABEL) != "true":
         return (f"{what} is not opted in for e-mail, so {used_by} may not read it: its owner "
                 f"adds the label {CREDENTIAL_LABEL}: \"true\" ({_kubectl(ref.kind, account.namespace, ref.name)})")

@@ -19,6 +19,7 @@ SECRET_NOT_FOUND = "SecretNotFound"
 # security model (DESIGN §8): refused before anything is read or sent
 SECRET_NOT_ALLOWED = "SecretNotAllowed"  # not opted in, bound elsewhere, or never usable
 ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"  # URL not https / not allow-listed, host refused
+PUBLISH_NOT_ALLOWED = "PublishNotAllowed"  # a copy-elsewhere annotation the admin did not allow
 TRUSTSTORE_INVALID = "TruststoreInvalid"  # anything but CERTIFICATE PEM blocks
 SHORT_SECRET = "ShortSecret"  # warning: under 8 characters, cannot be redacted reliably
 
@@ -97,5 +98,6 @@ TERMINAL = frozenset({
     SIGNING_CERTIFICATE_NOT_FOR_EMAIL,
     SECRET_NOT_ALLOWED,
     ENDPOINT_NOT_ALLOWED,
+    PUBLISH_NOT_ALLOWED,
     TRUSTSTORE_INVALID,
 })

@@ -30,6 +30,8 @@ NOT_AT_ADMISSION = {
     "tabs": "YAML syntax", "duplicate-key": "a duplicate YAML key (the parser keeps one)",
     "not-utf8": "the file's encoding", "unknown-tag": "a YAML tag",
     "not-a-mapping": "not an object", "scalar-document": "not an object",
+    "merge-key": "YAML merge keys (kubectl's go-yaml merges them, PyYAML differently)",
+    "timeout-nan": "NaN is not JSON: kubectl cannot send it",
     # across documents
     "duplicate-name": "two documents", "duplicate-secret-name": "two documents",
     # heuristics about values that look like credentials (the rule cannot name a field)

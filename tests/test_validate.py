@@ -86,6 +86,15 @@ CASES = [
      "only used with method Password"),
     ("jwt-bearer-office365", 14, 1, "/spec/smtp/authentication/oauth2/grantType",
      "only for provider: gmail or custom"),
+    # issue 23: what a committer could do to the published Secret, the schedule, the reader
+    ("advanced-tested-key", 19, 1, "/spec/smtp/advanced/mail.smtp.starttls.enable",
+     "would change the server, port, TLS, trust or login the probe tested"),
+    ("publish-reserved-label", 20, 1, "/spec/publish/labels/email.reconciler.io~1credential",
+     "set by email-reconciler alone"),
+    ("probe-interval-too-long", 18, 1, "/spec/probe/authInterval", "at most 8760h"),
+    ("host-trailing-newline", 12, 1, "/spec/smtp/connection/host", "must be a host name"),
+    ("merge-key", 14, 1, "", "YAML merge keys (<<) are not allowed"),
+    ("timeout-nan", 14, 1, "/spec/smtp/connection/timeoutSeconds", "must be a finite number"),
 ]
 
 

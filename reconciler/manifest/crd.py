@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from reconciler import model
-from reconciler.manifest import load_schema, objectmeta, providers
+from reconciler.manifest import load_schema, objectmeta, providers, published
 
 #: Keywords copied as they are (all valid in apiextensions.k8s.io/v1 JSONSchemaProps).
 _KEEP = ("type", "description", "format", "enum", "pattern", "minimum", "maximum",
@@ -160,6 +160,12 @@ def _provider_rules() -> list[dict[str, str]]:
     return rules
 
 _RULES[("spec",)] += _provider_rules()
+for _path, _rules in published.cel_rules().items():  # validate's check_published
+    _RULES.setdefault(_path, []).extend(_rules)
+for _duration in ("interval", "authInterval", "retryInterval"):  # validate's check_durations
+    _RULES[("spec", "probe", _duration)] = [
+        {"rule": f"duration(self) <= duration('{model.MAX_DURATION_TEXT}')",
+         "message": f"must be at most {model.MAX_DURATION_TEXT} (365 days)"}]
 
 _READY = '.status.conditions[?(@.type=="Ready")]'
 PRINTER_COLUMNS: list[dict[str, Any]] = [

@@ -92,7 +92,7 @@ def check_region(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
         return [("/spec/region", f"provider {a.provider} has no regions: remove spec.region",
                  "error")]
     if p.host_template is not None:
-        if not providers.AWS_REGION.match(str(written)):
+        if not providers.AWS_REGION.fullmatch(str(written)):
             return [("/spec/region", f"provider {a.provider} needs an AWS region name such as "
                                      "eu-west-1 or us-east-1", "error")]
         return []
@@ -226,6 +226,17 @@ def check_oauth2_provider(a: model.Account, doc: Mapping[str, Any]) -> list[Find
     return []
 
 
+def check_durations(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+    """probe durations within MAX_DURATION_SECONDS: a longer one cannot be scheduled."""
+    seconds = {"interval": a.probe.interval_seconds,
+               "authInterval": a.probe.auth_interval_seconds,
+               "retryInterval": a.probe.retry_interval_seconds}
+    return [(f"/spec/probe/{name}", f"must be at most {model.MAX_DURATION_TEXT} (365 days)",
+             "error")
+            for name, value in seconds.items()
+            if value > model.MAX_DURATION_SECONDS and _has(doc, f"/spec/probe/{name}")]
+
+
 #: Published formats whose consumers take a user and password only (issue 15); kept equal to
 #: reconciler.state.formats.PASSWORD_ONLY_FORMATS (manifest must not import state).
 PASSWORD_ONLY_FORMATS = ("url", "symfony", "django")
@@ -248,6 +259,7 @@ CHECKS: tuple[Callable[[model.Account, Mapping[str, Any]], list[Finding]], ...] 
     check_region, check_tier, check_port_security, check_port25_password, check_insecure_auth,
     check_provider_auth, check_fixed_username, check_tls_floor,
     check_basic_auth_deprecated, check_min_tls, check_oauth2_provider, check_oauth_formats,
+    check_durations,
 )
 
 

@@ -5,6 +5,7 @@ Messages say what to change and never echo a field's value (it might be a creden
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -32,7 +33,7 @@ _TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", in
 
 
 def _is_email(value: object) -> bool:
-    return not isinstance(value, str) or bool(_EMAIL.match(value))
+    return not isinstance(value, str) or bool(_EMAIL.fullmatch(value))
 
 
 #: The formats the schema checks, for both validators (any other format is an annotation only).
@@ -157,6 +158,22 @@ def _unknown_field(key: str, allowed: list[str]) -> str:
     return f"unknown field {key!r}{guess} allowed here: {', '.join(allowed)}"
 
 
+def non_finite(doc: Any, pointer: str = "") -> Iterator[str]:
+    """Pointers of the NaN and infinite numbers (YAML `.nan`, `.inf`) in a document.
+
+    JSON has no such numbers, so kubectl cannot send them, and JSON Schema's bounds let NaN
+    through (every comparison with NaN is false): they are refused before the schema looks.
+    """
+    if isinstance(doc, float) and not math.isfinite(doc):
+        yield pointer
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from non_finite(value, f"{pointer}/{escape(str(key))}")
+    elif isinstance(doc, list):
+        for index, value in enumerate(doc):
+            yield from non_finite(value, f"{pointer}/{index}")
+
+
 def _diag(file: str, document: int, locate: Locate | None, pointer: str, message: str,
           severity: Severity = "error") -> model.Diagnostic:
     line, col = locate(pointer) if locate else (1, 1)
@@ -190,6 +207,10 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
     flagged_ptrs = {p for p, _, severity in flagged if severity == "error"}
     out += [_diag(file, document, locate, p, m) for p, m, s in flagged if s == "error"]
     tolerated = [_diag(file, document, locate, p, m, s) for p, m, s in flagged if s != "error"]
+    out += [_diag(file, document, locate, p, "must be a finite number (.nan and .inf are not "
+                                             "numbers in JSON or to the API server)")
+            for p in non_finite(doc)]
+    flagged_ptrs |= {d.pointer for d in out}
     seen: set[tuple[str, str]] = set()
     for err in schema_errors(doc):
         for pointer, message in _schema_messages(err):
@@ -203,10 +224,12 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
     out += tolerated
     from reconciler.manifest.account import account_from_manifest
     from reconciler.manifest.objectmeta import check_object_meta
+    from reconciler.manifest.published import check_published
     from reconciler.manifest.semantics import check_account
 
     account = account_from_manifest(doc)
-    for pointer, message, severity in [*check_object_meta(doc), *check_account(account, doc)]:
+    for pointer, message, severity in [*check_object_meta(doc), *check_published(doc),
+                                       *check_account(account, doc)]:
         out.append(_diag(file, document, locate, pointer, message, severity))
     return out, account
 

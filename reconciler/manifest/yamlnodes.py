@@ -1,7 +1,10 @@
-"""Safe YAML with positions: compose nodes, refuse aliases and duplicate keys, locate pointers.
+"""Safe YAML with positions: compose nodes, refuse aliases, merge keys and duplicate keys,
+locate pointers.
 
 PyYAML silently accepts duplicate keys and expands aliases (billion laughs), so both are checked
-on the composed node tree before anything is constructed.
+on the composed node tree before anything is constructed. Merge keys (`<<:`) are refused too:
+PyYAML lets an explicit key win over a merged one, while kubectl (go-yaml) sends the merged one
+to the API server, so `validate` and the cluster would see different objects.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import yaml
 
 Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 64
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class NodeProblem(Exception):
@@ -35,7 +39,7 @@ def is_empty(node: yaml.Node | None) -> bool:
 
 
 def check_structure(root: yaml.Node) -> None:
-    """Raise NodeProblem on aliases, duplicate keys or nesting deeper than MAX_DEPTH.
+    """Raise NodeProblem on aliases, merge keys, duplicate keys or nesting deeper than MAX_DEPTH.
 
     Depth first in document order, so the first problem in the file is the one reported.
     """
@@ -53,17 +57,26 @@ def _check_children(node: yaml.Node, depth: int, seen: set[int]) -> None:
         keys: dict[str, yaml.Node] = {}
         for key, _value in node.value:  # duplicates: the first occurrence keeps the name
             if isinstance(key, yaml.ScalarNode):
-                if key.value in keys and key.value != "<<":
+                if key.value in keys and not _is_merge(key):
                     line, _ = mark_of(keys[key.value])
                     raise NodeProblem(key, f"duplicate key {key.value!r} (first defined on "
                                            f"line {line}); remove one of them")
                 keys[key.value] = key
         for key, value in node.value:
+            if _is_merge(key):
+                raise NodeProblem(key, "YAML merge keys (<<) are not allowed in manifests "
+                                       "(kubectl and validate would read different values); "
+                                       "write the keys out in full")
             _check_child(key, depth + 1, key, seen)
             _check_child(value, depth + 1, key, seen)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
             _check_child(item, depth + 1, node, seen)
+
+
+def _is_merge(key: yaml.Node) -> bool:
+    """A merge key: plain `<<`, quoted `"<<"` (refused too: no reader need guess) or `!!merge`."""
+    return isinstance(key, yaml.ScalarNode) and (key.tag == MERGE_TAG or key.value == "<<")
 
 
 def _check_child(node: yaml.Node, depth: int, where: yaml.Node, seen: set[int]) -> None:

@@ -19,7 +19,7 @@ from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.log import get_logger, redact_text
 from reconciler.model import Account, Outcome, ProbeResult, SecretReader, SigningResult
-from reconciler.policy import DEFAULT_POLICY, Policy, endpoint_refusal, guard
+from reconciler.policy import DEFAULT_POLICY, Policy, guard, policy_refusal
 
 __all__ = ["TokenProvider", "probe_account", "probe_accounts"]
 
@@ -42,9 +42,9 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
     The security model (reconciler.policy) comes first: a refused endpoint stops the probe
     before any credential is read, and every read goes through the opt-in check.
     """
-    refused = endpoint_refusal(account, policy)
+    refused = policy_refusal(account, policy)
     if refused is not None:
-        log.warning("endpoint refused", namespace=account.namespace, name=account.name,
+        log.warning("refused by policy", namespace=account.namespace, name=account.name,
                     reason=refused.reason)
         # Authentication stays "not attempted": once an admin allows the endpoint, the next
         # probe authenticates instead of waiting for a changed credential.

@@ -23,12 +23,12 @@ _KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 def _check_names(namespace: str, ref: KeyRef) -> None:
     """Refuse names that could leave the secrets directory (.., /, absolute paths)."""
-    ok = (bool(_NAME.match(namespace)) and bool(_NAME.match(ref.name))
-          and bool(_KEY.match(ref.key)) and ref.key not in (".", "..")
+    ok = (bool(_NAME.fullmatch(namespace)) and bool(_NAME.fullmatch(ref.name))
+          and bool(_KEY.fullmatch(ref.key)) and ref.key not in (".", "..")
           and ".." not in ref.name and ".." not in namespace)
     if not ok:
         raise SecretNotFound(namespace, ref.name, ref.key, ref.kind,
-                             detail="key" if _NAME.match(ref.name) else "")
+                             detail="key" if _NAME.fullmatch(ref.name) else "")
 
 
 class DirSecretReader:

@@ -63,9 +63,10 @@ def _secret_reader(secrets_dir: str | None, store: Any = None, *,
 
 
 def policy_from(args: PolicyOptions | Any) -> Policy:
-    """The endpoint policy of `--allowed-endpoints` and `--allowed-hosts`."""
+    """The policy of `--allowed-endpoints`, `--allowed-hosts` and `--allow-publish-annotations`."""
     return Policy.from_flags(getattr(args, "allowed_endpoints", None),
-                             getattr(args, "allowed_hosts", None))
+                             getattr(args, "allowed_hosts", None),
+                             getattr(args, "allow_publish_annotations", None))
 
 
 def _print_diagnostics(loaded: Any, err: IO[str] | None) -> None:

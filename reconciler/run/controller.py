@@ -38,6 +38,8 @@ from reconciler.model import (
     HASH_ANNOTATION,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    MAX_DURATION_SECONDS,
+    MAX_DURATION_TEXT,
     REQUESTED_AT_ANNOTATION,
 )
 from reconciler.policy import DEFAULT_POLICY, Policy
@@ -55,12 +57,15 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, 
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a Go duration ("10m", "1h30m", "1.5s", "250ms"); a bare number is seconds."""
+    """Seconds in a Go duration ("10m", "1h30m", "1.5s", "250ms"); a bare number is seconds.
+    Not NaN, infinite, negative or beyond MAX_DURATION_SECONDS (8760h)."""
     value = text.strip()
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        return _bounded(number, text)
     pos, total = 0, 0.0
     for match in _DURATION.finditer(value):
         if match.start() != pos:
@@ -69,7 +74,13 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if pos != len(value) or not value:
         raise UsageError(f"invalid duration {text!r}: write it like 30s, 10m or 1h30m")
-    return total
+    return _bounded(total, text)
+
+
+def _bounded(seconds: float, text: str) -> float:
+    if not 0 <= seconds <= MAX_DURATION_SECONDS:  # False for NaN too
+        raise UsageError(f"invalid duration {text!r}: between 0s and {MAX_DURATION_TEXT}")
+    return seconds
 
 
 def _data_hash(secret: Mapping[str, Any]) -> Any:

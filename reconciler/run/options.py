@@ -45,10 +45,12 @@ class StoreOptions:
 
 @dataclass(frozen=True)
 class PolicyOptions:
-    """The admin's endpoint policy (`--allowed-endpoints`, `--allowed-hosts`)."""
+    """The admin's policy (`--allowed-endpoints`, `--allowed-hosts`,
+    `--allow-publish-annotations`)."""
 
     allowed_endpoints: list[str] | None = None
     allowed_hosts: list[str] | None = None
+    allow_publish_annotations: list[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from typing import Any
 from urllib.parse import quote
 
 from reconciler import reasons
+from reconciler.manifest.published import untested
 from reconciler.model import Account, GraphSpec, Outcome, ProbeResult, SmtpSpec
 
 MICROSOFT_SMTP_SCOPE = "https://outlook.office365.com/.default"
@@ -270,7 +271,7 @@ def sender_json(account: Account, creds: Mapping[str, str]) -> str:
                                   in PASSWORD_METHODS else smtp.authentication.method),
                    "username": smtp_username(smtp, creds), "password": smtp_password(smtp, creds),
                    "oauth2": {_camel(k): v for k, v in sorted(oauth.items())},
-                   "advanced": dict(sorted(smtp.advanced.items())),
+                   "advanced": dict(sorted(untested(smtp.advanced).items())),
                })}
     return json.dumps(_drop_none(doc), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from reconciler.manifest.published import untested
 from reconciler.model import SmtpSpec
 from reconciler.state.formats import mime_address, smtp_password, smtp_username
 
@@ -66,7 +67,11 @@ def properties_text(props: Mapping[str, str], comment: str = "") -> str:
 
 
 def javamail_properties(smtp: SmtpSpec, creds: Mapping[str, str]) -> dict[str, str]:
-    """The mail.smtp.* properties a JavaMail Session needs, advanced overrides applied last."""
+    """The mail.smtp.* properties a JavaMail Session needs, advanced overrides applied last.
+
+    Never an advanced key that would change what the probe tested (host, port, TLS, trust,
+    login): `validate` refuses them, and they are left out here too.
+    """
     conn, auth = smtp.connection, smtp.authentication
     user = smtp_username(smtp, creds)
     props = {
@@ -92,7 +97,7 @@ def javamail_properties(smtp: SmtpSpec, creds: Mapping[str, str]) -> dict[str, s
         props["mail.smtp.ssl.checkserveridentity"] = "true"
     if auth.method == "OAuth2":
         props["mail.smtp.auth.mechanisms"] = "XOAUTH2"
-    props.update({str(k): str(v) for k, v in smtp.advanced.items()})
+    props.update(untested(smtp.advanced))
     return props
 
 

@@ -23,6 +23,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.manifest.published import reserved_key_problem
 from reconciler.model import (
     ACCOUNT_LABEL,
     GROUP_VERSION,
@@ -115,9 +116,12 @@ def render_secret(account: Account, result: ProbeResult, *,
     """The v1 Secret manifest to publish for `account` (DESIGN §6)."""
     raw = render_data(account, result)
     data = {k: base64.b64encode(raw[k]).decode("ascii") for k in sorted(raw)}
-    labels = {**account.publish.labels, MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+    # Keys under email.reconciler.io/ are ours alone (validate refuses them in publish): a
+    # published Secret must never carry the credential opt-in label, whatever let it through.
+    labels = {**_not_reserved(account.publish.labels), MANAGED_BY_LABEL: MANAGED_BY_VALUE,
               ACCOUNT_LABEL: account.name}
-    annotations = {**account.publish.annotations, HASH_ANNOTATION: data_hash(data)}
+    annotations = {**_not_reserved(account.publish.annotations),
+                   HASH_ANNOTATION: data_hash(data)}
     metadata: dict[str, Any] = {
         "name": account.publish.secret_name,
         "namespace": account.namespace,
@@ -130,6 +134,10 @@ def render_secret(account: Account, result: ProbeResult, *,
             "controller": True, "blockOwnerDeletion": True}]
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
             "data": data}
+
+
+def _not_reserved(meta: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in meta.items() if reserved_key_problem(k) is None}
 
 
 def _data_of(secret: Mapping[str, Any] | None) -> Mapping[str, Any]:

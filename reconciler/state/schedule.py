@@ -33,7 +33,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler import reasons
-from reconciler.model import REQUESTED_AT_ANNOTATION, Account, status_condition
+from reconciler.model import (
+    MAX_DURATION_SECONDS,
+    REQUESTED_AT_ANNOTATION,
+    Account,
+    status_condition,
+)
 
 #: The jitter is at most this fraction of the interval, either way.
 JITTER_FRACTION = 0.10
@@ -110,7 +115,8 @@ def _auth_due(account: Account, old: Mapping[str, Any], now: datetime) -> tuple[
             return False, f"last AUTH failed with {reason}; waiting for a changed credential"
         if reason != reasons.AUTH_SKIPPED:
             return True, f"last AUTH failed with {reason}; retrying"
-    if now - last_auth >= timedelta(seconds=account.probe.auth_interval_seconds):
+    auth_interval = bounded_seconds(account.probe.auth_interval_seconds)
+    if now - last_auth >= timedelta(seconds=auth_interval):
         return True, "authInterval elapsed"
     return False, "authInterval not elapsed"
 
@@ -142,6 +148,12 @@ def probe_decision(*, account: Account, old_status: Mapping[str, Any] | None,
     return Decision(True, auth, f"interval due; {why_auth}")
 
 
+def bounded_seconds(seconds: float) -> float:
+    """A duration clamped to [0, MAX_DURATION_SECONDS] (NaN: 0), so that no spec, however it got
+    past validation, makes `now + timedelta(...)` raise OverflowError and stop the run."""
+    return min(max(seconds, 0.0), MAX_DURATION_SECONDS) if seconds == seconds else 0.0
+
+
 def _jitter_factor(account: Account) -> float:
     """A stable factor in [1 - JITTER_FRACTION, 1 + JITTER_FRACTION] from the object's identity."""
     identity = account.uid or f"{account.namespace}/{account.name}"
@@ -152,9 +164,9 @@ def _jitter_factor(account: Account) -> float:
 
 def probe_delay_seconds(account: Account, *, failed_probes: int) -> float:
     """Seconds until the next probe: the jittered interval, or backoff after failures."""
-    interval = max(account.probe.interval_seconds, 1.0)
+    interval = max(bounded_seconds(account.probe.interval_seconds), 1.0)
     if failed_probes > 0:
-        retry = max(account.probe.retry_interval_seconds, 1.0)
+        retry = max(bounded_seconds(account.probe.retry_interval_seconds), 1.0)
         # 2**n overflows float for absurd n; the cap makes anything past 64 doublings moot.
         return min(retry * 2.0 ** min(failed_probes - 1, 64), interval)
     return interval * _jitter_factor(account)
@@ -175,5 +187,8 @@ def next_probe_time(account: Account, *, now: datetime, failed_probes: int) -> d
     """When to probe next: `now` plus `probe_delay_seconds`, rounded up to whole seconds (the
     status has seconds precision; rounding down could make a backoff of 1 s due at once)."""
     delay = probe_delay_seconds(account, failed_probes=failed_probes)
-    at = now + timedelta(seconds=delay)
+    try:
+        at = now + timedelta(seconds=delay)
+    except OverflowError:  # only a clock near year 9999: the latest time there is
+        return datetime.max.replace(tzinfo=now.tzinfo, microsecond=0)
     return at if at.microsecond == 0 else at.replace(microsecond=0) + timedelta(seconds=1)

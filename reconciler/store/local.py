@@ -127,7 +127,7 @@ class LocalStore:
             try:
                 with nofollow.folder(self.root, parts, create=False) as dir_fd:
                     for entry in list(os.scandir(dir_fd)):
-                        if (entry.name.startswith(TEMP_PREFIX) or _OLD_TEMP.match(entry.name)) and (
+                        if (entry.name.startswith(TEMP_PREFIX) or _OLD_TEMP.fullmatch(entry.name)) and (
                                 entry.is_file(follow_symlinks=False)):
                             with contextlib.suppress(OSError):
                                 os.unlink(entry.name, dir_fd=dir_fd)
