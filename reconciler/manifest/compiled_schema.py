@@ -10,14 +10,16 @@ made to decide as the Python one does:
   whose `$`, `\\s` and classes differ from Python's in corner cases;
 - formats are the caller's Python callables, exactly those the Python validator checks;
 - documents holding anything but JSON types (YAML timestamps, sets, binary, the tuples of
-  `!!omap`/`!!pairs`, non-string keys) get no verdict; jsonschema-rs would read a tuple as an
-  array where Python jsonschema does not.
+  `!!omap`/`!!pairs`, non-string keys, `.nan` and `.inf`) get no verdict; jsonschema-rs would read
+  a tuple as an array where Python jsonschema does not, and NaN fails its bounds where it passes
+  Python's (validate refuses such numbers itself).
 
 Without jsonschema-rs installed every verdict is None and the Python path does all the work.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -82,6 +84,8 @@ def json_only(doc: Any) -> bool:
                 stack.append(item)
         elif kind is list:
             stack.extend(value)
+        elif kind is float and not math.isfinite(value):
+            return False
         elif kind not in _JSON_SCALARS:  # exact types: a str or int subclass gets no verdict
             return False
     return True
