@@ -10,16 +10,23 @@ store with the same bounds works against tests/kubeapi.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import http.client
+import http.server
 import threading
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from reconciler.demo.smtp_servers import ServerLoop
 from reconciler.errors import StoreUnavailable
+from reconciler.model import status_condition as condition
+from reconciler.policy import CREDENTIAL_LABEL as CREDENTIAL
 from reconciler.store.kube import KubeStore
 from reconciler.store.kubeclient import RetryPolicy
 from tests.hostile import HostileServers
@@ -163,3 +170,98 @@ def test_a_dripped_list_ends_at_the_deadline(hostile: HostileServers, kube: Kube
     assert isinstance(error, StoreUnavailable), result
     assert f"no complete answer within {DEADLINE:g} s" in str(error)
     legitimate_call_works(kube)
+
+
+# --------------------------------------------------------------------------- the run goes on
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to tests/kubeapi, except requests for namespace `team`: those get an answer
+    dripped one byte every 0.2 s."""
+
+    upstream: str
+    stop: threading.Event
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if "/namespaces/team/" in self.path:
+            self.close_connection = True
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b" " * 1000:
+                if self.stop.wait(0.2):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            return
+        host, port = self.upstream.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host.split("//")[1], int(port), timeout=30)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            answer = conn.getresponse()
+            data = answer.read()
+        finally:
+            conn.close()
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PATCH = do_POST = do_PUT = do_DELETE = _serve
+
+
+def test_a_dripping_namespace_does_not_hold_up_the_run(tmp_path: Path) -> None:
+    """A whole reconcile run: the accounts of the namespace the server drips fail with
+    ApiUnavailable at the deadline of each call; the run goes on and the other is Ready."""
+    with KubeAPIServer(crds=[email_account_crd()], namespaces=TEST_NAMESPACES) as kube:
+        result = _run_behind_proxy(kube, tmp_path)
+    report = result.get("value")
+    assert report is not None, result
+    entries = {a.name: a for a in report.accounts}
+    assert entries["billing"].ready, entries["billing"].status
+    evil = entries["evil"]
+    assert evil.error and "no complete answer within" in evil.error, evil
+    assert condition(evil.status, "Ready")["reason"] == "ApiUnavailable"
+
+
+def _run_behind_proxy(kube: KubeAPIServer, tmp_path: Path) -> dict[str, Any]:
+    from reconciler.manifest.load import load_paths
+    from reconciler.run.reconcile import Reconciler, RunOptions
+    from tests.manifests_factory import loopback_account, loopback_servers
+
+    stop = threading.Event()
+    handler = type("Proxy", (_Proxy,), {"upstream": kube.url, "stop": stop})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, args=(0.05,), daemon=True).start()
+    accounts = tmp_path / "accounts"
+    accounts.mkdir()
+    with loopback_servers() as servers:
+        kube.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                                       "metadata": {"name": "ca", "namespace": "shop",
+                                                    "labels": {CREDENTIAL: "true"}},
+                                       "data": {"ca.crt": servers.ca.ca_pem}})
+        kube.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                    "metadata": {"name": "billing-smtp", "namespace": "shop",
+                                                 "labels": {CREDENTIAL: "true"}},
+                                    "data": {"password": base64.b64encode(b"pa55word").decode()}})
+        servers.users["billing@example.com"] = "pa55word"
+        for name, ns in (("billing", "shop"), ("evil", "team")):
+            doc = loopback_account(name, ns, servers.starttls.port)
+            (accounts / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+        store = store_at(proxy.server_address[1])
+        try:
+            result = outcome(lambda: Reconciler(store, store.secret_reader(), RunOptions()).run(
+                load_paths([str(accounts)])))
+            wait_for(lambda: result.get("done"), 60, "the run to end")
+        finally:
+            stop.set()
+            store.close()
+            proxy.shutdown()
+            proxy.server_close()
+    return result
