@@ -6,7 +6,6 @@ is ``deploy/crd.yaml`` when it exists (the generated one), else :data:`MINIMAL_C
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from tests.kubeapi import SYSTEM_NAMESPACES, KubeAPIServer
+from tests.system import require_executable
 
 # The namespaces the tests put objects in: a real server answers 404 for any other.
 TEST_NAMESPACES = (*SYSTEM_NAMESPACES, "mail", "email-reconciler", "shop", "team", "other")
@@ -74,9 +74,7 @@ def kube_api() -> Iterator[KubeAPIServer]:
 
 def render(path: Path = DEPLOY) -> list[dict[str, Any]]:
     """`kubectl kustomize PATH`: the objects one kustomization of deploy/ installs."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is needed to render deploy/ (kustomize with replacements)")
+    kubectl = require_executable("kubectl", "kubectl 1.27 or later (its kustomize has replacements)")
     out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
