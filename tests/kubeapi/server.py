@@ -37,6 +37,7 @@ from tests.kubeapi.model import (
     _Fault,
     resource_types_from_crd,
 )
+from tests.kubeapi.openapi import OpenAPIV3
 from tests.kubeapi.patches import _apply_merge, _remove_path, json_patch, merge_patch
 from tests.kubeapi.rbac import (
     ADMIN,
@@ -50,7 +51,6 @@ from tests.kubeapi.rbac import (
     service_account_user,
     unauthorized,
 )
-from tests.kubeapi.openapi import OpenAPIV3
 from tests.kubeapi.schema import Admission, StructuralSchema, prune_metadata
 from tests.kubeapi.selectors import field_selector_matches, label_selector_matches
 from tests.kubeapi.store import _Store
