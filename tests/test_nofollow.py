@@ -132,3 +132,26 @@ def test_a_link_at_a_secret_path_is_replaced_and_its_target_keeps_its_mode(tmp_p
     assert stat.S_IMODE(outside.stat().st_mode) == 0o644
     assert outside.read_bytes() == before
     legitimate_account_works(store, root)
+
+
+def test_a_linked_default_store_in_a_checkout_is_refused(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`.email-reconciler` committed as a link: the run stops at the lock, naming it, and writes
+    nothing where it points."""
+    from reconciler.cli import main
+    from reconciler.store import DEFAULT_LOCAL_DIR
+
+    checkout, outside = tmp_path / "checkout", tmp_path / "outside"
+    (checkout / "accounts").mkdir(parents=True)
+    outside.mkdir()
+    (checkout / "accounts" / "a.yaml").write_text(yaml.safe_dump(manifest("fine", "ok")))
+    (checkout / DEFAULT_LOCAL_DIR).symlink_to(outside)
+    monkeypatch.chdir(checkout)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))  # the local store
+    code = main(["reconcile", "accounts", "--allowed-hosts", "127.0.0.1"])
+    assert code != 0
+    assert f"{DEFAULT_LOCAL_DIR}: a symbolic link" in capsys.readouterr().err
+    assert list(outside.iterdir()) == []
+    store = LocalStore(tmp_path / "store")  # a store that is a folder still works
+    legitimate_account_works(store, tmp_path / "store")

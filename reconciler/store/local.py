@@ -87,8 +87,7 @@ class LocalStore:
         (a run that changes nothing changes no mtime), and the kernel drops it with the process.
         """
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = nofollow.open_root(self.root, create=True)
         except OSError as exc:
             raise _os_error("lock", self.root, exc) from exc
         try:

@@ -10,7 +10,8 @@ replaced, appended to or unlinked relative to its folder's descriptor:
 - a link at a file the store rewrites atomically is replaced by the new file (rename replaces
   the link itself, never its target), as it always was for Secrets.
 
-The root itself is the operator's choice and may be (or lie under) a link.
+The folders above the root are the operator's choice and may be links; the root itself may not
+(the default root `.email-reconciler` is a name in the current folder, which may be a checkout).
 """
 
 from __future__ import annotations
@@ -44,13 +45,25 @@ def _is_link(dir_fd: int, name: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def folder(root: Path, parts: Sequence[str], *, create: bool) -> Iterator[int]:
-    """A descriptor of root/parts..., each component below the root opened without following a
-    link (and made when missing, with `create`)."""
+def open_root(root: Path, *, create: bool) -> int:
+    """A descriptor of the store root (made when missing, with `create`); a link is refused."""
+    if root.is_symlink():
+        raise SymlinkRefused(root)
     if create:
         root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return os.open(root, _DIR)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and root.is_symlink():
+            raise SymlinkRefused(root) from None
+        raise
+
+
+@contextlib.contextmanager
+def folder(root: Path, parts: Sequence[str], *, create: bool) -> Iterator[int]:
+    """A descriptor of root/parts..., the root and each component below it opened without
+    following a link (and made when missing, with `create`)."""
+    fd = open_root(root, create=create)
     try:
         for i, part in enumerate(parts):
             try:
