@@ -142,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often Leases are renewed or tried")
     _politeness_args(p)
     _policy_args(p)
+
+    p = command("relay", "an SMTP relay on 127.0.0.1 for applications that cannot do OAuth: "
+                "runs beside the application and forwards upstream the OAuth way", cmd_relay)
+    p.add_argument("--secret-dir", required=True, metavar="DIR",
+                   help="where the account's published Secret is mounted (spec.relay.enabled)")
+    p.add_argument("--listen-host", default=None,
+                   help="address to listen on (default: the Secret's, 127.0.0.1)")
+    p.add_argument("--port", type=_positive_int, default=None,
+                   help="port to listen on (default: the Secret's, spec.relay.port)")
+    p.add_argument("--metrics-port", type=_positive_int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (default: off)")
     return parser
 
 
@@ -285,6 +296,14 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from reconciler.run.options import ControllerOptions, options_from
 
     return run_controller(options_from(ControllerOptions, args))
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from reconciler.relay.serve import run_relay
+    from reconciler.run.options import RelayOptions, options_from
+
+    opts = options_from(RelayOptions, args)
+    return run_relay(opts.secret_dir, opts.listen_host, opts.port, opts.metrics_port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).parent.parent / PACKAGE
 
 #: Shared foundations: every layer may import them; they import no layer.
 FOUNDATIONS = ("model", "errors", "log", "reasons", "policy", "secretrefs")
-_PIPELINE = frozenset({"manifest", "probe", "state", "store", "run", "demo", "cli"})
+_PIPELINE = frozenset({"manifest", "probe", "state", "store", "run", "demo", "relay", "cli"})
 
 #: layer -> the layers it must not import. A module whose layer is missing here fails the test:
 #: a new sub-package or top-level module takes its place in this table first.
@@ -32,8 +32,11 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "probe": frozenset({"state", "store", "run", "demo", "cli"}),
     "state": frozenset({"probe", "store", "run", "demo", "cli"}),
     "store": frozenset({"probe", "run", "demo", "cli"}),
-    "run": frozenset({"demo", "cli"}),
-    "demo": frozenset({"cli"}),
+    "run": frozenset({"demo", "relay", "cli"}),
+    "demo": frozenset({"relay", "cli"}),
+    # the relay reuses the probe's session, HTTPS client and token cache, and reads the account
+    # as the manifest package does; it knows no store and no run (it has no API access)
+    "relay": frozenset({"state", "store", "run", "demo", "cli"}),
     "cli": frozenset(),
     "__main__": frozenset(),
     PACKAGE: _PIPELINE,  # reconciler/__init__.py: the version, nothing more
@@ -44,6 +47,7 @@ FORBIDDEN: dict[str, frozenset[str]] = {
 #: the Kubernetes API; everything else stays fast to import).
 THIRD_PARTY: dict[str, frozenset[str]] = {
     "kubernetes": frozenset({"store"}),
+    "aiosmtpd": frozenset({"demo", "relay"}),
 }
 
 

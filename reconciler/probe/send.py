@@ -46,7 +46,7 @@ def build_test_message(account: Account, to_address: str, now: dt.datetime) -> E
     return msg
 
 
-def _dot_stuff(data: bytes) -> bytes:
+def dot_stuff(data: bytes) -> bytes:
     """CRLF line endings, leading dots doubled, terminated by CRLF.CRLF (RFC 5321 4.5.2)."""
     lines = data.replace(b"\r\n", b"\n").split(b"\n")
     if lines and lines[-1] == b"":
@@ -79,7 +79,7 @@ async def send_test_message(account: Account, secrets: SecretReader, to_address:
             if reply.code not in ok_codes:
                 verb = line.split(":")[0].split()[0]
                 return _refused(verb, reply.code, reply.text, where)
-        client.writer.write(_dot_stuff(data))
+        client.writer.write(dot_stuff(data))
         await client.writer.drain()
         reply = await client.read_reply()
         if reply.code != 250:

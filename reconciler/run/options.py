@@ -122,3 +122,13 @@ class ControllerOptions(PolicyOptions):
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    """`relay`"""
+
+    secret_dir: str = ""
+    listen_host: str | None = None
+    port: int | None = None
+    metrics_port: int | None = None
