@@ -232,7 +232,9 @@ def openapi_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": described("apiVersion", {"type": "string"}),
             "kind": described("kind", {"type": "string"}),
-            "metadata": described("metadata", {"type": "object"}),
+            # Nothing but the type: the apiserver refuses a CRD whose metadata schema says more
+            # than name and generateName, a description included; it documents ObjectMeta itself.
+            "metadata": {"type": "object"},
             "spec": structural(props["spec"], defs, ("spec",)),
             "status": described("status", {"type": "object",
                                            "x-kubernetes-preserve-unknown-fields": True}),
