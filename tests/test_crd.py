@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -198,3 +199,59 @@ def test_kubectl_explain_documents_the_served_crd(kube_api: KubeAPIServer, tmp_p
     for name, field in connection["properties"].items():
         assert f"{name} <{'Object' if field['type'] == 'object' else field['type']}>" in out
         assert " ".join(field["description"].split()) in out, name
+
+
+_MACROS = ("all", "exists", "exists_one", "map", "filter")
+
+
+def _reads(root: dict[str, Any], node: dict[str, Any], rule: str) -> list[tuple[str, dict[str, Any]]]:
+    """The schema nodes a rule reads through `self.a.b` (and `self` itself), with their paths."""
+    found = [("self", node)]
+    for chain in re.findall(r"\bself((?:\.\w+)+)", rule):
+        current, path = node, "self"
+        for name in chain.strip(".").split("."):
+            if name in _MACROS or name not in current.get("properties", {}):
+                break
+            current, path = current["properties"][name], f"{path}.{name}"
+            found.append((path, current))
+    return found
+
+
+def test_every_value_a_rule_reads_is_bounded_so_its_estimated_cost_is() -> None:
+    """The apiserver refuses a rule whose *estimated* cost exceeds its budget, and estimates an
+    unbounded string or collection at the request size (3 MiB). So a rule reads only strings with
+    maxLength or enum and iterates only maps and lists with maxProperties or maxItems (map keys
+    are estimated at no length). Not the apiserver's estimator, but what keeps it small."""
+    root = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert len(_rules(root)) > 20
+    unbounded = _unbounded_reads(root)
+    assert not unbounded, "\n".join(unbounded)
+
+
+@pytest.mark.parametrize(("schema", "rule", "flagged"), [
+    ({"type": "string"}, "self.x.matches('^a')", True),
+    ({"type": "string", "maxLength": 9}, "self.x.matches('^a')", False),
+    ({"type": "string", "enum": ["a"]}, "self.x == 'a'", False),
+    ({"type": "object", "additionalProperties": {"type": "string", "maxLength": 9}},
+     "self.x.all(k, k != '')", True),
+    ({"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 9}},
+     "self.x.all(i, i != '')", False),
+])
+def test_unbounded_reads_are_found(schema: dict[str, Any], rule: str, flagged: bool) -> None:
+    root = {"type": "object", "properties": {"x": schema}, "x-kubernetes-validations": [{"rule": rule}]}
+    assert bool(_unbounded_reads(root)) == flagged
+
+
+def _unbounded_reads(root: dict[str, Any]) -> list[str]:
+    unbounded = []
+    for path, node, rule in _rules(root):
+        for read, schema in _reads(root, node, rule):
+            kind = schema.get("type")
+            if kind == "string" and "maxLength" not in schema and "enum" not in schema:
+                unbounded.append(f"{path}: {read} (a string without maxLength or enum) in {rule}")
+            iterated = re.search(rf"\b{re.escape(read)}\.({'|'.join(_MACROS)})\(", rule)
+            if iterated and kind == "object" and "maxProperties" not in schema:
+                unbounded.append(f"{path}: {read} (a map without maxProperties) in {rule}")
+            if iterated and kind == "array" and "maxItems" not in schema:
+                unbounded.append(f"{path}: {read} (a list without maxItems) in {rule}")
+    return unbounded
