@@ -265,3 +265,24 @@ def _run_behind_proxy(kube: KubeAPIServer, tmp_path: Path) -> dict[str, Any]:
             proxy.shutdown()
             proxy.server_close()
     return result
+
+
+def test_a_dripped_lease_read_ends_at_its_deadline(hostile: HostileServers,
+                                                   kube: KubeAPIServer) -> None:
+    """The leader elector's reads are bounded too: its timeouts are its deadline."""
+    from kubernetes import client
+
+    from reconciler.store.lease import LeaseClient
+
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{drip(hostile, 'status line')}"
+    with client.ApiClient(configuration) as api_client:
+        result = outcome(LeaseClient(api_client, "shop", "leader", timeout=(0.5, 0.5)).get)
+        wait_for(lambda: result.get("done"), 20, "the dripped Lease read to return")
+    error = result.get("error")
+    assert isinstance(error, StoreUnavailable) and "no complete answer within 1 s" in str(error)
+    with kube.api_client() as api_client:  # beside it, a Lease read and written as usual
+        lease = LeaseClient(api_client, "shop", "leader", timeout=(0.5, 0.5))
+        assert lease.get() is None
+        lease.create({"holderIdentity": "me"})
+        assert (lease.get() or {})["spec"]["holderIdentity"] == "me"
