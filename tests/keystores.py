@@ -127,11 +127,14 @@ class PfxEntry:
     chain: Sequence[x509.Certificate] = ()
 
 
-def build_pfx(entries: Sequence[PfxEntry], password: str, *, iterations: int = 2048) -> bytes:
+def build_pfx(entries: Sequence[PfxEntry], password: str, *, iterations: int = 2048,
+              key_iterations: int | None = None) -> bytes:
     """A PKCS#12 holding every entry (several keys allowed), like a Java keystore would.
 
     Keys are PBES2/AES-256 shrouded key bags; certificates sit in an unencrypted SafeContents;
     each key and its certificate share friendlyName and localKeyId; the MAC is HMAC-SHA256.
+    `key_iterations` rewrites the PBKDF2 count of every key bag (its ciphertext then no longer
+    decrypts: for bounds checked before any derivation), under a MAC that still verifies.
     """
     pw = password.encode("utf-8")
     key_bags, cert_bags = [], []
@@ -143,9 +146,14 @@ def build_pfx(entries: Sequence[PfxEntry], password: str, *, iterations: int = 2
             der = entry.key.private_bytes(serialization.Encoding.DER,
                                           serialization.PrivateFormat.PKCS8,
                                           serialization.BestAvailableEncryption(pw))
+            info = akeys.EncryptedPrivateKeyInfo.load(der)
+            if key_iterations is not None:
+                kdf = info["encryption_algorithm"]["parameters"]["key_derivation_func"]
+                kdf["parameters"]["iteration_count"] = key_iterations
+                info = akeys.EncryptedPrivateKeyInfo.load(info.dump(force=True))
             key_bags.append(apkcs12.SafeBag({
                 "bag_id": "pkcs8_shrouded_key_bag",
-                "bag_value": akeys.EncryptedPrivateKeyInfo.load(der),
+                "bag_value": info,
                 "bag_attributes": attrs}))
         for i, cert in enumerate((entry.cert, *entry.chain)):
             der = cert.public_bytes(serialization.Encoding.DER)
@@ -172,6 +180,14 @@ def build_pfx(entries: Sequence[PfxEntry], password: str, *, iterations: int = 2
                     "digest": hmac.new(mac_key, auth_safe, "sha256").digest()},
             "mac_salt": salt, "iterations": iterations},
     }).dump()
+
+
+def with_mac_iterations(pfx: bytes, iterations: int) -> bytes:
+    """`pfx` with the MAC's iteration INTEGER rewritten (the MAC then no longer verifies: only a
+    bound read before deriving can refuse it quickly)."""
+    parsed = apkcs12.Pfx.load(pfx)
+    parsed["mac_data"]["iterations"] = iterations
+    return apkcs12.Pfx.load(parsed.dump(force=True)).dump()
 
 
 def _bag_attributes(alias: str | None, local_id: bytes | None) -> apkcs12.Attributes:

@@ -2,11 +2,13 @@
 
 Each attack runs through `reconcile` in local mode beside a legitimate account that stays Ready:
 - STARTTLS reply injection (CVE-2011-0411): forged replies sent with the `220` to STARTTLS.
+- A PKCS#12 iteration bomb: a signing keystore whose MAC asks for 2x10^9 iterations.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from reconciler.cli import main
 from reconciler.log import configure_logging
 from reconciler.model import status_condition
 from tests.hostile import HostileServers
+from tests.keystores import PfxEntry, TestCA, build_pfx, with_mac_iterations
 from tests.manifests_factory import loopback_account, write_manifests
 from tests.smtpservers import PASSWORD, USER, RunningServer, ServerLoop, ThrowawayCA
 
@@ -36,6 +39,17 @@ class Local:
         path = self.secrets / NS / name / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(value.encode() if isinstance(value, str) else value)
+
+    def run_within(self, seconds: float, capsys: pytest.CaptureFixture[str],
+                   *docs: dict[str, Any]) -> tuple[int, str]:
+        """`run` in a daemon thread; fails (rather than hangs) when it has not ended in `seconds`
+        (a generous bound: only an unbounded key derivation takes that long)."""
+        out: list[tuple[int, str]] = []
+        thread = threading.Thread(target=lambda: out.append(self.run(capsys, *docs)), daemon=True)
+        thread.start()
+        thread.join(seconds)
+        assert out, f"reconcile still running after {seconds} s"
+        return out[0]
 
     def run(self, capsys: pytest.CaptureFixture[str], *docs: dict[str, Any],
             extra: tuple[str, ...] = ()) -> tuple[int, str]:
@@ -101,3 +115,35 @@ def _as_user(doc: dict[str, Any]) -> dict[str, Any]:
     """The aiosmtpd stand-in knows USER: log in as USER rather than as the account's address."""
     doc["spec"]["smtp"]["identity"]["emailAddress"] = USER
     return doc
+
+
+# --------------------------------------------------------------------------- PKCS#12 bomb
+
+
+def test_keystore_iteration_bomb_is_refused_beside_a_signing_account(
+        local: Local, smtp_server: Callable[..., RunningServer],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """2x10^9 MAC iterations: refused before any derivation (KeystoreUnreadable), not published;
+    the same keystore with its real count signs, Ready."""
+    key, cert = TestCA.create().issue_smime(USER)
+    keystore = build_pfx([PfxEntry("mail", key, cert)], "k3ystore-Pa55")
+    server = smtp_server("STARTTLS", users={USER: PASSWORD})
+    docs = []
+    for name, blob in (("signed", keystore), ("bomb", with_mac_iterations(keystore, 2 * 10**9))):
+        local.put(f"{name}-smtp", "password", PASSWORD)
+        local.put(f"{name}-signing", "keystore.p12", blob)
+        local.put(f"{name}-signing", "password", "k3ystore-Pa55")
+        doc = _as_user(loopback_account(name, NS, server.port))
+        doc["spec"]["smtp"]["signing"] = {
+            "keystoreSecretRef": {"name": f"{name}-signing", "key": "keystore.p12"},
+            "keystorePasswordSecretRef": {"name": f"{name}-signing", "key": "password"}}
+        docs.append(doc)
+    code, everything = local.run_within(120, capsys, *docs)
+    assert code == 1
+    signing = local.condition("bomb", "SigningReady")
+    assert signing["reason"] == "KeystoreUnreadable"
+    assert "2,000,000,000 key-derivation iterations" in signing["message"]
+    assert local.condition("bomb")["status"] == "False"
+    assert local.condition("signed")["reason"] == "Ready", local.condition("signed")
+    assert [name for name in local.published() if "bomb" in name] == []
+    assert "k3ystore-Pa55" not in everything and "Traceback" not in everything

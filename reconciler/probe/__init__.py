@@ -115,8 +115,13 @@ async def _check_signing(account: Account, secrets: SecretReader, *, now: dt.dat
         return SigningResult(outcome=Outcome(False, reasons.SIGNATURE_FAILED,
                                              "message signing is not available in this build: "
                                              "remove smtp.signing or upgrade the reconciler"))
+    from reconciler.probe.limits import Deadline
+
+    # The probe's deadline, afresh: the SMTP session before it has had its own.
+    timeout = account.smtp.connection.timeout_seconds if account.smtp is not None else 30.0
     try:
-        result: SigningResult = await asyncio.to_thread(check_signing, account, secrets, now=now)
+        result: SigningResult = await asyncio.to_thread(check_signing, account, secrets, now=now,
+                                                        deadline=Deadline.start(timeout))
     except SecretNotFound as exc:
         from reconciler.probe.smtp import secret_not_found
 

@@ -8,7 +8,9 @@ them as `SigningMaterial`; a failure is an Outcome with a reason, never an excep
 `cryptography`'s PKCS#12 loader returns one key only, so keystores are read bag by bag with
 asn1crypto: shrouded key bags are decrypted by `cryptography` (PBES2 and the PKCS#12 PBEs), PBES2
 encrypted SafeContents by us (reconciler.probe.pkcs12crypto), and certificates in safes we
-cannot decrypt (legacy RC2) come from `cryptography.load_pkcs12`.
+cannot decrypt (legacy RC2) come from `cryptography.load_pkcs12`. Every iteration count the
+file asks for is bounded before any key derivation runs (pkcs12crypto.MAX_ITERATIONS), and each
+derivation starts only within the probe's deadline: a keystore cannot hold a probe's thread.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.log import register_secret
 from reconciler.model import Account, KeyRef, Outcome, SecretReader
-from reconciler.probe.pkcs12crypto import decrypt_pbes2, mac_ok
+from reconciler.probe.limits import Deadline
+from reconciler.probe.pkcs12crypto import (
+    bag_iterations,
+    decrypt_pbes2,
+    iteration_counts,
+    iteration_refusal,
+    mac_ok,
+    pem_key_iterations,
+)
 
 SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
@@ -56,6 +66,29 @@ class _Failed(Exception):
         self.outcome = Outcome(ok=False, reason=reason, message=message)
 
 
+class _Work:
+    """The key derivations opening one keystore: counts bounded, each started within the deadline."""
+
+    def __init__(self, where: str, deadline: Deadline | None) -> None:
+        self.where, self.deadline, self.spent = where, deadline, 0
+
+    def admit(self, counts: list[tuple[str, int | None]]) -> None:
+        """Count derivations the file asks for; KeystoreUnreadable past the bounds."""
+        for what, count in counts:
+            refusal = iteration_refusal(what, count, self.spent)
+            if refusal is not None:
+                raise _Failed(reasons.KEYSTORE_UNREADABLE, f"{self.where}: {refusal}")
+            self.spent += count or 0
+
+    def in_time(self) -> None:
+        """Before a derivation: Timeout once the probe's deadline has passed."""
+        if self.deadline is not None and self.deadline.remaining() <= 0:
+            raise _Failed(reasons.TIMEOUT,
+                          f"opening {self.where} did not finish within the probe's deadline; "
+                          "export the keystore again with the tool's default iteration counts, "
+                          "or raise timeoutSeconds")
+
+
 @dataclass
 class _Entry:
     """A keystore entry as read from a bag: key or certificate, with its bag attributes."""
@@ -66,8 +99,11 @@ class _Entry:
     certificate: x509.Certificate | None = None
 
 
-def load_signing_material(account: Account, secrets: SecretReader) -> SigningMaterial | Outcome:
-    """Read the keystore and password Secrets and select the key; an Outcome when that fails."""
+def load_signing_material(account: Account, secrets: SecretReader,
+                          deadline: Deadline | None = None) -> SigningMaterial | Outcome:
+    """Read the keystore and password Secrets and select the key; an Outcome when that fails.
+
+    With a deadline, no key derivation starts after it (each is bounded in iterations)."""
     signing = account.smtp.signing if account.smtp is not None else None
     if signing is None:
         return Outcome(False, reasons.INVALID_SPEC,
@@ -81,8 +117,8 @@ def load_signing_material(account: Account, secrets: SecretReader) -> SigningMat
             register_secret(password)
         where = _describe(account, signing.keystore)
         if blob.lstrip().startswith(b"-----BEGIN"):
-            return _load_pem(blob, password, signing.alias, where)
-        return _load_pkcs12(blob, password, signing.alias, where)
+            return _load_pem(blob, password, signing.alias, _Work(where, deadline))
+        return _load_pkcs12(blob, password, signing.alias, _Work(where, deadline))
     except _Failed as failed:
         return failed.outcome
 
@@ -111,7 +147,8 @@ def _password_candidates(password: str | None) -> list[bytes | None]:
 
 
 def _load_pem(blob: bytes, password: str | None, alias: str | None,
-              where: str) -> SigningMaterial:
+              work: _Work) -> SigningMaterial:
+    where = work.where
     keys: list[SigningKey] = []
     certs: list[x509.Certificate] = []
     used: str | None = None
@@ -125,6 +162,9 @@ def _load_pem(blob: bytes, password: str | None, alias: str | None,
                               f"{where} has a CERTIFICATE block that does not parse; "
                               "replace it with a PEM certificate") from None
         elif label.endswith(b"PRIVATE KEY"):
+            if label == b"ENCRYPTED PRIVATE KEY":  # PKCS#8: PBKDF2 with the file's count
+                work.admit([("encrypted private key", pem_key_iterations(block))])
+            work.in_time()
             key, used = _load_pem_key(block, label == b"ENCRYPTED PRIVATE KEY"
                                       or b"ENCRYPTED" in block, password, where)
             keys.append(key)
@@ -167,27 +207,31 @@ def _load_pem_key(block: bytes, encrypted: bool, password: str | None,
 
 
 def _load_pkcs12(blob: bytes, password: str | None, alias: str | None,
-                 where: str) -> SigningMaterial:
+                 work: _Work) -> SigningMaterial:
+    where = work.where
     try:
         pfx = apkcs12.Pfx.load(blob)
         safes = list(pfx.authenticated_safe)
         mac_data = pfx["mac_data"]
+        counts = iteration_counts(pfx)
     except Exception:  # asn1crypto raises ValueError, TypeError, KeyError on junk
         raise _Failed(reasons.KEYSTORE_UNREADABLE,
                       f"{where} is neither PEM nor PKCS#12; store the .p12/.pfx file "
                       "itself (not base64 of it) or a PEM key and certificate") from None
-    pw = _open_pfx(blob, pfx, mac_data, password, where)
+    work.admit(counts)  # before any derivation: the MAC's, the safes', the keys'
+    pw = _open_pfx(blob, pfx, mac_data, password, work)
     entries: list[_Entry] = []
     undecrypted = False
     try:
         for info in safes:
-            undecrypted |= _read_safe(info, pw, entries, where)
+            undecrypted |= _read_safe(info, pw, entries, work)
     except (ValueError, TypeError, KeyError):  # malformed bags inside a well-formed envelope
         raise _Failed(reasons.KEYSTORE_UNREADABLE,
                       f"{where} is a damaged PKCS#12 (its entries do not parse); export the "
                       "keystore again") from None
     certs = [e.certificate for e in entries if e.certificate is not None]
     if undecrypted or not any(e.key for e in entries):
+        work.in_time()
         entries += _entries_from_cryptography(blob, pw, certs,
                                               with_key=not any(e.key for e in entries))
         certs = [e.certificate for e in entries if e.certificate is not None]
@@ -206,18 +250,21 @@ def _load_pkcs12(blob: bytes, password: str | None, alias: str | None,
 
 
 def _open_pfx(blob: bytes, pfx: apkcs12.Pfx, mac_data: object, password: str | None,
-              where: str) -> bytes | None:
+              work: _Work) -> bytes | None:
     """The password (bytes) whose MAC checks; KeystorePasswordWrong when none does."""
+    where = work.where
     candidates = _password_candidates(password)
     if isinstance(mac_data, apkcs12.MacData):
         content = pfx["auth_safe"]["content"].native
         for pw in candidates:
+            work.in_time()
             if mac_ok(mac_data, content, pw):
                 return pw
         if mac_data["mac"]["digest_algorithm"]["algorithm"].native in hashlib.algorithms_available:
             raise _wrong_password(f"{where} (integrity check failed)", password)
     # No MAC, or one we cannot compute: let cryptography decide.
     for pw in candidates:
+        work.in_time()
         try:
             pkcs12.load_pkcs12(blob, pw)
             return pw
@@ -237,29 +284,34 @@ def _wrong_password(what: str, password: str | None) -> _Failed:
 
 
 def _read_safe(info: acms.ContentInfo, pw: bytes | None, entries: list[_Entry],
-               where: str) -> bool:
+               work: _Work) -> bool:
     """Append the safe's bags to entries; True when the safe could not be decrypted here."""
     kind = info["content_type"].native
     if kind == "data":
-        _read_bags(apkcs12.SafeContents.load(info["content"].native), pw, entries, where)
+        _read_bags(apkcs12.SafeContents.load(info["content"].native), pw, entries, work)
         return False
     if kind == "encrypted_data":
+        work.in_time()
         plain = decrypt_pbes2(info["content"]["encrypted_content_info"], pw)
         if plain is None:
             return True
-        _read_bags(apkcs12.SafeContents.load(plain), pw, entries, where)
+        bags = apkcs12.SafeContents.load(plain)
+        work.admit(bag_iterations(bags))  # its key bags were hidden until now
+        _read_bags(bags, pw, entries, work)
         return False
     return True
 
 
 def _read_bags(bags: apkcs12.SafeContents, pw: bytes | None, entries: list[_Entry],
-               where: str) -> None:
+               work: _Work) -> None:
+    where = work.where
     for bag in bags:
         kind = bag["bag_id"].native
         attrs = {a["type"].native: a["values"][0].native for a in bag["bag_attributes"]}
         entry = _Entry(attrs.get("friendly_name"), attrs.get("local_key_id"))
         value = bag["bag_value"].untag().dump()
         if kind in ("key_bag", "pkcs8_shrouded_key_bag"):
+            work.in_time()
             try:
                 key = serialization.load_der_private_key(
                     value, pw if kind == "pkcs8_shrouded_key_bag" else None)
@@ -273,7 +325,7 @@ def _read_bags(bags: apkcs12.SafeContents, pw: bytes | None, entries: list[_Entr
             entry.certificate = x509.load_der_x509_certificate(
                 bag["bag_value"]["cert_value"].parsed.dump())
         elif kind == "safe_contents":
-            _read_bags(apkcs12.SafeContents.load(value), pw, entries, where)
+            _read_bags(apkcs12.SafeContents.load(value), pw, entries, work)
             continue
         else:
             continue

@@ -2,8 +2,9 @@
 
 `cryptography` opens a whole PKCS#12 but returns one key only, so reconciler.probe.keystore
 reads keystores bag by bag; for that it needs what this module holds: the RFC 7292 appendix B.2
-key derivation, the check of the file's integrity MAC with a candidate password, and the
-decryption of PBES2 (PBKDF2 + AES-CBC) encrypted SafeContents. Pure functions of bytes.
+key derivation, the check of the file's integrity MAC with a candidate password, the
+decryption of PBES2 (PBKDF2 + AES-CBC) encrypted SafeContents, and the bound on the iteration
+counts the file asks for, read before any derivation runs. Pure functions of bytes.
 """
 
 from __future__ import annotations
@@ -12,10 +13,20 @@ import hashlib
 import hmac
 
 from asn1crypto import cms as acms
+from asn1crypto import keys as akeys
+from asn1crypto import pem as apem
 from asn1crypto import pkcs12 as apkcs12
 from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+#: Iteration counts a keystore may ask for: per key derivation, and in all. Writers use 2048
+#: (OpenSSL), 2000 (Windows), 10000-100000 (Java); OWASP's advice for PBKDF2-SHA256 is 600000.
+#: A derivation of 10**6 takes about 0.5 s in OpenSSL and 3-5 s in pkcs12_kdf below (pure
+#: Python, used for the MAC), measured on the 2-core test machine; the 2x10**9 of issue 23 would
+#: have run for hours, past every deadline, in a thread that cannot be stopped.
+MAX_ITERATIONS = 1_000_000
+MAX_TOTAL_ITERATIONS = 10_000_000
 
 _PRF: dict[str, hashes.HashAlgorithm] = {
     "sha1": hashes.SHA1(), "sha224": hashes.SHA224(), "sha256": hashes.SHA256(),
@@ -80,3 +91,91 @@ def decrypt_pbes2(content_info: acms.EncryptedContentInfo, pw: bytes | None) -> 
         return unpadder.update(padded) + unpadder.finalize()
     except ValueError:
         return None
+
+
+def iteration_counts(pfx: apkcs12.Pfx) -> list[tuple[str, int | None]]:
+    """(what, count) of every key derivation opening `pfx` takes that can be read before any
+    decryption: the integrity MAC, each encrypted safe, each shrouded key bag of a plain safe.
+    None for a scheme whose count we cannot read (it cannot be bounded)."""
+    out: list[tuple[str, int | None]] = []
+    mac = pfx["mac_data"]
+    if isinstance(mac, apkcs12.MacData):
+        known = mac["mac"]["digest_algorithm"]["algorithm"].native in hashlib.algorithms_available
+        out.append(("integrity MAC", mac["iterations"].native if known else None))
+    for index, info in enumerate(pfx.authenticated_safe):
+        kind = info["content_type"].native
+        if kind == "encrypted_data":
+            algo = info["content"]["encrypted_content_info"]["content_encryption_algorithm"]
+            out.append((f"encrypted safe {index + 1}", kdf_iterations(algo)))
+        elif kind == "data":
+            try:
+                out += bag_iterations(apkcs12.SafeContents.load(info["content"].native))
+            except (ValueError, TypeError, KeyError):
+                pass  # bags that do not parse are reported as damage, never decrypted
+    return out
+
+
+def within_bounds(blob: bytes) -> bool:
+    """Whether every iteration count a PKCS#12 shows before decryption is within the bounds."""
+    try:
+        counts = iteration_counts(apkcs12.Pfx.load(blob))
+    except Exception:  # asn1crypto raises ValueError, TypeError, KeyError on junk
+        return False
+    spent = 0
+    for what, count in counts:
+        if iteration_refusal(what, count, spent) is not None:
+            return False
+        spent += count or 0
+    return True
+
+
+def bag_iterations(bags: apkcs12.SafeContents) -> list[tuple[str, int | None]]:
+    """(what, count) of the shrouded key bags among `bags`, nested safes included."""
+    out: list[tuple[str, int | None]] = []
+    for bag in bags:
+        kind = bag["bag_id"].native
+        if kind == "pkcs8_shrouded_key_bag":
+            names = [a["values"][0].native for a in bag["bag_attributes"]
+                     if a["type"].native == "friendly_name"]
+            what = f"key entry {names[0]!r}" if names else "a key entry"
+            out.append((what, kdf_iterations(bag["bag_value"]["encryption_algorithm"])))
+        elif kind == "safe_contents":
+            out += bag_iterations(apkcs12.SafeContents.load(bag["bag_value"].untag().dump()))
+    return out
+
+
+def kdf_iterations(algo: object) -> int | None:
+    """The iteration count of a PBES2 (PBKDF2) or PKCS#12 PBE algorithm; None otherwise."""
+    try:
+        count = algo.kdf_iterations  # type: ignore[attr-defined]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return count if isinstance(count, int) else None
+
+
+def pem_key_iterations(block: bytes) -> int | None:
+    """The count of an ENCRYPTED PRIVATE KEY PEM block (PKCS#8); None for a scheme we cannot
+    read, 0 for a block that does not parse (nothing can be derived from it)."""
+    try:
+        info = akeys.EncryptedPrivateKeyInfo.load(apem.unarmor(block)[2])
+        algo = info["encryption_algorithm"]
+        algo.native  # noqa: B018 (parses it: asn1crypto is lazy)
+    except (ValueError, TypeError, KeyError):
+        return 0
+    return kdf_iterations(algo)
+
+
+def iteration_refusal(what: str, count: int | None, spent: int) -> str | None:
+    """Why a derivation of `count` iterations, after `spent` others, is refused; or None."""
+    if count is None:
+        return (f"its {what} uses a key-derivation scheme whose cost cannot be bounded; "
+                "export the keystore again with AES-256 (PBES2)")
+    if count > MAX_ITERATIONS:
+        return (f"its {what} asks for {count:,} key-derivation iterations, more than the "
+                f"{MAX_ITERATIONS:,} allowed (OpenSSL writes 2,048, Java 10,000 to 100,000); "
+                "nothing was derived: export the keystore again with the tool's defaults")
+    if spent + count > MAX_TOTAL_ITERATIONS:
+        return (f"it asks for more than {MAX_TOTAL_ITERATIONS:,} key-derivation iterations in "
+                "all; nothing more was derived: export the keystore again with fewer entries "
+                "or the tool's default iteration counts")
+    return None

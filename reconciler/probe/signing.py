@@ -31,6 +31,8 @@ from reconciler import reasons
 from reconciler.log import register_secret
 from reconciler.model import Account, CertificateInfo, Outcome, SecretReader, SigningResult
 from reconciler.probe.keystore import SigningKey, load_signing_material
+from reconciler.probe.limits import Deadline
+from reconciler.probe.pkcs12crypto import within_bounds
 
 EXPIRY_WARNING_DAYS = 14
 TEST_SUBJECT = "email-reconciler signing check"
@@ -38,9 +40,12 @@ _EMAIL_PROTECTION = x509.oid.ExtendedKeyUsageOID.EMAIL_PROTECTION
 _ANY_EKU = x509.oid.ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE
 
 
-def check_signing(account: Account, secrets: SecretReader, *, now: datetime) -> SigningResult:
-    """Load, check and prove the account's signing key; SigningReady is `outcome.ok`."""
-    loaded = load_signing_material(account, secrets)
+def check_signing(account: Account, secrets: SecretReader, *, now: datetime,
+                  deadline: Deadline | None = None) -> SigningResult:
+    """Load, check and prove the account's signing key; SigningReady is `outcome.ok`.
+
+    No keystore key derivation starts after `deadline` (reconciler.probe.keystore)."""
+    loaded = load_signing_material(account, secrets, deadline)
     if isinstance(loaded, Outcome):
         return SigningResult(outcome=loaded)
     material = loaded
@@ -99,7 +104,10 @@ def published_p12_password(key: SigningKey) -> str:
 
 def same_pkcs12(old: bytes, new: bytes, password: str) -> bool:
     """Whether two PKCS#12 files opened with `password` hold the same key, certificates and
-    friendly name (their bytes differ by random salts): then the published one can stay."""
+    friendly name (their bytes differ by random salts): then the published one can stay.
+    A published file asking for more key derivation than a keystore may is not opened."""
+    if not within_bounds(old):
+        return False
     try:
         a = pkcs12.load_pkcs12(old, password.encode("utf-8"))
         b = pkcs12.load_pkcs12(new, password.encode("utf-8"))
