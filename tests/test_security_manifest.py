@@ -226,8 +226,7 @@ def test_admission_refuses_advanced_over_tested_fields_and_reserved_publish_keys
     from tests.kubeapi import KubeAPIServer
 
     legit = _doc("legit")
-    legit["spec"]["smtp"]["advanced"] = {"mail.smtp.auth.plain.disable": "true",
-                                         "mail.smtp.timeout": "5000", "mail.debug": "false"}
+    legit["spec"]["smtp"]["advanced"] = dict(APPLICATION_KEYS)
     legit["spec"]["publish"] = {"labels": {"team": "payments"},
                                 "annotations": {"reloader.stakater.com/match": "true"}}
     attacks = []

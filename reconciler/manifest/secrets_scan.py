@@ -21,10 +21,10 @@ from typing import Any, Literal
 Severity = Literal["error", "warning"]
 
 _CREDENTIAL_KEY = re.compile(
-    r"passw(or)?d|passphrase|^pass$|secret|token|api_?key|private_?key|credential|bearer",
+    r"passw(or)?d|passphrase|^pass\Z|secret|token|api_?key|private_?key|credential|bearer",
     re.IGNORECASE)
 #: Keys that name or locate a credential rather than hold one (secretName, tokenUrl, ...).
-_SAFE_SUFFIX = re.compile(r"(ref|name|url|uri|endpoint|format|formats|policy|type|file|path)$",
+_SAFE_SUFFIX = re.compile(r"(ref|name|url|uri|endpoint|format|formats|policy|type|file|path)\Z",
                           re.IGNORECASE)
 #: Maps whose keys are free-form (labels, annotations): only value shapes are checked there.
 _FREE_KEYS = ("/labels", "/annotations")
