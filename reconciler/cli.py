@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-addr", default=":8081",
                    help="host:port for /healthz and /readyz (the kubelet's probes; empty: off)")
     p.add_argument("--leader-elect", action="store_true",
-                   help="shard the accounts across replicas through Leases")
+                   help="one replica reconciles, the others stand by (a leader Lease)")
     p.add_argument("--lease-name", default="email-reconciler",
                    help="name prefix of the replicas' Leases")
     p.add_argument("--lease-namespace", default=None,
@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a replica that cannot renew within this stops acting")
     p.add_argument("--retry-period", type=_seconds, default=2.0, metavar="SECONDS",
                    help="how often Leases are renewed or tried")
+    p.add_argument("--shards", choices=["off", "auto"], default="off",
+                   help="auto: the replicas divide the accounts among themselves (one Lease "
+                        "each, a consistent hash); off: every replica reconciles all it watches")
+    p.add_argument("--shard-lease-prefix", default="email-reconciler-shard", metavar="PREFIX",
+                   help="name prefix (and group label) of the replicas' shard Leases")
+    p.add_argument("--shard-selector", default=None, metavar="LABELS",
+                   help="reconcile only EmailAccounts matching this label selector (static "
+                        "shards, e.g. shard=blue)")
     _politeness_args(p)
     _policy_args(p)
 

@@ -10,7 +10,9 @@ nothing), when a Secret it references changes or appears, when its published Sec
 edited, and again after each reconcile: on a jittered `--interval` (or its nextProbeTime, when
 sooner) while Ready, after a per-key exponential backoff with jitter and a cap while not Ready,
 and only on the interval while Stalled (retrying cannot fix it). With leader election, every
-replica keeps its caches warm but only the leader's workers reconcile.
+replica keeps its caches warm but only the leader's workers reconcile. With sharding
+(`run/membership.py`), every replica reconciles the accounts a consistent hash gives it, and a
+worker asks the membership gate before each reconcile.
 
 This module wires informers to the queue and runs the worker threads (their lifecycle, leader
 election, the health and metrics ports, the `controller` command); the queue and its backoffs
@@ -44,6 +46,7 @@ from reconciler.model import (
 )
 from reconciler.policy import DEFAULT_POLICY, Policy
 from reconciler.run.leader import LeaderConfig, LeaderElector
+from reconciler.run.membership import ACT, ShardConfig, ShardMember
 from reconciler.run.metrics import HealthServer, Metrics, MetricsServer
 from reconciler.run.refs import RefIndex, configmap_names, secret_names
 from reconciler.run.worker import Worker
@@ -99,7 +102,8 @@ class Controller:
                  backoff_base: float = 0.5, backoff_cap: float = 300.0,
                  policy: Policy = DEFAULT_POLICY,
                  slow_after: float = 2.0, max_threads: int | None = None,
-                 health_addr: str | None = None) -> None:
+                 health_addr: str | None = None, shards: ShardConfig | None = None,
+                 shard_selector: str | None = None) -> None:
         """`workers` reconciles run at once; one that takes longer than `slow_after` seconds
         (a slow server, up to its probe's deadline) gives its slot back, so a slow account holds
         only its own thread and the others go on, up to `max_threads` (4 x workers) in all."""
@@ -117,7 +121,8 @@ class Controller:
         self.metrics = Metrics(queue_depth=lambda: float(self.queue.depth()))
         instrument_client(api_client, self.metrics.api_request)
         self.accounts = account_informer(api_client, namespace, self._on_account,
-                                         watch_seconds=watch_seconds)
+                                         watch_seconds=watch_seconds,
+                                         label_selector=shard_selector)
         self.secrets = secret_informer(api_client, namespace, self._on_secret,
                                        watch_seconds=watch_seconds)
         self.configmaps = configmap_informer(api_client, namespace, self._on_configmap,
@@ -137,6 +142,10 @@ class Controller:
 
             self.elector = LeaderElector(LeaseClient(api_client, leader.namespace, leader.name),
                                          leader, self._started_leading, self._stopped_leading)
+        self.shard: ShardMember | None = None
+        if shards is not None:
+            self.shard = ShardMember(api_client, shards, keys=self.accounts.cached_keys,
+                                     requeue=self._requeue)
         # Two ports: the kubelet probes health, monitoring scrapes metrics (README "Security
         # model": the NetworkPolicy admits each from whom needs it).
         self.health = (HealthServer(health_addr, lambda: self.synced) if health_addr else None)
@@ -173,6 +182,8 @@ class Controller:
                                     name="slots", daemon=True)
         watchdog.start()
         self._threads.append(watchdog)
+        if self.shard is not None:
+            self.shard.start()
         if self.elector is not None:
             self.elector.start()
         else:
@@ -183,14 +194,18 @@ class Controller:
         return all(informer.synced.wait(max(0.0, end - time.monotonic()))
                    for informer in (self.secrets, self.configmaps, self.accounts))
 
-    def stop(self) -> None:
-        """Stop taking work, finish in-flight reconciles, release the Lease, stop watching."""
+    def stop(self, release: bool = True) -> None:
+        """Stop taking work, finish in-flight reconciles, release the Lease, stop watching.
+
+        `release=False` leaves the Leases as a killed replica would (for tests of fail-over)."""
         self._stopping.set()
         self.queue.shutdown()
         for t in self._threads:
             t.join(60)
+        if self.shard is not None:
+            self.shard.stop(release=release)
         if self.elector is not None:
-            self.elector.stop(release=True)
+            self.elector.stop(release=release)
         self._leading.clear()
         self.accounts.stop()
         self.secrets.stop()
@@ -203,6 +218,10 @@ class Controller:
         self._leading.set()
         self.metrics.leader.set(1)
         for key in self.accounts.cached_keys():
+            self.queue.add(key)
+
+    def _requeue(self, keys: Any) -> None:
+        for key in keys:
             self.queue.add(key)
 
     def _stopped_leading(self) -> None:
@@ -283,7 +302,7 @@ class Controller:
                 self.api_backoff.wait(self._stopping)  # it may have begun while we waited
                 self.slots.restart_clock()  # the reconcile's own clock
                 if self._leading.is_set() and not self._stopping.is_set():
-                    self.worker.reconcile(key)
+                    self._reconcile(key)
             except Exception as exc:  # a bug must not kill the worker; back off that key
                 if key is not None:
                     log.error("reconcile crashed", account=f"{key[0]}/{key[1]}",
@@ -295,6 +314,18 @@ class Controller:
                 self.api_backoff.done()  # this thread's try, if it decided nothing
                 if key is not None:
                     self.queue.done(key)
+
+    def _reconcile(self, key: Key) -> None:
+        """Reconcile `key` now, if no other replica may act on it (sharding): at most one does."""
+        if self.shard is None:
+            self.worker.reconcile(key)
+            return
+        if self.shard.begin(key) != ACT:
+            return  # another replica's, or queued again when the hand-over allows it
+        try:
+            self.worker.reconcile(key)
+        finally:
+            self.shard.end(key)
 
 
 # --------------------------------------------------------------------------- the command
@@ -309,6 +340,27 @@ def _lease_namespace(args: Any) -> str:
     if sa_ns.exists():
         return sa_ns.read_text().strip()
     return str(getattr(args, "namespace", None) or "default")
+
+
+def _shard_config(args: Any) -> ShardConfig | None:
+    """`--shards auto`: this replica's membership, timed like leader election."""
+    if args.shards != "auto":
+        return None
+    if args.leader_elect:
+        raise UsageError("--shards auto and --leader-elect exclude each other: with shards every "
+                         "replica works, each on its own accounts")
+    from reconciler.run.membership import replica_identity
+
+    config = ShardConfig(prefix=args.shard_lease_prefix, namespace=_lease_namespace(args),
+                         identity=replica_identity(os.environ.get("HOSTNAME") or socket.gethostname(),
+                                                   uuid.uuid4().hex[:8]),
+                         lease_duration=args.lease_duration, renew_deadline=args.renew_deadline,
+                         retry_period=args.retry_period)
+    try:
+        config.check()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return config
 
 
 def run_controller(args: Any) -> int:
@@ -329,6 +381,7 @@ def run_controller(args: Any) -> int:
             leader.check()
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+    shards = _shard_config(args)
     store = KubeStore.from_config(context=args.context, namespace=args.namespace)
     stop = threading.Event()
 
@@ -342,13 +395,16 @@ def run_controller(args: Any) -> int:
                                     workers=args.workers, interval=interval,
                                     metrics_addr=args.metrics_addr or None, leader=leader,
                                     policy=policy_from(args),
-                                    health_addr=args.health_addr or None)
+                                    health_addr=args.health_addr or None, shards=shards,
+                                    shard_selector=args.shard_selector or None)
         except OSError as exc:
             raise UsageError(f"cannot listen on --metrics-addr {args.metrics_addr} or "
                              f"--health-addr {args.health_addr}: {exc}") from exc
         controller.start()
         log.warning("controller started", namespace=args.namespace or "(all)",
-                    workers=args.workers, leader_elect=bool(leader))
+                    workers=args.workers, leader_elect=bool(leader),
+                    shard=shards.lease_name if shards else None,
+                    shard_selector=args.shard_selector or None)
         while not stop.wait(1.0):
             pass
         log.warning("stopping: finishing in-flight work")
@@ -358,3 +414,4 @@ def run_controller(args: Any) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         store.close()
+

@@ -122,6 +122,9 @@ class ControllerOptions(PolicyOptions):
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    shards: str = "off"
+    shard_lease_prefix: str = "email-reconciler-shard"
+    shard_selector: str | None = None
 
 
 @dataclass(frozen=True)

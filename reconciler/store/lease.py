@@ -1,6 +1,8 @@
-"""coordination.k8s.io/v1 Leases for leader election: read, create, replace (optimistic).
+"""coordination.k8s.io/v1 Leases for leader election and shard membership: read, list, create,
+replace (optimistic), delete (with a precondition).
 
-The election logic lives in `reconciler.run.leader`; this is its I/O boundary. A lost race
+The election logic lives in `reconciler.run.leader`, shard membership in `reconciler.run.membership`;
+this is their I/O boundary. A lost race
 (409 on create or on a stale resourceVersion) is `LeaseConflict`, anything else the server or the
 network does is `StoreUnavailable`/`StoreForbidden`: the elector treats all of them as "did not
 renew this time".
@@ -43,7 +45,7 @@ class LeaseClient:
             with bounded.bounded(bounds):
                 return read_json(send())
         except ApiException as exc:
-            if exc.status == 404 and verb == "get":
+            if exc.status == 404 and verb in ("get", "delete"):
                 return None
             if exc.status == 409:
                 raise LeaseConflict(f"lease {self.namespace}/{self.name} changed under us") from exc
@@ -66,21 +68,44 @@ class LeaseClient:
         return self._call("get", lambda: self._api.read_namespaced_lease(
             self.name, self.namespace, _preload_content=False, _request_timeout=self._timeout))
 
-    def create(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def list(self, label_selector: str) -> list[dict[str, Any]]:
+        """The Leases of this namespace that match `label_selector` (a quorum read)."""
+        out = self._call("list", lambda: self._api.list_namespaced_lease(
+            self.namespace, label_selector=label_selector, _preload_content=False,
+            _request_timeout=self._timeout))
+        return list((out or {}).get("items") or [])
+
+    def _meta(self, meta: dict[str, Any] | None) -> dict[str, Any]:
+        return {**(meta or {}), "name": self.name, "namespace": self.namespace}
+
+    def create(self, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create the Lease; `meta` adds labels and annotations."""
         body: Any = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
+                "metadata": self._meta(meta), "spec": spec}
         out = self._call("create", lambda: self._api.create_namespaced_lease(
             self.namespace, body, _preload_content=False, _request_timeout=self._timeout))
         return out or {}
 
-    def replace(self, current: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    def replace(self, current: dict[str, Any], spec: dict[str, Any],
+                meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """PUT with the resourceVersion we read: 409 when someone wrote in between."""
-        meta = current.get("metadata") or {}
+        version = (current.get("metadata") or {}).get("resourceVersion")
         body: Any = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace,
-                             "resourceVersion": meta.get("resourceVersion")},
+                "metadata": {**self._meta(meta), "resourceVersion": version},
                 "spec": spec}
         out = self._call("update", lambda: self._api.replace_namespaced_lease(
             self.name, self.namespace, body, _preload_content=False,
             _request_timeout=self._timeout))
         return out or {}
+
+    def delete(self, current: dict[str, Any] | None = None) -> bool:
+        """Delete the Lease, only if it is still `current` (its resourceVersion) when given;
+        False when it was gone already."""
+        from kubernetes import client
+
+        version = ((current or {}).get("metadata") or {}).get("resourceVersion")
+        body = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(resource_version=version) if version else None)
+        return self._call("delete", lambda: self._api.delete_namespaced_lease(
+            self.name, self.namespace, body=body, _preload_content=False,
+            _request_timeout=self._timeout)) is not None

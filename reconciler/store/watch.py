@@ -239,17 +239,19 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def account_informer(api_client: Any, namespace: str | None, handler: Handler,
-                     **kwargs: Any) -> Informer:
-    """An informer over EmailAccounts in one namespace, or cluster-wide."""
+                     label_selector: str | None = None, **kwargs: Any) -> Informer:
+    """An informer over EmailAccounts in one namespace, or cluster-wide; only those matching
+    `label_selector` when given (a static shard, `--shard-selector`)."""
     from kubernetes import client
 
     bounded.install(api_client)
     custom = client.CustomObjectsApi(api_client)
+    select = {"label_selector": label_selector} if label_selector else {}
     if namespace:
-        return Informer(PLURAL, custom.list_namespaced_custom_object,
+        return Informer(PLURAL, functools.partial(custom.list_namespaced_custom_object, **select),
                         (API_GROUP, API_VERSION, namespace, PLURAL), handler, **kwargs)
-    return Informer(PLURAL, custom.list_cluster_custom_object, (API_GROUP, API_VERSION, PLURAL),
-                    handler, **kwargs)
+    return Informer(PLURAL, functools.partial(custom.list_cluster_custom_object, **select),
+                    (API_GROUP, API_VERSION, PLURAL), handler, **kwargs)
 
 
 class InformerUnion:
