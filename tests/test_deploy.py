@@ -172,7 +172,10 @@ def test_secrets_only_where_served_with_the_verbs_the_controller_needs(
     # get: a name the label-selected watch cache misses (a publish conflict, issue 18)
     assert verbs == CONTROLLER_SECRET_VERBS
     leases = [r for r in controller[OWN] if "leases" in r["resources"]]
-    assert leases and all(set(r["verbs"]) <= {"get", "create", "update"} for r in leases)
+    # leader election: get, create, update; --shards auto: list the replicas' Leases, delete a
+    # dead replica's
+    assert leases and all(set(r["verbs"]) <= {"get", "list", "create", "update", "delete"}
+                          for r in leases)
     assert not any("leases" in r["resources"] for r in controller[scope])
     assert not any("secrets" in r["resources"] for r in controller[OWN]) or scope == "*"
     assert not allowed(controller, SERVED, "email.reconciler.io", "emailaccounts", "delete")
