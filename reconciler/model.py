@@ -141,6 +141,9 @@ class Publish:
     annotations: Mapping[str, str] = field(default_factory=dict)
     deletion_policy: Literal["Delete", "Orphan"] = "Delete"
     signing_format: Literal["PEM", "PKCS12"] = "PEM"
+    #: OAuth2/Graph: publish the client secret, certificate or service-account key too (when
+    #: the Secret's owner allows it: reconciler.policy.publish_refusal)
+    client_credentials: bool = False
 
 
 #: The longest probe.interval, authInterval or retryInterval (8760h, 365 days): far beyond any

@@ -71,6 +71,8 @@ SIGNATURE_FAILED = "SignatureFailed"
 # published formats (issue 15): a selected format whose consumers cannot use the account
 FORMAT_CANNOT_AUTHENTICATE = "FormatCannotAuthenticate"  # warning: XOAUTH2 in URL/Django forms
 PASSWORD_NOT_ASCII = "PasswordNotASCII"  # warning: smtplib/Django send AUTH as ASCII only
+#: warning: publish.clientCredentials, but the credential's owner did not allow the copy
+CREDENTIAL_NOT_PUBLISHED = "CredentialNotPublished"
 
 # publishing / store
 SECRET_CONFLICT = "SecretConflict"

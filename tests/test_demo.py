@@ -73,7 +73,8 @@ def test_demo_subprocess_shows_oauth_and_graph_ready_quickly(tmp_path: Path) -> 
     assert statuses["graph-app"]["connectivity"] == "Microsoft Graph"
     assert "XOAUTH2" in statuses["office365-oauth"]["authMechanisms"]
     # The new client formats are printed (masked), and `get -o yaml` shows an OAuth2 account
-    # that selects django (by default) with the Warning naming that format (issue 15).
+    # that keeps the default formats without a Warning: the defaults leave out those whose
+    # consumers cannot do XOAUTH2 (issue 22), and its Secret has none of their keys.
     for key in ("MAILER_DSN", "EMAIL_URL", "nodemailer.json", "truststore.jks",
                 "TRUSTSTORE_PASSWORD"):
         assert f"  {key}: '********'" in proc.stdout
@@ -83,9 +84,12 @@ def test_demo_subprocess_shows_oauth_and_graph_ready_quickly(tmp_path: Path) -> 
     assert got.returncode == 0, got.stderr
     shown_status = {item["metadata"]["name"]: item["status"]
                     for item in _yaml_items(got.stdout)}
-    warning = next(c for c in shown_status["gmail-oauth"]["conditions"] if c["type"] == "Warning")
-    assert warning["status"] == "True" and warning["reason"] == "FormatCannotAuthenticate"
-    assert "django" in warning["message"]
+    assert [c for c in shown_status["gmail-oauth"]["conditions"]
+            if c["type"] == "Warning" and c["status"] == "True"] == []
+    published = yaml.safe_load((keep / "store" / "demo" / "secrets" /
+                                "gmail-oauth-sender.yaml").read_text())["data"]
+    assert {"OAUTH2_TOKEN_URL", "OAUTH2_GRANT_TYPE", "nodemailer.json"} <= set(published)
+    assert not {"SMTP_URL", "MAILER_DSN", "EMAIL_URL", "EMAIL_HOST"} & set(published)
 
     # No generated credential is printed or written into a status.
     shown = proc.stdout + proc.stderr + "".join(

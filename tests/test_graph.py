@@ -89,7 +89,8 @@ def test_mailbox_found_with_mail_send(idp: MicrosoftIdentity, graph: FakeGraph) 
     assert result.tls_version in ("TLSv1.2", "TLSv1.3") and result.cipher
     assert result.certificate is not None
     assert "trustme" in result.certificate.issuer and result.certificate.days_remaining > 0
-    assert result.credentials == {"clientSecret": CLIENT_SECRET}
+    # the client secret is published only with publish.clientCredentials (test_publishable.py)
+    assert result.credentials == {}
     assert set(result.secret_versions) == {"Secret/graph-app/client-secret"}
     assert set(result.timings) == {"token", "mailbox"}
     [lookup] = graph.seen

@@ -278,12 +278,14 @@ def test_env_google_oauth2() -> None:
         "SMTP_HOST": "smtp.example.com", "SMTP_PORT": "587", "SMTP_SECURITY": "STARTTLS",
         "SMTP_MIN_TLS_VERSION": "1.2", "SMTP_FROM": "billing@example.com",
         "SMTP_FROM_NAME": "Billing Team", "SMTP_USERNAME": "billing@example.com",
-        "SMTP_AUTH_METHOD": "XOAUTH2", "OAUTH2_TOKEN_URL": "https://oauth2.googleapis.com/token",
+        "SMTP_AUTH_METHOD": "XOAUTH2", "OAUTH2_GRANT_TYPE": "JWTBearer",
+        "OAUTH2_TOKEN_URL": "https://oauth2.googleapis.com/token",
         "OAUTH2_SCOPE": "https://mail.google.com/", "OAUTH2_SUBJECT": "billing@example.com",
         "GOOGLE_SERVICE_ACCOUNT_JSON": '{"type": "sa"}'}
     doc = json.loads(text(data, "sender.json"))
     assert doc["smtp"]["authMethod"] == "XOAUTH2"
-    assert doc["smtp"]["oauth2"] == {"tokenUrl": "https://oauth2.googleapis.com/token",
+    assert doc["smtp"]["oauth2"] == {"grantType": "JWTBearer",
+                                     "tokenUrl": "https://oauth2.googleapis.com/token",
                                      "scope": "https://mail.google.com/",
                                      "subject": "billing@example.com",
                                      "serviceAccountJson": '{"type": "sa"}'}
@@ -295,7 +297,8 @@ def test_env_microsoft_client_credentials() -> None:
         client_secret=KeyRef("app", "secret")))
     data = render_data(acc, probe(credentials={"clientSecret": "s3cr3t"}))
     assert {k: text(data, k) for k in data if k.startswith(("OAUTH2_", "SMTP_AUTH"))} == {
-        "SMTP_AUTH_METHOD": "XOAUTH2",
+        "SMTP_AUTH_METHOD": "XOAUTH2", "OAUTH2_GRANT_TYPE": "ClientCredentials",
+        "OAUTH2_AUTHORITY": "https://login.microsoftonline.com/tid",
         "OAUTH2_TOKEN_URL": "https://login.microsoftonline.com/tid/oauth2/v2.0/token",
         "OAUTH2_SCOPE": "https://outlook.office365.com/.default",
         "OAUTH2_TENANT_ID": "tid", "OAUTH2_CLIENT_ID": "cid", "OAUTH2_CLIENT_SECRET": "s3cr3t"}
@@ -316,6 +319,8 @@ def test_graph_env_and_json_only() -> None:
         "GRAPH_TENANT_ID": "tid", "GRAPH_CLIENT_ID": "cid", "GRAPH_CLIENT_SECRET": "s3cr3t",
         "GRAPH_USER": "notify@contoso.com",
         "GRAPH_AUTHORITY": "https://login.microsoftonline.com/tid",
+        "GRAPH_TOKEN_URL": "https://login.microsoftonline.com/tid/oauth2/v2.0/token",
+        "GRAPH_SCOPE": "https://graph.microsoft.com/.default",
         "GRAPH_ENDPOINT": "https://127.0.0.1:8443", "GRAPH_GRANT_TYPE": "ClientCredentials"}
     doc = json.loads(text(data, "sender.json"))
     assert doc["transport"] == "graph" and doc["graph"]["clientSecret"] == "s3cr3t"

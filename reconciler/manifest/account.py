@@ -146,6 +146,18 @@ def _probe(raw: Mapping[str, Any]) -> model.ProbeSettings:
         envelope_check=bool(raw.get("envelopeCheck", True)))
 
 
+def default_formats(send_using: str, smtp: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """publish.formats when the manifest lists none: all of them, but for OAuth2 SMTP accounts
+    none whose consumers take a user and password only (they could not authenticate)."""
+    every = model.Publish("x").formats
+    method = ((smtp or {}).get("authentication") or {}).get("method")
+    if send_using == "SMTP" and method == "OAuth2":
+        from reconciler.manifest.semantics import PASSWORD_ONLY_FORMATS
+
+        return tuple(f for f in every if f not in PASSWORD_ONLY_FORMATS)
+    return every
+
+
 def account_from_manifest(doc: Mapping[str, Any], source: model.SourceRef | None = None,
                           warnings: tuple[model.Diagnostic, ...] = ()) -> model.Account:
     """The effective Account of a valid EmailAccount document (presets and defaults applied).
@@ -162,13 +174,15 @@ def account_from_manifest(doc: Mapping[str, Any], source: model.SourceRef | None
     tier = spec.get("tier") or (preset.default_tier if preset else None)
     send_using = spec.get("sendUsing", "SMTP")
     pub = spec.get("publish") or {}
+    smtp_raw = spec.get("smtp")
     publish = model.Publish(
         secret_name=str(pub.get("secretName") or f"{name}-sender"),
-        formats=tuple(pub["formats"]) if pub.get("formats") else model.Publish("x").formats,
+        formats=tuple(pub["formats"]) if pub.get("formats") else default_formats(send_using,
+                                                                                 smtp_raw),
+        client_credentials=bool(pub.get("clientCredentials", False)),
         labels=_map(pub.get("labels")), annotations=_map(pub.get("annotations")),
         deletion_policy=pub.get("deletionPolicy", "Delete"),
         signing_format=pub.get("signingFormat", "PEM"))
-    smtp_raw = spec.get("smtp")
     return model.Account(
         namespace=str(meta.get("namespace") or "default"), name=name, provider=provider,
         send_using=send_using, publish=publish, probe=_probe(spec.get("probe") or {}),

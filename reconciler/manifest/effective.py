@@ -91,7 +91,8 @@ def effective_manifest(account: model.Account) -> dict[str, Any]:
     spec["publish"] = _prune({
         "secretName": p.secret_name, "formats": list(p.formats),
         "labels": dict(p.labels) or None, "annotations": dict(p.annotations) or None,
-        "deletionPolicy": p.deletion_policy, "signingFormat": p.signing_format})
+        "deletionPolicy": p.deletion_policy, "signingFormat": p.signing_format,
+        "clientCredentials": p.client_credentials or None})
     spec["probe"] = {"interval": _duration(pr.interval_seconds),
                      "authInterval": _duration(pr.auth_interval_seconds),
                      "retryInterval": _duration(pr.retry_interval_seconds),

@@ -255,11 +255,25 @@ def check_oauth_formats(a: model.Account, doc: Mapping[str, Any]) -> list[Findin
              "warning")]
 
 
+def check_client_credentials(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:
+    """publish.clientCredentials on an account that has no client credential to publish."""
+    if not a.publish.client_credentials:
+        return []
+    oauth = a.smtp is not None and a.smtp.authentication.method == "OAuth2"
+    graph = a.send_using == "MicrosoftGraph" and a.graph is not None and (
+        a.graph.client_secret is not None or a.graph.client_certificate is not None)
+    if (a.send_using == "SMTP" and oauth) or graph:
+        return []
+    return [("/spec/publish/clientCredentials",
+             "publish.clientCredentials publishes an OAuth2 or Graph client secret, certificate "
+             "or service-account key, and this account has none: remove it", "warning")]
+
+
 CHECKS: tuple[Callable[[model.Account, Mapping[str, Any]], list[Finding]], ...] = (
     check_region, check_tier, check_port_security, check_port25_password, check_insecure_auth,
     check_provider_auth, check_fixed_username, check_tls_floor,
     check_basic_auth_deprecated, check_min_tls, check_oauth2_provider, check_oauth_formats,
-    check_durations,
+    check_durations, check_client_credentials,
 )
 
 

@@ -69,6 +69,12 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
     if account.smtp is not None and account.smtp.signing is not None:
         signing = await _check_signing(account, secrets, now=now)
         result = dataclasses.replace(result, signing=signing)
+    if account.publish.client_credentials:
+        from reconciler.probe.publishable import publishable_credentials
+
+        published, refused = publishable_credentials(account, secrets)
+        result = dataclasses.replace(result, credentials={**result.credentials, **published},
+                                     warnings=(*result.warnings, *refused))
     short = guarded.short_warning()
     if short is not None:
         result = dataclasses.replace(result, warnings=(*result.warnings, short))

@@ -218,13 +218,14 @@ def _name(rdns: Any) -> str:
 
 
 def _credentials(account: Account, secrets: SecretReader) -> dict[str, str]:
-    """Values the Secret renderer publishes (GRAPH_CLIENT_SECRET, ...); never logged."""
+    """Values the Secret renderer publishes (the password grant's user and password); never
+    logged. The client secret or certificate only with publish.clientCredentials, read by
+    reconciler.probe.publishable where its owner's consent is checked."""
     g = account.graph
     out: dict[str, str] = {}
     if g is None:
         return out
-    for name, ref in (("clientSecret", g.client_secret), ("username", g.username),
-                      ("password", g.password)):
+    for name, ref in (("username", g.username), ("password", g.password)):
         if ref is None:
             continue
         try:

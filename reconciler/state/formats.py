@@ -3,13 +3,16 @@ and its credentials, assembled into the Secret by reconciler.state.render.
 
 - env: SMTP_HOST, SMTP_PORT, SMTP_SECURITY (STARTTLS|SMTPS|None), SMTP_MIN_TLS_VERSION
   ("1.2", not for security None), SMTP_FROM, and when set SMTP_FROM_NAME, SMTP_REPLY_TO, SMTP_USERNAME,
-  SMTP_PASSWORD. OAuth2 adds SMTP_AUTH_METHOD=XOAUTH2, OAUTH2_TOKEN_URL, OAUTH2_SCOPE and
-  either GOOGLE_SERVICE_ACCOUNT_JSON + OAUTH2_SUBJECT (JWT bearer) or OAUTH2_TENANT_ID,
-  OAUTH2_CLIENT_ID, OAUTH2_CLIENT_SECRET / OAUTH2_CLIENT_CERTIFICATE (client credentials).
-  Graph accounts: GRAPH_TENANT_ID, GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET or
-  GRAPH_CLIENT_CERTIFICATE, GRAPH_USER, GRAPH_AUTHORITY (authority URL with the tenant, as msal
-  takes it), GRAPH_ENDPOINT, GRAPH_GRANT_TYPE, and GRAPH_USERNAME/GRAPH_PASSWORD for the
-  password grant, GRAPH_REPLY_TO when set.
+  SMTP_PASSWORD. OAuth2 adds SMTP_AUTH_METHOD=XOAUTH2, OAUTH2_GRANT_TYPE (JWTBearer or
+  ClientCredentials), OAUTH2_TOKEN_URL, OAUTH2_SCOPE and either OAUTH2_SUBJECT (+
+  GOOGLE_SERVICE_ACCOUNT_JSON) for the JWT bearer grant, or OAUTH2_TENANT_ID, OAUTH2_CLIENT_ID,
+  OAUTH2_AUTHORITY (+ OAUTH2_CLIENT_SECRET or OAUTH2_CLIENT_CERTIFICATE) for client credentials.
+  Graph accounts: GRAPH_TENANT_ID, GRAPH_CLIENT_ID, GRAPH_USER, GRAPH_AUTHORITY (authority URL
+  with the tenant, as msal takes it), GRAPH_TOKEN_URL, GRAPH_SCOPE, GRAPH_ENDPOINT,
+  GRAPH_GRANT_TYPE (+ GRAPH_CLIENT_SECRET or GRAPH_CLIENT_CERTIFICATE), GRAPH_USERNAME/
+  GRAPH_PASSWORD for the password grant, GRAPH_REPLY_TO when set. The values in parentheses are
+  there only with publish.clientCredentials and the credential owner's consent
+  (reconciler.probe.publishable).
 - url: SMTP_URL (nodemailer's URL form): `smtps://` for SMTPS, `smtp://…?requireTLS=true` for
   STARTTLS (a bare `smtp://` means opportunistic STARTTLS to nodemailer and Symfony), `smtp://`
   for None; user and password percent-encoded.
@@ -27,7 +30,7 @@ and its credentials, assembled into the Secret by reconciler.state.render.
    "smtp": {"host", "port", "security", "minTLSVersion", "timeoutSeconds", "authMethod",
             "username", "password", "oauth2": {...}, "advanced": {...}},
    "graph": {"tenantId", "clientId", "clientSecret", "clientCertificate", "userPrincipalName",
-             "authority", "endpoint", "grantType", "username", "password"}}
+             "authority", "tokenUrl", "scope", "endpoint", "grantType", "username", "password"}}
 
 The Java formats (javamail, spring) are reconciler.state.java_properties; they share the login
 helpers here. `format_warnings` says which selected formats cannot work for an account (XOAUTH2
@@ -48,6 +51,8 @@ from reconciler.manifest.published import untested
 from reconciler.model import Account, GraphSpec, Outcome, ProbeResult, SmtpSpec
 
 MICROSOFT_SMTP_SCOPE = "https://outlook.office365.com/.default"
+#: What the probe asks Microsoft for Graph (reconciler.probe.microsoft.GRAPH_SCOPE), both grants.
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 GOOGLE_SCOPE = "https://mail.google.com/"
 #: Formats whose consumers take only a user and a password (no XOAUTH2 token source).
 PASSWORD_ONLY_FORMATS = ("url", "symfony", "django")
@@ -121,12 +126,14 @@ def _oauth_env(smtp: SmtpSpec, creds: Mapping[str, str]) -> dict[str, str | None
     if smtp.authentication.method != "OAuth2" or oauth is None:
         return {}
     if oauth.grant_type == "JWTBearer":
-        return {"SMTP_AUTH_METHOD": "XOAUTH2", "OAUTH2_TOKEN_URL": oauth.token_url,
+        return {"SMTP_AUTH_METHOD": "XOAUTH2", "OAUTH2_GRANT_TYPE": oauth.grant_type,
+                "OAUTH2_TOKEN_URL": oauth.token_url,
                 "OAUTH2_SCOPE": oauth.scope, "OAUTH2_SUBJECT": oauth.subject,
                 "GOOGLE_SERVICE_ACCOUNT_JSON": creds.get("serviceAccountKey")}
     authority = f"{oauth.authority.rstrip('/')}/{oauth.tenant_id}"
     scope = MICROSOFT_SMTP_SCOPE if oauth.scope == GOOGLE_SCOPE else oauth.scope
-    return {"SMTP_AUTH_METHOD": "XOAUTH2", "OAUTH2_TOKEN_URL": _oauth_token_url(authority),
+    return {"SMTP_AUTH_METHOD": "XOAUTH2", "OAUTH2_GRANT_TYPE": oauth.grant_type,
+            "OAUTH2_TOKEN_URL": _oauth_token_url(authority), "OAUTH2_AUTHORITY": authority,
             "OAUTH2_SCOPE": scope, "OAUTH2_TENANT_ID": oauth.tenant_id,
             "OAUTH2_CLIENT_ID": oauth.client_id,
             "OAUTH2_CLIENT_SECRET": creds.get("clientSecret"),
@@ -161,6 +168,8 @@ def env_graph(graph: GraphSpec, creds: Mapping[str, str]) -> dict[str, str]:
         "GRAPH_USER": graph.user_principal_name,
         "GRAPH_REPLY_TO": graph.reply_to or None,
         "GRAPH_AUTHORITY": _graph_authority(graph),
+        "GRAPH_TOKEN_URL": _oauth_token_url(_graph_authority(graph)),
+        "GRAPH_SCOPE": GRAPH_SCOPE,
         "GRAPH_ENDPOINT": graph.endpoint,
         "GRAPH_GRANT_TYPE": graph.grant_type,
     }
@@ -247,7 +256,9 @@ def sender_json(account: Account, creds: Mapping[str, str]) -> str:
                    "clientSecret": creds.get("clientSecret"),
                    "clientCertificate": creds.get("clientCertificate"),
                    "userPrincipalName": g.user_principal_name,
-                   "authority": _graph_authority(g), "endpoint": g.endpoint,
+                   "authority": _graph_authority(g),
+                   "tokenUrl": _oauth_token_url(_graph_authority(g)), "scope": GRAPH_SCOPE,
+                   "endpoint": g.endpoint,
                    "grantType": g.grant_type,
                    "username": creds.get("username") if g.grant_type == "Password" else None,
                    "password": creds.get("password") if g.grant_type == "Password" else None,
