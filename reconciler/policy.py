@@ -16,7 +16,7 @@ is read or sent:
   entries of a local `--secrets-dir` count as opted in: the operator laid that folder out.
 - `publish_refusal`: a client secret, certificate or service-account key is copied into the
   published Secret (publish.clientCredentials) only when its owner also allows that with the
-  annotation `email.reconciler.io/allow-publish: "true"` (a local --secrets-dir: always).
+  annotation `email.reconciler.io/publishable: "true"` (a local --secrets-dir: always).
 - `certificates_only`: a truststore holds CERTIFICATE PEM blocks and nothing else.
 
 Pure: no I/O beyond the SecretReader it wraps.
@@ -49,7 +49,7 @@ ALLOWED_HOSTS_ANNOTATION = f"{API_GROUP}/allowed-hosts"
 ALLOWED_ACCOUNTS_ANNOTATION = f"{API_GROUP}/allowed-accounts"
 #: The owner's consent to copy a client secret, certificate or service-account key into the
 #: account's published Secret (spec.publish.clientCredentials): reading it is not copying it.
-ALLOW_PUBLISH_ANNOTATION = f"{API_GROUP}/allow-publish"
+PUBLISHABLE_ANNOTATION = f"{API_GROUP}/publishable"
 #: Secret types that are never credentials for e-mail, whatever their labels say.
 NEVER_USABLE_TYPES = frozenset({
     "kubernetes.io/service-account-token",
@@ -320,12 +320,12 @@ def publish_refusal(account: Account, ref: KeyRef, meta: SecretMeta) -> str | No
     every application that mounts the sender Secret, and an OAuth client credential can often
     send as any mailbox of its tenant or domain. So the owner allows that separately.
     """
-    if meta.opted_in or (meta.annotations or {}).get(ALLOW_PUBLISH_ANNOTATION) == "true":
+    if meta.opted_in or (meta.annotations or {}).get(PUBLISHABLE_ANNOTATION) == "true":
         return None
     return (f"{ref.kind} {account.namespace}/{ref.name} key {ref.key!r} was not published "
             "(publish.clientCredentials): its owner allows the copy with the annotation "
-            f"{ALLOW_PUBLISH_ANNOTATION}: \"true\" (kubectl annotate {ref.kind.lower()} -n "
-            f"{account.namespace} {ref.name} {ALLOW_PUBLISH_ANNOTATION}=true)")
+            f"{PUBLISHABLE_ANNOTATION}: \"true\" (kubectl annotate {ref.kind.lower()} -n "
+            f"{account.namespace} {ref.name} {PUBLISHABLE_ANNOTATION}=true)")
 
 
 def secret_meta(reader: SecretReader, namespace: str, ref: KeyRef) -> SecretMeta:

@@ -1,5 +1,5 @@
 """reconciler.probe.publishable: client credentials are published only when the account asks
-(publish.clientCredentials) and the credential's owner allows it (allow-publish annotation)."""
+(publish.clientCredentials) and the credential's owner allows it (publishable annotation)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from reconciler import reasons
 from reconciler.model import Account, GraphSpec, KeyRef, OAuth2, Publish
-from reconciler.policy import ALLOW_PUBLISH_ANNOTATION, CREDENTIAL_LABEL, SecretMeta
+from reconciler.policy import PUBLISHABLE_ANNOTATION, CREDENTIAL_LABEL, SecretMeta
 from reconciler.probe.credentials import MappingSecretReader
 from reconciler.probe.publishable import publishable_credentials
 from tests.smtpservers import make_account
@@ -20,7 +20,7 @@ PEM = "-----BEGIN PRIVATE KEY-----\nMIIEv-marker\n-----END PRIVATE KEY-----\n"
 SA_KEY = '{"type": "service_account", "private_key": "marker"}\n'
 LABELLED = SecretMeta(labels={CREDENTIAL_LABEL: "true"})
 ALLOWED = SecretMeta(labels={CREDENTIAL_LABEL: "true"},
-                     annotations={ALLOW_PUBLISH_ANNOTATION: "true"})
+                     annotations={PUBLISHABLE_ANNOTATION: "true"})
 VALUES = {(NS, "app", "secret"): CLIENT_SECRET + "\n", (NS, "app", "tls.pem"): PEM,
           (NS, "sa", "key.json"): SA_KEY}
 
@@ -66,7 +66,7 @@ def test_published_only_when_asked_and_allowed(account: Account, meta: SecretMet
     if refused:
         [warning] = warnings
         assert warning.reason == reasons.CREDENTIAL_NOT_PUBLISHED
-        assert f"{ALLOW_PUBLISH_ANNOTATION}=true" in warning.message
+        assert f"{PUBLISHABLE_ANNOTATION}=true" in warning.message
         assert "kubectl annotate secret -n mail" in warning.message
         assert CLIENT_SECRET not in warning.message and "marker" not in warning.message
     else:

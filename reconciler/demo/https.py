@@ -68,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.lock:
             fake.seen.append(seen)
         status, answer = fake.handle(seen)
-        data = json.dumps(answer).encode()
+        data = b"" if answer is None else json.dumps(answer).encode()  # None: no body (202)
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
