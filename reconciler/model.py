@@ -142,7 +142,7 @@ class Publish:
     deletion_policy: Literal["Delete", "Orphan"] = "Delete"
     signing_format: Literal["PEM", "PKCS12"] = "PEM"
     #: OAuth2/Graph: publish the client secret, certificate or service-account key too (when
-    #: the Secret's owner allows it: reconciler.policy.publish_refusal)
+    #: the Secret's owner allows it: reconciler.policy.credential_copy_refusal)
     client_credentials: bool = False
 
 

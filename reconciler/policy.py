@@ -14,7 +14,7 @@ is read or sent:
   Secret we published (our managed-by label): it holds another account's credential without the
   bindings its owner gave the original. The
   entries of a local `--secrets-dir` count as opted in: the operator laid that folder out.
-- `publish_refusal`: a client secret, certificate or service-account key is copied into the
+- `credential_copy_refusal`: a client secret, certificate or service-account key is copied into the
   published Secret (publish.clientCredentials) only when its owner also allows that with the
   annotation `email.reconciler.io/publishable: "true"` (a local --secrets-dir: always).
 - `certificates_only`: a truststore holds CERTIFICATE PEM blocks and nothing else.
@@ -313,7 +313,7 @@ def secret_refusal(account: Account, ref: KeyRef, meta: SecretMeta) -> str | Non
     return None
 
 
-def publish_refusal(account: Account, ref: KeyRef, meta: SecretMeta) -> str | None:
+def credential_copy_refusal(account: Account, ref: KeyRef, meta: SecretMeta) -> str | None:
     """Why a client credential may not be copied into the published Secret, or None.
 
     Reading it for the probe is what the credential label allows; publishing it hands it to

@@ -3,7 +3,7 @@
 With the option set, the published Secret carries the client secret, the client certificate
 (PEM: private key and certificate) or the Google service-account key JSON, so an application can
 request its own tokens from that Secret alone. Each is copied only when its owner allowed it too
-(reconciler.policy.publish_refusal); otherwise it is left out with a CredentialNotPublished
+(reconciler.policy.credential_copy_refusal); otherwise it is left out with a CredentialNotPublished
 warning naming the annotation to add. Values are registered for redaction as they are read.
 """
 
@@ -13,7 +13,7 @@ from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.log import register_secret
 from reconciler.model import Account, KeyRef, Outcome, SecretReader
-from reconciler.policy import publish_refusal, secret_meta
+from reconciler.policy import credential_copy_refusal, secret_meta
 
 
 def client_credential_refs(account: Account) -> dict[str, KeyRef]:
@@ -43,7 +43,8 @@ def publishable_credentials(account: Account, secrets: SecretReader
     warnings: list[Outcome] = []
     for name, ref in client_credential_refs(account).items():
         try:
-            why = publish_refusal(account, ref, secret_meta(secrets, account.namespace, ref))
+            meta = secret_meta(secrets, account.namespace, ref)
+            why = credential_copy_refusal(account, ref, meta)
             if why is not None:
                 warnings.append(Outcome(False, reasons.CREDENTIAL_NOT_PUBLISHED, why))
                 continue
