@@ -65,9 +65,7 @@ class FakeGraph(HttpsFake):
         HttpsFake.__init__(self, self.ca)
 
     def handle(self, req: Seen) -> tuple[int, Any]:
-        auth = req.headers.get("Authorization", "")
-        with self.idp.lock:
-            claims = self.idp.issued.get(auth[7:]) if auth.startswith("Bearer ") else None
+        claims = self.claims(req)
         if claims is None or claims.get("aud") != GRAPH_AUDIENCE:
             return 401, graph_error("InvalidAuthenticationToken",
                                     "Access token validation failure.")
@@ -75,12 +73,18 @@ class FakeGraph(HttpsFake):
         if req.method == "POST" and path.startswith("/v1.0/users/") \
                 and path.endswith("/sendMail"):
             return self.send_mail(path.removeprefix("/v1.0/users/").removesuffix("/sendMail"),
-                                  req, claims)
+                                  req)
         if req.method != "GET" or not path.startswith("/v1.0/users/"):
             return 400, graph_error("BadRequest", "Unsupported request.")
         return self.lookup(path.removeprefix("/v1.0/users/"))
 
-    def send_mail(self, upn: str, req: Seen, claims: dict[str, Any]) -> tuple[int, Any]:
+    def claims(self, req: Seen) -> dict[str, Any] | None:
+        """The claims of the bearer token of a request, if our identity platform issued it."""
+        auth = req.headers.get("Authorization", "")
+        with self.idp.lock:
+            return self.idp.issued.get(auth[7:]) if auth.startswith("Bearer ") else None
+
+    def send_mail(self, upn: str, req: Seen) -> tuple[int, Any]:
         """POST /users/{upn}/sendMail with a base64 MIME body or a JSON message, as Graph
         checks it."""
         with self.lock:
@@ -92,6 +96,7 @@ class FakeGraph(HttpsFake):
         if upn not in self.users:
             return 404, graph_error("ErrorInvalidUser",
                                     f"The requested user '{upn}' is invalid.")
+        claims = self.claims(req) or {}
         delegated = "scp" in claims
         if not (("Mail.Send" in str(claims.get("scp", "")).split() and claims.get("upn") == upn)
                 if delegated else "Mail.Send" in (claims.get("roles") or ())):
