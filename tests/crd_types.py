@@ -9,8 +9,10 @@ evaluates rules with, is dynamically typed and accepts such rules, so this modul
 (`cel-expr-python`) and its type checker: each object node becomes a protobuf message in one
 descriptor pool, and each rule is compiled with `self` (and `oldSelf`) declared as its node's type.
 
-Not modelled: the Kubernetes CEL libraries (`isSorted`, `url`, `quantity`, ...; a rule using them fails
-here with "undeclared reference") and the apiserver's cost estimate.
+The environment has CEL's standard library and the strings extension (`lowerAscii`, `split`, ...),
+as the apiserver's does. Not modelled: the Kubernetes CEL libraries (`isSorted`, `url`,
+`quantity`, ...; a rule using them fails here with "undeclared reference") and the apiserver's
+cost estimate (tests/test_crd.py checks that every value a rule reads is bounded instead).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cel_expr_python import cel
+from cel_expr_python.ext.ext_strings import ExtStrings
 from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -81,7 +84,7 @@ class TypedSchema:
 
     def check(self, node: dict[str, Any], rule: str) -> str | None:
         """None if `rule` compiles to a bool with `self` typed as `node`, else the checker's error."""
-        env = cel.NewEnv(descriptor_pool=self.pool,
+        env = cel.NewEnv(descriptor_pool=self.pool, extensions=[ExtStrings()],  # the apiserver has them
                          variables={"self": self.type_of(node), "oldSelf": self.type_of(node)})
         try:
             expr = env.compile(rule)

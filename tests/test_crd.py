@@ -171,6 +171,7 @@ _OBJ = {"type": "object", "properties": {
     (("labels", "additionalProperties"), "self.all(k, k != '')", True),  # all() on a string
     (("labels", "additionalProperties"), "self.size() < 10", False),
     (("tags", "items"), "self.startsWith('a')", False),
+    (("tags", "items"), "self.lowerAscii().split('.').size() < 3", False),  # the strings extension
     (("refs", "additionalProperties"), "self.name != ''", False),
 ])
 def test_type_checker_refuses_what_the_apiserver_refuses(where: tuple[str, ...], rule: str,
