@@ -200,8 +200,7 @@ def _write_accounts(folder: Path, port: int, count: int, *, full: bool) -> None:
 def _our_cpu(folder: Path, secrets: Path) -> tuple[float, float, int]:
     """(CPU seconds of the child, wall seconds, Ready accounts) of one `probe` run."""
     argv = [*cli(), "probe", str(folder), "--secrets-dir", str(secrets), "-o", "json",
-            "--concurrency", str(CONCURRENCY), "--max-sessions-per-server", str(CONCURRENCY),
-            "--max-auth-per-minute", "1000000"]
+            "--concurrency", str(CONCURRENCY), "--max-sessions-per-server", str(CONCURRENCY)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env())
     out = proc.stdout.read() if proc.stdout else b""

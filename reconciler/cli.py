@@ -196,18 +196,21 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _politeness_args(p: argparse.ArgumentParser) -> None:
-    """Limits towards each mail server (host, port), across the whole run or controller."""
+    """Limits towards each mail server (its host, whatever the port), across the whole run or
+    controller: what gets a client banned, not successful AUTHs."""
     from reconciler.probe.limits import (
-        DEFAULT_MAX_AUTH_PER_MINUTE,
+        DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
         DEFAULT_MAX_SESSIONS_PER_SERVER,
     )
 
-    p.add_argument("--max-sessions-per-server", type=_positive_int,
-                   default=DEFAULT_MAX_SESSIONS_PER_SERVER,
-                   help="concurrent SMTP sessions per server, TLS diagnostic sessions included")
-    p.add_argument("--max-auth-per-minute", type=_positive_int,
-                   default=DEFAULT_MAX_AUTH_PER_MINUTE,
-                   help="AUTH attempts per server and minute (a minute's worth may go at once)")
+    p.add_argument("--max-sessions-per-server", type=_positive_int, default=None,
+                   help="concurrent SMTP sessions per server, TLS diagnostic sessions included "
+                        "(default: the provider preset's, 16; else "
+                        f"{DEFAULT_MAX_SESSIONS_PER_SERVER})")
+    p.add_argument("--max-auth-failures-per-minute", type=_positive_int,
+                   default=DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
+                   help="failed AUTHs per server and minute; once spent, the server's next AUTH "
+                        "waits (a minute's worth may go at once)")
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
@@ -238,7 +241,7 @@ def _configure_politeness(args: argparse.Namespace) -> None:
     from reconciler.probe.limits import configure
 
     configure(max_sessions_per_server=args.max_sessions_per_server,
-              max_auth_per_minute=args.max_auth_per_minute)
+              max_auth_failures_per_minute=args.max_auth_failures_per_minute)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

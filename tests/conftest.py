@@ -87,6 +87,18 @@ def _reset_logging() -> Iterator[None]:
     reset_logging()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_politeness() -> Iterator[None]:
+    """Every test starts with the default politeness and no memory of servers: the stand-ins
+    of every test listen on 127.0.0.1, one MTA to the politeness (issue 26 item 3), so a wrong
+    password in one test must not spend the next test's failed-AUTH budget."""
+    from reconciler.probe import limits
+
+    limits.configure()
+    yield
+    limits.configure()
+
+
 @pytest.fixture
 def log_stream() -> Iterator[io.StringIO]:
     """structlog configured (JSON, debug) into a StringIO; reset afterwards."""

@@ -200,3 +200,24 @@ def test_connection_count_limit(mta: Run) -> None:
     text = "\n".join(s.text() for s in sessions)
     assert "too many connections" not in text
     assert all(s.commands.get("quit") == "1" for s in sessions)
+
+
+def test_verdicts_do_not_depend_on_load(mta: Run) -> None:
+    """Issue 26 item 3: 40 accounts on one MTA across eight of its ports, probed three times,
+    get the same verdicts every time. Politeness counts the MTA (its host), not each port, so
+    the load on the other ports does not starve a TLS diagnostic session or an EHLO reply
+    (against one Exim, 2 of 53 verdicts flipped from run to run when it counted per port)."""
+    cases = [("tls12", {}, "Ready"), ("tls12", {"minTLSVersion": "1.3"}, "TLSVersionTooLow"),
+             ("tls13", {}, "Ready"), ("smtps", {"security": "SMTPS"}, "Ready"),
+             ("fullchain", {}, "Ready"), ("expired", {}, "CertificateExpired"),
+             ("wronghost", {}, "CertificateHostnameMismatch"),
+             ("nostarttls", {}, "StartTLSNotOffered")]
+    expected = {}
+    for i in range(5):
+        for n, (service, extra, verdict) in enumerate(cases):
+            name = f"load-{n}-{i}"
+            mta.account(name, service, **extra)
+            expected[name] = verdict
+    for _ in range(3):
+        status = mta.probe()
+        assert {name: reason(s) for name, s in status.items()} == expected

@@ -107,6 +107,82 @@ def test_thirty_accounts_on_a_server_limited_to_twenty_connections(
     assert server.peak <= limits.DEFAULT_MAX_SESSIONS_PER_SERVER
 
 
+def test_the_ports_of_one_mta_share_its_session_bound(hostile: HostileServers,
+                                                     secrets: DirSecretReader) -> None:
+    """Issue 26 item 3: one Exim on several ports counts our sessions together
+    (smtp_accept_max). Per (host, port), 30 accounts over two ports held 8 sessions and drew
+    421s; per MTA (the host), they hold 4 and none is refused."""
+    mta = MiniSmtp(users={USER: PASSWORD}, max_connections=limits.DEFAULT_MAX_SESSIONS_PER_SERVER,
+                   banner_delay=0.05)
+    ports = [hostile.start(mta.serve), hostile.start(mta.serve)]
+    accounts = [plain(ports[i % 2], name=f"acct-{i}") for i in range(30)]
+    results = asyncio.run(probe_accounts(accounts, secrets, now=NOW, concurrency=32))
+    assert [r.ok for r in results] == [True] * 30
+    assert mta.rejected_busy == 0
+    assert mta.peak <= limits.DEFAULT_MAX_SESSIONS_PER_SERVER
+    assert limits.politeness().peak_sessions["127.0.0.1"] <= limits.DEFAULT_MAX_SESSIONS_PER_SERVER
+
+
+@pytest.mark.parametrize(("host", "key"), [
+    ("smtp.Example.COM", "smtp.example.com"),
+    ("smtp.example.com.", "smtp.example.com"),
+    ("127.0.0.1", "127.0.0.1"),
+    ("::FFFF:127.0.0.1", "::ffff:7f00:1"),
+    ("[::1]", "::1"),
+    ("0:0:0:0:0:0:0:1", "::1"),
+])
+def test_a_server_is_its_host_whatever_the_port(host: str, key: str) -> None:
+    assert limits.mta_key(host) == key
+
+
+@pytest.mark.parametrize(("override", "provider", "sessions"), [
+    (None, None, limits.DEFAULT_MAX_SESSIONS_PER_SERVER),
+    (None, "custom", limits.DEFAULT_MAX_SESSIONS_PER_SERVER),
+    (None, "gmail", 16),  # the preset's: a multi-tenant service
+    (None, "office365", 16),
+    (2, "gmail", 2),  # --max-sessions-per-server wins
+    (2, None, 2),
+])
+def test_session_bound_comes_from_the_preset(override: int | None, provider: str | None,
+                                             sessions: int) -> None:
+    assert limits.Politeness(override).max_sessions(provider) == sessions
+
+
+def _runs_through(coro: Any) -> bool:
+    """Whether a coroutine finishes in its first step, without waiting for anything."""
+    async def check() -> bool:
+        task = asyncio.ensure_future(coro)
+        await asyncio.sleep(0)  # the task's first step runs meanwhile
+        done = task.done()
+        task.cancel()
+        return done
+
+    return asyncio.run(check())
+
+
+def test_successful_auths_are_not_rate_limited() -> None:
+    """Issue 26 item 3: with 60 AUTHs a minute per server, 100,000 accounts on one provider
+    took 28 hours. Only failures spend the budget now."""
+    polite = limits.configure(max_auth_failures_per_minute=2)
+    for _ in range(1000):
+        assert _runs_through(polite.auth_allowance("mail.test"))
+        polite.auth_result("mail.test", ok=True)
+
+
+def test_failed_auths_spend_the_budget_then_the_next_auth_waits() -> None:
+    polite = limits.configure(max_auth_failures_per_minute=3)
+    for _ in range(3):
+        assert _runs_through(polite.auth_allowance("mail.test"))
+        polite.auth_result("mail.test", ok=False)
+    assert polite.penalized("mail.test")
+    assert not _runs_through(polite.auth_allowance("mail.test"))  # waits for a refill
+    assert not _runs_through(polite.auth_allowance("MAIL.test."))  # the same MTA
+    assert _runs_through(polite.auth_allowance("other.test"))  # another MTA is not concerned
+    polite.auth_result("mail.test", ok=True)  # a success ends the penalty, not the spending
+    assert not polite.penalized("mail.test")
+    assert not _runs_through(polite.auth_allowance("mail.test"))
+
+
 def test_421_past_the_limit_is_retried_until_ready(hostile: HostileServers,
                                                    secrets: DirSecretReader) -> None:
     limits.configure(max_sessions_per_server=30)  # more than the server takes: it 421s
@@ -137,20 +213,6 @@ def test_other_accounts_wait_their_turn_after_a_wrong_password(
     assert results[0].authentication is not None
     assert results[0].authentication.reason == reasons.AUTHENTICATION_FAILED
     assert [r.ok for r in results[1:]] == [True] * 3
-
-
-def test_auth_rate_limit_spaces_attempts() -> None:
-    polite = limits.configure(max_auth_per_minute=120)  # 2 a second once the bucket is empty
-
-    async def take(n: int) -> float:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for _ in range(n):
-            await polite.auth_allowance("mail.test", 587)
-        return loop.time() - start
-
-    assert asyncio.run(take(120)) < 1  # one minute's worth at once
-    assert asyncio.run(take(2)) >= 0.9  # then at the rate
 
 
 # --------------------------------------------------------------------------- EHLO and QUIT
@@ -245,7 +307,7 @@ def test_session_limit_holds_across_threads_with_their_own_event_loops() -> None
 
     async def one() -> None:
         nonlocal inside, peak
-        async with polite.session("mail.test", 587):
+        async with polite.session("mail.test"):
             with lock:
                 inside += 1
                 peak = max(peak, inside)
@@ -263,4 +325,4 @@ def test_session_limit_holds_across_threads_with_their_own_event_loops() -> None
         t.join(30)
     assert not any(t.is_alive() for t in threads)
     assert peak == 2
-    assert polite.peak_sessions[("mail.test", 587)] == 2
+    assert polite.peak_sessions["mail.test"] == 2

@@ -57,6 +57,13 @@ class Preset:
     auth_methods: tuple[str, ...] = ("Password",)  # spec.smtp.authentication.method values
     min_tls: str | None = None  # the lowest TLS version the provider accepts, when documented
     app_password: bool = False  # Password means an app(-specific) password, never the login one
+    #: Concurrent probe sessions per MTA (politeness, reconciler/probe/limits.py). Every preset
+    #: is a large multi-tenant service whose documented limits are per mailbox or account
+    #: (Exchange Online: three concurrent SMTP AUTH connections per mailbox,
+    #: learn.microsoft.com/exchange/troubleshoot/send-emails/smtp-submission-improvements),
+    #: and a probe holds at most one session per account; 16 is our choice. custom (a
+    #: self-hosted MTA) keeps the default of 4.
+    max_sessions: int = 16
     notes: str = ""
     source: str = ""
     checked: str = CHECKED

@@ -8,10 +8,17 @@
   The current probe's deadline is a context variable, so the token requests find it without every
   TokenProvider growing a parameter.
 - `Politeness`: process-wide, shared by every run and every controller worker (each with its own
-  event loop): at most `max_sessions_per_server` sessions per (host, port), AUTH attempts per
-  server rate-limited to `max_auth_per_minute` (a token bucket holding one minute's worth), and
-  after an authentication failure the server's next AUTHs go one at a time, so that the other
+  event loop). It limits what gets a client banned, per MTA: a server is its host name (an
+  address literal in its canonical form), whatever the port, since a provider's 587 and 465 are
+  one MTA that counts our sessions and failures together (issue 26 item 3: per (host, port),
+  accounts on the other ports of one Exim flipped verdicts under load). At most
+  `max_sessions_per_server` sessions at once (the provider preset's default, else 4; TLS
+  diagnostic sessions included); failed AUTHs at most `max_auth_failures_per_minute` (a bucket
+  holding one minute's worth: once it is spent, the server's next AUTH waits for a refill); and
+  after a failure the server's next AUTHs go one at a time until one succeeds, so the other
   accounts do not race the penalty delay servers such as Dovecot add after a wrong password.
+  Successful AUTHs of different accounts are not rate-limited beyond the session bound: 100,000
+  accounts on one provider are not one AUTH a second.
   Waiting for a turn is not part of a probe's deadline: the deadline bounds what a server can do
   to us, the waiting is our own politeness.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import ipaddress
 import threading
 import time
 from collections import deque
@@ -34,7 +42,10 @@ DEADLINE_FACTOR = 4
 MAX_DEADLINE_SECONDS = 300.0
 
 DEFAULT_MAX_SESSIONS_PER_SERVER = 4
-DEFAULT_MAX_AUTH_PER_MINUTE = 60
+#: fail2ban's sasl jails ban after 5 failures in 10 minutes by default; Dovecot delays every
+#: reply after one. 6 a minute lets a run report a few wrong passwords at once, then one every
+#: 10 seconds per server.
+DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE = 6
 
 
 def overall_deadline(timeout_seconds: float) -> float:
@@ -106,28 +117,63 @@ class _Turns:
 class _Server:
     sessions: _Turns = field(default_factory=_Turns)
     auth_turn: _Turns = field(default_factory=_Turns)
-    tokens: float = -1.0  # AUTH token bucket; -1: not started
+    failures: float | None = None  # failed-AUTH bucket (tokens left; None: not started)
     refilled: float = 0.0
     penalized: bool = False  # an AUTH failed; the next ones go one at a time
     busy_until: float = 0.0  # after a 421: no new session before this (monotonic)
+    #: The session bound: the lowest asked for (accounts of several providers, or of a preset
+    #: and custom, may name one MTA; the stricter bound holds for all of them).
+    limit: int = 0
+
+
+def mta_key(host: str) -> str:
+    """The politeness key of a server: its host name, case and trailing dot aside, or its
+    address in canonical form (`::FFFF:127.0.0.1` and `::ffff:127.0.0.1` are one server); the
+    port does not count."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        return name
+
+
+def preset_sessions(provider: str | None) -> int | None:
+    """The provider preset's concurrent sessions per MTA; None for custom or no provider."""
+    if not provider:
+        return None
+    from reconciler.manifest.providers import preset
+
+    found = preset(provider)
+    return found.max_sessions if found is not None else None
 
 
 class Politeness:
-    """Per-(host, port) session limit, AUTH rate and penalty serialisation; thread-safe."""
+    """Per-MTA session limit, failed-AUTH budget and penalty serialisation; thread-safe."""
 
-    def __init__(self, max_sessions_per_server: int = DEFAULT_MAX_SESSIONS_PER_SERVER,
-                 max_auth_per_minute: int = DEFAULT_MAX_AUTH_PER_MINUTE) -> None:
-        self.max_sessions = max(1, max_sessions_per_server)
-        self.max_auth_per_minute = max(1, max_auth_per_minute)
+    def __init__(self, max_sessions_per_server: int | None = None,
+                 max_auth_failures_per_minute: int = DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE
+                 ) -> None:
+        #: The operator's bound for every server (--max-sessions-per-server); None: the
+        #: provider preset's, else DEFAULT_MAX_SESSIONS_PER_SERVER.
+        self.sessions_override = (max(1, max_sessions_per_server)
+                                  if max_sessions_per_server is not None else None)
+        self.max_auth_failures_per_minute = max(1, max_auth_failures_per_minute)
         self._lock = threading.Lock()
-        self._servers: dict[tuple[str, int], _Server] = {}
-        self.peak_sessions: dict[tuple[str, int], int] = {}  # for tests and benchmarks
+        self._servers: dict[str, _Server] = {}
+        self.peak_sessions: dict[str, int] = {}  # for tests and benchmarks
 
-    def _server(self, key: tuple[str, int]) -> _Server:
+    def _server(self, host: str) -> _Server:
+        key = mta_key(host)
         server = self._servers.get(key)
         if server is None:
             server = self._servers[key] = _Server()
         return server
+
+    def max_sessions(self, provider: str | None = None) -> int:
+        """Concurrent sessions allowed per MTA for an account of `provider`."""
+        if self.sessions_override is not None:
+            return self.sessions_override
+        return preset_sessions(provider) or DEFAULT_MAX_SESSIONS_PER_SERVER
 
     # ---------------------------------------------------------------- generic gate
     async def _acquire(self, turns: _Turns, limit: int) -> None:
@@ -153,7 +199,7 @@ class Politeness:
 
     def _release(self, turns: _Turns, limit: int) -> None:
         with self._lock:
-            if not turns.waiters:
+            if not turns.waiters or turns.active > limit:  # (a limit lowered meanwhile)
                 turns.active -= 1
                 return
             loop, fut = turns.waiters.popleft()  # the turn passes on, active unchanged
@@ -171,54 +217,58 @@ class Politeness:
 
     # ---------------------------------------------------------------- sessions
     @contextlib.asynccontextmanager
-    async def session(self, host: str, port: int) -> AsyncIterator[None]:
-        """Hold one of the server's session slots (the TLS diagnostic session uses it too)."""
-        key = (host.lower(), port)
+    async def session(self, host: str, provider: str | None = None) -> AsyncIterator[None]:
+        """Hold one of the MTA's session slots (the TLS diagnostic session uses it too)."""
+        key = mta_key(host)
         with self._lock:
-            server = self._server(key)
-        await self._acquire(server.sessions, self.max_sessions)
+            server = self._server(host)
+            wanted = self.max_sessions(provider)
+            server.limit = min(server.limit, wanted) if server.limit else wanted
+            limit = server.limit
+        await self._acquire(server.sessions, limit)
         with self._lock:
             self.peak_sessions[key] = max(self.peak_sessions.get(key, 0),
                                           server.sessions.active)
         try:
             yield
         finally:
-            self._release(server.sessions, self.max_sessions)
+            self._release(server.sessions, server.limit)
 
     # ---------------------------------------------------------------- AUTH
-    async def auth_allowance(self, host: str, port: int) -> None:
-        """Wait until the server's AUTH rate allows one more attempt, and take it."""
-        key = (host.lower(), port)
-        rate = self.max_auth_per_minute / 60.0
+    def _refill(self, server: _Server, now: float) -> None:
+        budget = float(self.max_auth_failures_per_minute)
+        if server.failures is None:
+            server.failures, server.refilled = budget, now
+        server.failures = min(budget, server.failures + (now - server.refilled) * budget / 60.0)
+        server.refilled = now
+
+    async def auth_allowance(self, host: str) -> None:
+        """Wait while the MTA's failed-AUTH budget is spent (an AUTH may fail too); successful
+        AUTHs take nothing from it."""
+        rate = self.max_auth_failures_per_minute / 60.0
         while True:
             with self._lock:
-                server = self._server(key)
-                now = time.monotonic()
-                if server.tokens < 0:
-                    server.tokens, server.refilled = float(self.max_auth_per_minute), now
-                server.tokens = min(float(self.max_auth_per_minute),
-                                    server.tokens + (now - server.refilled) * rate)
-                server.refilled = now
-                if server.tokens >= 1.0:
-                    server.tokens -= 1.0
+                server = self._server(host)
+                self._refill(server, time.monotonic())
+                left = server.failures or 0.0
+                if left >= 1.0:
                     return
-                wait = (1.0 - server.tokens) / rate
+                wait = (1.0 - left) / rate
             await asyncio.sleep(wait)
 
-    def penalized(self, host: str, port: int) -> bool:
+    def penalized(self, host: str) -> bool:
         with self._lock:
-            return self._server((host.lower(), port)).penalized
+            return self._server(host).penalized
 
     @contextlib.asynccontextmanager
-    async def auth_turn(self, host: str, port: int) -> AsyncIterator[bool]:
-        """After an AUTH failure on the server, AUTHs there go one at a time until one succeeds.
+    async def auth_turn(self, host: str) -> AsyncIterator[bool]:
+        """After an AUTH failure on the MTA, AUTHs there go one at a time until one succeeds.
 
         Yields whether the server is penalised (the caller then allows the AUTH reply the
         remaining deadline rather than one timeout, since the server delays it on purpose).
         """
-        key = (host.lower(), port)
         with self._lock:
-            server = self._server(key)
+            server = self._server(host)
             serial = server.penalized
         if not serial:
             yield False
@@ -229,10 +279,15 @@ class Politeness:
         finally:
             self._release(server.auth_turn, 1)
 
-    def auth_result(self, host: str, port: int, *, ok: bool) -> None:
-        """Record an AUTH outcome: a failure starts the penalty mode, a success ends it."""
+    def auth_result(self, host: str, *, ok: bool) -> None:
+        """Record an AUTH outcome: a failure spends the budget and starts the penalty mode, a
+        success ends it."""
         with self._lock:
-            self._server((host.lower(), port)).penalized = not ok
+            server = self._server(host)
+            if not ok:
+                self._refill(server, time.monotonic())
+                server.failures = (server.failures or 0.0) - 1.0
+            server.penalized = not ok
 
 
 _politeness = Politeness()
@@ -243,14 +298,16 @@ def politeness() -> Politeness:
     return _politeness
 
 
-def configure(max_sessions_per_server: int = DEFAULT_MAX_SESSIONS_PER_SERVER,
-              max_auth_per_minute: int = DEFAULT_MAX_AUTH_PER_MINUTE) -> Politeness:
+def configure(max_sessions_per_server: int | None = None,
+              max_auth_failures_per_minute: int = DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE
+              ) -> Politeness:
     """Replace the process-wide limits (the CLI calls this once, from its flags)."""
     global _politeness
-    _politeness = Politeness(max_sessions_per_server, max_auth_per_minute)
+    _politeness = Politeness(max_sessions_per_server, max_auth_failures_per_minute)
     return _politeness
 
 
-__all__ = ["DEADLINE_FACTOR", "DEFAULT_MAX_AUTH_PER_MINUTE", "DEFAULT_MAX_SESSIONS_PER_SERVER",
+__all__ = ["DEADLINE_FACTOR", "DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE",
+           "DEFAULT_MAX_SESSIONS_PER_SERVER",
            "MAX_DEADLINE_SECONDS", "Deadline", "DeadlineExceeded", "Politeness", "configure",
-           "current_deadline", "deadline_scope", "overall_deadline", "politeness"]
+           "current_deadline", "deadline_scope", "mta_key", "overall_deadline", "politeness"]

@@ -124,7 +124,7 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
     polite = limits.politeness()
     will_auth = authenticate and auth.method != "None"
     if will_auth:  # wait for the server's AUTH rate before taking one of its session slots
-        await polite.auth_allowance(conn.host, conn.port)
+        await polite.auth_allowance(conn.host)
     # Credentials (a token request) first, without holding a session slot; the deadline
     # covers both phases, but not the wait for the slot.
     total = limits.overall_deadline(conn.timeout_seconds)
@@ -132,7 +132,7 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
     with limits.deadline_scope(deadline):
         creds, pre = await _credentials(account, secrets, authenticate, tokens)
     left = deadline.remaining()
-    async with polite.session(conn.host, conn.port):
+    async with polite.session(conn.host, account.provider):
         deadline = Deadline.start(conn.timeout_seconds, max(0.0, left))
         with limits.deadline_scope(deadline):
             st = await _attempts(account, ctx, truststore, authenticate, creds, now,

@@ -388,13 +388,13 @@ async def _polite_authenticate(st: SessionState, account: Account, creds: Creden
     assert account.smtp is not None
     conn = account.smtp.connection
     polite = limits.politeness()
-    async with polite.auth_turn(conn.host, conn.port):
+    async with polite.auth_turn(conn.host):
         outcome = await _authenticate(
-            st, account, creds, patience=lambda: polite.penalized(conn.host, conn.port))
+            st, account, creds, patience=lambda: polite.penalized(conn.host))
         if outcome.ok:
-            polite.auth_result(conn.host, conn.port, ok=True)
+            polite.auth_result(conn.host, ok=True)
         elif outcome.reason == reasons.AUTHENTICATION_FAILED:
-            polite.auth_result(conn.host, conn.port, ok=False)
+            polite.auth_result(conn.host, ok=False)
     return outcome
 
 

@@ -17,7 +17,7 @@ T = TypeVar("T")
 #: Parsed arguments the CLI itself consumes before a command runs (logging, the politeness
 #: limits it configures once, the dispatch) or that change nothing (`reconcile --once`).
 CLI_ONLY = frozenset({"func", "command", "log_level", "log_format", "max_sessions_per_server",
-                      "max_auth_per_minute", "once"})
+                      "max_auth_failures_per_minute", "once"})
 
 
 def options_from(cls: type[T], args: argparse.Namespace) -> T:
