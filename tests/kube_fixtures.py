@@ -6,6 +6,7 @@ is ``deploy/crd.yaml`` when it exists (the generated one), else :data:`MINIMAL_C
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -73,11 +74,16 @@ def kube_api() -> Iterator[KubeAPIServer]:
 
 
 def render(path: Path = DEPLOY) -> list[dict[str, Any]]:
-    """`kubectl kustomize PATH`: the objects one kustomization of deploy/ installs."""
+    """`kubectl kustomize PATH`: the objects one kustomization of deploy/ installs (fresh dicts)."""
     kubectl = require_executable("kubectl", "kubectl 1.27 or later (its kustomize has replacements)")
-    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return [d for d in yaml.safe_load_all(_kustomize(kubectl, str(path))) if d]
+
+
+@functools.lru_cache(maxsize=32)
+def _kustomize(kubectl: str, path: str) -> str:
+    # deploy/ does not change during a run; a test's own copy has a path of its own
+    return subprocess.run([kubectl, "kustomize", path], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
 
 
 #: The modes whose RBAC ``deployed_rbac`` loads by default: the controller for one namespace
