@@ -22,6 +22,8 @@ MANAGED_BY_VALUE = "email-reconciler"
 ACCOUNT_LABEL = f"{API_GROUP}/account"  # on published Secrets: the owning account's name
 HASH_ANNOTATION = f"{API_GROUP}/data-hash"
 REQUESTED_AT_ANNOTATION = f"{API_GROUP}/requested-at"
+#: Set to any new value (a time, a counter) to have the relay password generated anew.
+ROTATE_RELAY_PASSWORD_ANNOTATION = f"{API_GROUP}/rotate-relay-password"
 
 Security = Literal["STARTTLS", "SMTPS", "None"]
 Protocol_ = Literal["STARTTLS", "SMTPS", "None", "MicrosoftGraph"]
@@ -162,6 +164,19 @@ class ProbeSettings:
 
 
 @dataclass(frozen=True)
+class Relay:
+    """spec.relay: an SMTP relay beside the application (`email-reconciler relay`), for
+    applications that cannot do OAuth; None fields take the provider's defaults."""
+
+    enabled: bool = False
+    port: int = 2525
+    senders: tuple[str, ...] = ()  # aliases the application may send as, besides emailAddress
+    max_messages_per_minute: int | None = None
+    max_recipients: int | None = None
+    max_message_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class Account:
     """One EmailAccount with provider presets and defaults applied (the 'effective' account)."""
 
@@ -183,6 +198,7 @@ class Account:
     source: SourceRef | None = None
     manifest: Mapping[str, Any] = field(default_factory=dict)  # the document as written in git
     warnings: tuple[Diagnostic, ...] = ()  # semantic warnings found at validation
+    relay: Relay = field(default_factory=Relay)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -146,16 +146,30 @@ def _probe(raw: Mapping[str, Any]) -> model.ProbeSettings:
         envelope_check=bool(raw.get("envelopeCheck", True)))
 
 
-def default_formats(send_using: str, smtp: Mapping[str, Any] | None) -> tuple[str, ...]:
+def default_formats(send_using: str, smtp: Mapping[str, Any] | None,
+                    relay: bool = False) -> tuple[str, ...]:
     """publish.formats when the manifest lists none: all of them, but for OAuth2 SMTP accounts
-    none whose consumers take a user and password only (they could not authenticate)."""
+    none whose consumers take a user and password only (they could not authenticate) — unless
+    the relay is on: then every format logs in to the relay with its password."""
     every = model.Publish("x").formats
     method = ((smtp or {}).get("authentication") or {}).get("method")
-    if send_using == "SMTP" and method == "OAuth2":
+    if send_using == "SMTP" and method == "OAuth2" and not relay:
         from reconciler.manifest.semantics import PASSWORD_ONLY_FORMATS
 
         return tuple(f for f in every if f not in PASSWORD_ONLY_FORMATS)
     return every
+
+
+def _relay(raw: Mapping[str, Any]) -> model.Relay:
+    def number(name: str) -> int | None:
+        value = raw.get(name)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    return model.Relay(enabled=bool(raw.get("enabled", False)), port=int(raw.get("port", 2525)),
+                       senders=tuple(str(s) for s in raw.get("senders") or ()),
+                       max_messages_per_minute=number("maxMessagesPerMinute"),
+                       max_recipients=number("maxRecipients"),
+                       max_message_bytes=number("maxMessageBytes"))
 
 
 def account_from_manifest(doc: Mapping[str, Any], source: model.SourceRef | None = None,
@@ -177,8 +191,8 @@ def account_from_manifest(doc: Mapping[str, Any], source: model.SourceRef | None
     smtp_raw = spec.get("smtp")
     publish = model.Publish(
         secret_name=str(pub.get("secretName") or f"{name}-sender"),
-        formats=tuple(pub["formats"]) if pub.get("formats") else default_formats(send_using,
-                                                                                 smtp_raw),
+        formats=tuple(pub["formats"]) if pub.get("formats") else default_formats(
+            send_using, smtp_raw, bool((spec.get("relay") or {}).get("enabled"))),
         client_credentials=bool(pub.get("clientCredentials", False)),
         labels=_map(pub.get("labels")), annotations=_map(pub.get("annotations")),
         deletion_policy=pub.get("deletionPolicy", "Delete"),
@@ -191,4 +205,4 @@ def account_from_manifest(doc: Mapping[str, Any], source: model.SourceRef | None
         region=region, tier=tier, description=spec.get("description"),
         generation=int(meta.get("generation") or 1), uid=str(meta.get("uid") or ""),
         labels=_map(meta.get("labels")), annotations=_map(meta.get("annotations")),
-        source=source, manifest=doc, warnings=warnings)
+        source=source, manifest=doc, warnings=warnings, relay=_relay(spec.get("relay") or {}))

@@ -47,6 +47,12 @@ _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
         {"rule": "(has(self.sendUsing) && self.sendUsing == 'MicrosoftGraph') || "
                  "(has(self.smtp) && !has(self.graph))",
          "message": "sendUsing: SMTP needs spec.smtp and no spec.graph"},
+        {"rule": "!has(self.relay) || !has(self.relay.enabled) || !self.relay.enabled || "
+                 "(has(self.sendUsing) && self.sendUsing == 'MicrosoftGraph') || "
+                 "(has(self.smtp) && has(self.smtp.authentication) && "
+                 "self.smtp.authentication.method == 'OAuth2')",
+         "message": "spec.relay needs smtp.authentication.method OAuth2 or sendUsing "
+                    "MicrosoftGraph"},
         {"rule": "self.provider != 'amazon-ses' || has(self.region)",
          "message": "provider: amazon-ses needs spec.region"},
         {"rule": "self.provider != 'custom' || (has(self.smtp) && has(self.smtp.connection) && "

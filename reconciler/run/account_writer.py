@@ -16,13 +16,14 @@ from typing import Any
 
 from reconciler import reasons
 from reconciler.errors import StoreError, StoreForbidden, StoreInvalid, StoreUnavailable
-from reconciler.log import get_logger, redact_text
+from reconciler.log import get_logger, redact_text, register_secret
 from reconciler.manifest.load import InvalidDocument
 from reconciler.model import (
     ACCOUNT_LABEL,
     API_GROUP,
     HASH_ANNOTATION,
     KIND,
+    ROTATE_RELAY_PASSWORD_ANNOTATION,
     Account,
     Event,
     Outcome,
@@ -31,7 +32,7 @@ from reconciler.model import (
 )
 from reconciler.run.inventory import secret_owned_by
 from reconciler.run.report import AccountReport, RunReport
-from reconciler.state import conditions, readiness, render, schedule, status
+from reconciler.state import conditions, readiness, relay, render, schedule, status
 from reconciler.store.base import Key, StateStore, owned_keys
 
 log = get_logger("reconciler.run")
@@ -146,11 +147,12 @@ class AccountWriter:
         # Orphan: no ownerReference at all, so deleting the account by any means (kubectl, Flux,
         # Argo CD) leaves the Secret to its application instead of to the garbage collector.
         orphan = account.publish.deletion_policy == "Orphan"
-        desired = render.render_secret(account, result,
-                                       owner_uid=None if orphan else account.uid or None)
         # Looked up by name, whoever owns it: an unlabelled Secret of that name is reported as
         # a conflict rather than taken over (a failed read raises: nothing is published).
         existing = self.published_secret(ns, secret_name)
+        desired = render.render_secret(account, result,
+                                       owner_uid=None if orphan else account.uid or None,
+                                       relay_password=_relay_password(account, existing))
         _keep_published_pkcs12(existing, desired)
         if existing is not None and not render.is_managed(existing):
             return Outcome(False, reasons.SECRET_CONFLICT,
@@ -234,6 +236,29 @@ class AccountWriter:
                 return
             for etype, reason, message, _c in conditions.transitions(old_status, new_status):
                 self._event(key[0], key[1], etype, reason, message, now)
+
+
+def _relay_password(account: Account, existing: Mapping[str, Any] | None) -> str | None:
+    """The relay password: the published one, so it stays stable across runs (the application
+    and its sidecar read it from the same Secret), unless the account asks for a new one with
+    the rotate-relay-password annotation (a value the Secret has not seen yet)."""
+    if not account.relay.enabled:
+        return None
+    meta = (existing or {}).get("metadata") or {}
+    data = (existing or {}).get("data") or {}
+    asked = account.annotations.get(ROTATE_RELAY_PASSWORD_ANNOTATION, "")
+    done = (meta.get("annotations") or {}).get(ROTATE_RELAY_PASSWORD_ANNOTATION, "")
+    if render.is_managed(existing or {}) and data.get(relay.PASSWORD_KEY) and asked == done:
+        try:
+            kept = base64.b64decode(data[relay.PASSWORD_KEY]).decode("ascii")
+        except (ValueError, UnicodeDecodeError):
+            kept = ""
+        if len(kept) >= 16:
+            register_secret(kept)
+            return kept
+    fresh = relay.new_password()
+    register_secret(fresh)
+    return fresh
 
 
 def _keep_published_pkcs12(existing: Mapping[str, Any] | None, desired: dict[str, Any]) -> None:

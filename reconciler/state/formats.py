@@ -360,8 +360,8 @@ def format_warnings(account: Account, result: ProbeResult | None) -> tuple[Outco
     from the probe's credentials.
     """
     smtp = account.smtp
-    if account.send_using != "SMTP" or smtp is None:
-        return ()
+    if account.send_using != "SMTP" or smtp is None or account.relay.enabled:
+        return ()  # with the relay, every format logs in with the relay's ASCII password
     selected = list(account.publish.formats)
     found: list[Outcome] = []
     if smtp.authentication.method == "OAuth2":

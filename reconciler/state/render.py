@@ -19,6 +19,7 @@ Credential values come from `ProbeResult.credentials`; nothing here logs them.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -31,9 +32,11 @@ from reconciler.model import (
     KIND,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    ROTATE_RELAY_PASSWORD_ANNOTATION,
     Account,
     ProbeResult,
 )
+from reconciler.state import relay
 from reconciler.state.formats import (
     django_settings,
     env_graph,
@@ -53,8 +56,22 @@ from reconciler.state.java_properties import (
 from reconciler.state.truststore import ca_certificates, jks_truststore, truststore_password
 
 
-def render_data(account: Account, result: ProbeResult) -> dict[str, bytes]:
-    """Every published key and its raw value, per publish.formats."""
+def render_data(account: Account, result: ProbeResult, *,
+                relay_password: str | None = None) -> dict[str, bytes]:
+    """Every published key and its raw value, per publish.formats.
+
+    With spec.relay on (and its password given), the formats describe the relay on loopback and
+    the relay's own keys are added (reconciler.state.relay)."""
+    if account.relay.enabled and relay_password:
+        relay_keys = relay.relay_data(account, result, relay_password)
+        app = dataclasses.replace(account, send_using="SMTP", smtp=relay.relay_view(account),
+                                  graph=None)
+        app_result = dataclasses.replace(
+            result, ca_pem=None, signing=None,
+            credentials={"username": relay.relay_address(account), "password": relay_password})
+        data = render_data(app, app_result)
+        data.update({k: v.encode("utf-8") for k, v in relay_keys.items()})
+        return data
     creds = result.credentials
     formats = set(account.publish.formats)
     raw: dict[str, str | bytes] = {}
@@ -112,9 +129,9 @@ def data_hash(data: Mapping[str, str]) -> str:
 
 
 def render_secret(account: Account, result: ProbeResult, *,
-                  owner_uid: str | None) -> dict[str, Any]:
+                  owner_uid: str | None, relay_password: str | None = None) -> dict[str, Any]:
     """The v1 Secret manifest to publish for `account` (DESIGN §6)."""
-    raw = render_data(account, result)
+    raw = render_data(account, result, relay_password=relay_password)
     data = {k: base64.b64encode(raw[k]).decode("ascii") for k in sorted(raw)}
     # Keys under email.reconciler.io/ are ours alone (validate refuses them in publish): a
     # published Secret must never carry the credential opt-in label, whatever let it through.
@@ -122,6 +139,9 @@ def render_secret(account: Account, result: ProbeResult, *,
               ACCOUNT_LABEL: account.name}
     annotations = {**_not_reserved(account.publish.annotations),
                    HASH_ANNOTATION: data_hash(data)}
+    rotated = account.annotations.get(ROTATE_RELAY_PASSWORD_ANNOTATION)
+    if account.relay.enabled and rotated:  # the rotation this password answers (state/relay.py)
+        annotations[ROTATE_RELAY_PASSWORD_ANNOTATION] = rotated
     metadata: dict[str, Any] = {
         "name": account.publish.secret_name,
         "namespace": account.namespace,

@@ -168,6 +168,7 @@ def _apply_result(account: Account, status: Status, result: ProbeResult,
         conds = set_condition(conds, "Authenticated", "Unknown", reasons.AUTH_SKIPPED,
                               "Authentication has not been attempted yet.", now, gen)
 
+    conds = _relay_condition(account, conds, result, now)
     if signing_configured(account):
         if result.signing is not None:
             conds = set_outcome(conds, "SigningReady", result.signing.outcome,
@@ -192,6 +193,26 @@ def _apply_result(account: Account, status: Status, result: ProbeResult,
         conds = remove_condition(conds, "Warning")
     status["conditions"] = conds
     return status
+
+
+def _relay_condition(account: Account, conds: Conditions, result: ProbeResult,
+                     now: datetime) -> Conditions:
+    """RelayReady (spec.relay): whether the relay's upstream path works, as far as the probe
+    saw it: the token request and the upstream's acceptance (XOAUTH2, or Graph's mailbox)."""
+    gen = account.generation
+    if not account.relay.enabled:
+        return remove_condition(conds, "RelayReady")
+    upstream = ("Microsoft Graph accepts the token for the mailbox"
+                if account.graph is not None else "the SMTP server accepts XOAUTH2")
+    if not result.connection.ok:
+        return set_outcome(conds, "RelayReady", result.connection, "", now, gen)
+    if result.authentication is not None:
+        return set_outcome(conds, "RelayReady", result.authentication,
+                           f"The relay can forward: {upstream}.", now, gen)
+    if find_condition(conds, "RelayReady") is None:
+        return set_condition(conds, "RelayReady", "Unknown", reasons.AUTH_SKIPPED,
+                             "The upstream login has not been checked yet.", now, gen)
+    return conds
 
 
 def _apply_published(account: Account, status: Status, published: Outcome | None,
