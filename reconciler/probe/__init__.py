@@ -69,7 +69,7 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
     if account.smtp is not None and account.smtp.signing is not None:
         signing = await _check_signing(account, secrets, now=now)
         result = dataclasses.replace(result, signing=signing)
-    if account.publish.client_credentials:
+    if account.publish.client_credentials or account.relay.enabled:
         from reconciler.probe.publishable import publishable_credentials
 
         published, refused = publishable_credentials(account, secrets)

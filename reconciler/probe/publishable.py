@@ -34,11 +34,11 @@ def publishable_credentials(account: Account, secrets: SecretReader
                             ) -> tuple[dict[str, str], tuple[Outcome, ...]]:
     """(credentials to publish, warnings) for the account's client credentials.
 
-    Nothing without publish.clientCredentials. A Secret that cannot be read is left to the
+    Nothing without publish.clientCredentials or spec.relay (whose sidecar needs them). A Secret that cannot be read is left to the
     probe, which reports it; here it is only left out.
     """
-    if not account.publish.client_credentials:
-        return {}, ()
+    if not (account.publish.client_credentials or account.relay.enabled):
+        return {}, ()  # spec.relay publishes them for the sidecar (relay-upstream-* keys)
     out: dict[str, str] = {}
     warnings: list[Outcome] = []
     for name, ref in client_credential_refs(account).items():
