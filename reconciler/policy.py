@@ -169,24 +169,32 @@ def _endpoints(account: Account) -> list[tuple[str, str]]:
     return out
 
 
+def url_refusal(where: str, url: str, policy: Policy) -> str | None:
+    """Why credentials may not go to `url` (not https, or not on the allow-list), or None.
+    The probe's HTTP client asks it for every URL a library requests (msal's token_endpoint
+    from an OpenID discovery document), not only for the manifest's."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        return (f"{where} {url!r} is not an https:// URL: credentials and tokens are sent over "
+                "HTTPS only")
+    try:
+        port = parts.port or 443
+    except ValueError:
+        port = None
+    if port is None or not host_matches(policy.allowed_endpoints, parts.hostname, port):
+        return (f"{where} names host {parts.hostname}, which is not on the reconciler's "
+                "endpoint allow-list: an administrator may add it with --allowed-endpoints "
+                f"{parts.hostname}")
+    return None
+
+
 def endpoint_refusal(account: Account, policy: Policy = DEFAULT_POLICY) -> Outcome | None:
     """EndpointNotAllowed when a URL is not https or not allowed, or the SMTP host is not
     allowed; None when the account may go ahead. Checked before any credential is read."""
     for where, url in _endpoints(account):
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "https" or not parts.hostname:
-            return Outcome(False, reasons.ENDPOINT_NOT_ALLOWED,
-                           f"{where} {url!r} is not an https:// URL: credentials and tokens "
-                           "are sent over HTTPS only")
-        try:
-            port = parts.port or 443
-        except ValueError:
-            port = None
-        if port is None or not host_matches(policy.allowed_endpoints, parts.hostname, port):
-            return Outcome(False, reasons.ENDPOINT_NOT_ALLOWED,
-                           f"{where} names host {parts.hostname}, which is not on the "
-                           "reconciler's endpoint allow-list: an administrator may add it with "
-                           f"--allowed-endpoints {parts.hostname}")
+        why = url_refusal(where, url, policy)
+        if why is not None:
+            return Outcome(False, reasons.ENDPOINT_NOT_ALLOWED, why)
     if account.smtp is not None:
         conn = account.smtp.connection
         if not host_matches(policy.allowed_hosts, conn.host, conn.port):

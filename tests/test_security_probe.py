@@ -3,13 +3,17 @@
 Each attack runs through `reconcile` in local mode beside a legitimate account that stays Ready:
 - STARTTLS reply injection (CVE-2011-0411): forged replies sent with the `220` to STARTTLS.
 - A PKCS#12 iteration bomb: a signing keystore whose MAC asks for 2x10^9 iterations.
+- OpenID discovery moving a client secret off the allow-list: the authority's discovery document
+  names another server's token_endpoint, or answers with a redirect.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,10 @@ import yaml
 
 from reconciler.cli import main
 from reconciler.log import configure_logging
-from reconciler.model import status_condition
+from reconciler.manifest.account import account_from_manifest
+from reconciler.model import Outcome, status_condition
+from reconciler.probe.tokencache import TokenCache
+from tests.fake_idp import Client, FakeGraph, MemorySecrets, MicrosoftIdentity, Seen
 from tests.hostile import HostileServers
 from tests.keystores import PfxEntry, TestCA, build_pfx, with_mac_iterations
 from tests.manifests_factory import loopback_account, write_manifests
@@ -32,7 +39,8 @@ class Local:
     everything written (stdout, stderr, the log)."""
 
     def __init__(self, root: Path, ca: ThrowawayCA) -> None:
-        self.secrets, self.accounts, self.store = root / "secrets", root / "accounts", root / "store"
+        self.secrets, self.accounts = root / "secrets", root / "accounts"
+        self.store = root / "store"
         self.put("ca", "ca.crt", ca.ca_pem)
 
     def put(self, name: str, key: str, value: str | bytes) -> None:
@@ -147,3 +155,103 @@ def test_keystore_iteration_bomb_is_refused_beside_a_signing_account(
     assert local.condition("signed")["reason"] == "Ready", local.condition("signed")
     assert [name for name in local.published() if "bomb" in name] == []
     assert "k3ystore-Pa55" not in everything and "Traceback" not in everything
+
+
+# --------------------------------------------------------------------------- OpenID discovery
+
+CLIENT_SECRET = "graph~S3cret~discovery~4d1f"
+
+
+@dataclass
+class Discovering(MicrosoftIdentity):
+    """An allowed authority whose discovery names `token_endpoint_at` for the token endpoint,
+    or answers with a redirect to `redirect_to`."""
+
+    token_endpoint_at: str | None = None
+    redirect_to: str | None = None
+
+    def handle(self, req: Seen) -> tuple[int, Any] | tuple[int, Any, Mapping[str, str]]:
+        answer = super().handle(req)
+        if req.method != "GET" or "openid-configuration" not in req.path:
+            return answer
+        if self.redirect_to is not None:
+            return 302, {}, {"Location": self.redirect_to}
+        status, doc = answer[0], answer[1]
+        if self.token_endpoint_at is not None:
+            doc = {**doc, "token_endpoint": self.token_endpoint_at}
+        return status, doc
+
+
+def test_discovery_never_moves_the_client_secret_off_the_allow_list(
+        local: Local, ca: ThrowawayCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Allowed: the authorities and Graph. Not allowed: `evil`, a token endpoint that would
+    take the secret (and issue a token). It receives nothing; both tricked accounts are
+    TokenRequestFailed with a message, no traceback; the legitimate account is Ready."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(ca.ca_pem)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    clients = {"app-1": Client(secret=CLIENT_SECRET)}
+    with MicrosoftIdentity(ca=ca, clients=clients) as idp, \
+            MicrosoftIdentity(ca=ca, clients=clients) as evil, \
+            Discovering(ca=ca, clients=clients, token_endpoint_at=evil.token_endpoint) as moved, \
+            Discovering(ca=ca, clients=clients, redirect_to=f"{evil.url}/{evil.tenant_id}"
+                        "/v2.0/.well-known/openid-configuration") as redirecting, \
+            FakeGraph(ca=ca, idp=idp, users={"ok@example.com"}) as graph:
+        local.put("graph-app", "client-secret", CLIENT_SECRET)
+        docs = [_graph_doc(name, authority.url, graph.url, idp.tenant_id)
+                for name, authority in (("good", idp), ("moved", moved),
+                                        ("redirected", redirecting))]
+        allowed = ",".join(f"{x.url.removeprefix('https://')}"
+                           for x in (idp, moved, redirecting, graph))
+        code, everything = local.run(capsys, *docs, extra=("--allowed-endpoints", allowed))
+        assert evil.seen == []  # not the secret, not even a discovery request
+        assert moved.token_requests() == [] and redirecting.token_requests() == []
+    assert code == 1
+    assert local.condition("good")["reason"] == "Ready", local.condition("good")
+    for name, words in (("moved", "not on the reconciler's endpoint allow-list"),
+                        ("redirected", "answered HTTP 302 (a redirect to 127.0.0.1)")):
+        ready = local.condition(name)
+        assert (ready["status"], ready["reason"]) == ("False", "TokenRequestFailed"), ready
+        authenticated = local.condition(name, "Authenticated")
+        assert authenticated["reason"] == "TokenRequestFailed"
+        assert words in authenticated["message"], authenticated["message"]
+    assert "nothing was sent there" in local.condition("moved", "Authenticated")["message"]
+    assert CLIENT_SECRET not in everything
+    assert "Traceback" not in everything and "ProbeError" not in everything
+
+
+def _graph_doc(name: str, authority: str, endpoint: str, tenant: str) -> dict[str, Any]:
+    return {"apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"provider": "office365", "sendUsing": "MicrosoftGraph", "graph": {
+                "userPrincipalName": "ok@example.com", "endpoint": endpoint,
+                "timeoutSeconds": 5,
+                "authentication": {"tenantId": tenant, "clientId": "app-1",
+                                   "grantType": "ClientCredentials", "authority": authority,
+                                   "clientSecretSecretRef": {"name": "graph-app",
+                                                             "key": "client-secret"}}}}}
+
+
+def test_outside_a_probe_msal_talks_to_the_authority_host_only(
+        ca: ThrowawayCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token cache used without a probe's policy (the relay does): a token endpoint
+    elsewhere is refused all the same; one on the authority's host works."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(ca.ca_pem)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    clients = {"app-1": Client(secret=CLIENT_SECRET)}
+    secrets = MemorySecrets({(NS, "graph-app", "client-secret"): CLIENT_SECRET})
+    with MicrosoftIdentity(ca=ca, clients=clients) as idp, \
+            MicrosoftIdentity(ca=ca, clients=clients) as evil, \
+            Discovering(ca=ca, clients=clients, token_endpoint_at=evil.token_endpoint) as moved:
+        got = {}
+        for name, authority in (("good", idp), ("moved", moved)):
+            doc = _graph_doc(name, authority.url, "https://graph.microsoft.com", idp.tenant_id)
+            account = account_from_manifest(doc)
+            got[name] = asyncio.run(TokenCache().graph_token(account, secrets))
+        assert evil.seen == []
+    assert not isinstance(got["good"], Outcome)
+    moved_outcome = got["moved"]
+    assert isinstance(moved_outcome, Outcome) and moved_outcome.reason == "TokenRequestFailed"
+    assert "is not on the authority's host 127.0.0.1" in moved_outcome.message

@@ -2,7 +2,8 @@
 
 `HttpsFake` is a stdlib ThreadingHTTPServer on 127.0.0.1 in a daemon thread, with a certificate
 from a `ThrowawayCA` (or a bare trustme.CA, as the tests pass). It records every request as a
-`Seen` and answers JSON from its subclass's `handle(seen) -> (status, body)`. It is a context
+`Seen` and answers JSON from its subclass's `handle(seen) -> (status, body)` (or `(status, body,
+headers)`, for a redirect's Location). It is a context
 manager; close() stops its thread and closes every socket.
 """
 
@@ -67,9 +68,11 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         with fake.lock:
             fake.seen.append(seen)
-        status, answer = fake.handle(seen)
+        status, answer, *extra = fake.handle(seen)
         data = b"" if answer is None else json.dumps(answer).encode()  # None: no body (202)
         self.send_response(status)
+        for name, value in (extra[0] if extra else {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -103,7 +106,7 @@ class HttpsFake:
     def url(self) -> str:
         return f"https://{LOOPBACK}:{self._server.server_address[1]}"
 
-    def handle(self, req: Seen) -> tuple[int, Any]:
+    def handle(self, req: Seen) -> tuple[int, Any] | tuple[int, Any, Mapping[str, str]]:
         raise NotImplementedError
 
     def close(self) -> None:

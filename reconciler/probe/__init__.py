@@ -54,13 +54,17 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
                            protocol=("MicrosoftGraph" if account.send_using == "MicrosoftGraph"
                                      else None))
     secrets = guarded = guard(secrets, account)
-    if account.send_using == "MicrosoftGraph":
-        result = await _probe_graph(account, secrets, now=now, tokens=tokens)
-    else:
-        from reconciler.probe.smtp import probe_smtp
+    from reconciler.probe.httpclient import endpoint_scope
 
-        result = await probe_smtp(account, secrets, now=now, authenticate=authenticate,
-                                  tokens=tokens)
+    with endpoint_scope(policy):  # msal's discovered URLs are checked against it too
+        if account.send_using == "MicrosoftGraph":
+            result = await _probe_graph(account, secrets, now=now, tokens=tokens)
+        else:
+            from reconciler.probe.smtp import probe_smtp
+
+            result = await probe_smtp(account, secrets, now=now, authenticate=authenticate,
+                                      tokens=tokens)
+    if account.send_using != "MicrosoftGraph":
         from reconciler.probe.microsoft import basic_auth_warning
 
         deprecated = basic_auth_warning(account, now)

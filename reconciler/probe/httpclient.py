@@ -9,8 +9,11 @@ The blocking work runs in a worker thread (`run_bounded`); the event loop watche
 when an operation's end passes, shuts its socket down, so the thread's `recv` returns at once and
 the thread ends: a server that drips one byte a second holds no thread past the deadline, and the
 process never waits for one at exit. `MsalHttpClient` gives msal (which would use requests, whose
-timeout is per read) the same bounds. `https_context` is the verifying TLS context all of them use
-(the CA bundle named by REQUESTS_CA_BUNDLE / SSL_CERT_FILE, as requests reads it).
+timeout is per read) the same bounds, and sends nothing to a URL off the authority's host but
+one on the endpoint allow-list of the policy `endpoint_scope` makes current (msal takes its
+token_endpoint from the authority's OpenID discovery document), nor follows a redirect.
+`https_context` is the verifying TLS context all of them use (the CA bundle named by
+REQUESTS_CA_BUNDLE / SSL_CERT_FILE, as requests reads it).
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from reconciler.policy import Policy, url_refusal
 from reconciler.probe.limits import DeadlineExceeded
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a token or a Graph user is a few KiB
@@ -50,6 +54,30 @@ def ca_bundle() -> str | None:
 
 class ResponseTooLarge(Exception):
     """The response body passed MAX_BODY_BYTES; the connection was dropped."""
+
+
+class RequestRefused(Exception):
+    """A request not sent (its URL is off the endpoint allow-list), or a redirect not followed."""
+
+
+_policy: contextvars.ContextVar[Policy | None] = contextvars.ContextVar(
+    "reconciler_endpoint_policy", default=None)
+
+
+def current_policy() -> Policy | None:
+    """The endpoint policy of the running probe; None outside one (the relay, a test of the
+    token cache alone): then msal may talk to the authority's own host only."""
+    return _policy.get()
+
+
+@contextlib.contextmanager
+def endpoint_scope(policy: Policy) -> Iterator[Policy]:
+    """Make `policy` the one `current_policy` returns for the code (and tasks) inside."""
+    token = _policy.set(policy)
+    try:
+        yield policy
+    finally:
+        _policy.reset(token)
 
 
 class Cutoff:
@@ -231,17 +259,50 @@ class MsalResponse:
 
 
 class MsalHttpClient:
-    """msal's http_client: bounded requests, the environment's CA bundle, the authority's port.
+    """msal's http_client: bounded requests, the environment's CA bundle, the authority's port,
+    the endpoint policy for every URL, no redirects.
 
     msal builds the user-realm discovery URL from the authority's host name alone; an authority
-    on a non-default port (a private or test identity platform) needs its port back.
+    on a non-default port (a private or test identity platform) needs its port back. msal posts
+    the client credential to whatever token_endpoint the authority's discovery document names:
+    that URL must be on the authority's host, or on the allow-list like the authority itself
+    (RequestRefused otherwise).
     """
 
     def __init__(self, cutoff: Cutoff, authority: str, timeout: float,
-                 context: ssl.SSLContext) -> None:
+                 context: ssl.SSLContext, policy: Policy | None = None) -> None:
         parts = urllib.parse.urlsplit(authority)
         self._host, self._port = (parts.hostname or "").lower(), parts.port
         self._cutoff, self._timeout, self._context = cutoff, timeout, context
+        self._policy = policy
+
+    def _allowed(self, url: str) -> str:
+        """`url` when msal may send to it: the authority's own host and port (which passed the
+        policy before the probe began), or a URL the policy allows; else RequestRefused."""
+        parts = urllib.parse.urlsplit(url)
+        try:
+            port = parts.port or 443
+        except ValueError:
+            port = None
+        if (parts.scheme == "https" and (parts.hostname or "").lower() == self._host
+                and port == (self._port or 443)):
+            return url
+        where = f"the identity platform's {url.split('?', 1)[0]}"
+        why = (url_refusal(where, url, self._policy) if self._policy is not None
+               else f"{where} is not on the authority's host {self._host}")
+        if why is not None:
+            raise RequestRefused(f"{why}; nothing was sent there")
+        return url
+
+    @staticmethod
+    def _answer(url: str, resp: HttpResponse) -> MsalResponse:
+        if 300 <= resp.status < 400:
+            target = urllib.parse.urlsplit(resp.headers.get("location", ""))
+            to = f" to {target.hostname}" if target.hostname else ""
+            raise RequestRefused(f"{url.split('?', 1)[0]} answered HTTP {resp.status} (a "
+                                 f"redirect{to}), and redirects are not followed: set the "
+                                 "authority to the URL the identity platform answers at")
+        return MsalResponse(resp)
 
     def _url(self, url: str, params: Mapping[str, Any] | None) -> str:
         parts = urllib.parse.urlsplit(url)
@@ -265,19 +326,20 @@ class MsalHttpClient:
             payload = data.encode()
         else:
             payload = data
-        return MsalResponse(fetch(self._cutoff, "POST", self._url(url, params),
-                                  timeout=self._timeout, headers=hdrs, body=payload,
-                                  context=self._context))
+        target = self._allowed(self._url(url, params))
+        return self._answer(target, fetch(self._cutoff, "POST", target, timeout=self._timeout,
+                                          headers=hdrs, body=payload, context=self._context))
 
     def get(self, url: str, params: Mapping[str, Any] | None = None,
             headers: Mapping[str, str] | None = None, **_: Any) -> MsalResponse:
-        return MsalResponse(fetch(self._cutoff, "GET", self._url(url, params),
-                                  timeout=self._timeout, headers=headers,
-                                  context=self._context))
+        target = self._allowed(self._url(url, params))
+        return self._answer(target, fetch(self._cutoff, "GET", target, timeout=self._timeout,
+                                          headers=headers, context=self._context))
 
     def close(self) -> None:
         """Nothing to close: every request has its own connection."""
 
 
-__all__ = ["MAX_BODY_BYTES", "Cutoff", "HttpResponse", "MsalHttpClient", "ResponseTooLarge",
-           "ca_bundle", "fetch", "https_context", "run_bounded"]
+__all__ = ["MAX_BODY_BYTES", "Cutoff", "HttpResponse", "MsalHttpClient", "RequestRefused",
+           "ResponseTooLarge", "ca_bundle", "current_policy", "endpoint_scope", "fetch",
+           "https_context", "run_bounded"]

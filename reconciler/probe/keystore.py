@@ -67,7 +67,7 @@ class _Failed(Exception):
 
 
 class _Work:
-    """The key derivations opening one keystore: counts bounded, each started within the deadline."""
+    """The key derivations opening one keystore: counts bounded, each begun within the deadline."""
 
     def __init__(self, where: str, deadline: Deadline | None) -> None:
         self.where, self.deadline, self.spent = where, deadline, 0

@@ -21,7 +21,15 @@ from reconciler.log import register_secret
 from reconciler.model import Account, GraphSpec, KeyRef, OAuth2, Outcome, SecretReader
 from reconciler.probe import tokenrequest
 from reconciler.probe.google import GOOGLE_SCOPE
-from reconciler.probe.httpclient import Cutoff, MsalHttpClient, https_context
+from reconciler.log import redact_text
+from reconciler.policy import Policy
+from reconciler.probe.httpclient import (
+    Cutoff,
+    MsalHttpClient,
+    RequestRefused,
+    current_policy,
+    https_context,
+)
 from reconciler.probe.limits import current_deadline
 from reconciler.probe.tokenrequest import Token, TokenRequest
 
@@ -58,7 +66,7 @@ def microsoft_smtp_request(secrets: SecretReader, namespace: str, oauth2: OAuth2
         return cred
     req = _MsalRequest(authority=oauth2.authority, tenant_id=oauth2.tenant_id,
                        client_id=oauth2.client_id, scope=scope, credential=cred,
-                       timeout=timeout)
+                       timeout=timeout, policy=current_policy())
     return _token_request(req, timeout)
 
 
@@ -80,7 +88,7 @@ def microsoft_graph_request(secrets: SecretReader, namespace: str,
         register_secret(password)
     req = _MsalRequest(authority=g.authority, tenant_id=g.tenant_id, client_id=g.client_id,
                        scope=GRAPH_SCOPE, credential=cred, timeout=g.timeout_seconds,
-                       username=username, password=password)
+                       username=username, password=password, policy=current_policy())
     return _token_request(req, g.timeout_seconds)
 
 
@@ -118,6 +126,7 @@ class _MsalRequest:
     timeout: float
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    policy: Policy | None = None  # besides the authority's host, where msal may send anything
 
     @property
     def authority_url(self) -> str:
@@ -163,7 +172,7 @@ def _msal_exchange(cutoff: Cutoff, req: _MsalRequest) -> Token | Outcome:
     """
     import msal
 
-    client = MsalHttpClient(cutoff, req.authority, req.timeout, https_context())
+    client = MsalHttpClient(cutoff, req.authority, req.timeout, https_context(), req.policy)
     try:
         common: dict[str, Any] = {
             "authority": req.authority_url,
@@ -172,16 +181,23 @@ def _msal_exchange(cutoff: Cutoff, req: _MsalRequest) -> Token | Outcome:
             "validate_authority": _is_public_cloud(req.authority),
         }
         app: Any
-        if req.credential is not None:
-            app = msal.ConfidentialClientApplication(
-                req.client_id, client_credential=req.credential, **common)
-        else:
-            app = msal.PublicClientApplication(req.client_id, **common)
+        try:  # msal reads the OpenID discovery document here
+            if req.credential is not None:
+                app = msal.ConfidentialClientApplication(
+                    req.client_id, client_credential=req.credential, **common)
+            else:
+                app = msal.PublicClientApplication(req.client_id, **common)
+        except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            return tokenrequest.failed(
+                f"token request failed: the OpenID discovery document of {req.authority_url} "
+                f"is not usable ({type(exc).__name__}): check the authority")
         if req.username is not None:
             result = app.acquire_token_by_username_password(
                 req.username, req.password or "", scopes=[req.scope])
         else:
             result = app.acquire_token_for_client(scopes=[req.scope])
+    except RequestRefused as exc:
+        return tokenrequest.failed(redact_text(f"token request failed: {exc}"))
     except tokenrequest.EXCHANGE_ERRORS as exc:
         return tokenrequest.exchange_failure(req.authority_url, req.timeout, exc)
     if not isinstance(result, dict):
