@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -256,3 +257,11 @@ def _unbounded_reads(root: dict[str, Any]) -> list[str]:
             if iterated and kind == "array" and "maxItems" not in schema:
                 unbounded.append(f"{path}: {read} (a list without maxItems) in {rule}")
     return unbounded
+
+
+def test_the_crd_fits_kubectl_apply_s_last_applied_annotation() -> None:
+    """Client-side `kubectl apply -k deploy/` stores the whole object as JSON in an annotation, and
+    the apiserver refuses annotations over 256 KiB in total: the CRD (descriptions and rules
+    growing) must stay well under it, or the README's install command fails."""
+    size = len(json.dumps(_crd(), separators=(",", ":")).encode())
+    assert size < 128 * 1024, f"{size} bytes: use `kubectl apply --server-side` in the README, or trim"
