@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from reconciler.manifest.crd import render_crd
-from tests.crd_types import TypedSchema, rule_sites
 from tests.kube_fixtures import kube_api
 from tests.kubeapi import KubeAPIServer
+from tests.kubeapi.celtypes import TypedSchema, rule_sites
 from tests.system import require_executable
 
 __all__ = ["kube_api"]  # the fixture, imported for pytest

@@ -309,3 +309,31 @@ def test_a_copy_of_an_object_is_not_shared_with_the_store(kube_api: KubeAPIServe
     kube_api.add_object(PLURAL, {**copy.deepcopy(body), "metadata": {"name": "a", "namespace": "team"}})
     stored = kube_api.get_object(PLURAL, "team", "a")
     assert stored is not None and stored["spec"] == body["spec"]
+
+
+_SPEC = ("properties", "spec")
+
+
+@pytest.mark.parametrize(("where", "rule", "refused"), [
+    ((*_SPEC, "properties", "tags", "items"), {"rule": "self.all(c, c != '')"},
+     "cannot be the range of a comprehension"),
+    ((*_SPEC, "properties", "size"), {"rule": "self == 'one'"}, "no matching overload"),
+    (_SPEC, {"rule": "self.sise > 0"}, "undefined field 'sise'"),
+    (_SPEC, {"rule": "self.size > 0", "messageExpression": "self.size"}, "of type INT, not STRING"),
+    (_SPEC, {"rule": "self.size > 0", "messageExpression": "'size ' + string(self.size)"}, None),
+])
+def test_a_crd_whose_rules_do_not_type_check_is_refused(where: tuple[str, ...], rule: dict[str, str],
+                                                         refused: str | None) -> None:
+    """As the apiserver compiles every rule against its declared types when a CRD is created (and
+    refuses it: the CRD of issue 22 called all() on a string), the test server refuses such a CRD."""
+    crd = copy.deepcopy(TRANSITION_CRD)
+    node = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for key in where:
+        node = node[key]
+    node["x-kubernetes-validations"] = [rule]
+    if refused is None:
+        KubeAPIServer(crds=[crd], namespaces=TEST_NAMESPACES)
+        return
+    with pytest.raises(ValueError, match="CustomResourceDefinition widgets.example.com is invalid") as error:
+        KubeAPIServer(crds=[crd], namespaces=TEST_NAMESPACES)
+    assert refused in str(error.value)

@@ -39,7 +39,10 @@ whole API:
 - admission (schema.py, validation.py): custom resources are pruned (unknown fields dropped, a
   ``Warning`` header, 400 with ``fieldValidation=Strict``), defaulted and validated against the
   CRD's OpenAPI v3 schema, and its ``x-kubernetes-validations`` CEL rules run in cel-python
-  (transition rules with ``oldSelf``; ratcheting of unchanged parts); ObjectMeta (name, labels,
+  (transition rules with ``oldSelf``; ratcheting of unchanged parts). cel-python does not
+  type-check, so celtypes.py compiles each rule against its declared types with the C++ CEL's
+  checker, and a CRD whose rules do not compile is refused at construction (ValueError), as the
+  apiserver refuses it at creation. ObjectMeta (name, labels,
   annotations, finalizers, ownerReferences) and Secret/ConfigMap data keys and Event namespaces
   are validated for every kind; failures are 422 Invalid with ``details.causes`` field paths;
 - namespaces are objects: a write into one that does not exist is 404 ``namespaces "x" not

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tests.kubeapi.celtypes import rule_errors
 from tests.kubeapi.fields import Managers, owned_paths, value_at
 from tests.kubeapi.gc import GarbageCollector
 from tests.kubeapi.http import _Handler
@@ -106,6 +107,10 @@ class KubeAPIServer(GarbageCollector):
             for served in crd["spec"]["versions"]:
                 schema = (served.get("schema") or {}).get("openAPIV3Schema")
                 if schema:
+                    # the apiserver refuses a CRD whose rules do not compile against their types
+                    if errors := rule_errors(schema):
+                        raise ValueError(f"CustomResourceDefinition {crd['metadata']['name']} is invalid: "
+                                         + "; ".join(errors))
                     key = (crd["spec"]["group"], crd["spec"]["names"]["plural"], served["name"])
                     self._schemas[key] = StructuralSchema(schema, ratcheting=ratcheting)
         self._local = threading.local()

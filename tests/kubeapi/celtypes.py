@@ -17,6 +17,8 @@ cost estimate (tests/test_crd.py checks that every value a rule reads is bounded
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +26,8 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext.ext_strings import ExtStrings
 from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
+
+from tests.kubeapi.model import JSON
 
 _F = descriptor_pb2.FieldDescriptorProto
 _PACKAGE = "crd"
@@ -82,16 +86,17 @@ class TypedSchema:
     def type_of(self, node: dict[str, Any]) -> cel.Type:
         return self._types[id(node)]
 
-    def check(self, node: dict[str, Any], rule: str) -> str | None:
-        """None if `rule` compiles to a bool with `self` typed as `node`, else the checker's error."""
+    def check(self, node: dict[str, Any], rule: str, result: cel.Type = cel.Type.BOOL) -> str | None:
+        """None if `rule` compiles to `result` (a rule: bool, a messageExpression: string) with
+        `self` typed as `node`, else the checker's error."""
         env = cel.NewEnv(descriptor_pool=self.pool, extensions=[ExtStrings()],  # the apiserver has them
                          variables={"self": self.type_of(node), "oldSelf": self.type_of(node)})
         try:
             expr = env.compile(rule)
         except RuntimeError as exc:
             return str(exc)
-        if expr.return_type() != cel.Type.BOOL:
-            return f"the rule is of type {expr.return_type().name()}, not bool"
+        if expr.return_type() != result:
+            return f"the expression is of type {expr.return_type().name()}, not {result.name()}"
         return None
 
     def _declare(self, node: dict[str, Any], name: str, *, is_root: bool = False,
@@ -157,3 +162,24 @@ class TypedSchema:
             field_type, type_name, _ = self._declare(sub, child)
             message.field.add(name=field, number=number, label=_F.LABEL_OPTIONAL,
                               type=field_type, **_named(type_name))
+
+
+@functools.lru_cache(maxsize=16)
+def _rule_errors(schema_json: str) -> tuple[str, ...]:
+    root = json.loads(schema_json)
+    types = TypedSchema(root)
+    errors = []
+    for path, node in rule_sites(root):
+        for rule in node.get("x-kubernetes-validations", []):
+            checks = [(rule["rule"], cel.Type.BOOL)]
+            if "messageExpression" in rule:
+                checks.append((rule["messageExpression"], cel.Type.STRING))
+            errors += [f"{path or '<root>'}.x-kubernetes-validations: {expr}: {error}"
+                       for expr, result in checks if (error := types.check(node, expr, result))]
+    return tuple(errors)
+
+
+def rule_errors(schema: JSON) -> tuple[str, ...]:
+    """Why the apiserver would refuse a CRD version's schema for its rules (compilation errors),
+    or nothing. Cached by the schema's JSON: the tests build many servers from one CRD."""
+    return _rule_errors(json.dumps(schema, sort_keys=True))
