@@ -179,3 +179,42 @@ def test_relay_password_is_stable_and_rotates_when_asked(
         assert rotated != first and len(rotated) >= 32
         assert reconcile(tmp_path, rotated_doc)["relay-password"] == rotated
         assert len(relay_state.new_password()) >= 32
+
+
+def test_oauth2_smtp_account_relayed_with_xoauth2_from_the_published_secret(
+        tmp_path: Path, ca: ThrowawayCA, idp: MicrosoftIdentity, smtp_server: Any,
+        relay: Any) -> None:  # noqa: F811
+    """Office 365 SMTP with client credentials: the probe authenticates with XOAUTH2, the
+    Secret carries the client secret for the sidecar (a --secrets-dir counts as its owner's
+    consent), and the application's plain login goes upstream as XOAUTH2."""
+    def checker(mechanism: str, login: str, token: str) -> bool:
+        claims = idp.issued.get(token, {})
+        return (mechanism == "XOAUTH2" and login == SENDER
+                and claims.get("aud") == "https://outlook.office365.com")
+
+    upstream = smtp_server("STARTTLS", checker=checker, mechanisms=("XOAUTH2",))
+    port = unused_port()
+    doc = oauth_doc(port)
+    doc["metadata"]["name"] = "orders"
+    doc["spec"]["smtp"]["connection"].update({"host": LOOPBACK, "port": upstream.port,
+                                              "security": "STARTTLS", "timeoutSeconds": 5})
+    oauth2 = doc["spec"]["smtp"]["authentication"]["oauth2"]
+    oauth2.update({"authority": idp.url, "clientSecretSecretRef": {"name": "graph-app",
+                                                                   "key": "client-secret"}})
+    ca_file = tmp_path / "secrets" / NS / "ca" / "ca.crt"
+    ca_file.parent.mkdir(parents=True)
+    ca_file.write_text(ca.ca_pem)
+    data = reconcile(tmp_path, doc)
+    conditions = status(tmp_path)
+    assert conditions["RelayReady"]["status"] == "True", conditions
+    assert data["relay-upstream-client-secret"] == CLIENT_SECRET
+    assert data["relay-upstream-ca.crt"] == ca.ca_pem
+    relay(mounted(tmp_path, data), port=port)
+    with smtplib.SMTP(data["SMTP_HOST"], int(data["SMTP_PORT"]), timeout=30) as app:
+        app.login(data["SMTP_USERNAME"], data["SMTP_PASSWORD"])
+        app.send_message(message(sender="noreply@contoso.example"), "noreply@contoso.example",
+                         ["alice@example.net"])  # a declared alias
+    [received] = upstream.messages
+    assert (received.mail_from, received.rcpt_tos) == ("noreply@contoso.example",
+                                                       ("alice@example.net",))
+    assert [a.mechanism for a in upstream.auth_attempts] == ["XOAUTH2", "XOAUTH2"]  # probe, relay
