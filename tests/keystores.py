@@ -128,13 +128,15 @@ class PfxEntry:
 
 
 def build_pfx(entries: Sequence[PfxEntry], password: str, *, iterations: int = 2048,
-              key_iterations: int | None = None) -> bytes:
+              key_iterations: int | None = None, legacy_safe: bool = False) -> bytes:
     """A PKCS#12 holding every entry (several keys allowed), like a Java keystore would.
 
     Keys are PBES2/AES-256 shrouded key bags; certificates sit in an unencrypted SafeContents;
     each key and its certificate share friendlyName and localKeyId; the MAC is HMAC-SHA256.
     `key_iterations` rewrites the PBKDF2 count of every key bag (its ciphertext then no longer
     decrypts: for bounds checked before any derivation), under a MAC that still verifies.
+    `legacy_safe` puts the key bags in a safe encrypted with pbeWithSHAAnd3-KeyTripleDES-CBC
+    (RFC 7292 appendix C), whose contents only OpenSSL reads.
     """
     pw = password.encode("utf-8")
     key_bags, cert_bags = [], []
@@ -168,6 +170,8 @@ def build_pfx(entries: Sequence[PfxEntry], password: str, *, iterations: int = 2
     safes = [acms.ContentInfo({"content_type": "data",
                                "content": apkcs12.SafeContents(bags).dump()})
              for bags in (key_bags, cert_bags) if bags]
+    if legacy_safe and key_bags:
+        safes[0] = _legacy_safe(apkcs12.SafeContents(key_bags).dump(), password)
     auth_safe = apkcs12.AuthenticatedSafe(safes).dump()
     salt = os.urandom(16)
     bmp = password.encode("utf-16-be") + b"\x00\x00"
@@ -199,9 +203,33 @@ def _bag_attributes(alias: str | None, local_id: bytes | None) -> apkcs12.Attrib
     return apkcs12.Attributes(attrs)
 
 
-def _pkcs12_kdf(password_bmp: bytes, salt: bytes, iterations: int, length: int) -> bytes:
-    """RFC 7292 B.2 with SHA-256, purpose 3 (MAC key); written apart from the code under test."""
-    v, u = 64, 32
+def _legacy_safe(contents: bytes, password: str) -> acms.ContentInfo:
+    """An EncryptedData safe as Java 8 and OpenSSL 1.x write them (here with 3-key 3DES)."""
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+    salt, iterations = os.urandom(8), 2048
+    bmp = password.encode("utf-16-be") + b"\x00\x00"
+    key = _pkcs12_kdf(bmp, salt, iterations, 24, purpose=1, hash_name="sha1")
+    iv = _pkcs12_kdf(bmp, salt, iterations, 8, purpose=2, hash_name="sha1")
+    padder = padding.PKCS7(64).padder()
+    encryptor = Cipher(TripleDES(key), modes.CBC(iv)).encryptor()
+    sealed = encryptor.update(padder.update(contents) + padder.finalize()) + encryptor.finalize()
+    return acms.ContentInfo({"content_type": "encrypted_data", "content": acms.EncryptedData({
+        "version": "v0", "encrypted_content_info": {
+            "content_type": "data",
+            "content_encryption_algorithm": {"algorithm": "pkcs12_sha1_tripledes_3key",
+                                             "parameters": {"salt": salt,
+                                                            "iterations": iterations}},
+            "encrypted_content": sealed}})})
+
+
+def _pkcs12_kdf(password_bmp: bytes, salt: bytes, iterations: int, length: int, *,
+                purpose: int = 3, hash_name: str = "sha256") -> bytes:
+    """RFC 7292 B.2 (default: SHA-256, purpose 3, the MAC key); written apart from the code
+    under test."""
+    v, u = 64, hashlib.new(hash_name).digest_size
 
     def fill(data: bytes) -> bytes:
         size = v * ((len(data) + v - 1) // v)
@@ -210,11 +238,11 @@ def _pkcs12_kdf(password_bmp: bytes, salt: bytes, iterations: int, length: int) 
     block = bytearray(fill(salt) + fill(password_bmp))
     out = b""
     while len(out) < length:
-        a = hashlib.sha256(bytes([3]) * v + bytes(block)).digest()
+        a = hashlib.new(hash_name, bytes([purpose]) * v + bytes(block)).digest()
         for _ in range(iterations - 1):
-            a = hashlib.sha256(a).digest()
+            a = hashlib.new(hash_name, a).digest()
         out += a
-        b = int.from_bytes((a * (v // u))[:v], "big")
+        b = int.from_bytes((a * (v // u + 1))[:v], "big")
         for j in range(0, len(block), v):
             n = (int.from_bytes(block[j:j + v], "big") + b + 1) % (1 << (8 * v))
             block[j:j + v] = n.to_bytes(v, "big")

@@ -134,6 +134,18 @@ def test_no_derivation_starts_after_the_deadline(entry: PfxEntry) -> None:
     assert signed.outcome.ok, signed.outcome
 
 
+def test_key_bag_bomb_inside_a_legacy_safe_ends_at_the_deadline(entry: PfxEntry) -> None:
+    """A bag inside a 3DES-encrypted safe: its count is unreadable before OpenSSL decrypts the
+    safe, so the file is opened in a child process, killed at the deadline (4 x 1 s): Timeout.
+    The same legacy layout without the bomb opens (in a child too)."""
+    legacy = build_pfx([entry], PASSWORD, legacy_safe=True)
+    assert isinstance(load(legacy, Deadline.start(5.0)), SigningMaterial)
+    bomb = build_pfx([entry], PASSWORD, legacy_safe=True, key_iterations=BOMB)
+    result = refused(bomb, Deadline.start(1.0))
+    assert result.reason == reasons.TIMEOUT
+    assert "did not finish within the probe's deadline" in result.message
+
+
 def test_a_published_keystore_bomb_is_never_opened(entry: PfxEntry) -> None:
     """The published signing.p12 is compared with the new one before it is replaced: a planted
     bomb is "different" (republished), not derived."""
@@ -143,6 +155,8 @@ def test_a_published_keystore_bomb_is_never_opened(entry: PfxEntry) -> None:
     assert published != again and same_pkcs12(published, again, PASSWORD)
     assert within(60, lambda: same_pkcs12(with_mac_iterations(published, BOMB), again,
                                           PASSWORD)) is False
+    hidden = build_pfx([entry], PASSWORD, legacy_safe=True, key_iterations=BOMB)
+    assert within(60, lambda: same_pkcs12(hidden, again, PASSWORD)) is False
 
 
 @pytest.mark.parametrize(("count", "spent", "refused"), [

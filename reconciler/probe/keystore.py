@@ -9,8 +9,9 @@ them as `SigningMaterial`; a failure is an Outcome with a reason, never an excep
 asn1crypto: shrouded key bags are decrypted by `cryptography` (PBES2 and the PKCS#12 PBEs), PBES2
 encrypted SafeContents by us (reconciler.probe.pkcs12crypto), and certificates in safes we
 cannot decrypt (legacy RC2) come from `cryptography.load_pkcs12`. Every iteration count the
-file asks for is bounded before any key derivation runs (pkcs12crypto.MAX_ITERATIONS), and each
-derivation starts only within the probe's deadline: a keystore cannot hold a probe's thread.
+file asks for is bounded before any key derivation runs (pkcs12crypto.MAX_ITERATIONS), each
+derivation starts only within the probe's deadline, and a file with safes whose contents we
+cannot see first is loaded in a child process killed at the deadline (pkcs12child).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.log import register_secret
 from reconciler.model import Account, KeyRef, Outcome, SecretReader
+from reconciler.probe import pkcs12child
 from reconciler.probe.limits import Deadline
 from reconciler.probe.pkcs12crypto import (
     bag_iterations,
@@ -71,6 +73,7 @@ class _Work:
 
     def __init__(self, where: str, deadline: Deadline | None) -> None:
         self.where, self.deadline, self.spent = where, deadline, 0
+        self.hidden = False  # encrypted safes: whole-file loads run in a child (pkcs12child)
 
     def admit(self, counts: list[tuple[str, int | None]]) -> None:
         """Count derivations the file asks for; KeystoreUnreadable past the bounds."""
@@ -83,10 +86,23 @@ class _Work:
     def in_time(self) -> None:
         """Before a derivation: Timeout once the probe's deadline has passed."""
         if self.deadline is not None and self.deadline.remaining() <= 0:
-            raise _Failed(reasons.TIMEOUT,
-                          f"opening {self.where} did not finish within the probe's deadline; "
-                          "export the keystore again with the tool's default iteration counts, "
-                          "or raise timeoutSeconds")
+            raise self.timed_out()
+
+    def timed_out(self) -> _Failed:
+        return _Failed(reasons.TIMEOUT,
+                       f"opening {self.where} did not finish within the probe's deadline; "
+                       "export the keystore again with the tool's default iteration counts, "
+                       "or raise timeoutSeconds")
+
+    def load_whole(self, blob: bytes, pw: bytes | None) -> pkcs12.PKCS12KeyAndCertificates:
+        """cryptography's whole-file load, in a child under the deadline when the file has safes
+        whose counts could not be read first; ValueError when pw does not open it."""
+        self.in_time()
+        left = self.deadline.remaining() if self.deadline is not None else 60.0
+        try:
+            return pkcs12child.load_pkcs12(blob, pw, isolated=self.hidden, seconds=left)
+        except TimeoutError:
+            raise self.timed_out() from None
 
 
 @dataclass
@@ -219,6 +235,7 @@ def _load_pkcs12(blob: bytes, password: str | None, alias: str | None,
                       f"{where} is neither PEM nor PKCS#12; store the .p12/.pfx file "
                       "itself (not base64 of it) or a PEM key and certificate") from None
     work.admit(counts)  # before any derivation: the MAC's, the safes', the keys'
+    work.hidden = any(info["content_type"].native != "data" for info in safes)
     pw = _open_pfx(blob, pfx, mac_data, password, work)
     entries: list[_Entry] = []
     undecrypted = False
@@ -231,8 +248,7 @@ def _load_pkcs12(blob: bytes, password: str | None, alias: str | None,
                       "keystore again") from None
     certs = [e.certificate for e in entries if e.certificate is not None]
     if undecrypted or not any(e.key for e in entries):
-        work.in_time()
-        entries += _entries_from_cryptography(blob, pw, certs,
+        entries += _entries_from_cryptography(blob, pw, certs, work,
                                               with_key=not any(e.key for e in entries))
         certs = [e.certificate for e in entries if e.certificate is not None]
     keyed = [e for e in entries if e.key is not None]
@@ -264,9 +280,8 @@ def _open_pfx(blob: bytes, pfx: apkcs12.Pfx, mac_data: object, password: str | N
             raise _wrong_password(f"{where} (integrity check failed)", password)
     # No MAC, or one we cannot compute: let cryptography decide.
     for pw in candidates:
-        work.in_time()
         try:
-            pkcs12.load_pkcs12(blob, pw)
+            work.load_whole(blob, pw)
             return pw
         except ValueError:
             continue
@@ -333,10 +348,10 @@ def _read_bags(bags: apkcs12.SafeContents, pw: bytes | None, entries: list[_Entr
 
 
 def _entries_from_cryptography(blob: bytes, pw: bytes | None, known: list[x509.Certificate],
-                               *, with_key: bool) -> list[_Entry]:
+                               work: _Work, *, with_key: bool) -> list[_Entry]:
     """Certificates (and the one key) cryptography can read from safes we could not decrypt."""
     try:
-        loaded = pkcs12.load_pkcs12(blob, pw)
+        loaded = work.load_whole(blob, pw)
     except ValueError:
         return []
     out: list[_Entry] = []

@@ -115,12 +115,26 @@ def iteration_counts(pfx: apkcs12.Pfx) -> list[tuple[str, int | None]]:
     return out
 
 
-def within_bounds(blob: bytes) -> bool:
-    """Whether every iteration count a PKCS#12 shows before decryption is within the bounds."""
+def within_bounds(blob: bytes, pw: bytes | None) -> bool:
+    """Whether every iteration count of a PKCS#12 is within the bounds, those of the key bags in
+    its PBES2-encrypted safes included (decrypted with `pw`); False for any other safe."""
     try:
-        counts = iteration_counts(apkcs12.Pfx.load(blob))
+        pfx = apkcs12.Pfx.load(blob)
+        counts = iteration_counts(pfx)
+        if not _fits(counts):
+            return False
+        for info in pfx.authenticated_safe:
+            if info["content_type"].native == "encrypted_data":
+                plain = decrypt_pbes2(info["content"]["encrypted_content_info"], pw)
+                if plain is None:
+                    return False
+                counts += bag_iterations(apkcs12.SafeContents.load(plain))
     except Exception:  # asn1crypto raises ValueError, TypeError, KeyError on junk
         return False
+    return _fits(counts)
+
+
+def _fits(counts: list[tuple[str, int | None]]) -> bool:
     spent = 0
     for what, count in counts:
         if iteration_refusal(what, count, spent) is not None:

@@ -106,7 +106,7 @@ def same_pkcs12(old: bytes, new: bytes, password: str) -> bool:
     """Whether two PKCS#12 files opened with `password` hold the same key, certificates and
     friendly name (their bytes differ by random salts): then the published one can stay.
     A published file asking for more key derivation than a keystore may is not opened."""
-    if not within_bounds(old):
+    if not within_bounds(old, password.encode("utf-8")):
         return False
     try:
         a = pkcs12.load_pkcs12(old, password.encode("utf-8"))
