@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     _politeness_args(p)
     _policy_args(p)
 
+    p = command("explain", "what a condition reason means and how to fix it (every reason with "
+                "no argument)", cmd_explain)
+    p.add_argument("reasons", nargs="*", metavar="REASON",
+                   help="reasons as conditions show them, e.g. TLSVersionTooLow")
+
     p = command("relay", "an SMTP relay on 127.0.0.1 for applications that cannot do OAuth: "
                 "runs beside the application and forwards upstream the OAuth way", cmd_relay)
     p.add_argument("--secret-dir", required=True, metavar="DIR",
@@ -307,6 +312,23 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from reconciler.run.options import ControllerOptions, options_from
 
     return run_controller(options_from(ControllerOptions, args))
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from reconciler.run.options import ExplainOptions, options_from
+    from reconciler.troubleshooting import FIXES, explain
+
+    opts = options_from(ExplainOptions, args)
+    status = 0
+    for reason in opts.reasons or list(FIXES):
+        text = explain(reason)
+        if text is None:
+            print(f"email-reconciler: unknown reason {reason!r}; `email-reconciler explain` "
+                  "lists them all", file=sys.stderr)
+            status = 2
+        else:
+            print(text)
+    return status
 
 
 def cmd_relay(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ PACKAGE = "reconciler"
 ROOT = Path(__file__).parent.parent / PACKAGE
 
 #: Shared foundations: every layer may import them; they import no layer.
-FOUNDATIONS = ("model", "errors", "log", "reasons", "policy", "secretrefs")
+FOUNDATIONS = ("model", "errors", "log", "reasons", "policy", "secretrefs", "troubleshooting")
 _PIPELINE = frozenset({"manifest", "probe", "state", "store", "run", "demo", "relay", "cli"})
 
 #: layer -> the layers it must not import. A module whose layer is missing here fails the test:

@@ -135,3 +135,10 @@ class RelayOptions:
     listen_host: str | None = None
     port: int | None = None
     metrics_port: int | None = None
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """`explain [REASON...]`"""
+
+    reasons: list[str] = dataclasses.field(default_factory=list)
