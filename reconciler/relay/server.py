@@ -228,6 +228,12 @@ async def start_server(state: RelayState, folder: Path, host: str | None = None,
     on_loopback = tls is None
 
     class Session(SMTP):  # type: ignore[misc]  # counts open connections for the drain
+        # AUTH LOGIN prompts as Exchange Online and Cyrus SASL send them: aiosmtpd's own
+        # ("User Name\0") fail clients that match the prompt, e.g. Alertmanager's loginAuth
+        # ("unexpected server challenge"), which picks LOGIN when the server lists it first.
+        AuthLoginUsernameChallenge = "Username:"
+        AuthLoginPasswordChallenge = "Password:"
+
         def connection_made(self, transport: Any) -> None:
             state.sessions += 1
             super().connection_made(transport)

@@ -37,7 +37,7 @@ fi
 # "remove", so a package upgrade does not re-enable them). `systemctl disable` works without a
 # running systemd (containers); --now would fail there before disabling anything.
 if [ "$(id -u)" = 0 ]; then
-  for svc in postfix dovecot; do
+  for svc in postfix dovecot prometheus-alertmanager; do
     [ -e "/lib/systemd/system/$svc.service" ] || [ -e "/etc/init.d/$svc" ] || continue
     if command -v systemctl >/dev/null; then
       systemctl stop "$svc" >/dev/null 2>&1 || true
