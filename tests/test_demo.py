@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from reconciler.demo.certificates import ThrowawayCA
-from reconciler.demo.command import demo_checker, run_demo
+from reconciler.demo.command import BROKEN_NAME, BROKEN_REASON, demo_checker, run_demo
 from reconciler.demo.identity import DemoIdentity
 from reconciler.demo.smtp_servers import start_demo_servers
 
@@ -64,7 +64,12 @@ def test_demo_subprocess_shows_oauth_and_graph_ready_quickly(tmp_path: Path) -> 
     for name, protocol in OAUTH_ROWS.items():
         # NAMESPACE NAME PROVIDER VIA PROTOCOL TLS READY REASON ...
         assert rows[name][4:8] == [protocol, "TLSv1.3", "True", "Ready"], rows[name]
-    assert all(cols[6] == "True" for cols in rows.values()), rows
+    # Every account is Ready but the one the demo gets wrong on purpose, shown with its fix.
+    assert all(cols[6] == "True" for name, cols in rows.items() if name != BROKEN_NAME), rows
+    assert rows[BROKEN_NAME][6:8] == ["False", BROKEN_REASON], rows[BROKEN_NAME]
+    assert f"{BROKEN_NAME} fails on purpose" in proc.stdout
+    assert f"$ email-reconciler explain {BROKEN_REASON}\n{BROKEN_REASON}: " in proc.stdout
+    assert "  Fix: " in proc.stdout
     assert "Google token :" in proc.stdout and "Graph :" in proc.stdout
 
     statuses = {p.stem: yaml.safe_load(p.read_text())["status"]
@@ -72,12 +77,14 @@ def test_demo_subprocess_shows_oauth_and_graph_ready_quickly(tmp_path: Path) -> 
     assert statuses["gmail-oauth"]["connectivity"] == "SMTP (Connect using STARTTLS)"
     assert statuses["graph-app"]["connectivity"] == "Microsoft Graph"
     assert "XOAUTH2" in statuses["office365-oauth"]["authMechanisms"]
-    # The new client formats are printed (masked), and `get -o yaml` shows an OAuth2 account
+    # The published Secret is shown as the application reads it, credentials masked (a URL
+    # keeps its host and port, its password redacted), and `get -o yaml` shows an OAuth2 account
     # that keeps the default formats without a Warning: the defaults leave out those whose
     # consumers cannot do XOAUTH2 (issue 22), and its Secret has none of their keys.
-    for key in ("MAILER_DSN", "EMAIL_URL", "nodemailer.json", "truststore.jks",
-                "TRUSTSTORE_PASSWORD"):
+    for key in ("SMTP_PASSWORD", "truststore.jks", "TRUSTSTORE_PASSWORD"):
         assert f"  {key}: '********'" in proc.stdout
+    assert "  SMTP_HOST: 127.0.0.1\n" in proc.stdout
+    assert "[REDACTED]@127.0.0.1:" in proc.stdout  # SMTP_URL, MAILER_DSN: the password only
     got = subprocess.run([sys.executable, "-m", "reconciler", "get", "-o", "yaml", "--store",
                           f"local:{keep / 'store'}"], cwd=REPO, capture_output=True, text=True,
                          timeout=60, env=env)

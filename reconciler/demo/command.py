@@ -5,17 +5,21 @@ Google's token endpoint, the Microsoft identity platform and Microsoft Graph wit
 (reconciler/demo/identity.py). Writes the credentials they accept into a temporary secrets folder
 (passwords, a service-account key, a client secret and certificate, an S/MIME keystore), points
 the example accounts at those servers, reconciles them into a temporary local store and prints
-the table and one published Secret with its values masked. HTTPS trust for msal and our urllib
+the table and one published Secret (secret values masked, the rest as the application reads it).
+One more account is wrong on purpose (STARTTLS asked of the plain server), to show a failure with
+its reason and its fix. HTTPS trust for msal and our urllib
 calls goes through REQUESTS_CA_BUNDLE / SSL_CERT_FILE, set to the demo CA for the run only.
 Nothing outlives the command (also on Ctrl-C).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import datetime as dt
 import os
+import re
 import secrets as pysecrets
 import shutil
 import tempfile
@@ -250,11 +254,65 @@ def prepare(examples: list[dict[str, Any]], work: Path, ports: Mapping[str, int]
 DEMO_ALLOWED_ENDPOINTS = "127.0.0.1:*"
 
 
+#: The account the demo gets wrong on purpose, and the reason it must fail with.
+BROKEN_NAME = "typo-starttls-on-plain-port"
+BROKEN_REASON = "StartTLSNotOffered"
+#: Keys whose whole value is a credential (or carries one in a binary form): always masked.
+_SECRET_KEY = re.compile(r"PASSWORD|SECRET|CLIENT_CERTIFICATE|SERVICE_ACCOUNT|PRIVATE|\.key$|"
+                         r"\.p12$|\.jks$|^relay-(password|upstream)", re.IGNORECASE)
+_SHOWN_LINES = 8
+
+
+def _shown_value(key: str, raw: bytes) -> str:
+    """What the demo prints of one key: masked when it is a credential, else the value as the
+    application reads it, with every registered secret form redacted (a URL keeps its host)."""
+    from reconciler.log import redact_text
+
+    if _SECRET_KEY.search(key):
+        return "********"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"<{len(raw)} bytes>"
+    lines = redact_text(text).splitlines()
+    more = f"\n... ({len(lines) - _SHOWN_LINES} more lines)" if len(lines) > _SHOWN_LINES else ""
+    return "\n".join(lines[:_SHOWN_LINES]) + more
+
+
 def masked_secret(secret: Mapping[str, Any]) -> str:
-    """A published Secret as YAML with every value masked."""
+    """A published Secret as YAML: credentials masked, every other value shown."""
     shown = copy.deepcopy(dict(secret))
-    shown["data"] = {k: "********" for k in sorted(shown.get("data") or {})}
-    return yaml.safe_dump(shown, sort_keys=False)
+    shown["data"] = {k: _shown_value(k, base64.b64decode(v))
+                     for k, v in sorted((shown.get("data") or {}).items())}
+    return yaml.dump(shown, Dumper=_BlockDumper, sort_keys=False, width=100)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line values as YAML literal blocks, as `kubectl get -o yaml` users read files."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def broken_example(examples: list[dict[str, Any]], ports: Mapping[str, int]
+                   ) -> dict[str, Any] | None:
+    """A copy of the first STARTTLS password example sent to the plain server: a typo of a port
+    that a new user makes, which the probe catches before any password is sent."""
+    for doc in examples:
+        conn = ((doc["spec"].get("smtp") or {}).get("connection") or {})
+        auth = ((doc["spec"].get("smtp") or {}).get("authentication") or {})
+        if conn.get("port") == ports["STARTTLS"] and auth.get("method") == "Password":
+            broken = copy.deepcopy(doc)
+            broken["metadata"]["name"] = BROKEN_NAME
+            broken["spec"]["publish"] = {"secretName": f"{BROKEN_NAME}-sender"}
+            broken["spec"]["smtp"]["connection"]["port"] = ports["None"]
+            return broken
+    return None
 
 
 def run_demo(*, keep: str | None, out: IO[str]) -> int:
@@ -288,6 +346,10 @@ def run_demo(*, keep: str | None, out: IO[str]) -> int:
             https = {"Google token": identity.google.url, "Microsoft identity":
                      identity.microsoft.url, "Graph": identity.graph.url}
             prepare(examples, work, ports, servers.ca_pem, users, identity)
+            broken = broken_example(examples, ports)
+            if broken is not None:
+                (work / "accounts" / f"{BROKEN_NAME}.yaml").write_text(
+                    yaml.safe_dump(broken, sort_keys=False))
             store = LocalStore(work / "store")
             # As `reconcile --allowed-endpoints 127.0.0.1:*` would: the HTTPS fakes are on
             # loopback, which the default endpoint policy refuses (README "Security model").
@@ -308,14 +370,32 @@ def run_demo(*, keep: str | None, out: IO[str]) -> int:
             secret = store.get_secret(first.namespace, first.status["secretName"])
             if secret is not None:
                 out.write(f"\nPublished Secret {first.namespace}/{first.status['secretName']} "
-                          "(values masked):\n")
+                          "(credentials masked):\n")
                 out.write(masked_secret(secret))
+        failed_on_purpose = _explain_broken(report, out)
         if keep:
             out.write(f"\nKept the store and secrets under {work}\n")
-        return 0 if report.all_ready else 1
+        others_ready = all(a.ready for a in report.accounts if a.name != BROKEN_NAME)
+        return 0 if report.accounts and others_ready and failed_on_purpose else 1
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _explain_broken(report: Any, out: IO[str]) -> bool:
+    """Print the deliberate failure with its fix; True when it failed as it should."""
+    from reconciler.model import status_condition
+    from reconciler.troubleshooting import explain
+
+    entry = next((a for a in report.accounts if a.name == BROKEN_NAME), None)
+    if entry is None:
+        return True  # no example to break (a trimmed accounts/ folder)
+    ready = status_condition(entry.status, "Ready")
+    out.write(f"\n{entry.namespace}/{BROKEN_NAME} fails on purpose (its port is the plain "
+              f"server's): {ready.get('reason')}: {ready.get('message')}\n"
+              f"$ email-reconciler explain {ready.get('reason')}\n"
+              f"{explain(str(ready.get('reason'))) or ''}\n")
+    return ready.get("status") == "False" and ready.get("reason") == BROKEN_REASON
 
 
 @contextlib.contextmanager
