@@ -169,6 +169,7 @@ class Discovering(MicrosoftIdentity):
 
     token_endpoint_at: str | None = None
     redirect_to: str | None = None
+    broken: bool = False  # a document without the endpoints msal needs
 
     def handle(self, req: Seen) -> tuple[int, Any] | tuple[int, Any, Mapping[str, str]]:
         answer = super().handle(req)
@@ -176,6 +177,8 @@ class Discovering(MicrosoftIdentity):
             return answer
         if self.redirect_to is not None:
             return 302, {}, {"Location": self.redirect_to}
+        if self.broken:
+            return 200, {"issuer": "nobody"}
         status, doc = answer[0], answer[1]
         if self.token_endpoint_at is not None:
             doc = {**doc, "token_endpoint": self.token_endpoint_at}
@@ -236,7 +239,8 @@ def _graph_doc(name: str, authority: str, endpoint: str, tenant: str) -> dict[st
 def test_outside_a_probe_msal_talks_to_the_authority_host_only(
         ca: ThrowawayCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The token cache used without a probe's policy (the relay does): a token endpoint
-    elsewhere is refused all the same; one on the authority's host works."""
+    elsewhere is refused all the same; one on the authority's host works; a discovery document
+    msal cannot use is TokenRequestFailed."""
     bundle = tmp_path / "ca.pem"
     bundle.write_text(ca.ca_pem)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
@@ -244,9 +248,10 @@ def test_outside_a_probe_msal_talks_to_the_authority_host_only(
     secrets = MemorySecrets({(NS, "graph-app", "client-secret"): CLIENT_SECRET})
     with MicrosoftIdentity(ca=ca, clients=clients) as idp, \
             MicrosoftIdentity(ca=ca, clients=clients) as evil, \
-            Discovering(ca=ca, clients=clients, token_endpoint_at=evil.token_endpoint) as moved:
+            Discovering(ca=ca, clients=clients, token_endpoint_at=evil.token_endpoint) as moved, \
+            Discovering(ca=ca, clients=clients, broken=True) as broken:
         got = {}
-        for name, authority in (("good", idp), ("moved", moved)):
+        for name, authority in (("good", idp), ("moved", moved), ("broken", broken)):
             doc = _graph_doc(name, authority.url, "https://graph.microsoft.com", idp.tenant_id)
             account = account_from_manifest(doc)
             got[name] = asyncio.run(TokenCache().graph_token(account, secrets))
@@ -255,3 +260,7 @@ def test_outside_a_probe_msal_talks_to_the_authority_host_only(
     moved_outcome = got["moved"]
     assert isinstance(moved_outcome, Outcome) and moved_outcome.reason == "TokenRequestFailed"
     assert "is not on the authority's host 127.0.0.1" in moved_outcome.message
+    broken_outcome = got["broken"]  # msal's KeyError, once a ProbeError with a traceback
+    assert isinstance(broken_outcome, Outcome) and broken_outcome.reason == "TokenRequestFailed"
+    assert "discovery document" in broken_outcome.message
+    assert "is not usable (KeyError)" in broken_outcome.message
