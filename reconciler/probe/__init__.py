@@ -13,13 +13,16 @@ import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.log import get_logger, redact_text
 from reconciler.model import Account, Outcome, ProbeResult, SecretReader, SigningResult
 from reconciler.policy import DEFAULT_POLICY, Policy, guard, policy_refusal
+
+if TYPE_CHECKING:
+    from reconciler.probe.endpoints import EndpointCache, Sharing
 
 __all__ = ["TokenProvider", "probe_account", "probe_accounts"]
 
@@ -36,8 +39,12 @@ class TokenProvider(Protocol):
 
 async def probe_account(account: Account, secrets: SecretReader, *, now: dt.datetime,
                         authenticate: bool = True, tokens: TokenProvider | None = None,
-                        policy: Policy = DEFAULT_POLICY) -> ProbeResult:
+                        policy: Policy = DEFAULT_POLICY, sharing: Sharing | None = None
+                        ) -> ProbeResult:
     """Test connectivity of one account; expected failures are outcomes, not exceptions.
+
+    `sharing`: an SMTP probe without AUTH may take its endpoint's shared check
+    (reconciler.probe.endpoints); a probe with AUTH refreshes it.
 
     The security model (reconciler.policy) comes first: a refused endpoint stops the probe
     before any credential is read, and every read goes through the opt-in check.
@@ -63,7 +70,7 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
             from reconciler.probe.smtp import probe_smtp
 
             result = await probe_smtp(account, secrets, now=now, authenticate=authenticate,
-                                      tokens=tokens)
+                                      tokens=tokens, sharing=sharing)
     if account.send_using != "MicrosoftGraph":
         from reconciler.probe.microsoft import basic_auth_warning
 
@@ -144,11 +151,15 @@ async def probe_accounts(accounts: Sequence[Account], secrets: SecretReader, *,
                          authenticate: Callable[[Account], bool] | bool = True,
                          tokens: TokenProvider | None = None,
                          on_result: Callable[[int, ProbeResult], None] | None = None,
-                         policy: Policy = DEFAULT_POLICY) -> list[ProbeResult]:
+                         policy: Policy = DEFAULT_POLICY, endpoints: EndpointCache | None = None,
+                         last_probe: Callable[[Account], dt.datetime | None] | None = None
+                         ) -> list[ProbeResult]:
     """Probe every account, at most `concurrency` at a time; results in the same order.
 
     `on_result(index, result)` is called as each probe ends (in the event loop's thread), so a
-    caller can record finished work at once rather than after the slowest probe.
+    caller can record finished work at once rather than after the slowest probe. With
+    `endpoints`, accounts probed without AUTH share their endpoint's check (taken after
+    `last_probe(account)`, reconciler.probe.endpoints).
     """
     gate = asyncio.Semaphore(max(1, concurrency))
 
@@ -160,10 +171,15 @@ async def probe_accounts(accounts: Sequence[Account], secrets: SecretReader, *,
 
     async def guarded(account: Account) -> ProbeResult:
         auth = authenticate(account) if callable(authenticate) else authenticate
+        sharing = None
+        if endpoints is not None:
+            from reconciler.probe.endpoints import Sharing
+
+            sharing = Sharing(endpoints, last_probe(account) if last_probe else None)
         async with gate:
             try:
                 return await probe_account(account, secrets, now=now, authenticate=auth,
-                                           tokens=tokens, policy=policy)
+                                           tokens=tokens, policy=policy, sharing=sharing)
             except Exception as exc:  # a bug in one probe must not kill the batch
                 log.error("probe failed unexpectedly", namespace=account.namespace,
                           name=account.name, exc_info=True)

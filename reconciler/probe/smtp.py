@@ -54,6 +54,7 @@ from reconciler.secretrefs import secret_versions
 
 if TYPE_CHECKING:
     from reconciler.probe import TokenProvider
+    from reconciler.probe.endpoints import Sharing
 
 CONNECTIVITY = {
     "STARTTLS": "SMTP (Connect using STARTTLS)",
@@ -75,17 +76,18 @@ def secret_not_found(exc: SecretNotFound, ref: KeyRef | None = None) -> Outcome:
 
 
 async def probe_smtp(account: Account, secrets: SecretReader, *, now: dt.datetime,
-                     authenticate: bool = True, tokens: TokenProvider | None = None
-                     ) -> ProbeResult:
-    """Test connectivity of one SMTP account (DESIGN §4)."""
+                     authenticate: bool = True, tokens: TokenProvider | None = None,
+                     sharing: Sharing | None = None) -> ProbeResult:
+    """Test connectivity of one SMTP account (DESIGN §4); with `sharing`, an endpoint check
+    alone may be the endpoint's shared one (reconciler.probe.endpoints)."""
     result, _ = await run_session(account, secrets, now=now, authenticate=authenticate,
-                                  tokens=tokens)
+                                  tokens=tokens, sharing=sharing)
     return result
 
 
 async def run_session(account: Account, secrets: SecretReader, *, now: dt.datetime,
                       authenticate: bool = True, tokens: TokenProvider | None = None,
-                      transaction: Transaction | None = None
+                      transaction: Transaction | None = None, sharing: Sharing | None = None
                       ) -> tuple[ProbeResult, Outcome | None]:
     """The probe conversation; with `transaction`, also run it once the session is ready.
 
@@ -132,11 +134,22 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
     with limits.deadline_scope(deadline):
         creds, pre = await _credentials(account, secrets, authenticate, tokens)
     left = deadline.remaining()
-    async with polite.session(conn.host, account.provider):
-        deadline = Deadline.start(conn.timeout_seconds, max(0.0, left))
-        with limits.deadline_scope(deadline):
-            st = await _attempts(account, ctx, truststore, authenticate, creds, now,
-                                 transaction, deadline)
+
+    async def session() -> SessionState:
+        async with polite.session(conn.host, account.provider):
+            deadline = Deadline.start(conn.timeout_seconds, max(0.0, left))
+            with limits.deadline_scope(deadline):
+                return await _attempts(account, ctx, truststore, authenticate, creds, now,
+                                       transaction, deadline)
+
+    if sharing is None:
+        st = await session()
+    else:  # the endpoint's shared check when this session would be no more (probe/endpoints.py)
+        from reconciler.probe.endpoints import shared_session
+
+        st = await shared_session(sharing, account, ca_pem=ca_pem, truststore=truststore,
+                                  now=now, authenticate=authenticate, transaction=transaction,
+                                  session=session)
     credentials: dict[str, str] = {}
     identity = account.smtp.identity.user_id or account.smtp.identity.email_address
     if auth.method == "Password" and auth.password is not None:

@@ -65,6 +65,9 @@ class RunOptions:
     #: The controller: a write the API server answers with 429/5xx (or never answers) ends the
     #: account's turn, the status waiting with the Secret for the shared backoff.
     hold_writes_on_outage: bool = False
+    #: Endpoint checks shared by the accounts of one endpoint (probe/endpoints.py): the
+    #: controller keeps one for its life; None: one for this run.
+    endpoints: Any = None
 
 
 class Reconciler:
@@ -76,6 +79,12 @@ class Reconciler:
         self.secrets = secrets
         self.options = options
         self.tokens = tokens
+        if options.endpoints is not None:
+            self.endpoints = options.endpoints
+        else:
+            from reconciler.probe.endpoints import EndpointCache
+
+            self.endpoints = EndpointCache()
         self.writer = AccountWriter(store, dry_run=options.dry_run,
                                     hold_on_outage=options.hold_writes_on_outage)
 
@@ -165,7 +174,9 @@ class Reconciler:
         # Changed accounts (spec, credentials, a request: AUTH wanted) are probed first.
         due = sorted((a for a in accounts if decisions[a.key].probe),
                      key=lambda a: not decisions[a.key].authenticate)
-        for account, result in self._probe(due, decisions, now):
+        last_probe = {a.key: schedule.last_probe_time((stored.get(a.key) or {}).get("status"))
+                      for a in due}
+        for account, result in self._probe(due, decisions, now, last_probe):
             self.writer.finish(account, stored.get(account.key), result, by_key[account.key],
                                now)
 
@@ -194,9 +205,13 @@ class Reconciler:
         return dataclasses.replace(account, generation=int(meta.get("generation") or 1),
                                    uid=str(meta.get("uid") or ""))
 
-    def _probe(self, due: Sequence[Account], decisions: Mapping[Key, Any],
-               now: datetime) -> Iterator[tuple[Account, ProbeResult]]:
+    def _probe(self, due: Sequence[Account], decisions: Mapping[Key, Any], now: datetime,
+               last_probe: Mapping[Key, datetime | None]
+               ) -> Iterator[tuple[Account, ProbeResult]]:
         """Probe `due` concurrently; yield each (account, result) as soon as its probe ends.
+
+        An account probed without AUTH takes its endpoint's check when one was taken after its
+        own last probe (probe/endpoints.py); one with AUTH runs its own session.
 
         The probes run on an event loop in a thread of their own while this thread writes the
         results one by one (the store is used from one thread only).
@@ -218,7 +233,8 @@ class Reconciler:
             return probe_accounts(
                 due, self.secrets, now=now, concurrency=self.options.concurrency,
                 authenticate=lambda a: decisions[a.key].authenticate, tokens=tokens,
-                on_result=on_result, policy=self.options.policy)
+                on_result=on_result, policy=self.options.policy, endpoints=self.endpoints,
+                last_probe=lambda a: last_probe.get(a.key))
 
         if len(due) == 1:  # nothing to overlap with (the controller's case): no thread
             yield due[0], asyncio.run(probe_all())[0]

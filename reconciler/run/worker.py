@@ -57,6 +57,10 @@ class Worker:
         #: when nothing else changed (issue 26 item 5): the next reconcile decides from them.
         self._schedule: dict[Key, dict[str, Any]] = {}
         self.reconciles: Counter[Key] = Counter()  # per key, for tests and logs
+        from reconciler.probe.endpoints import EndpointCache
+
+        #: Endpoint checks shared by the accounts of one endpoint, across reconciles and workers.
+        self.endpoints = EndpointCache()
         self._local = threading.local()
 
     def reconciled_generation(self, key: Key) -> int | None:
@@ -112,7 +116,7 @@ class Worker:
         unpublished = [key] if _unpublished(obj, self.secrets) else []
         report = Reconciler(store, store.secret_reader(),
                             RunOptions(prune=False, concurrency=1, policy=self.policy,
-                                       hold_writes_on_outage=True)
+                                       hold_writes_on_outage=True, endpoints=self.endpoints)
                             ).reconcile_objects([obj], unpublished=unpublished)
         self.metrics.duration.observe(time.monotonic() - started)
         if self.accounts.get(key) is None:

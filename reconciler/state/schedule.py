@@ -148,6 +148,12 @@ def probe_decision(*, account: Account, old_status: Mapping[str, Any] | None,
     return Decision(True, auth, f"interval due; {why_auth}")
 
 
+def last_probe_time(old_status: Mapping[str, Any] | None) -> datetime | None:
+    """When the account was last probed (`lastProbeTime`), None when never or unreadable: a
+    shared endpoint result must be newer than that to serve it (probe/endpoints.py)."""
+    return _parse_or_none((old_status or {}).get("lastProbeTime"))
+
+
 def bounded_seconds(seconds: float) -> float:
     """A duration clamped to [0, MAX_DURATION_SECONDS] (NaN: 0), so that no spec, however it got
     past validation, makes `now + timedelta(...)` raise OverflowError and stop the run."""

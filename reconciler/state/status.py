@@ -38,12 +38,12 @@ from reconciler.state.conditions import (
     set_condition,
     set_outcome,
 )
+from reconciler.state.fold import Checks, fold_checks
 from reconciler.state.formats import format_warnings
 from reconciler.state.readiness import (
     all_problems,
     auth_not_required,
     first_failure,
-    identity,
     probe_passed,
     ready_message,
     signing_configured,
@@ -154,21 +154,11 @@ def _apply_result(account: Account, status: Status, result: ProbeResult,
     if requested:
         status["lastRequestedAt"] = requested
 
-    conds: Conditions = status.get("conditions") or []
-    conds = set_outcome(conds, "Connected", result.connection,
-                        f"Connected: {result.connectivity}.", now, gen)
-    if auth_not_required(account):
-        conds = set_condition(conds, "Authenticated", "True", reasons.NOT_REQUIRED,
-                              "spec.smtp.authentication.method is None.", now, gen)
-    elif result.authentication is not None:
+    if result.authentication is not None and not auth_not_required(account):
         status["lastAuthTime"] = rfc3339(now)
-        conds = set_outcome(conds, "Authenticated", result.authentication,
-                            f"Authenticated as {identity(account)}.", now, gen)
-    elif find_condition(conds, "Authenticated") is None:
-        conds = set_condition(conds, "Authenticated", "Unknown", reasons.AUTH_SKIPPED,
-                              "Authentication has not been attempted yet.", now, gen)
-
-    conds = _relay_condition(account, conds, result, now)
+    conds = fold_checks(account, status.get("conditions") or [],
+                        Checks(endpoint=result.connection, connectivity=result.connectivity,
+                               credential=result.authentication), now)
     if signing_configured(account):
         if result.signing is not None:
             conds = set_outcome(conds, "SigningReady", result.signing.outcome,
@@ -193,26 +183,6 @@ def _apply_result(account: Account, status: Status, result: ProbeResult,
         conds = remove_condition(conds, "Warning")
     status["conditions"] = conds
     return status
-
-
-def _relay_condition(account: Account, conds: Conditions, result: ProbeResult,
-                     now: datetime) -> Conditions:
-    """RelayReady (spec.relay): whether the relay's upstream path works, as far as the probe
-    saw it: the token request and the upstream's acceptance (XOAUTH2, or Graph's mailbox)."""
-    gen = account.generation
-    if not account.relay.enabled:
-        return remove_condition(conds, "RelayReady")
-    upstream = ("Microsoft Graph accepts the token for the mailbox"
-                if account.graph is not None else "the SMTP server accepts XOAUTH2")
-    if not result.connection.ok:
-        return set_outcome(conds, "RelayReady", result.connection, "", now, gen)
-    if result.authentication is not None:
-        return set_outcome(conds, "RelayReady", result.authentication,
-                           f"The relay can forward: {upstream}.", now, gen)
-    if find_condition(conds, "RelayReady") is None:
-        return set_condition(conds, "RelayReady", "Unknown", reasons.AUTH_SKIPPED,
-                             "The upstream login has not been checked yet.", now, gen)
-    return conds
 
 
 def _apply_published(account: Account, status: Status, published: Outcome | None,
