@@ -116,3 +116,76 @@ class DirSecretReaderVersion:
         with tempfile.TemporaryDirectory() as tmp:
             write_secret(Path(tmp), "mail", REF.name, REF.key, value)
             return DirSecretReader(tmp).version("mail", REF)
+
+
+# The reader caches what it read while the file stays the same one (bench/README.md, benchmark
+# 7). A clock far in the future makes every file settled (cacheable); one just after a file's
+# last change makes it too fresh to cache.
+SETTLED = 2**62
+
+
+def _just_after(path: Path) -> int:
+    return os.stat(path).st_ctime_ns + 1
+
+
+def test_dir_reader_serves_a_settled_file_from_its_cache(tmp_path: Path) -> None:
+    write_secret(tmp_path, "mail", "smtp-credentials", "password", "hunter22")
+    reader = DirSecretReader(tmp_path, clock=lambda: SETTLED)
+    first = reader.read("mail", REF)
+    assert reader.read("mail", REF) is first  # not read again
+    assert reader.version("mail", REF) is reader.version("mail", REF)
+    assert reader.version("mail", REF) == DirSecretReader(tmp_path).version("mail", REF)
+
+
+def test_dir_reader_reads_a_freshly_changed_file_every_time(tmp_path: Path) -> None:
+    # A rewrite in place within the file system's clock tick keeps size, inode and times, so
+    # a file changed lately is never served from the cache.
+    path = write_secret(tmp_path, "mail", "smtp-credentials", "password", "one")
+    reader = DirSecretReader(tmp_path, clock=lambda: _just_after(path))
+    first = reader.read("mail", REF)
+    assert reader.read("mail", REF) is not first
+    path.write_text("two")
+    assert reader.read("mail", REF) == b"two"
+
+
+def test_dir_reader_cache_notices_a_rewritten_file(tmp_path: Path) -> None:
+    path = write_secret(tmp_path, "mail", "smtp-credentials", "password", "one")
+    reader = DirSecretReader(tmp_path, clock=lambda: SETTLED)
+    before = reader.version("mail", REF)
+    assert reader.read("mail", REF) == b"one"
+    path.write_text("three")
+    assert reader.read("mail", REF) == b"three"
+    assert reader.version("mail", REF) != before
+    path.unlink()
+    with pytest.raises(SecretNotFound):
+        reader.read("mail", REF)
+
+
+def test_dir_reader_cache_notices_kubelet_swapping_the_data(tmp_path: Path) -> None:
+    folder = tmp_path / "mail" / "mail-ca"
+    for stamp, pem in (("..2026_11_25_08_00_00.1", "CA ONE"), ("..2026_11_25_09_00_00.2", "CA 2")):
+        (folder / stamp).mkdir(parents=True)
+        (folder / stamp / "ca.crt").write_text(pem)
+    os.symlink("..2026_11_25_08_00_00.1", folder / "..data")
+    os.symlink("..data/ca.crt", folder / "ca.crt")
+    ref = KeyRef("mail-ca", "ca.crt", kind="ConfigMap")
+    reader = DirSecretReader(tmp_path, clock=lambda: SETTLED)
+    assert reader.read("mail", ref) == b"CA ONE"
+    os.symlink("..2026_11_25_09_00_00.2", folder / "..data-new")
+    os.replace(folder / "..data-new", folder / "..data")  # as kubelet's atomic writer does
+    assert reader.read("mail", ref) == b"CA 2"
+
+
+def test_dir_reader_cache_keeps_the_jail(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (tmp_path / "outside").write_text("do not read")
+    folder = root / "mail" / "smtp-credentials"
+    folder.mkdir(parents=True)
+    (folder / "v1").write_text("inside")
+    os.symlink("v1", folder / "password")
+    reader = DirSecretReader(root, clock=lambda: SETTLED)
+    assert reader.read("mail", REF) == b"inside"
+    (folder / "password").unlink()
+    os.symlink(tmp_path / "outside", folder / "password")
+    with pytest.raises(SecretNotFound, match="leads outside"):
+        reader.read("mail", REF)
