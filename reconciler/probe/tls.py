@@ -85,20 +85,31 @@ def below_floor(negotiated: str | None, min_tls_version: str) -> bool:
 
 def certificate_info(der: bytes, now: dt.datetime) -> CertificateInfo:
     """Subject, issuer (RFC 4514), notAfter (RFC 3339 Z) and days left of a DER certificate."""
-    cert = x509.load_der_x509_certificate(der)
-    not_after = cert.not_valid_after_utc
+    subject, issuer, not_after, shown, serial, algorithm = _certificate_facts(der)
     if now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
     days = (not_after - now).total_seconds() // 86400
-    algorithm = cert.signature_hash_algorithm
     return CertificateInfo(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        not_after=not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        subject=subject,
+        issuer=issuer,
+        not_after=shown,
         days_remaining=int(days),
-        serial=format(cert.serial_number, "x"),
-        signature_algorithm=algorithm.name if algorithm is not None else None,
+        serial=serial,
+        signature_algorithm=algorithm,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _certificate_facts(der: bytes) -> tuple[str, str, dt.datetime, str, str, str | None]:
+    """What certificate_info shows of a certificate, decoded once per DER (keyed by the whole
+    encoding): 1,000 accounts on one server present the same certificate, and decoding it was
+    65 us a probe (bench/README.md, benchmark 7). Days left depend on `now`, so not cached."""
+    cert = x509.load_der_x509_certificate(der)
+    algorithm = cert.signature_hash_algorithm
+    not_after = cert.not_valid_after_utc
+    return (cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), not_after,
+            not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), format(cert.serial_number, "x"),
+            algorithm.name if algorithm is not None else None)
 
 
 def expiry_warning(info: CertificateInfo, host: str) -> tuple[str, str] | None:
