@@ -27,6 +27,7 @@ import email
 import email.policy
 import json
 import os
+import smtplib
 import socket
 import subprocess
 import sys
@@ -407,3 +408,16 @@ def test_auth_login_prompts_as_exchange_online(stage: Stage) -> None:
             b"334 " + base64.b64encode(b"Password:"))
         assert say(base64.b64encode(env["SMTP_PASSWORD"].encode()).decode()).startswith(b"235")
         say("QUIT")
+
+
+def test_sidecar_log_holds_no_aiosmtpd_warning_per_session(stage: Stage) -> None:
+    """Every session used to add two plain-text aiosmtpd warnings to the sidecar's JSON log."""
+    sidecar = stage.sidecars["smtp"]
+    env = sidecar.mounted.env
+    with smtplib.SMTP(env["SMTP_HOST"], int(env["SMTP_PORT"]), timeout=30) as app:
+        app.login(env["SMTP_USERNAME"], env["SMTP_PASSWORD"])
+        app.sendmail(env["SMTP_FROM"], ["log@rcpt.example"],
+                     f"From: {env['SMTP_FROM']}\r\nTo: log@rcpt.example\r\nSubject: log\r\n\r\n"
+                     "x\r\n")
+    log = sidecar.log.read_text()
+    assert "auth_require_tls" not in log and "login_data" not in log, log[-2000:]

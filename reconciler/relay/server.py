@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
+import logging
 import ssl
 import time
 import warnings
@@ -226,6 +227,10 @@ async def start_server(state: RelayState, folder: Path, host: str | None = None,
     check_listen(cfg, host, tls)
     handler = RelayHandler(state)
     on_loopback = tls is None
+    # aiosmtpd logs two warnings a session in plain text beside our JSON lines ("auth_required ==
+    # True but auth_require_tls == False", which check_listen settles; "Session.login_data is
+    # deprecated", its own use); its errors still show.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
 
     class Session(SMTP):  # type: ignore[misc]  # counts open connections for the drain
         # AUTH LOGIN prompts as Exchange Online and Cyrus SASL send them: aiosmtpd's own
