@@ -37,11 +37,13 @@ class Sizes:
     startup_runs: int = 7
     repeat: int = 2
     prober: int = 2000
+    relay: int = 200
 
 
+RELAY_CONCURRENCY = (1, 4, 16)
 FULL = Sizes()
 QUICK = Sizes(validate=500, probe=200, swaks=10, api=100, memory=1000, startup_runs=5, repeat=1,
-              prober=200)
+              prober=200, relay=30)
 
 
 def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], list[Row]]]]:
@@ -66,6 +68,10 @@ def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], l
         import blackbox
         return blackbox
 
+    def relay() -> Any:
+        import relay
+        return relay
+
     return {
         "1": ("validation throughput", lambda: validation().validation_throughput(
             work, sizes.validate, sizes.repeat)),
@@ -76,13 +82,15 @@ def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], l
         "6": ("hostile servers", lambda: hostile().hostile_run(work)),
         "7": ("prober CPU vs blackbox_exporter",
               lambda: blackbox().prober_cpu(work, sizes.prober)),
+        "8": ("relay sidecar vs sending upstream directly",
+              lambda: relay().relay_overhead(work, sizes.relay, RELAY_CONCURRENCY)),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs (for CI)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated benchmark numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated benchmark numbers")
     parser.add_argument("--work", help="where to generate inputs (default: a temporary folder)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
