@@ -26,6 +26,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -78,6 +79,15 @@ class SmtpServerOptions:
 
 
 @dataclass
+class SessionRecord:
+    """One connection: when it opened and closed (time.monotonic()) and the logins it tried."""
+
+    opened: float
+    closed: float | None = None
+    logins: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunningServer:
     """A server listening on host:port; records what it saw. Close it (or its ServerLoop)."""
 
@@ -87,6 +97,7 @@ class RunningServer:
     auth_attempts: list[AuthAttempt] = field(default_factory=list)
     messages: list[ReceivedMessage] = field(default_factory=list)
     connections: int = 0
+    sessions: list[SessionRecord] = field(default_factory=list)
     _closer: Callable[[], None] | None = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -159,6 +170,9 @@ class _Authenticator:
         login = auth_data.login.decode("utf-8", "replace")
         password = auth_data.password.decode("utf-8", "replace")
         result = _check(self.options, mechanism, login, password)
+        connection = getattr(server, "connection_record", None)
+        if connection is not None:
+            connection.logins.append(login)
         self.record.auth_attempts.append(AuthAttempt(mechanism, login, password, result is True))
         if result is True:
             return AuthResult(success=True, auth_data=auth_data)
@@ -264,6 +278,7 @@ class ServerLoop:
             # AUTH XOAUTH2 lines with Microsoft tokens run to a few KB, which Exchange Online
             # accepts (RFC 4954 allows 12288 octets); aiosmtpd's default limit is 512.
             command_size_limit = 12288
+            connection_record: SessionRecord | None = None
 
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
@@ -277,13 +292,19 @@ class ServerLoop:
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 if self.transport is None:
                     record.connections += 1
+                    self.connection_record = SessionRecord(time.monotonic())
+                    record.sessions.append(self.connection_record)
                 loop_ref._track(transport)
                 super().connection_made(transport)
 
             async def _handle_client(self) -> None:
-                if options.banner_delay:
-                    await asyncio.sleep(options.banner_delay)
-                await super()._handle_client()
+                try:
+                    if options.banner_delay:
+                        await asyncio.sleep(options.banner_delay)
+                    await super()._handle_client()
+                finally:
+                    if self.connection_record is not None:
+                        self.connection_record.closed = time.monotonic()
 
         def factory() -> _Smtp:
             return _Smtp(

@@ -383,6 +383,10 @@ def run_controller(args: Any) -> int:
             raise UsageError(str(exc)) from exc
     shards = _shard_config(args)
     store = KubeStore.from_config(context=args.context, namespace=args.namespace)
+    if shards is not None:  # audit logs (and tests) tell the replicas apart
+        from reconciler import __version__
+
+        store.api_client.user_agent = f"email-reconciler/{__version__} (shard {shards.identity})"
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -92,6 +92,9 @@ class _Handler(BaseHTTPRequestHandler):
             route.get("name"),
             status,
             route.get("group", ""),
+            self.headers.get("User-Agent", ""),
+            self._started,
+            time.monotonic(),
         )
         with self.api._store.lock:
             self.api.requests.append(record)
@@ -104,6 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
         route = self._route(path)
         verb = self._verb(method, route, query)
         self._request, self._logged = (method, path, query, verb, route), False
+        self._started = time.monotonic()
         self.api._local.field_validation = query.get("fieldValidation", "Warn")
         self.api._local.manager = query.get("fieldManager") or default_manager(self.headers.get("User-Agent", ""))
         self.api._local.warnings = []

@@ -78,6 +78,9 @@ class RequestRecord:
     name: str | None
     status: int
     group: str = ""
+    user_agent: str = ""  # who asked (a replica sets its own; field managers are shared)
+    started: float = 0.0  # time.monotonic() when the request arrived
+    answered: float = 0.0  # and when its answer was decided (the write done, for a write)
 
 
 @dataclass
