@@ -10,7 +10,8 @@ applications are configured from the Secret's keys alone:
   with an email receiver from SMTP_HOST, SMTP_PORT, SMTP_USERNAME, SMTP_PASSWORD and SMTP_FROM,
   sending the notification of an alert posted to its API;
 - swaks and msmtp with AUTH PLAIN, from the env keys (tests/clients/snippets);
-- Jakarta Mail loading javamail.properties and the SMTP_PASSWORD file (the same snippet).
+- Jakarta Mail loading javamail.properties and the SMTP_PASSWORD file (the same snippet);
+- Django's SMTP backend from the EMAIL_* keys and from EMAIL_URL (dj-email-url).
 
 The upstream stand-ins: an aiosmtpd server taking only AUTH XOAUTH2 with a token the Microsoft
 identity platform stand-in issued for outlook.office365.com, and the Graph stand-in recording
@@ -46,7 +47,7 @@ from reconciler.demo.graph import FakeGraph
 from reconciler.demo.smtp_servers import RunningServer, ServerLoop, SmtpServerOptions
 from reconciler.demo.token_endpoints import Client, MicrosoftIdentity
 from reconciler.model import status_condition
-from tests.clients.runners import SNIPPETS, JavaBuild, Job, _need_swaks
+from tests.clients.runners import SNIPPETS, JavaBuild, Job, _need_python, _need_swaks
 from tests.clients.secret import ENV_NAME, Mounted
 from tests.mta.process import wait_for
 from tests.smtpservers import LOOPBACK, ThrowawayCA, unused_port
@@ -363,6 +364,21 @@ def test_plain_client_through_the_relay(stage: Stage, upstream: Upstream, client
     got = stage.wait_delivered(upstream, rcpt, lambda: proc.stdout + proc.stderr)
     _check(stage, upstream, got, rcpt)
     assert got.message["Subject"] == f"{client} relay"
+
+
+@pytest.mark.parametrize("upstream", UPSTREAMS)
+@pytest.mark.parametrize("how", ["settings", "dj-email-url"])
+def test_django_through_the_relay(stage: Stage, upstream: Upstream, how: str) -> None:
+    """Django's SMTP backend from the EMAIL_* keys, or EMAIL_URL (the issue's fourth client)."""
+    _need_python("django" if how == "settings" else "dj_email_url")()
+    sidecar, rcpt = stage.sidecars[upstream], f"django-{how}-{upstream}@rcpt.example"
+    proc = subprocess.run([sys.executable, str(SNIPPETS / "send-django.py"), how, rcpt,
+                           f"django {how}"], env=_env(sidecar.mounted), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + sidecar.output()
+    got = stage.wait_delivered(upstream, rcpt, lambda: proc.stdout + proc.stderr)
+    _check(stage, upstream, got, rcpt)
+    assert got.message["Subject"] == f"django {how}"
 
 
 # ---------------------------------------------------------------------- Jakarta Mail
