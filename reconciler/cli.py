@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("controller", "watch EmailAccounts and reconcile them continuously",
                 cmd_controller)
     _store_args(p, local=False)
+    p.add_argument("--namespaces", action="append", metavar="NS[,NS...]",
+                   help="serve exactly these namespaces (comma-separated, repeatable; default: "
+                        "all)")
+    p.add_argument("--namespace-selector", metavar="LABELS",
+                   help="serve the namespaces whose labels match this selector, as they gain or "
+                        "lose them, e.g. email.reconciler.io/served=true (default: all)")
     p.add_argument("--workers", type=_positive_int, default=4,
                    help="accounts reconciled at the same time")
     p.add_argument("--interval", default="10m",

@@ -232,13 +232,16 @@ def test_a_role_missing_one_verb_gets_a_403_that_surfaces_as_forbidden(
 
 
 def start_controller(api: KubeAPIServer, objects: list[dict[str, Any]], tmp_path: Path,
+                     extra: tuple[str, ...] = (),
                      ) -> tuple[subprocess.Popen[bytes], Callable[[Callable[[], Any]], Callable[[], Any]]]:
     """The Deployment's container as a process, as its ServiceAccount, its arguments exactly but
-    for the two listen addresses (a fixed port is not ours to take on a shared machine); and a
-    wrapper for wait_for predicates that fails at once if it died or was refused."""
+    for the two listen addresses (a fixed port is not ours to take on a shared machine) and any
+    `extra` ones; and a wrapper for wait_for predicates that fails at once if it died or was
+    refused."""
     c = container(objects, "Deployment", "controller")
     assert c["serviceAccountName"] == CONTROLLER and "--leader-elect" in c["args"]
     args = [a.replace(":8080", "127.0.0.1:0").replace(":8081", "127.0.0.1:0") for a in c["args"]]
+    args += extra
     env = {**os.environ, "PYTHONPATH": str(ROOT), "POD_NAMESPACE": OWN,
            "KUBECONFIG": str(kubeconfig_as(api, tmp_path / "controller.kubeconfig", CONTROLLER))}
     env.pop("KUBERNETES_SERVICE_HOST", None)
@@ -363,3 +366,46 @@ def test_the_one_namespace_controller_serves_its_namespace_only_without_a_403(
         assert refusals(api) == []
         assert {r.namespace for r in api.requests if r.resource is not None} == {NS, OWN}
         assert not (api.get_object("emailaccounts", "team", "elsewhere") or {}).get("status")
+
+
+# --------------------------------------------------------------------------- narrowed by a selector
+
+
+def test_the_cluster_wide_controller_with_a_namespace_selector_without_a_403(
+        rendered: dict[str, list[dict[str, Any]]], servers: Servers, tmp_path: Path) -> None:
+    """deploy/controller with `--namespace-selector` (issue 26 item 1): it lists and watches
+    Namespaces (the ClusterRole grants exactly that), serves mail, labelled, and team once
+    labelled, and never a 403."""
+    from kubernetes import client
+
+    objects = rendered["controller"]
+    served = "email.reconciler.io/served"
+    with cluster(objects, servers) as api:
+        servers.users["tenant@example.com"] = PASSWORD
+        api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "data": {"ca.crt": servers.ca.ca_pem},
+                                      "metadata": {"name": "ca", "namespace": "team", "labels": CREDENTIAL}})
+        api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                   "metadata": {"name": "tenant-smtp", "namespace": "team", "labels": CREDENTIAL},
+                                   "data": {"password": base64.b64encode(PASSWORD.encode()).decode()}})
+        api.add_object("emailaccounts", loopback_account("billing", NS, servers.starttls.port, timeout=5))
+        api.add_object("emailaccounts", loopback_account("tenant", "team", servers.starttls.port, timeout=5))
+        with api.api_client() as admin:
+            client.CoreV1Api(admin).patch_namespace(NS, {"metadata": {"labels": {served: "true"}}})
+        proc, alive = start_controller(api, objects, tmp_path, (f"--namespace-selector={served}=true",))
+        try:
+            wait_for(alive(lambda: ready(api, "billing") == "True"), PATIENCE, "billing Ready")
+            assert not (api.get_object("emailaccounts", "team", "tenant") or {}).get("status")
+            with api.api_client() as admin:
+                client.CoreV1Api(admin).patch_namespace("team", {"metadata": {"labels": {served: "true"}}})
+            wait_for(alive(lambda: api.get_object("secrets", "team", "tenant-sender")), PATIENCE,
+                     "tenant-sender published once team is labelled")
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=PATIENCE)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err.decode()[-3000:]
+        assert refusals(api) == []
+        assert {("list", "namespaces"), ("watch", "namespaces")} <= {
+            (r.verb, r.resource) for r in api.requests}

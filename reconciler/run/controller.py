@@ -49,6 +49,8 @@ from reconciler.run.leader import LeaderConfig, LeaderElector
 from reconciler.run.membership import ACT, ShardConfig, ShardMember
 from reconciler.run.metrics import HealthServer, Metrics, MetricsServer
 from reconciler.run.refs import RefIndex, configmap_names, secret_names
+from reconciler.run.scope import NamespaceScope
+from reconciler.run.served import ServedInformers
 from reconciler.run.worker import Worker
 from reconciler.run.workqueue import ApiBackoff, Slots, WorkQueue
 from reconciler.store.base import Key, object_key
@@ -103,14 +105,20 @@ class Controller:
                  policy: Policy = DEFAULT_POLICY,
                  slow_after: float = 2.0, max_threads: int | None = None,
                  health_addr: str | None = None, shards: ShardConfig | None = None,
-                 shard_selector: str | None = None) -> None:
+                 shard_selector: str | None = None, namespaces: list[str] | None = None,
+                 namespace_selector: str | None = None) -> None:
         """`workers` reconciles run at once; one that takes longer than `slow_after` seconds
         (a slow server, up to its probe's deadline) gives its slot back, so a slow account holds
-        only its own thread and the others go on, up to `max_threads` (4 x workers) in all."""
-        from reconciler.store.watch import account_informer, configmap_informer, instrument_client, secret_informer
+        only its own thread and the others go on, up to `max_threads` (4 x workers) in all.
+        `namespace`, `namespaces` or `namespace_selector` narrow what it serves (run/scope.py)."""
+        from reconciler.store.watch import instrument_client
 
+        try:
+            scope = NamespaceScope.from_flags(namespace, namespaces, namespace_selector)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
         self.api_client = api_client
-        self.namespace = namespace
+        self.namespace = scope.fixed[0] if len(scope.fixed) == 1 else None
         self.workers = workers
         self.interval = interval
         self.policy = policy
@@ -120,17 +128,17 @@ class Controller:
         self.slots = Slots(workers, slow_after)
         self.metrics = Metrics(queue_depth=lambda: float(self.queue.depth()))
         instrument_client(api_client, self.metrics.api_request)
-        self.accounts = account_informer(api_client, namespace, self._on_account,
-                                         watch_seconds=watch_seconds,
-                                         label_selector=shard_selector)
-        self.secrets = secret_informer(api_client, namespace, self._on_secret,
-                                       watch_seconds=watch_seconds)
-        self.configmaps = configmap_informer(api_client, namespace, self._on_configmap,
-                                             watch_seconds=watch_seconds)
-        self.worker = Worker(api_client, namespace=namespace, interval=interval, policy=policy,
+        self.served = ServedInformers(api_client, scope, on_account=self._on_account,
+                                      on_secret=self._on_secret, on_configmap=self._on_configmap,
+                                      on_unserved=self._unserved, watch_seconds=watch_seconds,
+                                      label_selector=shard_selector)
+        self.accounts = self.served.accounts
+        self.secrets, self.configmaps = self.served.secrets, self.served.configmaps
+        self.worker = Worker(api_client, namespace=self.namespace, interval=interval, policy=policy,
                              queue=self.queue, api_backoff=self.api_backoff,
                              metrics=self.metrics, accounts=self.accounts,
-                             secrets=self.secrets, configmaps=self.configmaps)
+                             secrets=self.secrets, configmaps=self.configmaps,
+                             serves=self.served.serves)
         self.secret_refs = RefIndex()  # who reads which Secret (reverse references)
         self.configmap_refs = RefIndex()  # and which ConfigMap
         self._leading = threading.Event()
@@ -156,7 +164,7 @@ class Controller:
     @property
     def synced(self) -> bool:
         """True once every informer listed: ready to lead or to stand by."""
-        return all(i.synced.is_set() for i in (self.accounts, self.secrets, self.configmaps))
+        return all(i.synced.is_set() for i in self.served.all)
 
     @property
     def reconciles(self) -> Counter[Key]:
@@ -171,9 +179,7 @@ class Controller:
         for server in (self.health, self.metrics_server):
             if server is not None:
                 server.start()
-        self.secrets.start()
-        self.configmaps.start()
-        self.accounts.start()
+        self.served.start()
         for i in range(self.max_threads):
             t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
             t.start()
@@ -192,7 +198,7 @@ class Controller:
     def wait_synced(self, timeout: float = 10.0) -> bool:
         end = time.monotonic() + timeout
         return all(informer.synced.wait(max(0.0, end - time.monotonic()))
-                   for informer in (self.secrets, self.configmaps, self.accounts))
+                   for informer in self.served.all)
 
     def stop(self, release: bool = True) -> None:
         """Stop taking work, finish in-flight reconciles, release the Lease, stop watching.
@@ -207,9 +213,7 @@ class Controller:
         if self.elector is not None:
             self.elector.stop(release=release)
         self._leading.clear()
-        self.accounts.stop()
-        self.secrets.stop()
-        self.configmaps.stop()
+        self.served.stop()
         for server in (self.health, self.metrics_server):
             if server is not None:
                 server.stop()
@@ -232,12 +236,7 @@ class Controller:
     def _on_account(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
         key = object_key(obj)
         if etype == "DELETED":
-            self.secret_refs.drop(key)
-            self.configmap_refs.drop(key)
-            self.worker.forget(key)
-            self.queue.remove(key)
-            self.metrics.observe_account(key, None)
-            self.metrics.accounts.set(len(self.accounts))
+            self._forget(key)
             return
         spec = obj.get("spec") or {}
         self.secret_refs.set(key, secret_names(spec))
@@ -256,6 +255,19 @@ class Controller:
         if (generation != int(pmeta.get("generation") or 0) or done != generation
                 or requested != (pmeta.get("annotations") or {}).get(REQUESTED_AT_ANNOTATION)):
             self.queue.add(key, urgent=True)  # a spec change or a probe request (status: ours)
+
+    def _forget(self, key: Key) -> None:
+        self.secret_refs.drop(key)
+        self.configmap_refs.drop(key)
+        self.worker.forget(key)
+        self.queue.remove(key)
+        self.metrics.observe_account(key, None)
+        self.metrics.accounts.set(len(self.accounts))
+
+    def _unserved(self, namespace: str, keys: list[Key]) -> None:
+        """`namespace` is no longer served: forget its accounts (nothing is written or deleted)."""
+        for key in keys:
+            self._forget(key)
 
     def _on_secret(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
         ns, name = object_key(obj)
@@ -316,7 +328,10 @@ class Controller:
                     self.queue.done(key)
 
     def _reconcile(self, key: Key) -> None:
-        """Reconcile `key` now, if no other replica may act on it (sharding): at most one does."""
+        """Reconcile `key` now, if no other replica may act on it (sharding): at most one does;
+        not at all once its namespace is no longer served."""
+        if not self.served.serves(key[0]):
+            return
         if self.shard is None:
             self.worker.reconcile(key)
             return
@@ -396,6 +411,8 @@ def run_controller(args: Any) -> int:
     try:
         try:
             controller = Controller(store.api_client, namespace=args.namespace,
+                                    namespaces=args.namespaces,
+                                    namespace_selector=args.namespace_selector,
                                     workers=args.workers, interval=interval,
                                     metrics_addr=args.metrics_addr or None, leader=leader,
                                     policy=policy_from(args),
@@ -405,7 +422,7 @@ def run_controller(args: Any) -> int:
             raise UsageError(f"cannot listen on --metrics-addr {args.metrics_addr} or "
                              f"--health-addr {args.health_addr}: {exc}") from exc
         controller.start()
-        log.warning("controller started", namespace=args.namespace or "(all)",
+        log.warning("controller started", namespace=controller.served.scope.describe(),
                     workers=args.workers, leader_elect=bool(leader),
                     shard=shards.lease_name if shards else None,
                     shard_selector=args.shard_selector or None)

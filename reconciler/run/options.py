@@ -112,6 +112,8 @@ class ControllerOptions(PolicyOptions):
 
     context: str | None = None
     namespace: str | None = None
+    namespaces: list[str] | None = None  # --namespaces a,b (repeatable): exactly these
+    namespace_selector: str | None = None  # the Namespaces matching it, as labels change
     workers: int = 4
     interval: str = "10m"
     metrics_addr: str = ":8080"

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,8 @@ class Worker:
 
     def __init__(self, api_client: Any, *, namespace: str | None, interval: float,
                  policy: Policy, queue: WorkQueue, api_backoff: ApiBackoff, metrics: Metrics,
-                 accounts: Informer, secrets: InformerUnion, configmaps: Informer) -> None:
+                 accounts: Informer, secrets: InformerUnion, configmaps: Informer,
+                 serves: Callable[[str], bool] = lambda namespace: True) -> None:
         self.api_client = api_client
         self.namespace = namespace
         self.interval = interval
@@ -47,6 +48,9 @@ class Worker:
         self.api_backoff = api_backoff
         self.metrics = metrics
         self.accounts, self.secrets, self.configmaps = accounts, secrets, configmaps
+        #: Whether a namespace is still served (run/scope.py): an account that left the cache
+        #: because its namespace did is not deleted, so nothing of it is cleaned up.
+        self.serves = serves
         self._lock = threading.Lock()
         self._generations: dict[Key, int] = {}  # generation last reconciled
         self._written: dict[Key, dict[str, Any]] = {}  # our last status write, until watched
@@ -120,7 +124,8 @@ class Worker:
                             ).reconcile_objects([obj], unpublished=unpublished)
         self.metrics.duration.observe(time.monotonic() - started)
         if self.accounts.get(key) is None:
-            self._clean_up_after(key, store, obj)
+            if self.serves(key[0]):
+                self._clean_up_after(key, store, obj)
             return
         written = stored_account(store, key)
         entry = report.accounts[0] if report.accounts else None

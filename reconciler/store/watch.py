@@ -39,6 +39,8 @@ log = get_logger("reconciler.watch")
 
 Lookup = Callable[[str, str], "dict[str, Any] | None"]
 Handler = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
+#: Whether an object belongs in the cache (run/scope.py: its namespace is served); None: all do.
+Keep = Callable[[dict[str, Any]], bool]
 ListFn = Callable[..., Any]
 
 
@@ -47,8 +49,11 @@ class Informer:
 
     def __init__(self, kind: str, list_fn: ListFn, list_args: tuple[Any, ...],
                  handler: Handler, *, watch_seconds: int = 300,
-                 retry_delay: float = 1.0) -> None:
+                 retry_delay: float = 1.0, keep: Keep | None = None) -> None:
+        """`keep`: objects it refuses are neither cached nor handed to `handler`; when it comes
+        to admit more, `request_relist()` fetches what it refused."""
         self.kind = kind
+        self._keep = keep
         self._list_fn = list_fn
         self._list_args = list_args
         self._handler = handler
@@ -58,6 +63,7 @@ class Informer:
         self._cache: dict[Key, dict[str, Any]] = {}
         self.synced = threading.Event()
         self._stopping = threading.Event()
+        self._relist_wanted = threading.Event()
         self._watch: Any = None
         self._thread: threading.Thread | None = None
         self.resource_version: str | None = None
@@ -87,6 +93,23 @@ class Informer:
         with self._lock:
             return list(self._cache.values())
 
+    def forget_namespace(self, namespace: str) -> list[Key]:
+        """Drop the cached objects of `namespace` without handling them (no longer served: not
+        deleted); their keys."""
+        with self._lock:
+            gone = [key for key in self._cache if key[0] == namespace]
+            for key in gone:
+                del self._cache[key]
+        return gone
+
+    def request_relist(self) -> None:
+        """Rebuild the cache from a fresh LIST now (`keep` admits more than before): the open
+        watch is cut, and the objects the LIST adds come out as ADDED."""
+        self._relist_wanted.set()  # before reading _watch: _follow sets it, then checks this
+        w = self._watch
+        if w is not None:
+            w.stop()
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"informer-{self.kind}",
@@ -110,7 +133,8 @@ class Informer:
         failures = 0
         while not self._stopping.is_set():
             try:
-                if need_list:
+                if need_list or self._relist_wanted.is_set():
+                    self._relist_wanted.clear()
                     self._relist()
                     need_list = False
                 self._follow()
@@ -118,6 +142,8 @@ class Informer:
             except ApiException as exc:
                 if self._stopping.is_set():
                     break
+                if self._relist_wanted.is_set():
+                    continue  # we cut the watch ourselves
                 if exc.status == 410:
                     log.info("watch expired; relisting", kind=self.kind)
                     need_list = True
@@ -130,6 +156,8 @@ class Informer:
             except Exception as exc:  # connection errors: back off, resume, relist if it persists
                 if self._stopping.is_set():
                     break
+                if self._relist_wanted.is_set():
+                    continue  # we cut the watch ourselves
                 failures += 1
                 need_list = need_list or failures > 1
                 log.warning("watch failed", kind=self.kind, error=f"{type(exc).__name__}: {exc}")
@@ -148,7 +176,9 @@ class Informer:
                 body = json.loads(response.data or b"{}")
             finally:
                 response.release_conn()
-        fresh = {object_key(o): slim(o) for o in body.get("items") or []}
+        keep = self._keep
+        fresh = {object_key(o): slim(o) for o in body.get("items") or []
+                 if keep is None or keep(o)}
         with self._lock:
             old = self._cache
             self._cache = fresh
@@ -173,7 +203,7 @@ class Informer:
         w = watch.Watch(return_type="object")
         self._watch = w
         try:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self._relist_wanted.is_set():
                 return
             stream = w.stream(self._list_fn, *self._list_args,
                               resource_version=self.resource_version,
@@ -185,7 +215,7 @@ class Informer:
             with bounded.bounded(bounded.Bounds(self.watch_seconds + 10.0)):
                 for event in stream:
                     self._apply(str(event.get("type")), event.get("raw_object") or {})
-                    if self._stopping.is_set():
+                    if self._stopping.is_set() or self._relist_wanted.is_set():
                         w.stop()
         finally:
             self._watch = None
@@ -197,6 +227,12 @@ class Informer:
             self.resource_version = rv or self.resource_version
             return
         key = object_key(obj)
+        if self._keep is not None and not self._keep(obj):
+            with self._lock:  # not served (any more): no handler, it was not deleted
+                self._cache.pop(key, None)
+                if rv:
+                    self.resource_version = rv
+            return
         obj = slim(obj)
         with self._lock:
             prev = self._cache.get(key)
@@ -254,6 +290,19 @@ def account_informer(api_client: Any, namespace: str | None, handler: Handler,
                     (API_GROUP, API_VERSION, PLURAL), handler, **kwargs)
 
 
+def namespace_informer(api_client: Any, label_selector: str, handler: Handler,
+                       **kwargs: Any) -> Informer:
+    """An informer over the Namespaces matching `label_selector` (`--namespace-selector`): the
+    server sends only those, and a DELETED when one stops matching."""
+    from kubernetes import client
+
+    bounded.install(api_client)
+    core = client.CoreV1Api(api_client)
+    return Informer("namespaces", functools.partial(core.list_namespace,
+                                                    label_selector=label_selector),
+                    (), handler, **kwargs)
+
+
 class InformerUnion:
     """Several informers of one kind (one per label selector) read as one cache."""
 
@@ -285,6 +334,18 @@ class InformerUnion:
 
     def cached_keys(self) -> list[Key]:
         return sorted({k for p in self.parts for k in p.cached_keys()})
+
+    def __len__(self) -> int:
+        """Objects cached, when the parts hold disjoint keys (one namespace each); with
+        overlapping parts (Secrets by selector) an upper bound."""
+        return sum(len(p) for p in self.parts)
+
+    def forget_namespace(self, namespace: str) -> list[Key]:
+        return sorted({k for p in self.parts for k in p.forget_namespace(namespace)})
+
+    def request_relist(self) -> None:
+        for part in self.parts:
+            part.request_relist()
 
     def start(self) -> None:
         for part in self.parts:
