@@ -5,6 +5,8 @@ interval, and a changed credential is one full session (AUTH included) of that a
 
 from __future__ import annotations
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.test_controller import (  # noqa: F401
     NEW_PASSWORD,
     PATIENCE,
@@ -30,6 +32,11 @@ def test_the_controller_shares_one_endpoint_check_among_its_accounts(cluster: Cl
     # each account is probed every 2 s; without sharing every probe is a connection
     assert 1 <= opened * 3 <= probed, (opened, probed)
     assert len(server.auth_attempts) == auths  # no credential check before authInterval
+    checks = {s.labels["result"]: s.value
+              for family in text_string_to_metric_families(ctl.metrics.render().decode())
+              if family.name == "email_reconciler_endpoint_checks" for s in family.samples
+              if s.name.endswith("_total")}
+    assert checks["shared"] >= probed - opened and checks["session"] >= 1, checks
 
     cluster.servers.users["e3@example.com"] = NEW_PASSWORD
     cluster.secret("e3-smtp", "password", NEW_PASSWORD)

@@ -122,6 +122,34 @@ class _OldestProbe:
         return [family]
 
 
+class EndpointChecks:
+    """`email_reconciler_endpoint_checks_total{result}`, read from the endpoint cache when
+    scraped (probe/endpoints.py): `session`, an endpoint check that opened a session of its own;
+    `shared`, a probe served by its endpoint's latest check or the one in flight. Probes with
+    AUTH always run their own session and are not counted here."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self.counts = counts  # () -> (sessions, shared)
+
+    def describe(self) -> list[Any]:
+        return [self._family()]
+
+    def _family(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        return CounterMetricFamily(f"{PREFIX}_endpoint_checks",
+                                   "Endpoint checks (connect, TLS, EHLO) of probes without AUTH, "
+                                   "by whether they opened a session or were shared",
+                                   labels=["result"])
+
+    def collect(self) -> list[Any]:
+        family = self._family()
+        sessions, shared = self.counts()
+        family.add_metric(["session"], sessions)
+        family.add_metric(["shared"], shared)
+        return [family]
+
+
 def _epoch(value: Any) -> float | None:
     """An RFC 3339 status time as epoch seconds, or None."""
     if not isinstance(value, str) or not value:

@@ -23,7 +23,7 @@ from reconciler.model import ACCOUNT_LABEL, status_condition
 from reconciler.policy import Policy
 from reconciler.state.status import SCHEDULE_FIELDS
 from reconciler.run import requeue
-from reconciler.run.metrics import Metrics
+from reconciler.run.metrics import EndpointChecks, Metrics
 from reconciler.run.workqueue import ApiBackoff, WorkQueue
 from reconciler.store.base import Key
 
@@ -65,6 +65,8 @@ class Worker:
 
         #: Endpoint checks shared by the accounts of one endpoint, across reconciles and workers.
         self.endpoints = EndpointCache()
+        metrics.registry.register(EndpointChecks(
+            lambda: (self.endpoints.checks, self.endpoints.served)))
         self._local = threading.local()
 
     def reconciled_generation(self, key: Key) -> int | None:
