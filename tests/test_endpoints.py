@@ -90,7 +90,7 @@ def _key(ca_pem: str | None = "CA", **o: Any) -> Any:
     ({"name": "other", "email_address": "other@example.test"}, True),
     ({"method": "OAuth2"}, True),
     ({"password": KeyRef("someone-else", "password")}, True),
-    ({"host": "127.0.0.1."}, True),  # the same name as DNS reads it
+    ({"host": "127.0.0.1."}, False),  # messages name the host as written
     ({"port": 2525}, False),
     ({"security": "SMTPS"}, False),
     ({"min_tls_version": "1.3"}, False),
@@ -284,16 +284,19 @@ def test_one_check_in_flight_serves_every_thread(
 
 
 def test_a_truststore_of_another_namespace_never_serves(
-        smtp_server: Callable[..., RunningServer], secrets_dir: Path, ca: ThrowawayCA) -> None:
+        smtp_server: Callable[..., RunningServer], secrets_dir: Path) -> None:
     """Two tenants trusting the same CA content still get their own check: a message names the
     truststore object, and one tenant never reads another's name in its status."""
-    server = smtp_server(mode="STARTTLS", tls="wrong_host", users={USER: PASSWORD})
-    write_secret(secrets_dir, "other-team", TRUSTSTORE_REF.name, TRUSTSTORE_REF.key, ca.ca_pem)
+    server = smtp_server(mode="STARTTLS", users={USER: PASSWORD})
+    unrelated = ThrowawayCA().ca_pem  # both trust a CA that did not sign the server
+    for namespace in (NAMESPACE, "other-team"):
+        write_secret(secrets_dir, namespace, TRUSTSTORE_REF.name, TRUSTSTORE_REF.key, unrelated)
     accounts = [make_account(name="mine", port=server.port),
                 make_account(name="theirs", namespace="other-team", port=server.port)]
     results = _probe(accounts, DirSecretReader(secrets_dir), EndpointCache())
     assert server.connections == 2
     for account, result in zip(accounts, results, strict=True):
-        assert not result.connection.ok
+        assert result.connection.reason == reasons.CERTIFICATE_UNTRUSTED
         other = "other-team" if account.namespace == NAMESPACE else f"{NAMESPACE}/"
+        assert f"{account.namespace}/{TRUSTSTORE_REF.name}" in result.connection.message
         assert other not in result.connection.message

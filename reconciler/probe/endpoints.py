@@ -69,7 +69,8 @@ def endpoint_key(account: Account, ca_pem: str | None, truststore: str | None) -
     conn = account.smtp.connection
     digest = hashlib.sha256(ca_pem.encode()).hexdigest() if ca_pem is not None else None
     ehlo = account.smtp.advanced.get("mail.smtp.localhost", "").strip() or None
-    return EndpointKey(host=conn.host.strip().rstrip(".").lower(), port=conn.port,
+    # The host as written: messages name it so (a case or a trailing dot apart is another key).
+    return EndpointKey(host=conn.host, port=conn.port,
                        security=conn.security, min_tls_version=conn.min_tls_version,
                        truststore=truststore, truststore_digest=digest, ehlo_name=ehlo,
                        timeout_seconds=conn.timeout_seconds, hint=host_hint(account))
