@@ -34,8 +34,7 @@ def _auths(w: World) -> list[str]:
 
 def test_a_run_checks_each_endpoint_once_and_authenticates_only_what_changed(
         world: World) -> None:
-    for name in NAMES:
-        world.account(name)  # interval 10m, authInterval 24h (the defaults)
+    docs = {name: world.account(name) for name in NAMES}  # interval 10m, authInterval 24h
     _run(world, 0)  # new accounts: a full probe each
     assert world.starttls.connections == 6 and len(_auths(world)) == 6
 
@@ -46,10 +45,16 @@ def test_a_run_checks_each_endpoint_once_and_authenticates_only_what_changed(
     assert _auths(world)[6:] == ["a2@example.com"]
     assert world.published_data("a2-sender")["SMTP_PASSWORD"] == "n3w-p@ss"
 
-    _run(world, 13)  # all due on the clock (10 min +-10 %), none needs AUTH: one session for six
-    assert world.starttls.connections == 8 and len(_auths(world)) == 7
+    docs["a4"]["metadata"]["annotations"] = {"email.reconciler.io/requested-at": "now please"}
+    world.write(docs["a4"])
+    _run(world, 2)  # a probe requested for a4: a4 alone, AUTH included
+    assert world.starttls.connections == 8
+    assert _auths(world)[7:] == ["a4@example.com"]
+
+    _run(world, 14)  # all due on the clock (10 min +-10 %), none needs AUTH: one session for six
+    assert world.starttls.connections == 9 and len(_auths(world)) == 8
     assert all(world.status(n)["tlsVersion"].startswith("TLSv1.") for n in NAMES)
 
-    _run(world, 14, force=True)  # --force: a full probe of every account, AUTH included
-    assert world.starttls.connections == 14
-    assert sorted(_auths(world)[7:]) == sorted(f"{n}@example.com" for n in NAMES)
+    _run(world, 15, force=True)  # --force: a full probe of every account, AUTH included
+    assert world.starttls.connections == 15
+    assert sorted(_auths(world)[8:]) == sorted(f"{n}@example.com" for n in NAMES)
