@@ -268,7 +268,7 @@ def test_controller_deployment_is_hardened_and_probes_its_endpoints(
     (container,) = pod["containers"]
     container_hardened(container)
     args = build_parser().parse_args(container["args"])
-    assert args.command == "controller" and args.leader_elect
+    assert args.command == "controller" and args.shards == "auto" and not args.leader_elect
     assert args.namespace is None  # every namespace, by default
     port = int(args.metrics_addr.rpartition(":")[2])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}

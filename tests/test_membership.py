@@ -111,6 +111,8 @@ def test_three_replicas_own_disjoint_sets_that_cover_every_account(
     assert {name: seq for name, seq in turns.items()
             if seq != [f"replica-{owner((NS, name), ('a', 'b', 'c'))}"]} == {}
     assert {seq[0] for seq in turns.values()} == {"replica-a", "replica-b", "replica-c"}
+    assert [c.metrics.registry.get_sample_value("email_reconciler_shard_members")
+            for c in three] == [3.0, 3.0, 3.0]
     leases = cluster.api.objects("leases", NS)
     assert sorted(lease["metadata"]["name"] for lease in leases
                   if lease["metadata"].get("labels", {}).get(GROUP_LABEL) == PREFIX) == [

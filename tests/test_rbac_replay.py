@@ -239,7 +239,7 @@ def start_controller(api: KubeAPIServer, objects: list[dict[str, Any]], tmp_path
     `extra` ones; and a wrapper for wait_for predicates that fails at once if it died or was
     refused."""
     c = container(objects, "Deployment", "controller")
-    assert c["serviceAccountName"] == CONTROLLER and "--leader-elect" in c["args"]
+    assert c["serviceAccountName"] == CONTROLLER and "--shards=auto" in c["args"]
     args = [a.replace(":8080", "127.0.0.1:0").replace(":8081", "127.0.0.1:0") for a in c["args"]]
     args += extra
     env = {**os.environ, "PYTHONPATH": str(ROOT), "POD_NAMESPACE": OWN,
@@ -258,7 +258,7 @@ def start_controller(api: KubeAPIServer, objects: list[dict[str, Any]], tmp_path
     return proc, alive
 
 
-def test_both_modes_apply_only_cronjob_and_the_leader_elected_controller_without_a_403(
+def test_both_modes_apply_only_cronjob_and_the_sharded_controller_without_a_403(
         api: KubeAPIServer, servers: Servers, rendered: dict[str, list[dict[str, Any]]],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     both = rendered["both"]
@@ -273,14 +273,15 @@ def test_both_modes_apply_only_cronjob_and_the_leader_elected_controller_without
     proc, alive = start_controller(api, both, tmp_path)
     assert "--namespace" not in " ".join(proc.args)  # the cluster-wide controller
 
-    def lease() -> dict[str, Any]:
-        return (api.get_object("leases", OWN, "email-reconciler") or {}).get("spec") or {}
+    def shard_leases() -> list[dict[str, Any]]:
+        return [lease for lease in api.objects("leases", OWN) if (lease["metadata"].get(
+            "labels") or {}).get("email.reconciler.io/shard-group") == "email-reconciler-shard"]
 
     def events_for(name: str) -> list[dict[str, Any]]:
         return [e for e in api.objects("events", NS) if e["involvedObject"]["name"] == name]
 
     try:
-        wait_for(alive(lambda: lease().get("holderIdentity")), PATIENCE, "the controller leads")
+        wait_for(alive(shard_leases), PATIENCE, "the controller's shard Lease")
         wait_for(alive(lambda: all(ready(api, n) == "True" for n in ("billing", "leaving", "kept"))),
                  PATIENCE, "billing, leaving and kept Ready")
         wait_for(alive(lambda: ready(api, "broken") == "False" and events_for("broken")), PATIENCE,
@@ -329,11 +330,11 @@ def test_both_modes_apply_only_cronjob_and_the_leader_elected_controller_without
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err.decode()[-3000:]
-    assert lease().get("holderIdentity") == ""  # released: update on the Lease is allowed
+    assert shard_leases() == []  # released: delete on its Lease is allowed
     assert refusals(api) == []
     seen = {(r.verb, r.resource, r.subresource) for r in api.requests}
     assert {("watch", "emailaccounts", None), ("patch", "emailaccounts", "status"), ("create", "events", None),
-            ("update", "leases", None)} <= seen
+            ("create", "leases", None), ("list", "leases", None), ("delete", "leases", None)} <= seen
     assert PASSWORD.encode() not in out + err
 
 

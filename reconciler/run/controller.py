@@ -154,6 +154,8 @@ class Controller:
         if shards is not None:
             self.shard = ShardMember(api_client, shards, keys=self.accounts.cached_keys,
                                      requeue=self._requeue)
+            shard = self.shard
+            self.metrics.shard_members.set_function(lambda: float(len(shard.published)))
         # Two ports: the kubelet probes health, monitoring scrapes metrics (README "Security
         # model": the NetworkPolicy admits each from whom needs it).
         self.health = (HealthServer(health_addr, lambda: self.synced) if health_addr else None)

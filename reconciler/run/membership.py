@@ -186,19 +186,21 @@ class ShardMember:
             self._current = None  # read it again next time (deleted by a sweep, or changed)
             log.info("shard lease not renewed", lease=cfg.lease_name, error=str(exc))
             return False
-        gained: list[Key] = []
         with self._lock:
             if self._clock() >= self._valid_until:
                 self.confirmed = ()  # a lapse: the last LIST proves nothing any more
             self._valid_until = started + cfg.renew_deadline
-            if view != self.published:
-                old, self.published = self.published, view
-                self.handovers += bool(old)
-                gained = [k for k in self._keys() if claims(self.me, view, k)
-                          and not claims(self.me, old, k)]
+            old, self.published = self.published, view
+        if view != old:
+            self.handovers += bool(old)
+            # Outside the lock (a hash per account and member): the gained ones wait for the
+            # next LIST (rule 3), which queues them again.
+            gained = [k for k in self._keys() if claims(self.me, view, k)
+                      and not claims(self.me, old, k)]
+            with self._lock:
                 self._deferred.update(gained)
-                log.info("shard view published", members=list(view), identity=self.me,
-                         accounts_gained=len(gained))
+            log.info("shard view published", members=list(view), identity=self.me,
+                     accounts_gained=len(gained))
         return True
 
     def _list(self) -> None:

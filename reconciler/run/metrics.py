@@ -46,6 +46,8 @@ class Metrics:
         self.api_requests = Counter(f"{PREFIX}_api_requests", "Kubernetes API requests by verb "
                                     "and HTTP code", ["verb", "code"], registry=r)
         self.leader = Gauge(f"{PREFIX}_leader", "1 while this replica is the leader", registry=r)
+        self.shard_members = Gauge(f"{PREFIX}_shard_members", "Replicas in the member set this "
+                                   "replica works by (--shards auto; 0 otherwise)", registry=r)
         self._lock = threading.Lock()
         self._ready_keys: set[tuple[str, str]] = set()
         #: When each account was last probed (the newest lastProbeTime seen, in or out of the
