@@ -79,8 +79,7 @@ async def send_test_message(account: Account, secrets: SecretReader, to_address:
             if reply.code not in ok_codes:
                 verb = line.split(":")[0].split()[0]
                 return _refused(verb, reply.code, reply.text, where)
-        client.writer.write(dot_stuff(data))
-        await client.writer.drain()
+        await client.send(dot_stuff(data))
         reply = await client.read_reply()
         if reply.code != 250:
             return _refused("the message", reply.code, reply.text, where)

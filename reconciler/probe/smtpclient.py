@@ -8,6 +8,13 @@ what is left of the probe's deadline (reconciler.probe.limits). A reply is at mo
 (SmtpViolation). It also holds the EHLO vocabulary: the name we greet with and the extensions a
 reply lists. It knows no account and no reason: the session (reconciler.probe.smtpsession)
 reads its exceptions as outcomes.
+
+It drives a non-blocking socket on the event loop itself (`loop.sock_connect`, readiness
+callbacks) rather than asyncio streams, and after STARTTLS an `ssl.SSLSocket` on the same
+descriptor: OpenSSL reads and writes the descriptor directly, where asyncio's SSL transport
+shuttles every record through memory BIOs and pure-Python buffers, and a reply of any number of
+lines is parsed from one buffer without a coroutine per line. That was most of the probe's own
+CPU beside the handshake (bench/README.md, benchmark 7).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from reconciler.probe.limits import Deadline
 
 MAX_REPLY_LINES = 512
 MAX_REPLY_BYTES = 64 * 1024
+_RECV = 64 * 1024  # bytes asked of one recv; the buffer never holds more than a reply and this
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class SmtpClosed(Exception):
@@ -53,28 +62,81 @@ class Reply:
 
 
 class SmtpClient:
-    """Line-level SMTP over asyncio streams, with STARTTLS upgrade, every step bounded.
+    """Line-level SMTP over a non-blocking socket, with STARTTLS upgrade, every step bounded.
 
     Each operation (connect, handshake, one command and its reply) gets `deadline.timeout`
     seconds, cut by what is left of the deadline. `usable` turns False once the session cannot
     carry another command (closed, desynchronised by a timeout or an oversized reply, failed TLS).
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 deadline: Deadline | None = None) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, sock: socket.socket, deadline: Deadline | None = None) -> None:
+        self.sock = sock
         self.deadline = deadline or Deadline.start(30.0)
         self.usable = True
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()  # received, not yet read as a reply
+        self._eof = False
+        self._closed = False
+        self._sockname = sock.getsockname()
 
     @classmethod
     async def connect(cls, host: str, port: int, deadline: Deadline | None = None
                       ) -> SmtpClient:
         deadline = deadline or Deadline.start(30.0)
         async with asyncio.timeout(deadline.budget()):
-            reader, writer = await asyncio.open_connection(host, port,
-                                                           limit=MAX_REPLY_BYTES + 2)
-        return cls(reader, writer, deadline)
+            sock = await _open(host, port)
+        return cls(sock, deadline)
 
+    # ------------------------------------------------------------------ the socket
+    async def _ready(self, readable: bool) -> None:
+        """Wait until the socket is readable (or writable)."""
+        loop, fd = self._loop, self.sock.fileno()
+        if fd < 0:
+            raise SmtpClosed("the connection is closed")
+        waiter = loop.create_future()
+        if readable:
+            loop.add_reader(fd, _wake, waiter)
+        else:
+            loop.add_writer(fd, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            if readable:
+                loop.remove_reader(fd)
+            else:
+                loop.remove_writer(fd)
+
+    async def _fill(self) -> None:
+        """Receive what the server sent next into the buffer; at its end, mark EOF."""
+        while True:
+            try:
+                data = self.sock.recv(_RECV)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                await self._ready(True)
+                continue
+            except ssl.SSLWantWriteError:
+                await self._ready(False)
+                continue
+            if data:
+                self._buffer += data
+            else:
+                self._eof = True
+            return
+
+    async def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                await self._ready(False)
+                continue
+            except ssl.SSLWantReadError:
+                await self._ready(True)
+                continue
+            view = view[sent:]
+
+    # ------------------------------------------------------------------ SMTP
     async def read_reply(self, timeout: float | None = None) -> Reply:
         try:
             async with asyncio.timeout(self.deadline.budget(timeout)):
@@ -85,25 +147,38 @@ class SmtpClient:
 
     async def _read_reply(self) -> Reply:
         lines: list[str] = []
-        size = 0
+        buffer = self._buffer
+        start = 0  # where the next line begins in the buffer
         while True:
-            try:
-                raw = await self.reader.readline()
-            except ValueError:  # one line past the stream's limit
+            end = buffer.find(b"\n", start)
+            if (end if end >= 0 else len(buffer)) - start > MAX_REPLY_BYTES + 1:
                 raise SmtpViolation(f"the server sent a reply line longer than {MAX_REPLY_BYTES} "
-                                 "bytes") from None
-            if not raw.endswith(b"\n"):
-                raise SmtpClosed("the server closed the connection")
-            size += len(raw)
-            if size > MAX_REPLY_BYTES or len(lines) >= MAX_REPLY_LINES:
-                raise SmtpViolation(f"the server sent a reply of more than {MAX_REPLY_LINES} lines "
-                                 f"or {MAX_REPLY_BYTES} bytes")
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                                    "bytes")
+            if end < 0:
+                if self._eof:
+                    raise SmtpClosed("the server closed the connection")
+                await self._fill()
+                continue
+            if end + 1 > MAX_REPLY_BYTES or len(lines) >= MAX_REPLY_LINES:
+                raise SmtpViolation(f"the server sent a reply of more than {MAX_REPLY_LINES} "
+                                    f"lines or {MAX_REPLY_BYTES} bytes")
+            line = buffer[start:end + 1].decode("utf-8", "replace").rstrip("\r\n")
+            start = end + 1
             if len(line) < 3 or not line[:3].isdigit():
                 raise SmtpClosed(f"the server sent a line that is not SMTP: {line[:60]!r}")
             lines.append(line[4:])
             if line[3:4] != "-":
+                del buffer[:start]
                 return Reply(int(line[:3]), tuple(lines))
+
+    async def send(self, data: bytes, timeout: float | None = None) -> None:
+        """Send raw bytes (a message after DATA) within one operation's time."""
+        try:
+            async with asyncio.timeout(self.deadline.budget(timeout)):
+                await self._send(data)
+        except BaseException:
+            self.usable = False
+            raise
 
     async def command(self, line: str, timeout: float | None = None,
                       patience: Callable[[], bool] | None = None) -> Reply:
@@ -114,11 +189,12 @@ class SmtpClient:
         """
         try:
             budget = self.deadline.budget(timeout)
-            async with asyncio.timeout(budget):
-                self.writer.write(line.encode("utf-8") + b"\r\n")
-                await self.writer.drain()
             if patience is None:
-                return await self.read_reply(timeout)
+                async with asyncio.timeout(budget):
+                    await self._send(line.encode("utf-8") + b"\r\n")
+                    return await self._read_reply()
+            async with asyncio.timeout(budget):
+                await self._send(line.encode("utf-8") + b"\r\n")
             task = asyncio.ensure_future(self._read_reply())
             try:
                 done, _ = await asyncio.wait({task}, timeout=self.deadline.budget(timeout))
@@ -139,52 +215,118 @@ class SmtpClient:
     async def start_tls(self, ctx: ssl.SSLContext, server_hostname: str) -> None:
         """Upgrade to TLS; SmtpInjection when the server has sent anything not yet read.
 
-        Nothing may precede the handshake: the StreamReader keeps unread plain-text bytes and
-        would hand them out as the first replies inside TLS, so a forged `235` sent with the
-        `220` to STARTTLS would pass for the TLS server's answer to AUTH (as Postfix, Exim and
-        OpenSSL's s_client do, the session is dropped). Checked with no await before
-        loop.start_tls pauses reading, so no byte can slip in between.
+        Nothing may precede the handshake: bytes received after the go-ahead and kept in the
+        buffer would be handed out as the first replies inside TLS, so a forged `235` sent with
+        the `220` to STARTTLS would pass for the TLS server's answer to AUTH (as Postfix, Exim
+        and OpenSSL's s_client do, the session is dropped). Bytes still in the kernel are read by
+        OpenSSL as TLS records, so they fail the handshake instead.
         """
-        pending = len(self.reader._buffer)  # CPython's StreamReader; no public peek exists
+        pending = len(self._buffer)
         if pending:
             self.usable = False
             raise SmtpInjection(f"the server sent {pending} bytes after its go-ahead, before the "
                                 "TLS handshake")
         try:
             async with asyncio.timeout(self.deadline.budget()):
-                await self.writer.start_tls(ctx, server_hostname=server_hostname)
+                self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname,
+                                            do_handshake_on_connect=False)
+                await self._handshake()
         except BaseException:
             self.usable = False
             raise
 
+    async def _handshake(self) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        while True:
+            try:
+                sock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                await self._ready(True)
+            except ssl.SSLWantWriteError:
+                await self._ready(False)
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError) as exc:
+                raise SmtpClosed("the server closed the connection during the TLS "
+                                 "handshake") from exc
+
     def tls_facts(self) -> tuple[str | None, str | None, bytes | None]:
         """(version, cipher, DER leaf certificate) of the TLS session, if any."""
-        obj = self.writer.get_extra_info("ssl_object")
-        if obj is None:
+        sock = self.sock
+        if not isinstance(sock, ssl.SSLSocket):
             return None, None, None
-        cipher = obj.cipher()
-        return obj.version(), cipher[0] if cipher else None, obj.getpeercert(binary_form=True)
+        cipher = sock.cipher()
+        return sock.version(), cipher[0] if cipher else None, sock.getpeercert(binary_form=True)
 
     def local_address(self) -> str | None:
-        sockname = self.writer.get_extra_info("sockname")
-        return str(sockname[0]) if sockname else None
+        return str(self._sockname[0]) if self._sockname else None
 
     async def quit(self) -> None:
         """QUIT, when the session can still carry it; its reply is awaited briefly."""
-        if not self.usable or self.writer.transport.is_closing():
+        if not self.usable or self._closed:
             return
         with contextlib.suppress(SmtpClosed, OSError, TimeoutError, RuntimeError):
-            self.writer.write(b"QUIT\r\n")
+            with contextlib.suppress(*_WOULD_BLOCK):  # a full send buffer: no QUIT, as before
+                self.sock.send(b"QUIT\r\n")
             if self.deadline.remaining() > 0:
                 await self.read_reply(min(self.deadline.timeout, 2.0))
         self.usable = False
 
     async def close(self) -> None:
-        """Drop the connection at once (no TLS close_notify wait) and release the transport."""
+        """Drop the connection at once (no TLS close_notify, no wait) and release the socket."""
         self.usable = False
-        self.writer.transport.abort()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+        if self._closed:
+            return
+        self._closed = True
+        # What the server sent last (its close_notify after the 221) is read first, so the
+        # kernel ends the connection with a FIN rather than a reset, as asyncio's transport did.
+        with contextlib.suppress(OSError, ValueError):
+            self.sock.recv(_RECV)
+        self.sock.close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _numeric(host: str, port: int) -> list[tuple[socket.AddressFamily, socket.SocketKind, int,
+                                                  str, tuple[str, int] | tuple[str, int, int, int]]]:
+    """The address of an IP literal, without a resolver round trip (as asyncio does)."""
+    with contextlib.suppress(OSError):
+        socket.inet_pton(socket.AF_INET, host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    with contextlib.suppress(OSError):
+        socket.inet_pton(socket.AF_INET6, host)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+    return []
+
+
+async def _open(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket: each address of the host in turn, as
+    asyncio.open_connection tries them, with the same errors."""
+    loop = asyncio.get_running_loop()
+    infos = _numeric(host, port) or await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError("getaddrinfo() returned empty list")
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
+        raise errors[0]
+    raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
 
 
 def ehlo_name(advanced: Mapping[str, str], local_address: str | None) -> str:

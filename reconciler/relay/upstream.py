@@ -92,8 +92,7 @@ async def send_smtp(account: Account, secrets: SecretReader, tokens: TokenCache,
             if reply.code not in ok_codes:
                 answer.append(_upstream_reply(reply.code, reply.text, where, what))
                 return Outcome(False, "Refused", reply.text)
-        client.writer.write(dot_stuff(data))
-        await client.writer.drain()
+        await client.send(dot_stuff(data))
         reply = await client.read_reply()
         if reply.code != 250:
             answer.append(_upstream_reply(reply.code, reply.text, where, "the message"))
