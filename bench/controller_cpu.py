@@ -248,9 +248,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args()
     configure_logging(fmt="json", level="error")
-    rows = [run(int(n), args.changes, args.workers) for n in args.accounts.split(",")]
-    for r in rows:
-        n = r["accounts"]
+    rows = []
+    for n in (int(x) for x in args.accounts.split(",")):
+        r = run(n, args.changes, args.workers)
+        rows.append(r)
         print(f"accounts={n}: seeded in {r['seed_s']:.0f} s")
         print(f"  start-up (LISTs + {n} reconciles, nothing due): {r['startup_cpu_s']:.1f} s CPU "
               f"({1000 * r['startup_cpu_s'] / n:.2f} ms per account), {r['startup_wall_s']:.1f} s "
@@ -261,7 +262,7 @@ def main() -> int:
               f"reconciles/s, {r['change_cpu_s']:.1f} s CPU = {per:.1f} ms CPU per reconcile "
               "(probe with AUTH, status write, Secret apply)")
         print(f"  steady state, 20 s, nothing changed: {r['idle_cpu_s']:.2f} s CPU, API "
-              f"requests {r['idle_requests'] or 'none'}; RSS {r['rss_end_mb']:.0f} MB")
+              f"requests {r['idle_requests'] or 'none'}; RSS {r['rss_end_mb']:.0f} MB", flush=True)
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         a = first["change_cpu_s"] / max(1, first["change_reconciles"])

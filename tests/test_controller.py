@@ -291,6 +291,26 @@ def test_probes_that_find_nothing_changed_write_nothing(cluster: Cluster) -> Non
     assert 0 <= ages[NS] < 60  # fresh, though the stored lastProbeTime is not
 
 
+def test_informers_list_in_pages(cluster: Cluster) -> None:
+    """A relist reads pages of 500 objects (client-go's reflector does): at 10,000 accounts one
+    answer holding every object broke the size bound or the deadline of one call, and the
+    informer relisted forever, never synced (issue 26 item 7, found by bench/controller_cpu.py)."""
+    for i in range(1100):
+        cluster.api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                                              "metadata": {"name": f"trust-{i:04d}",
+                                                           "namespace": NS,
+                                                           "labels": CREDENTIAL},
+                                              "data": {"ca.crt": "x"}})
+    cluster.api.clear_requests()
+    ctl = cluster.controller()
+    assert ctl.wait_synced(PATIENCE)
+    assert len(ctl.configmaps) == 1101  # and "ca"
+    pages = [r for r in cluster.api.requests
+             if (r.verb, r.resource) == ("list", "configmaps")]
+    assert [r.query.get("limit") for r in pages] == ["500"] * 3
+    assert [bool(r.query.get("continue")) for r in pages] == [False, True, True]
+
+
 # --------------------------------------------------------------------------- which Secrets (issue 18)
 
 

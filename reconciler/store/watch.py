@@ -37,6 +37,8 @@ from reconciler.store.base import Key, object_key
 
 log = get_logger("reconciler.watch")
 
+#: Objects per LIST page of a relist (kubectl and client-go page by 500).
+LIST_PAGE = 500
 Lookup = Callable[[str, str], "dict[str, Any] | None"]
 Handler = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
 #: Whether an object belongs in the cache (run/scope.py: its namespace is served); None: all do.
@@ -167,22 +169,38 @@ class Informer:
         ceiling = min(30.0, self.retry_delay * 2 ** min(failures - 1, 10))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    def _relist(self) -> None:
-        # Bounded like every call (bounded.py): a dripped or endless LIST is a failed relist.
+    def _list_page(self, token: str | None) -> dict[str, Any]:
+        # Bounded like every call (bounded.py): a dripped or endless page is a failed relist.
         with bounded.bounded(bounded.Bounds(60.0)):
-            response = self._list_fn(*self._list_args, _preload_content=False,
-                                     _request_timeout=(5, 60))
+            response = self._list_fn(*self._list_args, limit=LIST_PAGE, _continue=token,
+                                     _preload_content=False, _request_timeout=(5, 60))
             try:
-                body = json.loads(response.data or b"{}")
+                body: dict[str, Any] = json.loads(response.data or b"{}")
             finally:
                 response.release_conn()
+        return body
+
+    def _relist(self) -> None:
+        """LIST in pages of LIST_PAGE objects, as client-go's reflector does: one answer holding
+        every object of a large cluster (10,000 EmailAccounts) broke the size bound or the
+        deadline of one call, and the informer relisted forever. The pages are one snapshot
+        (the continue token carries it); an expired token (410) restarts the LIST."""
         keep = self._keep
-        fresh = {object_key(o): slim(o) for o in body.get("items") or []
-                 if keep is None or keep(o)}
+        fresh: dict[Key, dict[str, Any]] = {}
+        token: str | None = None
+        while True:
+            body = self._list_page(token)
+            for o in body.get("items") or []:
+                if keep is None or keep(o):
+                    fresh[object_key(o)] = slim(o)
+            meta = body.get("metadata") or {}
+            token = meta.get("continue") or None
+            if token is None:
+                break
         with self._lock:
             old = self._cache
             self._cache = fresh
-            self.resource_version = (body.get("metadata") or {}).get("resourceVersion")
+            self.resource_version = meta.get("resourceVersion")
             self.relists += 1
         for key, obj in fresh.items():
             prev = old.get(key)
