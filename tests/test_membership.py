@@ -140,7 +140,7 @@ def test_a_killed_replicas_accounts_move_to_the_others(cluster: Cluster,
     assert all(turns[n] in (["replica-a"], ["replica-b"]) for n in NAMES if n not in c_names)
     # one lease duration (c's silence) plus a few renew periods; generous for a loaded machine
     assert moved < LEASE + 5.0, moved
-    # c's Lease, silent for two durations, is deleted by a survivor
+    # c's Lease, expired, is deleted by a survivor
     wait_for(lambda: cluster.api.get_object("leases", NS, f"{PREFIX}-c") is None, PATIENCE,
              "the dead replica's Lease swept")
 

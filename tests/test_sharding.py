@@ -15,7 +15,7 @@ from reconciler.run.sharding import (
     claims,
     decode_view,
     encode_view,
-    expired_long_ago,
+    expired,
     live_others,
     lost,
     may_act,
@@ -133,8 +133,9 @@ def test_liveness_on_the_observers_clock() -> None:
     live.observe([b2, c1], now=109.0)
     assert live_others("a", [b2, c1], live, 110.0) == {"b": AB}  # c silent for 10 s: gone
     assert live_others("a", [b2, c1], live, 109.9) == {"b": AB, "c": ABC}
-    assert expired_long_ago([b2, c1], live, 119.9, "a") == []
-    assert expired_long_ago([b2, c1], live, 120.0, "a") == [c1]
+    assert expired([b2, c1], live, 109.9, "a") == []
+    assert expired([b2, c1, gone], live, 110.0, "a") == [c1, gone]
+    assert expired([b2, c1], live, 110.0, "c") == []  # never one's own
     # a Lease first seen now counts as fresh, whatever its renewTime says
     d = member_of(lease("s-d", "d", "1"))
     live.observe([b2, c1, d], now=200.0)

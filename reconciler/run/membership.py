@@ -29,7 +29,7 @@ from reconciler.run.sharding import (
     blocked_by,
     claims,
     encode_view,
-    expired_long_ago,
+    expired,
     live_others,
     lost,
     member_of,
@@ -221,14 +221,14 @@ class ShardMember:
             requeue: list[Key] = []
             if (dict(self.others), self.confirmed, self.published) != before:
                 requeue, self._deferred = list(self._deferred), set()
-            stale = expired_long_ago(members, self._liveness, started, self.me)
+            stale = expired(members, self._liveness, started, self.me)
         if requeue:
             self._requeue(requeue)
         for member in stale:
             self._sweep(member.lease, items)
 
     def _sweep(self, name: str, items: list[dict[str, Any]]) -> None:
-        """Delete a Lease silent for two of its durations (a killed replica's), if unchanged."""
+        """Delete an expired Lease (a killed replica's), if it has not changed since."""
         current = next((i for i in items if (i.get("metadata") or {}).get("name") == name), None)
         try:
             if LeaseClient(self._api_client, self.config.namespace, name).delete(current):

@@ -6,6 +6,8 @@ retry period, and deletes it when it shuts down after finishing its work. A repl
 has not changed for the Lease's `leaseDurationSeconds`, measured on the observer's own monotonic
 clock (as client-go's leader election does, so clock skew does not matter), is gone.
 
+A dead replica's Lease is deleted by the first other member that sees it expired.
+
 Assignment. An account `namespace/name` belongs to the live member with the highest
 `hash(member, account)` (rendezvous or highest-random-weight hashing): when a member joins, it
 takes about 1/n of the accounts, each from whichever member held it; when one leaves, only its own
@@ -164,8 +166,8 @@ def live_others(me: str, members: Sequence[Member], liveness: Liveness,
             if m.identity != me and liveness.live(m, now)}
 
 
-def expired_long_ago(members: Sequence[Member], liveness: Liveness, now: float,
-                     me: str, factor: float = 2.0) -> list[Member]:
-    """Leases of others silent for `factor` Lease durations: a killed replica's, to delete."""
-    return [m for m in members if m.identity != me
-            and liveness.silent_for(m, now) >= factor * max(m.duration, 1.0)]
+def expired(members: Sequence[Member], liveness: Liveness, now: float, me: str) -> list[Member]:
+    """Leases of others that are not live (silent for their duration, or released): a killed
+    replica's, to delete, so that a replica starting now does not wait a Lease duration of its
+    own clock for it to expire (it cannot know how long the Lease was silent before it came)."""
+    return [m for m in members if m.identity != me and not liveness.live(m, now)]
