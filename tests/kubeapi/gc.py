@@ -18,10 +18,10 @@ kube-controller-manager).
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
 from tests.kubeapi.model import JSON, ResourceType
+from tests.kubeapi.store import clone
 
 if TYPE_CHECKING:
     from tests.kubeapi.store import _Store
@@ -57,7 +57,7 @@ class GarbageCollector:
             ):
                 raise self._conflict(rtype, name)
             policy = options.get("propagationPolicy") or ("Orphan" if options.get("orphanDependents") else None)
-            obj = copy.deepcopy(old)
+            obj = clone(old)
             meta = obj["metadata"]
             finalizers = list(meta.get("finalizers") or [])
             if self.garbage_collection and policy == "Orphan" and ORPHAN not in finalizers:
@@ -70,7 +70,7 @@ class GarbageCollector:
                 self._collect()
                 return gone, True
             if meta.get("deletionTimestamp") and finalizers == list(meta.get("finalizers") or []):
-                return copy.deepcopy(old), False  # already being deleted: nothing new to do
+                return clone(old), False  # already being deleted: nothing new to do
             meta.setdefault("deletionTimestamp", self._now_timestamp())
             meta.setdefault("deletionGracePeriodSeconds", 0)
             if finalizers:
@@ -80,7 +80,7 @@ class GarbageCollector:
             self._store_modified(rtype, namespace, name, obj, old)
             self._collect()
             current = self._store.bucket(rtype).get((namespace or "", name))
-            return copy.deepcopy(current if current is not None else obj), current is None
+            return clone(current if current is not None else obj), current is None
 
     def _store_modified(self, rtype: ResourceType, namespace: str | None, name: str, new: JSON, old: JSON) -> None:
         new["metadata"]["resourceVersion"] = self._store.next_rv()
@@ -89,7 +89,7 @@ class GarbageCollector:
 
     def _remove(self, rtype: ResourceType, namespace: str | None, name: str) -> JSON:
         old = self._store.bucket(rtype).pop((namespace or "", name))
-        gone = copy.deepcopy(old)
+        gone = clone(old)
         gone["metadata"]["resourceVersion"] = self._store.next_rv()
         self._store.record(rtype, "DELETED", gone, None)
         return gone
@@ -121,7 +121,7 @@ class GarbageCollector:
             uid = meta["uid"]
             if ORPHAN in finalizers and self.garbage_collection:
                 for drtype, dns, dname, dep in dependents.get(uid, []):
-                    new = copy.deepcopy(dep)
+                    new = clone(dep)
                     refs = [r for r in new["metadata"]["ownerReferences"] if r.get("uid") != uid]
                     if refs:
                         new["metadata"]["ownerReferences"] = refs
@@ -165,7 +165,7 @@ class GarbageCollector:
             if len(present) == len(refs):
                 continue
             if present:  # another owner remains: only the dangling reference goes
-                new = copy.deepcopy(obj)
+                new = clone(obj)
                 new["metadata"]["ownerReferences"] = present
                 self._store_modified(rtype, ns or None, name, new, obj)
             else:
@@ -174,7 +174,7 @@ class GarbageCollector:
         return False
 
     def _drop_finalizer(self, rtype: ResourceType, ns: str, name: str, obj: JSON, finalizer: str) -> bool:
-        new = copy.deepcopy(obj)
+        new = clone(obj)
         left = [f for f in new["metadata"].get("finalizers") or [] if f != finalizer]
         if left:
             new["metadata"]["finalizers"] = left

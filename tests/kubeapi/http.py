@@ -97,7 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.monotonic(),
         )
         with self.api._store.lock:
-            self.api.requests.append(record)
+            self.api.request_counts[(verb, record.resource)] += 1
+            if self.api.keep_request_log:
+                self.api.requests.append(record)
 
     def _dispatch(self, method: str) -> None:
         split = urlsplit(self.path)

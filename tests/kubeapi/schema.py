@@ -16,6 +16,7 @@ import contextlib
 import copy
 import datetime
 import email.utils
+import functools
 import ipaddress
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from typing import Any
 
 import re2  # RE2 like Go's regexp: '$' is the end of text, not "before a final newline"
 
+from tests.kubeapi.celcache import MISS, OutcomeCache, read_key
 from tests.kubeapi.model import JSON
 from tests.kubeapi.validation import FieldError
 
@@ -78,6 +80,7 @@ class StructuralSchema:
         self.schema = schema
         self.ratcheting = ratcheting
         self._programs: dict[str, Any] = {}
+        self._outcomes = OutcomeCache()
 
     # ----------------------------------------------------------------- the pass
 
@@ -390,31 +393,52 @@ class StructuralSchema:
         import celpy
 
         expression = rule["rule"]
-        activation: dict[str, Any] = {"self": celpy.json_to_cel(value)}
-        if _names_old_self(expression):
-            if old is _MISSING:
-                return  # a transition rule is not evaluated on create, nor where there was no old value
-            activation["oldSelf"] = celpy.json_to_cel(old)
+        transition = _names_old_self(expression)
+        if transition and old is _MISSING:
+            return  # a transition rule is not evaluated on create, nor where there was no old value
         shown_type = schema.get("type", "object")
         where = path + rule.get("fieldPath", "") if rule.get("fieldPath") else path
-        try:
-            outcome = self._program(expression).evaluate(activation)
-        except celpy.CELEvalError as exc:
-            errors.append(FieldError("FieldValueInvalid", where, shown_type, f"rule evaluation error: {exc.args[0]}"))
+        key = (expression, read_key(expression, "self", value),
+               read_key(expression, "oldSelf", old) if transition else "")
+        outcome = self._outcomes.get(key)
+        if outcome is MISS:
+            outcome = self._evaluate(expression, value, old, transition)
+            self._outcomes.put(key, outcome)
+        passed, error = outcome
+        if error is not None:
+            errors.append(FieldError("FieldValueInvalid", where, shown_type, f"rule evaluation error: {error}"))
             return
-        if isinstance(outcome, celpy.CELEvalError):
-            errors.append(
-                FieldError("FieldValueInvalid", where, shown_type, f"rule evaluation error: {outcome.args[0]}")
-            )
-            return
-        if bool(outcome):
+        if passed:
             return
         message = rule.get("message") or f"failed rule: {expression}"
         if rule.get("messageExpression"):
+            activation = self._activation(value, old, transition)
             with contextlib.suppress(celpy.CELEvalError):
                 message = str(self._program(rule["messageExpression"]).evaluate(activation))
         reason = rule.get("reason", "FieldValueInvalid")
         errors.append(FieldError(reason, where, shown_type, message))
+
+    @staticmethod
+    def _activation(value: Any, old: Any, transition: bool) -> dict[str, Any]:
+        import celpy
+
+        activation: dict[str, Any] = {"self": celpy.json_to_cel(value)}
+        if transition:
+            activation["oldSelf"] = celpy.json_to_cel(old)
+        return activation
+
+    def _evaluate(self, expression: str, value: Any, old: Any, transition: bool) -> tuple[bool, str | None]:
+        """(passed, evaluation error) of one rule: cel-python, once per distinct value read
+        (celcache.py: CEL is pure, so equal reads give equal outcomes)."""
+        import celpy
+
+        try:
+            outcome = self._program(expression).evaluate(self._activation(value, old, transition))
+        except celpy.CELEvalError as exc:
+            return False, str(exc.args[0])
+        if isinstance(outcome, celpy.CELEvalError):
+            return False, str(outcome.args[0])
+        return bool(outcome), None
 
 
 def _cel_root(body: JSON, obj: JSON) -> JSON:
@@ -424,6 +448,7 @@ def _cel_root(body: JSON, obj: JSON) -> JSON:
     return {**body, **root}
 
 
+@functools.lru_cache(maxsize=1024)
 def _names_old_self(expression: str) -> bool:
     import re
 

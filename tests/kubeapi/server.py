@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import json
 import socket
 import threading
@@ -54,7 +53,7 @@ from tests.kubeapi.rbac import (
 )
 from tests.kubeapi.schema import Admission, StructuralSchema, prune_metadata
 from tests.kubeapi.selectors import field_selector_matches, label_selector_matches
-from tests.kubeapi.store import _Store
+from tests.kubeapi.store import _Store, clone
 from tests.kubeapi.tables import table
 from tests.kubeapi.validation import FieldError, invalid, object_meta_errors
 
@@ -115,6 +114,8 @@ class KubeAPIServer(GarbageCollector):
                     self._schemas[key] = StructuralSchema(schema, ratcheting=ratcheting)
         self._local = threading.local()
         self.requests: list[RequestRecord] = []
+        self.keep_request_log = True  # False: only request_counts (a long benchmark's log would grow without end)
+        self.request_counts: Counter[tuple[str, str | None]] = Counter()  # (verb, resource) -> requests so far
         self._faults: list[_Fault] = []
         self._store = _Store()
         self._httpd: ThreadingHTTPServer | None = None
@@ -226,20 +227,20 @@ class KubeAPIServer(GarbageCollector):
         rtype = self._type_by_plural(resource)
         with self._store.lock:
             items = sorted(self._store.bucket(rtype).items())
-            return [copy.deepcopy(o) for (ns, _), o in items if namespace is None or ns == namespace]
+            return [clone(o) for (ns, _), o in items if namespace is None or ns == namespace]
 
     def get_object(self, resource: str, namespace: str | None, name: str) -> JSON | None:
         """A copy of one stored object, or None."""
         rtype = self._type_by_plural(resource)
         with self._store.lock:
             obj = self._store.bucket(rtype).get((namespace or "", name))
-            return copy.deepcopy(obj) if obj is not None else None
+            return clone(obj) if obj is not None else None
 
     def add_object(self, resource: str, obj: JSON) -> JSON:
         """Create an object directly (as a POST would), to seed a test; returns the stored copy."""
         rtype = self._type_by_plural(resource)
         namespace = obj.get("metadata", {}).get("namespace", "default") if rtype.namespaced else None
-        return self._create(rtype, rtype.versions[0], namespace, copy.deepcopy(obj))
+        return self._create(rtype, rtype.versions[0], namespace, clone(obj))
 
     def api_client(self, token: str = ADMIN_TOKEN) -> Any:
         """A ``kubernetes.client.ApiClient`` for this server (as admin by default); close it (or ``with``)."""
@@ -277,8 +278,7 @@ class KubeAPIServer(GarbageCollector):
         if not authorization:
             return ADMIN if self.anonymous_is_admin else ANONYMOUS
         scheme, _, token = authorization.partition(" ")
-        with self._store.lock:
-            found = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        found = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None  # a dict read is atomic
         if isinstance(found, User):
             return found
         if found is None:
@@ -399,6 +399,8 @@ class KubeAPIServer(GarbageCollector):
         raise ApiError(404, "the server could not find the requested resource")
 
     def _take_fault(self, verb: str, resource: str) -> _Fault | None:
+        if not self._faults:  # the common case, without taking the lock
+            return None
         with self._store.lock:
             for fault in self._faults:
                 if fault.verb in (None, verb) and fault.resource in (None, resource):
@@ -483,7 +485,7 @@ class KubeAPIServer(GarbageCollector):
     # ----------------------------------------------------------------- objects in and out
 
     def _out(self, rtype: ResourceType, version: str, obj: JSON) -> JSON:
-        out = copy.deepcopy(obj)
+        out = clone(obj)
         out["apiVersion"], out["kind"] = rtype.api_version(version), rtype.kind
         return out
 
@@ -637,9 +639,9 @@ class KubeAPIServer(GarbageCollector):
             stored = self._out(rtype, version, body)
             bucket[(namespace or "", name)] = stored
             self._store.record(rtype, "ADDED", stored, None)
-            if meta.get("ownerReferences"):
+            if meta.get("ownerReferences") and not self._store.settled_with(stored):
                 self._collect()  # an owner that is gone already: the collector deletes it
-            return copy.deepcopy(stored)
+            return clone(stored)
 
     def _now_timestamp(self) -> str:
         return _now()
@@ -676,13 +678,13 @@ class KubeAPIServer(GarbageCollector):
             if given_rv not in (None, "") and given_rv != old["metadata"]["resourceVersion"]:
                 raise self._conflict(rtype, name)
             if rtype.status_subresource and subresource == "status":
-                new = {**copy.deepcopy(old), "status": new.get("status")}
+                new = {**clone(old), "status": new.get("status")}
                 if new["status"] is None:
                     new.pop("status")
             elif rtype.status_subresource:
                 new = {k: v for k, v in new.items() if k != "status"}
                 if "status" in old:
-                    new["status"] = copy.deepcopy(old["status"])
+                    new["status"] = clone(old["status"])
             if rtype.plural == "secrets":
                 self._normalize_secret(new)
             meta = new["metadata"]
@@ -707,22 +709,23 @@ class KubeAPIServer(GarbageCollector):
             else:
                 self._record_update(rtype, subresource, old, new)
             if new == old:
-                return copy.deepcopy(old)  # a no-op write is not stored, as in etcd
+                return clone(old)  # a no-op write is not stored, as in etcd
             if rtype.custom and self._spec_part(rtype, new) != self._spec_part(rtype, old):
                 meta["generation"] = old["metadata"].get("generation", 1) + 1
             meta["resourceVersion"] = self._store.next_rv()
             self._store.bucket(rtype)[(namespace or "", name)] = new
             self._store.record(rtype, "MODIFIED", new, old)
-            if meta.get("deletionTimestamp") or meta.get("ownerReferences") != old["metadata"].get("ownerReferences"):
+            changed = meta.get("deletionTimestamp") or meta.get("ownerReferences") != old["metadata"].get("ownerReferences")
+            if changed and not self._store.settled_with(new):
                 self._collect()  # finalizers emptied, or owners changed
                 current = self._store.bucket(rtype).get((namespace or "", name))
-                return copy.deepcopy(current if current is not None else new)
-            return copy.deepcopy(new)
+                return clone(current if current is not None else new)
+            return clone(new)
 
     def _list(self, rtype: ResourceType, namespace: str | None, query: dict[str, str]) -> list[JSON]:
         with self._store.lock:
             return [
-                copy.deepcopy(o)
+                clone(o)
                 for (ns, _), o in sorted(self._store.bucket(rtype).items())
                 if (namespace is None or ns == namespace) and self._matches(o, query)
             ]
@@ -755,7 +758,7 @@ class KubeAPIServer(GarbageCollector):
         except ValueError as exc:
             raise ApiError(400, f"the patch body is not JSON: {exc}") from exc
         with self._store.lock:
-            current = copy.deepcopy(self._current(rtype, namespace, name))
+            current = clone(self._current(rtype, namespace, name))
             if media == "application/json-patch+json":
                 if not isinstance(patch, list):
                     raise ApiError(400, "a JSON patch must be a list of operations")
@@ -814,7 +817,7 @@ class KubeAPIServer(GarbageCollector):
                 self._check("create", rtype, namespace, name)  # apply that creates is authorized as create too
                 managers = Managers(None)
                 managers.apply(manager, "", applied, paths, None, force, api_version)
-                body = copy.deepcopy(applied)
+                body = clone(applied)
                 body["metadata"]["managedFields"] = managers.as_list(api_version)
                 return 201, self._create(rtype, version, namespace, body, managed=True)
             current = self._current(rtype, namespace, name)
@@ -902,7 +905,7 @@ class KubeAPIServer(GarbageCollector):
                         },
                     }
                     return
-                pending = [e for e in store.history if e.rv > cursor]
+                pending = store.since(cursor)
                 if not pending:
                     cursor = max(cursor, store.rv)  # every event so far was seen (or was not for us)
                     now = time.monotonic()
@@ -948,7 +951,7 @@ class KubeAPIServer(GarbageCollector):
         if event.type == "MODIFIED" and event.prev is not None and now != before:
             if now:
                 return {"type": "ADDED", "object": event.obj}
-            gone = copy.deepcopy(event.prev)
+            gone = clone(event.prev)
             gone["metadata"]["resourceVersion"] = str(event.rv)
             return {"type": "DELETED", "object": gone}
         return {"type": event.type, "object": event.obj} if now else None
