@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
 from reconciler.cli import main
 from reconciler.model import status_condition as condition
+from reconciler.run.commands import write_json_list
 from tests.world import NS, PASSWORD, World, servers, world  # noqa: F401
 
 
@@ -89,3 +91,24 @@ def test_send_test_to_delivers_a_signed_message(world: World,
     assert received.rcpt_tos == ("ops@example.org",)
     assert b"multipart/signed" in received.content
     assert b"pkcs7-signature" in received.content
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "expected"), [
+    (io.StringIO, '[\n{"name": "a", "status": {"n": 1}},\n{"name": "b", "status": {}}\n]\n'),
+    (_Terminal, '[\n  {\n    "name": "a",\n    "status": {\n      "n": 1\n    }\n  },\n'
+                '  {\n    "name": "b",\n    "status": {}\n  }\n]\n'),
+])
+def test_json_output_is_one_account_a_line_unless_on_a_terminal(
+        stream: type[io.StringIO], expected: str) -> None:
+    items = [{"name": "a", "status": {"n": 1}}, {"name": "b", "status": {}}]
+    out = stream()
+    write_json_list(items, out)
+    assert out.getvalue() == expected and json.loads(out.getvalue()) == items
+    empty = stream()
+    write_json_list([], empty)
+    assert json.loads(empty.getvalue()) == []

@@ -116,8 +116,7 @@ def run_probe(args: ProbeOptions, *, out: IO[str]) -> int:
     if args.send_test_to:
         sent_ok = _send_tests(accounts, results, secrets, args.send_test_to, tokens, now, out)
     if args.output == "json":
-        json.dump(entries, out, indent=2, sort_keys=False)
-        out.write("\n")
+        write_json_list(entries, out)
     else:
         objects = [table_object(a.namespace, a.name, e["status"], provider=a.provider,
                                 send_using=a.send_using) for a, e in zip(accounts, entries,
@@ -128,6 +127,26 @@ def run_probe(args: ProbeOptions, *, out: IO[str]) -> int:
     ready_all = all(status_condition(e["status"], "Ready").get("status") == "True" for e in entries)
     invalid = not loaded.ok
     return EXIT_OK if ready_all and sent_ok and not invalid and entries else EXIT_FAIL
+
+
+def write_json_list(items: Sequence[Any], out: IO[str]) -> None:
+    """A JSON array: indented on a terminal; piped, one item a line, written at once.
+
+    json's indenting encoder is pure Python (~250 writes and 70 us an account); without indent
+    the C encoder does an account in ~10 us, and a line per account still greps and diffs.
+    """
+    if _is_tty(out):
+        out.write(json.dumps(items, indent=2) + "\n")
+        return
+    out.write("[\n" + ",\n".join(json.dumps(item) for item in items) + "\n]\n"
+              if items else "[]\n")
+
+
+def _is_tty(out: IO[str]) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _send_tests(accounts: Sequence[Any], results: Sequence[Any], secrets: SecretReader,
