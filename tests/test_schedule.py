@@ -236,3 +236,15 @@ def test_unparseable_next_probe_time_means_due() -> None:
     old = status(nextProbeTime="not a time")
     decision = probe_decision(account=account(), old_status=old, secret_versions=VERSIONS, now=NOW)
     assert decision.probe
+
+
+@pytest.mark.parametrize("when", [
+    datetime(2026, 11, 25, 8, 0, 0),  # naive: taken as UTC
+    datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC),
+    datetime(2026, 11, 25, 10, 0, 0, 999, tzinfo=timezone(timedelta(hours=2))),
+])
+def test_rfc3339_is_utc_seconds_whatever_was_formatted_before(when: datetime) -> None:
+    # rfc3339 is cached (a run formats one `now` many times): equal instants, another zone or
+    # a naive time first, must still give each its own UTC rendering.
+    rfc3339(datetime(2026, 11, 25, 9, 0, 0))
+    assert rfc3339(when) == rfc3339(when) == "2026-11-25T08:00:00Z"

@@ -68,10 +68,13 @@ def remove_condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Con
     return [dict(c) for c in conditions if c.get("type") != type_]
 
 
+_RANK = {t: i for i, t in enumerate(CONDITION_ORDER)}
+
+
 def _sorted(conditions: Conditions) -> Conditions:
     def key(c: Mapping[str, Any]) -> tuple[int, str]:
         t = str(c.get("type", ""))
-        return (CONDITION_ORDER.index(t) if t in CONDITION_ORDER else len(CONDITION_ORDER), t)
+        return (_RANK.get(t, len(CONDITION_ORDER)), t)
 
     return sorted(conditions, key=key)
 
