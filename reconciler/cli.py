@@ -209,10 +209,8 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
 def _politeness_args(p: argparse.ArgumentParser) -> None:
     """Limits towards each mail server (its host, whatever the port), across the whole run or
     controller: what gets a client banned, not successful AUTHs."""
-    from reconciler.probe.limits import (
-        DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE,
-        DEFAULT_MAX_SESSIONS_PER_SERVER,
-    )
+    from reconciler.model import MAX_AUTH_FAILURES_PER_MINUTE as DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE
+    from reconciler.model import MAX_SESSIONS_PER_SERVER as DEFAULT_MAX_SESSIONS_PER_SERVER
 
     p.add_argument("--max-sessions-per-server", type=_positive_int, default=None,
                    help="concurrent SMTP sessions per server, TLS diagnostic sessions included "

@@ -212,8 +212,28 @@ def reset_logging() -> None:
 
 
 def get_logger(name: str = "reconciler") -> Any:
-    """A structlog logger, configured by configure_logging (even when called before it)."""
-    import structlog
+    """A structlog logger, configured by configure_logging (even when called before it).
 
-    _apply_pending()
-    return structlog.get_logger(name)
+    structlog is imported at the logger's first use, not here: modules take their logger at
+    import, and `validate` imports some of them without ever logging (bench/README.md, start-up).
+    """
+    return _LazyLogger(name)
+
+
+class _LazyLogger:
+    """structlog's logger for `name`, looked up when first used."""
+
+    __slots__ = ("_name", "_logger")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        logger = self._logger
+        if logger is None:
+            import structlog
+
+            _apply_pending()
+            logger = self._logger = structlog.get_logger(self._name)
+        return getattr(logger, attr)

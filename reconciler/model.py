@@ -147,6 +147,12 @@ class Publish:
     #: the Secret's owner allows it: reconciler.policy.credential_copy_refusal)
     client_credentials: bool = False
 
+#: Politeness defaults (reconciler.probe.limits): concurrent sessions per mail server without a
+#: provider preset's bound, and failed AUTHs per server and minute. fail2ban's sasl jails ban
+#: after 5 failures in 10 minutes by default; Dovecot delays every reply after one. 6 a minute
+#: lets a run report a few wrong passwords at once, then one every 10 seconds per server.
+MAX_SESSIONS_PER_SERVER = 4
+MAX_AUTH_FAILURES_PER_MINUTE = 6
 
 #: The longest probe.interval, authInterval or retryInterval (8760h, 365 days): far beyond any
 #: useful schedule, far inside what a datetime and the CRD's CEL `duration()` can hold.

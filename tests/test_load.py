@@ -200,3 +200,16 @@ def test_console_entry_point_runs_without_kubernetes_or_msal() -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "tests/manifests/bad/wrong-kind.yaml:2:7: document 1: /kind:" in proc.stdout
+
+
+def test_validate_imports_nothing_of_the_probe() -> None:
+    # Start-up (bench 5): the CLI's help texts once imported reconciler.probe (asyncio, ssl) and
+    # loggers taken at import brought structlog; validate needs none of them.
+    code = ("import sys; from reconciler.cli import main; "
+            "rc = main(['validate', 'accounts/alerts.yaml']); "
+            "bad = [m for m in ('asyncio', 'ssl', 'structlog', 'reconciler.probe') "
+            "if m in sys.modules]; print('IMPORTED', bad); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORTED []" in proc.stdout

@@ -35,17 +35,18 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+from reconciler.model import MAX_AUTH_FAILURES_PER_MINUTE, MAX_SESSIONS_PER_SERVER
+
 #: The overall deadline of one probe is this many times its timeoutSeconds ...
 DEADLINE_FACTOR = 4
 #: ... but never more than this. With the schema's maximum timeoutSeconds (120) a probe ends
 #: within 120 x 4 = 480 s > 300 s cap; the CronJob's activeDeadlineSeconds is 540 (README).
 MAX_DEADLINE_SECONDS = 300.0
 
-DEFAULT_MAX_SESSIONS_PER_SERVER = 4
-#: fail2ban's sasl jails ban after 5 failures in 10 minutes by default; Dovecot delays every
-#: reply after one. 6 a minute lets a run report a few wrong passwords at once, then one every
-#: 10 seconds per server.
-DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE = 6
+# The defaults live in reconciler.model, so the CLI can show them in --help without importing
+# this package (asyncio and all: a fifth of `validate`'s start-up, bench/README.md).
+DEFAULT_MAX_SESSIONS_PER_SERVER = MAX_SESSIONS_PER_SERVER
+DEFAULT_MAX_AUTH_FAILURES_PER_MINUTE = MAX_AUTH_FAILURES_PER_MINUTE
 
 
 def overall_deadline(timeout_seconds: float) -> float:
