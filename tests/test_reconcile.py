@@ -267,7 +267,7 @@ def test_demo_runs_as_a_subprocess_and_signs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ready_rows = [line for line in proc.stdout.splitlines() if " True " in f" {line} "]
     assert len(ready_rows) >= 4
-    assert "values masked" in proc.stdout
+    assert "(credentials masked)" in proc.stdout
     obj = yaml.safe_load((keep / "store" / "demo" / "emailaccounts" / "signed-invoices.yaml")
                          .read_text())
     assert condition(obj["status"], "SigningReady")["status"] == "True"
