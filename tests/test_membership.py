@@ -219,6 +219,38 @@ def test_hand_overs_under_load_never_let_two_replicas_probe_or_write_one_account
     assert sum(len(seq) > 1 for seq in turns.values()) >= len(names) // 2
 
 
+
+def test_a_replica_that_cannot_renew_stops_acting_and_lists_again_before_it_resumes(
+        cluster: Cluster) -> None:
+    """Rule 3 (c): past its renew deadline a replica starts no reconcile; when renewals succeed
+    again, it acts only after a LIST made after such a renewal (the others may have judged it
+    gone meanwhile and taken its accounts)."""
+    a = replica(cluster, "a")
+    wait_for(lambda: converged([a]), PATIENCE, "a alone")
+    cluster.account("solo")
+    wait_for(lambda: cluster.ready("solo"), PATIENCE, "solo Ready")
+    assert a.shard is not None
+    cluster.api.inject(503, 10_000, verb="update", resource="leases")  # renewals fail
+    wait_for(lambda: not a.shard.acting, PATIENCE, "a stops acting")
+    cluster.api.clear_requests()
+    rename(cluster, "solo", "During the outage")
+    wait_for(lambda: (NS, "solo") in a.shard._deferred, PATIENCE, "solo deferred, not reconciled")
+    assert writers_taking_turns(cluster.api.requests, ["solo"]) == {}
+    assert cluster.status("solo").get("observedGeneration") == 1
+    lists_before = sum(r.verb == "list" and r.resource == "leases" for r in cluster.api.requests)
+    cluster.api.clear_faults()
+    wait_for(lambda: generation_done(cluster, ["solo"], 2), PATIENCE, "solo reconciled after")
+    # the first write after the outage came after a successful renewal and a LIST after it
+    log = list(cluster.api.requests)
+    first_write = min(r.started for r in log if r.user_agent == "replica-a"
+                      and r.resource == "emailaccounts" and r.verb == "patch")
+    renewed = min(r.answered for r in log if r.resource == "leases" and r.verb == "update"
+                  and r.status == 200)
+    assert any(r.resource == "leases" and r.verb == "list" and renewed < r.started < first_write
+               for r in log)
+    assert sum(r.verb == "list" and r.resource == "leases" for r in log) > lists_before
+
+
 # --------------------------------------------------------------------------- the command
 
 

@@ -46,7 +46,7 @@ from reconciler.model import (
 )
 from reconciler.policy import DEFAULT_POLICY, Policy
 from reconciler.run.leader import LeaderConfig, LeaderElector
-from reconciler.run.membership import ACT, ShardConfig, ShardMember
+from reconciler.run.membership import ACT, ELSEWHERE, ShardConfig, ShardMember
 from reconciler.run.metrics import HealthServer, Metrics, MetricsServer
 from reconciler.run.refs import RefIndex, configmap_names, secret_names
 from reconciler.run.scope import NamespaceScope
@@ -337,8 +337,14 @@ class Controller:
         if self.shard is None:
             self.worker.reconcile(key)
             return
-        if self.shard.begin(key) != ACT:
-            return  # another replica's, or queued again when the hand-over allows it
+        verdict = self.shard.begin(key)
+        if verdict == ELSEWHERE:
+            # Another replica's: what this one remembers of it (probe times, a status it could
+            # not write) would be stale if the account came back.
+            self.worker.forget(key)
+            return
+        if verdict != ACT:
+            return  # queued again when the hand-over allows it
         try:
             self.worker.reconcile(key)
         finally:
