@@ -270,6 +270,34 @@ def test_leases_for_leader_election(api_client: client.ApiClient) -> None:
     assert excinfo.value.status == 409
 
 
+def test_leases_for_shard_membership(api_client: client.ApiClient) -> None:
+    """What run/membership.py relies on: a label-selected LIST, a delete with a stale
+    resourceVersion precondition refused (409), a delete of a missing Lease 404."""
+    leases = client.CoordinationV1Api(api_client)
+    for name, group in (("shard-a", "g"), ("shard-b", "g"), ("other", "h")):
+        leases.create_namespaced_lease("kube-system", {
+            "metadata": {"name": name, "labels": {"email.reconciler.io/shard-group": group}},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": 3}})
+    listed = leases.list_namespaced_lease("kube-system",
+                                          label_selector="email.reconciler.io/shard-group=g")
+    assert sorted(i.metadata.name for i in listed.items) == ["shard-a", "shard-b"]
+    stale = leases.read_namespaced_lease("shard-a", "kube-system")
+    renewal = leases.read_namespaced_lease("shard-a", "kube-system")
+    renewal.spec.lease_duration_seconds = 4  # (a write that changes nothing keeps the version)
+    leases.replace_namespaced_lease("shard-a", "kube-system", renewal)
+    precondition = client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(resource_version=stale.metadata.resource_version))
+    with pytest.raises(ApiException) as excinfo:
+        leases.delete_namespaced_lease("shard-a", "kube-system", body=precondition)
+    assert excinfo.value.status == 409
+    fresh = leases.read_namespaced_lease("shard-a", "kube-system").metadata.resource_version
+    leases.delete_namespaced_lease("shard-a", "kube-system", body=client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(resource_version=fresh)))
+    with pytest.raises(ApiException) as excinfo:
+        leases.delete_namespaced_lease("shard-a", "kube-system")
+    assert excinfo.value.status == 404
+
+
 # --------------------------------------------------------------------------- watch
 
 

@@ -137,7 +137,6 @@ class ShardMember:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self._list()  # the first view counts the members already there
         self._thread = threading.Thread(target=self._run, name="shard-membership", daemon=True)
         self._thread.start()
 
@@ -157,6 +156,7 @@ class ShardMember:
                 log.warning("could not release the shard lease", error=str(exc))
 
     def _run(self) -> None:
+        self._list()  # the first view counts the members already there
         while not self._stop.is_set():
             self._tick()
             self._stop.wait(self.config.retry_period)
