@@ -26,12 +26,12 @@ from reconciler.run.sharding import (
     MEMBERS_ANNOTATION,
     Liveness,
     View,
-    blocked_by,
     claims,
     encode_view,
     expired,
     live_others,
     lost,
+    may_act,
     member_of,
     view_of,
 )
@@ -113,8 +113,8 @@ class ShardMember:
                     self._deferred.add(key)
                     return LATER
                 return ELSEWHERE
-            if (self._clock() >= self._valid_until or not claims(self.me, self.confirmed, key)
-                    or blocked_by(key, self.others) is not None):
+            if self._clock() >= self._valid_until or not may_act(
+                    self.me, key, self.published, self.confirmed, self.others):
                 self._deferred.add(key)
                 return LATER
             self._in_flight.add(key)

@@ -22,6 +22,7 @@ to it. The protocol:
 2. Before publishing a view that takes accounts away from it, it stops starting reconciles of them
    and waits for those in flight to finish (the work queue runs one reconcile per account).
    Only then does it write the new view into its Lease: a claim is never dropped while in use.
+   It publishes a new view only once a LIST has confirmed the one before (rule 3).
 3. After every write it LISTs the Leases again. It starts a reconcile of account `a` only if
    (a) `a` is its own under the view it published, and under the view before if that one is not
    yet confirmed by a LIST made after it was written (a claim must be continuous since the read
@@ -34,12 +35,14 @@ claim the same account, the one that read later sees the other's claim (claims a
 the reads that check them and kept while in use), so at most one of them starts; both may wait
 until their views agree, which they do once the member set stops changing (a LIST a retry period
 later). A member judged gone by the others had stopped acting before (c): its renew deadline ran
-out before its Lease duration did. If a replica's renewals lapse and then succeed again, its old
-LIST proves nothing (others may have judged it gone meanwhile): it must LIST again first.
-The one case this cannot cover is a reconcile still in flight when its replica's renew deadline
-passes (a replica cut off from the API server mid-probe): it ends within the probe's own deadline,
-which should be shorter than lease_duration - renew_deadline (5 s with the defaults); it cannot
-write status then, since the API server is what it lost.
+out before its Lease duration did. If a replica's renewals lapse (one completes after the
+deadline the one before set) and then succeed again, its old LIST proves nothing (others may have
+judged it gone meanwhile): it must LIST again first.
+The one case this cannot cover is a reconcile already in flight when its replica's renew deadline
+passes (a replica cut off from the API server mid-probe): it runs to its end, bounded by the
+probe's own deadline (`timeoutSeconds`, up to 30 s), and its writes usually fail as the renewals
+did. For a strict guarantee in that case too, make `--lease-duration` exceed `--renew-deadline`
+by the longest probe deadline (e.g. 45 s and 10 s).
 """
 
 from __future__ import annotations
