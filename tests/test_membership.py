@@ -145,7 +145,7 @@ def test_a_killed_replicas_accounts_move_to_the_others(cluster: Cluster,
              "the dead replica's Lease swept")
 
 
-def test_a_replica_that_stops_releases_its_lease_and_its_accounts_move_at_once(
+def test_a_replica_that_stops_releases_its_lease_and_one_that_joins_is_taken_in_at_once(
         cluster: Cluster, three: list[Controller]) -> None:
     a, b, c = three
     c.stop()  # graceful: finishes its work, deletes its Lease
@@ -153,6 +153,11 @@ def test_a_replica_that_stops_releases_its_lease_and_its_accounts_move_at_once(
     stopped = time.monotonic()
     wait_for(lambda: converged([a, b]), PATIENCE, "a and b drop c from their view")
     assert time.monotonic() - stopped < LEASE  # not waiting for c's Lease to expire
+    # a replica that joins is in everyone's view within a few renew periods too
+    joined = time.monotonic()
+    d = replica(cluster, "d")
+    wait_for(lambda: converged([a, b, d]), PATIENCE, "d joins a and b")
+    assert time.monotonic() - joined < LEASE + 5.0  # the stated bound, generous under load
 
 
 def test_hand_overs_under_load_never_let_two_replicas_probe_or_write_one_account(
