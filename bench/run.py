@@ -38,12 +38,15 @@ class Sizes:
     repeat: int = 2
     prober: int = 2000
     relay: int = 200
+    cluster: tuple[int, ...] = (1000, 10000)
+    unrelated: int = 200_000
+    probe_interval: float = 120.0
 
 
 RELAY_CONCURRENCY = (1, 4, 16)
 FULL = Sizes()
 QUICK = Sizes(validate=500, probe=200, swaks=10, api=100, memory=1000, startup_runs=5, repeat=1,
-              prober=200, relay=30)
+              prober=200, relay=30, cluster=(100, 300), unrelated=5000, probe_interval=8.0)
 
 
 def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], list[Row]]]]:
@@ -72,6 +75,10 @@ def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], l
         import relay
         return relay
 
+    def cluster_scale() -> Any:
+        import cluster_scale
+        return cluster_scale
+
     return {
         "1": ("validation throughput", lambda: validation().validation_throughput(
             work, sizes.validate, sizes.repeat)),
@@ -84,13 +91,16 @@ def _benchmarks(sizes: Sizes, work: Path) -> dict[str, tuple[str, Callable[[], l
               lambda: blackbox().prober_cpu(work, sizes.prober)),
         "8": ("relay sidecar vs sending upstream directly",
               lambda: relay().relay_overhead(work, sizes.relay, RELAY_CONCURRENCY)),
+        "9": ("a whole cluster: controller CPU, requests and memory vs accounts",
+              lambda: cluster_scale().cluster_scale(work, sizes.cluster, sizes.unrelated,
+                                                    sizes.probe_interval)),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs (for CI)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated benchmark numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="comma-separated benchmark numbers")
     parser.add_argument("--work", help="where to generate inputs (default: a temporary folder)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
