@@ -180,13 +180,14 @@ def run(n: int, changes: int, workers: int) -> dict[str, Any]:
         child_env = env()
         child_env["KUBECONFIG"] = str(kubeconfig)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "controller", "--workers", str(workers),
+            [sys.executable, "-m", "reconciler", "--log-level", "error", "controller", "--workers", str(workers),
              "--interval", "6h", "--metrics-addr", f"127.0.0.1:{port}",
-             "--health-addr", f"127.0.0.1:{health}", "--max-sessions-per-server", "64",
-             "--log-level", "error"],
+             "--health-addr", f"127.0.0.1:{health}", "--max-sessions-per-server", "64"],
             env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
         try:
             def reconciles() -> float:
+                if proc.poll() is not None:
+                    raise SystemExit(f"the controller exited with {proc.returncode}")
                 try:
                     return metrics(port).get("email_reconciler_reconciles_total", 0.0)
                 except OSError:
