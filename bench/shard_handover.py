@@ -111,7 +111,8 @@ def main() -> int:
             moved = [(NS, x) for x in names
                      if owner((NS, x), before) != owner((NS, x), after)]
             ctls = [c for c, _ in live.values()]
-            agree = wait(lambda: converged(ctls), f"{what}: the replicas agree")
+            wait(lambda: converged(ctls), f"{what}: the replicas agree")
+            agree = time.monotonic() - started
 
             def taken_over() -> bool:
                 for key in moved:

@@ -113,6 +113,15 @@ def test_three_replicas_own_disjoint_sets_that_cover_every_account(
     assert {seq[0] for seq in turns.values()} == {"replica-a", "replica-b", "replica-c"}
     assert [c.metrics.registry.get_sample_value("email_reconciler_shard_members")
             for c in three] == [3.0, 3.0, 3.0]
+    # each replica's account cache holds its own accounts only (about a third each)
+
+    def own_cache() -> bool:
+        return all(c.shard is not None and set(c.accounts.cached_keys()) == {
+            (NS, n) for n in NAMES if owner((NS, n), ("a", "b", "c")) == c.shard.me} for c in three)
+
+    wait_for(own_cache, PATIENCE, "each cache holds its replica's accounts only")
+    assert sum(c.metrics.registry.get_sample_value("email_reconciler_accounts") or 0
+               for c in three) == len(NAMES)
     leases = cluster.api.objects("leases", NS)
     assert sorted(lease["metadata"]["name"] for lease in leases
                   if lease["metadata"].get("labels", {}).get(GROUP_LABEL) == PREFIX) == [
@@ -137,6 +146,8 @@ def test_a_killed_replicas_accounts_move_to_the_others(cluster: Cluster,
     wait_for(lambda: generation_done(cluster, NAMES, 2), PATIENCE, "every account re-probed")
     turns = writers_taking_turns(cluster.api.requests, NAMES)
     assert {n: turns[n] for n in c_names if turns[n][0] != "replica-c" or len(turns[n]) != 2} == {}
+    wait_for(lambda: set(a.accounts.cached_keys()) | set(b.accounts.cached_keys()) == {
+        (NS, n) for n in NAMES}, PATIENCE, "a and b cache c's accounts too")
     assert all(turns[n] in (["replica-a"], ["replica-b"]) for n in NAMES if n not in c_names)
     # one lease duration (c's silence) plus a few renew periods; generous for a loaded machine
     assert moved < LEASE + 5.0, moved

@@ -128,10 +128,19 @@ class Controller:
         self.slots = Slots(workers, slow_after)
         self.metrics = Metrics(queue_depth=lambda: float(self.queue.depth()))
         instrument_client(api_client, self.metrics.api_request)
+        self.shard: ShardMember | None = None
+        if shards is not None:
+            # The account cache keeps only this replica's accounts and relists on a new view.
+            self.shard = ShardMember(api_client, shards, keys=lambda: self.accounts.cached_keys(),
+                                     requeue=self._requeue,
+                                     on_view=lambda: self.accounts.request_relist())
+            shard = self.shard
+            self.metrics.shard_members.set_function(lambda: float(len(shard.published)))
         self.served = ServedInformers(api_client, scope, on_account=self._on_account,
                                       on_secret=self._on_secret, on_configmap=self._on_configmap,
                                       on_unserved=self._unserved, watch_seconds=watch_seconds,
-                                      label_selector=shard_selector)
+                                      label_selector=shard_selector,
+                                      account_keep=self.shard.keeps if self.shard else None)
         self.accounts = self.served.accounts
         self.secrets, self.configmaps = self.served.secrets, self.served.configmaps
         self.worker = Worker(api_client, namespace=self.namespace, interval=interval, policy=policy,
@@ -150,12 +159,6 @@ class Controller:
 
             self.elector = LeaderElector(LeaseClient(api_client, leader.namespace, leader.name),
                                          leader, self._started_leading, self._stopped_leading)
-        self.shard: ShardMember | None = None
-        if shards is not None:
-            self.shard = ShardMember(api_client, shards, keys=self.accounts.cached_keys,
-                                     requeue=self._requeue)
-            shard = self.shard
-            self.metrics.shard_members.set_function(lambda: float(len(shard.published)))
         # Two ports: the kubelet probes health, monitoring scrapes metrics (README "Security
         # model": the NetworkPolicy admits each from whom needs it).
         self.health = (HealthServer(health_addr, lambda: self.synced) if health_addr else None)
@@ -181,6 +184,11 @@ class Controller:
         for server in (self.health, self.metrics_server):
             if server is not None:
                 server.start()
+        if self.shard is not None:
+            # The first LIST of the Leases first, so that the first LIST of the accounts
+            # already keeps only this replica's share (not every account, then a relist).
+            self.shard.start()
+            self.shard.listed.wait(self.shard.config.renew_deadline)
         self.served.start()
         for i in range(self.max_threads):
             t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
@@ -190,8 +198,6 @@ class Controller:
                                     name="slots", daemon=True)
         watchdog.start()
         self._threads.append(watchdog)
-        if self.shard is not None:
-            self.shard.start()
         if self.elector is not None:
             self.elector.start()
         else:

@@ -35,7 +35,7 @@ from reconciler.run.sharding import (
     member_of,
     view_of,
 )
-from reconciler.store.base import Key
+from reconciler.store.base import Key, object_key
 from reconciler.store.lease import LeaseClient
 
 log = get_logger("reconciler.shards")
@@ -81,13 +81,18 @@ class ShardMember:
 
     def __init__(self, api_client: Any, config: ShardConfig, *,
                  keys: Callable[[], Iterable[Key]], requeue: Callable[[Iterable[Key]], None],
+                 on_view: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """`keys`: the accounts known; `requeue`: queue these again; `on_view`: a new view
+        was published (the account cache, which `keeps` only what is ours, must relist)."""
         config.check()
         self.config = config
         self.me = config.identity
         self._api_client = api_client
         self._mine = LeaseClient(api_client, config.namespace, config.lease_name)
         self._keys, self._requeue, self._clock = keys, requeue, clock
+        self._on_view = on_view
+        self.listed = threading.Event()  # the first LIST is in: `target` counts the others
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -123,6 +128,13 @@ class ShardMember:
     def end(self, key: Key) -> None:
         with self._lock:
             self._in_flight.discard(key)
+
+    def keeps(self, obj: dict[str, Any]) -> bool:
+        """Whether the account cache should hold `obj`: ours now or under the next view (so
+        a replica holds, and watches the changes of, about 1/n of the accounts)."""
+        key = object_key(obj)
+        with self._lock:
+            return claims(self.me, self.published, key) or claims(self.me, self.target, key)
 
     def owns(self, key: Key) -> bool:
         """Whether this replica claims `key` under the view it published."""
@@ -201,6 +213,7 @@ class ShardMember:
                 self._deferred.update(gained)
             log.info("shard view published", members=list(view), identity=self.me,
                      accounts_gained=len(gained))
+            self._on_view()
         return True
 
     def _list(self) -> None:
@@ -222,6 +235,7 @@ class ShardMember:
             if (dict(self.others), self.confirmed, self.published) != before:
                 requeue, self._deferred = list(self._deferred), set()
             stale = expired(members, self._liveness, started, self.me)
+        self.listed.set()
         if requeue:
             self._requeue(requeue)
         for member in stale:

@@ -30,8 +30,10 @@ class ServedInformers:
     def __init__(self, api_client: Any, scope: NamespaceScope, *, on_account: Handler,
                  on_secret: Handler, on_configmap: Handler,
                  on_unserved: Callable[[str, list[Key]], None], watch_seconds: int = 300,
-                 label_selector: str | None = None) -> None:
-        """`label_selector` selects the EmailAccounts (a static shard, `--shard-selector`)."""
+                 label_selector: str | None = None,
+                 account_keep: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """`label_selector` selects the EmailAccounts (a static shard, `--shard-selector`);
+        `account_keep` admits only some of them to the cache (this replica's shard)."""
         from reconciler.store.watch import (
             InformerUnion,
             account_informer,
@@ -47,13 +49,19 @@ class ServedInformers:
         kw: dict[str, Any] = {"watch_seconds": watch_seconds}
         if self.served is not None:
             kw["keep"] = self._keep
+        account_kw = dict(kw)
+        if account_keep is not None:
+            served_keep = kw.get("keep")
+            account_kw["keep"] = (account_keep if served_keep is None else
+                                  lambda o: served_keep(o) and account_keep(o))
         self.namespaces: Informer | None = None
         self.accounts: Informer | InformerUnion
         self.secrets: InformerUnion
         self.configmaps: Informer | InformerUnion
         if len(scope.fixed) > 1:
             self.accounts = InformerUnion("emailaccounts", [
-                account_informer(api_client, ns, on_account, label_selector=label_selector, **kw)
+                account_informer(api_client, ns, on_account, label_selector=label_selector,
+                                 **account_kw)
                 for ns in scope.fixed])
             self.secrets = InformerUnion("secrets", [
                 part for ns in scope.fixed
@@ -63,7 +71,7 @@ class ServedInformers:
         else:
             one = scope.fixed[0] if scope.fixed else None
             self.accounts = account_informer(api_client, one, on_account,
-                                             label_selector=label_selector, **kw)
+                                             label_selector=label_selector, **account_kw)
             self.secrets = secret_informer(api_client, one, on_secret, **kw)
             self.configmaps = configmap_informer(api_client, one, on_configmap, **kw)
         if scope.selector is not None:
