@@ -120,8 +120,13 @@ def test_three_replicas_own_disjoint_sets_that_cover_every_account(
             (NS, n) for n in NAMES if owner((NS, n), ("a", "b", "c")) == c.shard.me} for c in three)
 
     wait_for(own_cache, PATIENCE, "each cache holds its replica's accounts only")
-    assert sum(c.metrics.registry.get_sample_value("email_reconciler_accounts") or 0
-               for c in three) == len(NAMES)
+    def summed(metric: str) -> float:
+        return sum(c.metrics.registry.get_sample_value(metric) or 0 for c in three)
+
+    # the per-replica gauges add up to the whole, as a sum() across replicas reads them
+    wait_for(lambda: summed("email_reconciler_accounts_ready") == len(NAMES), PATIENCE,
+             "the Ready gauges sum to the accounts")
+    assert summed("email_reconciler_accounts") == len(NAMES)
     leases = cluster.api.objects("leases", NS)
     assert sorted(lease["metadata"]["name"] for lease in leases
                   if lease["metadata"].get("labels", {}).get(GROUP_LABEL) == PREFIX) == [

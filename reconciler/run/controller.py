@@ -140,7 +140,7 @@ class Controller:
                                       on_secret=self._on_secret, on_configmap=self._on_configmap,
                                       on_unserved=self._unserved, watch_seconds=watch_seconds,
                                       label_selector=shard_selector,
-                                      account_keep=self.shard.keeps if self.shard else None)
+                                      account_keep=self._shard_keeps if self.shard else None)
         self.accounts = self.served.accounts
         self.secrets, self.configmaps = self.served.secrets, self.served.configmaps
         self.worker = Worker(api_client, namespace=self.namespace, interval=interval, policy=policy,
@@ -271,6 +271,15 @@ class Controller:
         self.queue.remove(key)
         self.metrics.observe_account(key, None)
         self.metrics.accounts.set(len(self.accounts))
+
+    def _shard_keeps(self, obj: dict[str, Any]) -> bool:
+        """The account cache's filter with shards: ours (or about to be). One that is not is
+        forgotten as it leaves the cache (given away, not deleted: nothing is written)."""
+        assert self.shard is not None
+        if self.shard.keeps(obj):
+            return True
+        self._forget(object_key(obj))
+        return False
 
     def _unserved(self, namespace: str, keys: list[Key]) -> None:
         """`namespace` is no longer served: forget its accounts (nothing is written or deleted)."""
