@@ -193,6 +193,17 @@ def test_create_becomes_ready_and_publishes_the_secret(cluster: Cluster) -> None
     assert ctl.reconciles[(NS, "billing")] <= 2
 
 
+def test_our_own_writes_are_not_kept_once_the_watch_shows_them(cluster: Cluster) -> None:
+    """The worker keeps its last write of an account only until the informer holds it: a copy
+    of every written account (with its managedFields) doubled the memory per account."""
+    ctl = cluster.controller()
+    names = [f"acct-{i}" for i in range(5)]
+    for name in names:
+        cluster.account(name)
+    wait_for(lambda: all(cluster.ready(n) for n in names), PATIENCE, "all Ready")
+    wait_for(lambda: not ctl.worker._written, PATIENCE, "no write kept once watched")
+
+
 def test_spec_change_reprobes_and_rerenders(cluster: Cluster) -> None:
     ctl = cluster.controller()
     cluster.account("billing")

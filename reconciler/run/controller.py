@@ -249,6 +249,7 @@ class Controller:
         spec = obj.get("spec") or {}
         self.secret_refs.set(key, secret_names(spec))
         self.configmap_refs.set(key, configmap_names(spec))
+        self.worker.seen(key, obj)
         done = self.worker.reconciled_generation(key)
         self.metrics.accounts.set(len(self.accounts))
         self.metrics.observe_account(key, obj.get("status") or {})

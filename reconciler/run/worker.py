@@ -74,6 +74,16 @@ class Worker:
         with self._lock:
             return self._generations.get(key)
 
+    def seen(self, key: Key, obj: Mapping[str, Any]) -> None:
+        """The watch delivered `obj`: our own last write of it is no longer needed once the
+        informer holds that write or a newer one (a copy per account otherwise)."""
+        from reconciler.store.watch import newest
+
+        with self._lock:
+            written = self._written.get(key)
+            if written is not None and newest(dict(obj), written) is not written:
+                del self._written[key]
+
     def forget(self, key: Key) -> None:
         """The account is gone: drop what was remembered about it."""
         with self._lock:
@@ -100,14 +110,17 @@ class Worker:
         """Reconcile the account at `key` as the caches hold it, then queue it again: on the
         interval (or its nextProbeTime) while Ready or Stalled, after a backoff while not."""
         from reconciler.run.reconcile import Reconciler, RunOptions
-        from reconciler.store.watch import newest, prime_store, stored_account
+        from reconciler.store.watch import newest, prime_store, slim, stored_account
 
         cached = self.accounts.get(key)
         if cached is None:
             self.queue.remove(key)
             return
         with self._lock:
-            obj = newest(cached, self._written.get(key)) or cached
+            written_before = self._written.get(key)
+            obj = newest(cached, written_before) or cached
+            if written_before is not None and obj is cached:
+                del self._written[key]  # the watch has shown it: the informer's copy will do
             obj = _with_remembered(obj, self._unwritten.get(key))
             schedule = self._schedule.get(key)
         started = time.monotonic()
@@ -132,8 +145,11 @@ class Worker:
         written = stored_account(store, key)
         entry = report.accounts[0] if report.accounts else None
         with self._lock:
-            if written is not None:
-                self._written[key] = written
+            # Kept only while the informer lags behind it (the informer updates its cache
+            # before `seen` runs, so one of the two sees the other).
+            shown = self.accounts.peek(*key)
+            if written is not None and (shown is None or newest(shown, written) is written):
+                self._written[key] = slim(written)
             if entry is not None and entry.unwritten:
                 self._unwritten[key] = entry.unwritten
             elif entry is not None and not entry.error:
