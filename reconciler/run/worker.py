@@ -138,7 +138,7 @@ class Worker:
                                        hold_writes_on_outage=True, endpoints=self.endpoints)
                             ).reconcile_objects([obj], unpublished=unpublished)
         self.metrics.duration.observe(time.monotonic() - started)
-        if self.accounts.get(key) is None:
+        if self.accounts.peek(*key) is None:
             if self.serves(key[0]):
                 self._clean_up_after(key, store, obj)
             return
