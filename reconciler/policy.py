@@ -25,6 +25,7 @@ Pure: no I/O beyond the SecretReader it wraps.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,8 +87,9 @@ def parse_globs(text: str | Iterable[str] | None) -> tuple[str, ...]:
 _IPV4_GLOB = re.compile(r"[0-9.*?]*[0-9][0-9.*?]*")
 
 
+@functools.lru_cache(maxsize=1024)
 def _address(host: str) -> str | None:
-    """The canonical text of an IP address, or None for a DNS name."""
+    """The canonical text of an IP address, or None for a DNS name (cached: every probe asks)."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import ipaddress
 import threading
 import time
@@ -127,6 +128,7 @@ class _Server:
     limit: int = 0
 
 
+@functools.lru_cache(maxsize=4096)
 def mta_key(host: str) -> str:
     """The politeness key of a server: its host name, case and trailing dot aside, or its
     address in canonical form (`::FFFF:127.0.0.1` and `::ffff:127.0.0.1` are one server); the

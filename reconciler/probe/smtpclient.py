@@ -78,6 +78,16 @@ class SmtpClient:
         self._eof = False
         self._closed = False
         self._sockname = sock.getsockname()
+        # The operation under way must end by this loop time: every wait is timed against it
+        # (one timer a wait rather than an asyncio.timeout an operation).
+        self._until = 0.0
+        self._reader: asyncio.Future[None] | None = None  # a read waiting for the descriptor
+        self._watched = -1  # the descriptor registered for reading, while it is
+
+    def _begin(self, timeout: float | None = None) -> None:
+        """Start an operation of `timeout` (default: the per-command timeout), cut by what is
+        left of the deadline; a wait past its end raises TimeoutError."""
+        self._until = self._loop.time() + self.deadline.budget(timeout)
 
     @classmethod
     async def connect(cls, host: str, port: int, deadline: Deadline | None = None
@@ -89,22 +99,45 @@ class SmtpClient:
 
     # ------------------------------------------------------------------ the socket
     async def _ready(self, readable: bool) -> None:
-        """Wait until the socket is readable (or writable)."""
+        """Wait until the socket is readable (or writable), at most until the operation's end.
+
+        The descriptor stays registered for reading between waits (registering it for each one
+        was two epoll_ctl calls and ~40 Python calls); bytes arriving while nobody reads make
+        the callback unregister it, so a chatty server cannot spin the loop.
+        """
         loop, fd = self._loop, self.sock.fileno()
         if fd < 0:
             raise SmtpClosed("the connection is closed")
         waiter = loop.create_future()
         if readable:
-            loop.add_reader(fd, _wake, waiter)
+            if self._watched != fd:
+                self._unwatch()
+                loop.add_reader(fd, self._readable)
+                self._watched = fd
+            self._reader = waiter
         else:
             loop.add_writer(fd, _wake, waiter)
+        timer = loop.call_at(self._until, _expire, waiter)
         try:
             await waiter
         finally:
+            timer.cancel()
             if readable:
-                loop.remove_reader(fd)
+                self._reader = None
             else:
                 loop.remove_writer(fd)
+
+    def _readable(self) -> None:
+        waiter = self._reader
+        if waiter is None:
+            self._unwatch()
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    def _unwatch(self) -> None:
+        if self._watched >= 0:
+            self._loop.remove_reader(self._watched)
+            self._watched = -1
 
     async def _fill(self) -> None:
         """Receive what the server sent next into the buffer; at its end, mark EOF."""
@@ -139,16 +172,15 @@ class SmtpClient:
     # ------------------------------------------------------------------ SMTP
     async def read_reply(self, timeout: float | None = None) -> Reply:
         try:
-            async with asyncio.timeout(self.deadline.budget(timeout)):
-                return await self._read_reply()
+            self._begin(timeout)
+            return await self._read_reply()
         except BaseException:
             self.usable = False
             raise
 
     async def _read_reply(self) -> Reply:
-        lines: list[str] = []
         buffer = self._buffer
-        start = 0  # where the next line begins in the buffer
+        start = count = 0  # where the current line begins; lines seen
         while True:
             end = buffer.find(b"\n", start)
             if (end if end >= 0 else len(buffer)) - start > MAX_REPLY_BYTES + 1:
@@ -159,23 +191,27 @@ class SmtpClient:
                     raise SmtpClosed("the server closed the connection")
                 await self._fill()
                 continue
-            if end + 1 > MAX_REPLY_BYTES or len(lines) >= MAX_REPLY_LINES:
+            if end + 1 > MAX_REPLY_BYTES or count >= MAX_REPLY_LINES:
                 raise SmtpViolation(f"the server sent a reply of more than {MAX_REPLY_LINES} "
                                     f"lines or {MAX_REPLY_BYTES} bytes")
-            line = buffer[start:end + 1].decode("utf-8", "replace").rstrip("\r\n")
-            start = end + 1
-            if len(line) < 3 or not line[:3].isdigit():
+            count += 1
+            if not buffer[start:start + 3].isdigit():
+                line = buffer[start:end + 1].decode("utf-8", "replace").rstrip("\r\n")
                 raise SmtpClosed(f"the server sent a line that is not SMTP: {line[:60]!r}")
-            lines.append(line[4:])
-            if line[3:4] != "-":
-                del buffer[:start]
-                return Reply(int(line[:3]), tuple(lines))
+            if buffer[start + 3:start + 4] != b"-":
+                break
+            start = end + 1
+        # The whole reply is in: decoded and split at once rather than line by line.
+        code = int(buffer[start:start + 3])
+        text = buffer[:end + 1].decode("utf-8", "replace")
+        del buffer[:end + 1]
+        return Reply(code, tuple(line.rstrip("\r")[4:] for line in text.split("\n")[:-1]))
 
     async def send(self, data: bytes, timeout: float | None = None) -> None:
         """Send raw bytes (a message after DATA) within one operation's time."""
         try:
-            async with asyncio.timeout(self.deadline.budget(timeout)):
-                await self._send(data)
+            self._begin(timeout)
+            await self._send(data)
         except BaseException:
             self.usable = False
             raise
@@ -188,13 +224,12 @@ class SmtpClient:
         deadline, when patience() says the server is delaying us on purpose.
         """
         try:
-            budget = self.deadline.budget(timeout)
+            self._begin(timeout)
+            await self._send(line.encode("utf-8") + b"\r\n")
             if patience is None:
-                async with asyncio.timeout(budget):
-                    await self._send(line.encode("utf-8") + b"\r\n")
-                    return await self._read_reply()
-            async with asyncio.timeout(budget):
-                await self._send(line.encode("utf-8") + b"\r\n")
+                return await self._read_reply()
+            # The reply's waits end with the deadline; this one decides when to stop earlier.
+            self._until = self._loop.time() + max(0.0, self.deadline.remaining())
             task = asyncio.ensure_future(self._read_reply())
             try:
                 done, _ = await asyncio.wait({task}, timeout=self.deadline.budget(timeout))
@@ -227,10 +262,11 @@ class SmtpClient:
             raise SmtpInjection(f"the server sent {pending} bytes after its go-ahead, before the "
                                 "TLS handshake")
         try:
-            async with asyncio.timeout(self.deadline.budget()):
-                self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname,
-                                            do_handshake_on_connect=False)
-                await self._handshake()
+            self._begin()
+            self._unwatch()  # the SSLSocket takes the descriptor over
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname,
+                                        do_handshake_on_connect=False)
+            await self._handshake()
         except BaseException:
             self.usable = False
             raise
@@ -278,6 +314,7 @@ class SmtpClient:
         if self._closed:
             return
         self._closed = True
+        self._unwatch()
         # What the server sent last (its close_notify after the 221) is read first, so the
         # kernel ends the connection with a FIN rather than a reset, as asyncio's transport did.
         with contextlib.suppress(OSError, ValueError):
@@ -288,6 +325,11 @@ class SmtpClient:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _numeric(host: str, port: int) -> list[tuple[socket.AddressFamily, socket.SocketKind, int,
@@ -360,9 +402,17 @@ _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 def parse_ehlo(reply: Reply) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(extension keywords upper case, AUTH mechanisms) from an EHLO reply."""
+    if len(reply.lines) > 64:  # not what servers answer; not worth keeping
+        return _parse_ehlo_lines.__wrapped__(reply.lines)
+    return _parse_ehlo_lines(reply.lines)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_ehlo_lines(lines: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # A server answers every EHLO alike: parsed once per distinct reply, not once a probe.
     keywords: list[str] = []
     mechanisms: list[str] = []
-    for line in reply.lines[1:]:
+    for line in lines[1:]:
         parts = line.replace("=", " ", 1).split() if line.upper().startswith("AUTH=") \
             else line.split()
         if not parts:
