@@ -10,10 +10,10 @@ reply lists. It knows no account and no reason: the session (reconciler.probe.sm
 reads its exceptions as outcomes.
 
 It drives a non-blocking socket on the event loop itself (`loop.sock_connect`, readiness
-callbacks) rather than asyncio streams, and after STARTTLS an `ssl.SSLSocket` on the same
-descriptor: OpenSSL reads and writes the descriptor directly, where asyncio's SSL transport
-shuttles every record through memory BIOs and pure-Python buffers, and a reply of any number of
-lines is parsed from one buffer without a coroutine per line. That was most of the probe's own
+callbacks) rather than asyncio streams, and after STARTTLS an `ssl.SSLObject` over memory BIOs
+fed by one recv per readable event (an SSLSocket reads every record in two syscalls): no
+transport, protocol and stream objects between the socket and OpenSSL, and a reply of any number
+of lines parsed from one buffer without a coroutine per line. That was most of the probe's own
 CPU beside the handshake (bench/README.md, benchmark 7).
 """
 
@@ -34,7 +34,6 @@ from reconciler.probe.limits import Deadline
 MAX_REPLY_LINES = 512
 MAX_REPLY_BYTES = 64 * 1024
 _RECV = 64 * 1024  # bytes asked of one recv; the buffer never holds more than a reply and this
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class SmtpClosed(Exception):
@@ -78,6 +77,9 @@ class SmtpClient:
         self._eof = False
         self._closed = False
         self._sockname = sock.getsockname()
+        self._tls: ssl.SSLObject | None = None  # after STARTTLS (or SMTPS): the TLS session
+        self._incoming = ssl.MemoryBIO()  # bytes received for OpenSSL
+        self._outgoing = ssl.MemoryBIO()  # bytes OpenSSL wants sent
         # The operation under way must end by this loop time: every wait is timed against it
         # (one timer a wait rather than an asyncio.timeout an operation).
         self._until = 0.0
@@ -139,33 +141,59 @@ class SmtpClient:
             self._loop.remove_reader(self._watched)
             self._watched = -1
 
-    async def _fill(self) -> None:
-        """Receive what the server sent next into the buffer; at its end, mark EOF."""
+    async def _recv(self) -> bytes:
+        """The bytes the socket has now (waiting for some); b"" at the end of the stream."""
         while True:
             try:
-                data = self.sock.recv(_RECV)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                return self.sock.recv(_RECV)
+            except (BlockingIOError, InterruptedError):
                 await self._ready(True)
-                continue
-            except ssl.SSLWantWriteError:
-                await self._ready(False)
-                continue
-            if data:
-                self._buffer += data
-            else:
-                self._eof = True
-            return
+
+    async def _fill(self) -> None:
+        """Read what the server sent next (decrypted after STARTTLS) into the buffer; at the
+        end of the stream (a TLS close_notify, or a connection closed without one), mark EOF."""
+        tls = self._tls
+        if tls is None:
+            data = await self._recv()
+        else:
+            while True:
+                try:
+                    data = tls.read(_RECV)
+                    break
+                except ssl.SSLWantReadError:
+                    await self._flush()  # what TLS itself has to say first (a key update)
+                    raw = await self._recv()
+                    if raw:
+                        self._incoming.write(raw)
+                    else:
+                        self._incoming.write_eof()
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    data = b""
+                    break
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
 
     async def _send(self, data: bytes) -> None:
+        if self._tls is not None:
+            self._tls.write(data)
+            await self._flush()
+        else:
+            await self._send_raw(data)
+
+    async def _flush(self) -> None:
+        """Send what OpenSSL has written to the outgoing BIO."""
+        if self._outgoing.pending:
+            await self._send_raw(self._outgoing.read())
+
+    async def _send_raw(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:
                 sent = self.sock.send(view)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            except (BlockingIOError, InterruptedError):
                 await self._ready(False)
-                continue
-            except ssl.SSLWantReadError:
-                await self._ready(True)
                 continue
             view = view[sent:]
 
@@ -253,7 +281,7 @@ class SmtpClient:
         Nothing may precede the handshake: bytes received after the go-ahead and kept in the
         buffer would be handed out as the first replies inside TLS, so a forged `235` sent with
         the `220` to STARTTLS would pass for the TLS server's answer to AUTH (as Postfix, Exim
-        and OpenSSL's s_client do, the session is dropped). Bytes still in the kernel are read by
+        and OpenSSL's s_client do, the session is dropped). Bytes received later are given to
         OpenSSL as TLS records, so they fail the handshake instead.
         """
         pending = len(self._buffer)
@@ -263,36 +291,39 @@ class SmtpClient:
                                 "TLS handshake")
         try:
             self._begin()
-            self._unwatch()  # the SSLSocket takes the descriptor over
-            self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname,
-                                        do_handshake_on_connect=False)
-            await self._handshake()
+            self._tls = ctx.wrap_bio(self._incoming, self._outgoing,
+                                     server_hostname=server_hostname)
+            await self._handshake(self._tls)
         except BaseException:
             self.usable = False
             raise
 
-    async def _handshake(self) -> None:
-        sock = self.sock
-        assert isinstance(sock, ssl.SSLSocket)
+    async def _handshake(self, tls: ssl.SSLObject) -> None:
         while True:
             try:
-                sock.do_handshake()
-                return
+                tls.do_handshake()
+                break
             except ssl.SSLWantReadError:
-                await self._ready(True)
-            except ssl.SSLWantWriteError:
-                await self._ready(False)
-            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError) as exc:
-                raise SmtpClosed("the server closed the connection during the TLS "
-                                 "handshake") from exc
+                await self._flush()
+                raw = await self._recv()
+                if not raw:
+                    raise SmtpClosed("the server closed the connection during the TLS "
+                                     "handshake") from None
+                self._incoming.write(raw)
+            except ssl.SSLError:
+                # OpenSSL's alert (a bad certificate, no common version) goes out if it can.
+                with contextlib.suppress(OSError):
+                    self.sock.send(self._outgoing.read())
+                raise
+        await self._flush()  # the client's Finished
 
     def tls_facts(self) -> tuple[str | None, str | None, bytes | None]:
         """(version, cipher, DER leaf certificate) of the TLS session, if any."""
-        sock = self.sock
-        if not isinstance(sock, ssl.SSLSocket):
+        tls = self._tls
+        if tls is None:
             return None, None, None
-        cipher = sock.cipher()
-        return sock.version(), cipher[0] if cipher else None, sock.getpeercert(binary_form=True)
+        cipher = tls.cipher()
+        return tls.version(), cipher[0] if cipher else None, tls.getpeercert(binary_form=True)
 
     def local_address(self) -> str | None:
         return str(self._sockname[0]) if self._sockname else None
@@ -302,10 +333,10 @@ class SmtpClient:
         if not self.usable or self._closed:
             return
         with contextlib.suppress(SmtpClosed, OSError, TimeoutError, RuntimeError):
-            with contextlib.suppress(*_WOULD_BLOCK):  # a full send buffer: no QUIT, as before
-                self.sock.send(b"QUIT\r\n")
+            self._begin(min(self.deadline.timeout, 2.0))  # past the deadline: sent if it can be
+            await self._send(b"QUIT\r\n")
             if self.deadline.remaining() > 0:
-                await self.read_reply(min(self.deadline.timeout, 2.0))
+                await self._read_reply()
         self.usable = False
 
     async def close(self) -> None:
