@@ -189,3 +189,18 @@ def test_dir_reader_cache_keeps_the_jail(tmp_path: Path) -> None:
     os.symlink(tmp_path / "outside", folder / "password")
     with pytest.raises(SecretNotFound, match="leads outside"):
         reader.read("mail", REF)
+
+
+def test_dir_reader_follows_a_root_link_that_moves(tmp_path: Path) -> None:
+    # The resolved root is kept while the root is the same directory; repointing a root that
+    # is a link is noticed (the key's path without links is then under the new root).
+    for version in ("one", "two"):
+        write_secret(tmp_path / version, "mail", "smtp-credentials", "password", version)
+    root = tmp_path / "secrets"
+    os.symlink(tmp_path / "one", root)
+    reader = DirSecretReader(root, clock=lambda: SETTLED)
+    assert reader.read("mail", REF) == b"one"
+    os.symlink(tmp_path / "two", tmp_path / "secrets-new")
+    os.replace(tmp_path / "secrets-new", root)
+    assert reader.read("mail", REF) == b"two"
+    assert reader.version("mail", REF) == DirSecretReader(tmp_path / "two").version("mail", REF)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,6 +48,7 @@ class DirSecretReader:
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.root = Path(root)
         self._root = str(root)
+        self._root_seen: tuple[tuple[int, int], str] | None = None  # (identity, real path)
         self.version_key = version_key or process_key()
         self._clock = clock
         # (namespace, name, key) -> (identity of the file read, its bytes, its version or "").
@@ -69,8 +71,11 @@ class DirSecretReader:
         return SecretNotFound(namespace, ref.name, ref.key, ref.kind, detail=detail,
                               message=f"{plain}: no {kind} {looked_for} under --secrets-dir")
 
-    def _path(self, namespace: str, ref: KeyRef) -> Path:
+    def _path(self, namespace: str, ref: KeyRef) -> Path | str:
         _check_names(namespace, ref)
+        plain = self._plain_path(namespace, ref)
+        if plain is not None:
+            return plain
         folder = self.root / namespace / ref.name
         if not folder.is_dir():
             raise self._missing(namespace, ref, folder)
@@ -88,6 +93,31 @@ class DirSecretReader:
                         "--secrets-dir through a symbolic link and was not read: secrets are "
                         "read only from inside that directory")
         return real
+
+    def _plain_path(self, namespace: str, ref: KeyRef) -> str | None:
+        """The key's path when neither its namespace and object folders nor the key itself are
+        symbolic links: then it lies under the root without resolving anything (3 lstat calls
+        where resolving the whole path took ~25). None otherwise (a link, or something
+        missing): _path resolves and reports."""
+        try:
+            root = self._real_root()
+            namespace_dir = os.path.join(root, namespace)
+            folder = os.path.join(namespace_dir, ref.name)
+            key = os.path.join(folder, ref.key)
+            if not (stat.S_ISDIR(os.lstat(namespace_dir).st_mode)
+                    and stat.S_ISDIR(os.lstat(folder).st_mode)
+                    and stat.S_ISREG(os.lstat(key).st_mode)):
+                return None
+        except (OSError, ValueError):
+            return None
+        return key
+
+    def _real_root(self) -> str:
+        """The root with its links resolved, again whenever it is another directory."""
+        st = os.stat(self._root)
+        if self._root_seen is None or self._root_seen[0] != (st.st_dev, st.st_ino):
+            self._root_seen = ((st.st_dev, st.st_ino), os.path.realpath(self._root))
+        return self._root_seen[1]
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         """The value of the key; raises SecretNotFound naming namespace/name/key."""
@@ -118,7 +148,8 @@ class DirSecretReader:
             self._cache.pop(cache_key, None)
         path = self._path(namespace, ref)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # Neither path _path gives is a link: one that became a link since is not followed.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 st = os.fstat(fd)
                 chunks: list[bytes] = []
