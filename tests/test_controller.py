@@ -327,7 +327,7 @@ def test_informers_list_in_pages(cluster: Cluster) -> None:
 
 def test_only_labelled_and_published_secrets_are_watched_and_a_rotation_still_reprobes(
         cluster: Cluster) -> None:
-    from reconciler.store.watch import SECRET_SELECTORS
+    from reconciler.store.informers import SECRET_SELECTORS
 
     for n in range(200):  # Helm releases and the like: never cached
         cluster.api.add_object("secrets", {"apiVersion": "v1", "kind": "Secret",
@@ -391,7 +391,7 @@ def configmap(cluster: Cluster, name: str, pem: str, labels: dict[str, str] | No
 def test_truststores_come_from_a_label_selected_watch_and_a_change_reprobes(
         cluster: Cluster) -> None:
     from reconciler.demo.certificates import ThrowawayCA
-    from reconciler.store.watch import CONFIGMAP_SELECTOR
+    from reconciler.store.informers import CONFIGMAP_SELECTOR
 
     for n in range(50):  # other ConfigMaps of the namespace: never listed, never cached
         cluster.api.add_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",

@@ -19,7 +19,8 @@ from reconciler.run.scope import NamespaceScope, ServedSet
 from reconciler.store.base import Key
 
 if TYPE_CHECKING:
-    from reconciler.store.watch import Handler, Informer, InformerUnion
+    from reconciler.store.informers import InformerUnion
+    from reconciler.store.watch import Handler, Informer
 
 log = get_logger("reconciler.controller")
 
@@ -34,7 +35,7 @@ class ServedInformers:
                  account_keep: Callable[[dict[str, Any]], bool] | None = None) -> None:
         """`label_selector` selects the EmailAccounts (a static shard, `--shard-selector`);
         `account_keep` admits only some of them to the cache (this replica's shard)."""
-        from reconciler.store.watch import (
+        from reconciler.store.informers import (
             InformerUnion,
             account_informer,
             configmap_informer,

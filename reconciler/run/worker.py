@@ -28,7 +28,8 @@ from reconciler.run.workqueue import ApiBackoff, WorkQueue
 from reconciler.store.base import Key
 
 if TYPE_CHECKING:
-    from reconciler.store.watch import Informer, InformerUnion
+    from reconciler.store.informers import InformerUnion
+    from reconciler.store.watch import Informer
 
 log = get_logger("reconciler.controller")
 
