@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 from reconciler.demo.certificates import ThrowawayCA  # noqa: E402
 from reconciler.demo.smtp_servers import ServerLoop, SmtpServerOptions  # noqa: E402
 from reconciler.log import configure_logging  # noqa: E402
-from reconciler.probe import limits  # noqa: E402
 from reconciler.policy import CREDENTIAL_LABEL  # noqa: E402
+from reconciler.probe import limits  # noqa: E402
 from reconciler.run.controller import Controller  # noqa: E402
 from tests.kube_fixtures import email_account_crd  # noqa: E402
 from tests.kubeapi import KubeAPIServer  # noqa: E402
@@ -66,7 +66,8 @@ def thread_cpu(ctl: Controller) -> float:
         if t is None or t.native_id is None:
             continue
         try:
-            fields = open(f"/proc/self/task/{t.native_id}/stat").read().rsplit(")", 1)[1].split()
+            with open(f"/proc/self/task/{t.native_id}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)

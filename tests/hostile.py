@@ -6,7 +6,8 @@ stops every server it started and drops their connections.
 - HTTP(S): `http_drip` answers one byte a second; `http_endless` sends an endless body.
 - SMTP: `smtp_endless_ehlo` (an endless `250-` EHLO reply), `smtp_endless_535` (an endless
   `535-` AUTH reply), `smtp_starttls_injection` (forged replies sent with the `220` to
-  STARTTLS, then a TLS server refusing the password), and `MiniSmtp`: banner/AUTH delays, a concurrency limit answered with 421,
+  STARTTLS, then a TLS server refusing the password), and `MiniSmtp`: banner/AUTH delays, a
+  concurrency limit answered with 421,
   Dovecot-like penalty delay after a wrong password, sender and TLS rules at MAIL FROM, 503 for
   AUTH when not advertised; it records every command and the EHLO names it saw.
 """

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.test_controller are used as arguments)
 """Sharded replicas (issue 26 item 6): membership Leases, assignment by rendezvous hashing, hand-over.
 
 Three controllers in this process, each on its own client, against tests/kubeapi over real HTTP,

@@ -9,7 +9,7 @@ import pytest
 
 from reconciler import reasons
 from reconciler.model import Account, GraphSpec, KeyRef, OAuth2, Publish
-from reconciler.policy import PUBLISHABLE_ANNOTATION, CREDENTIAL_LABEL, SecretMeta
+from reconciler.policy import CREDENTIAL_LABEL, PUBLISHABLE_ANNOTATION, SecretMeta
 from reconciler.probe.credentials import MappingSecretReader
 from reconciler.probe.publishable import publishable_credentials
 from tests.smtpservers import make_account

@@ -29,8 +29,8 @@ from reconciler.demo.token_endpoints import Client, MicrosoftIdentity
 from reconciler.relay.config import PASSWORD_KEY, load_config
 from reconciler.relay.message import bare_line_ending, graph_recipients, header_senders
 from reconciler.relay.serve import serve
-from tests.smtpservers import LOOPBACK, RunningServer, ThrowawayCA, unused_port
 from tests.mta.process import wait_for
+from tests.smtpservers import LOOPBACK, RunningServer, ThrowawayCA, unused_port
 
 SENDER = "orders@contoso.example"
 TENANT = "00000000-0000-0000-0000-0000000000aa"

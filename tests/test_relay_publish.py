@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler import reasons
 from reconciler.cli import main
 from reconciler.demo.graph import FakeGraph
 from reconciler.demo.token_endpoints import Client, MicrosoftIdentity
 from reconciler.manifest.account import account_from_manifest
-from reconciler import reasons
 from reconciler.model import ROTATE_RELAY_PASSWORD_ANNOTATION, Outcome, ProbeResult
 from reconciler.state import relay as relay_state
 from reconciler.state.render import render_data

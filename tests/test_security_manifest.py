@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.test_security are used as arguments)
 """Issue 23, the manifest side: what a committer could still do with what `validate` accepts.
 
 Each attack runs beside a legitimate account that keeps working:

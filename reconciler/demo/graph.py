@@ -7,8 +7,9 @@ forms Graph takes, accepting only access tokens its `MicrosoftIdentity`
 permission (application `roles`, or delegated `scp` for that very user), with errors in Graph's
 shape (`graph_error`). A sent message is recorded with the recipients Graph would deliver to: those
 of its To, Cc and Bcc headers (Graph reads recipients from the MIME headers, not from any
-envelope); a JSON message is recorded as the MIME Graph would make of it. `send_faults` answers the next sendMail requests with the given statuses (429,
-503, 400...); tests/fake_idp.py adds more fault injection on top.
+envelope); a JSON message is recorded as the MIME Graph would make of it. `send_faults` answers
+the next sendMail requests with the given statuses (429, 503, 400...); tests/fake_idp.py adds more
+fault injection on top.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import email.utils
 import hashlib
 import json
 import urllib.parse
-from email.message import EmailMessage
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from reconciler.demo.https import HttpsFake, Seen

@@ -84,9 +84,7 @@ def json_only(doc: Any) -> bool:
                 stack.append(item)
         elif kind is list:
             stack.extend(value)
-        elif kind is float and not math.isfinite(value):
-            return False
-        elif kind not in _JSON_SCALARS:  # exact types: a str or int subclass gets no verdict
+        elif kind is float and not math.isfinite(value) or kind not in _JSON_SCALARS:
             return False
     return True
 

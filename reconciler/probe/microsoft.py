@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import reasons
-from reconciler.log import register_secret
+from reconciler.log import redact_text, register_secret
 from reconciler.model import Account, GraphSpec, KeyRef, OAuth2, Outcome, SecretReader
+from reconciler.policy import Policy
 from reconciler.probe import tokenrequest
 from reconciler.probe.google import GOOGLE_SCOPE
-from reconciler.log import redact_text
-from reconciler.policy import Policy
 from reconciler.probe.httpclient import (
     Cutoff,
     MsalHttpClient,

@@ -9,6 +9,7 @@ counts the file asks for, read before any derivation runs. Pure functions of byt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 
@@ -108,10 +109,9 @@ def iteration_counts(pfx: apkcs12.Pfx) -> list[tuple[str, int | None]]:
             algo = info["content"]["encrypted_content_info"]["content_encryption_algorithm"]
             out.append((f"encrypted safe {index + 1}", kdf_iterations(algo)))
         elif kind == "data":
-            try:
+            # bags that do not parse are reported as damage, never decrypted
+            with contextlib.suppress(ValueError, TypeError, KeyError):
                 out += bag_iterations(apkcs12.SafeContents.load(info["content"].native))
-            except (ValueError, TypeError, KeyError):
-                pass  # bags that do not parse are reported as damage, never decrypted
     return out
 
 

@@ -34,8 +34,8 @@ def publishable_credentials(account: Account, secrets: SecretReader
                             ) -> tuple[dict[str, str], tuple[Outcome, ...]]:
     """(credentials to publish, warnings) for the account's client credentials.
 
-    Nothing without publish.clientCredentials or spec.relay (whose sidecar needs them). A Secret that cannot be read is left to the
-    probe, which reports it; here it is only left out.
+    Nothing without publish.clientCredentials or spec.relay (whose sidecar needs them). A Secret
+    that cannot be read is left to the probe, which reports it; here it is only left out.
     """
     if not (account.publish.client_credentials or account.relay.enabled):
         return {}, ()  # spec.relay publishes them for the sidecar (relay-upstream-* keys)

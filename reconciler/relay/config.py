@@ -16,6 +16,7 @@ kubelet swaps the mounted Secret (its `..data` link) or a file changes, so the r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -86,10 +87,8 @@ def fingerprint(folder: Path) -> str:
     """Changes when the mounted Secret changes: kubelet swaps `..data` atomically; a plain folder
     (a test, `--secret-dir` on a workstation) is followed by its files' sizes and times."""
     parts: list[str] = []
-    try:
+    with contextlib.suppress(OSError):
         parts.append(os.readlink(folder / "..data"))
-    except OSError:
-        pass
     for name in sorted(os.listdir(folder)) if folder.is_dir() else ():
         if name.startswith(".."):
             continue

@@ -61,7 +61,7 @@ def _header_lines(head: bytes) -> list[bytes]:
 
 
 def _field(name: str, addresses: Sequence[str]) -> bytes:
-    return f"{name}: {', '.join(addresses)}".encode("utf-8")
+    return f"{name}: {', '.join(addresses)}".encode()
 
 
 def graph_recipients(data: bytes, rcpts: Sequence[str]) -> bytes:

@@ -177,10 +177,10 @@ class ShardMember:
         started = self._clock()
         with self._lock:
             view = self.published
-            if self.target != self.published and self.published == self.confirmed:
-                # Rule 2: finish what the new view takes away before publishing it.
-                if not lost(self.me, self.published, self.target, self._in_flight):
-                    view = self.target
+            # Rule 2: finish what the new view takes away before publishing it.
+            if (self.target != self.published and self.published == self.confirmed
+                    and not lost(self.me, self.published, self.target, self._in_flight)):
+                view = self.target
         if self._write(view, started):
             self._list()
 

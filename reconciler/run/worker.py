@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from reconciler.log import get_logger, redact_text
 from reconciler.model import ACCOUNT_LABEL, status_condition
 from reconciler.policy import Policy
-from reconciler.state.status import SCHEDULE_FIELDS
 from reconciler.run import requeue
 from reconciler.run.metrics import EndpointChecks, Metrics
 from reconciler.run.workqueue import ApiBackoff, WorkQueue
+from reconciler.state.status import SCHEDULE_FIELDS
 from reconciler.store.base import Key
 
 if TYPE_CHECKING:

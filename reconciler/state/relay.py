@@ -131,7 +131,7 @@ def relay_data(account: Account, result: ProbeResult, password: str) -> dict[str
               "limits": limits(account), "account": manifest}
     out: dict[str, str] = {CONFIG_KEY: json.dumps(config, indent=2, sort_keys=True) + "\n",
                            PASSWORD_KEY: password}
-    for field_name, (cred, key) in UPSTREAM.items():
+    for cred, key in UPSTREAM.values():
         if cred in used and result.credentials.get(cred):
             out[key] = result.credentials[cred]
     if "ca" in used and result.ca_pem:

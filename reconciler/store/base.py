@@ -8,7 +8,7 @@ dicts shaped like Kubernetes objects.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from reconciler.model import (

@@ -25,9 +25,9 @@ from reconciler.model import (
     PLURAL,
     Event,
 )
+from reconciler.store import kubeevents
 from reconciler.store.base import Inventory, Key, account_object, object_key, owned_keys
 from reconciler.store.clustersecrets import ClusterSecretReader
-from reconciler.store import kubeevents
 from reconciler.store.kubeclient import KubeClient, RetryPolicy, client_from_config
 
 APPLY = "application/apply-patch+yaml"

@@ -715,7 +715,8 @@ class KubeAPIServer(GarbageCollector):
             meta["resourceVersion"] = self._store.next_rv()
             self._store.bucket(rtype)[(namespace or "", name)] = new
             self._store.record(rtype, "MODIFIED", new, old)
-            changed = meta.get("deletionTimestamp") or meta.get("ownerReferences") != old["metadata"].get("ownerReferences")
+            changed = (meta.get("deletionTimestamp")
+                       or meta.get("ownerReferences") != old["metadata"].get("ownerReferences"))
             if changed and not self._store.settled_with(new):
                 self._collect()  # finalizers emptied, or owners changed
                 current = self._store.bucket(rtype).get((namespace or "", name))
