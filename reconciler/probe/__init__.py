@@ -83,9 +83,9 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
     if account.publish.client_credentials or account.relay.enabled:
         from reconciler.probe.publishable import publishable_credentials
 
-        published, refused = publishable_credentials(account, secrets)
+        published, not_copied = publishable_credentials(account, secrets)
         result = dataclasses.replace(result, credentials={**result.credentials, **published},
-                                     warnings=(*result.warnings, *refused))
+                                     warnings=(*result.warnings, *not_copied))
     short = guarded.short_warning()
     if short is not None:
         result = dataclasses.replace(result, warnings=(*result.warnings, short))

@@ -210,20 +210,20 @@ class EndpointCache:
             with self._lock:
                 self.served += 1
             return facts
-        facts = None
+        fresh: EndpointFacts | None = None
         try:
-            facts = await run()
+            fresh = await run()
         finally:
             with self._lock:
                 del self._flights[key]
-                if facts is not None:
-                    self._results[key] = facts
-                    self._sweep(facts.taken_at)
-            if facts is not None:
-                flight.set_result(facts)
+                if fresh is not None:
+                    self._results[key] = fresh
+                    self._sweep(fresh.taken_at)
+            if fresh is not None:
+                flight.set_result(fresh)
             else:
                 flight.set_exception(RuntimeError("the endpoint check ended without a result"))
-        return facts
+        return fresh
 
 
 @dataclass(frozen=True)

@@ -149,10 +149,10 @@ def load_config(folder: Path) -> RelayConfig:
     except (KeyError, TypeError, ValueError) as exc:
         raise RelayConfigError(f"{folder}/{CONFIG_KEY}: the account cannot be read "
                                f"({type(exc).__name__}: {exc})") from None
-    listen = raw.get("listen") if isinstance(raw.get("listen"), dict) else {}
+    listen: dict[str, Any] = raw["listen"] if isinstance(raw.get("listen"), dict) else {}
     address = account_address(account)
     senders = frozenset(s.lower() for s in raw.get("senders") or () if isinstance(s, str))
-    tls = listen.get("tls") if isinstance(listen.get("tls"), dict) else {}
+    tls: dict[str, Any] = listen["tls"] if isinstance(listen.get("tls"), dict) else {}
     return RelayConfig(
         account=account, username=str(raw.get("username") or address), password=password,
         host=str(listen.get("host") or "127.0.0.1"), port=int(listen.get("port") or 2525),

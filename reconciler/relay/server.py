@@ -217,7 +217,7 @@ def check_listen(cfg: RelayConfig, host: str, tls: ssl.SSLContext | None) -> Non
 
 
 async def start_server(state: RelayState, folder: Path, host: str | None = None,
-                       port: int | None = None) -> asyncio.AbstractServer:
+                       port: int | None = None) -> asyncio.Server:
     """Listen on host:port (default: the configuration's); returns the asyncio server."""
     from aiosmtpd.smtp import SMTP
 

@@ -84,7 +84,8 @@ async def send_smtp(account: Account, secrets: SecretReader, tokens: TokenCache,
     answer: list[Delivery] = []
 
     async def transaction(client: SmtpClient) -> Outcome:
-        steps = [(f"MAIL FROM:<{mail_from}>", (250,), "the sender")]
+        steps: list[tuple[str, tuple[int, ...], str]] = [
+            (f"MAIL FROM:<{mail_from}>", (250,), "the sender")]
         steps += [(f"RCPT TO:<{r}>", (250, 251), f"recipient <{r}>") for r in rcpts]
         steps += [("DATA", (354,), "the message")]
         for line, ok_codes, what in steps:

@@ -124,7 +124,8 @@ def render_description(obj: Mapping[str, Any], *, events: Sequence[Mapping[str, 
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     status = obj.get("status") or {}
     via = "Microsoft Graph" if spec.get("sendUsing") == "MicrosoftGraph" else "SMTP"
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    ready: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
     lines = [f"Name:         {meta.get('name')}",
              f"Namespace:    {meta.get('namespace')}",
              f"Provider:     {spec.get('provider')} (via {via})",

@@ -39,7 +39,8 @@ class Worker:
 
     def __init__(self, api_client: Any, *, namespace: str | None, interval: float,
                  policy: Policy, queue: WorkQueue, api_backoff: ApiBackoff, metrics: Metrics,
-                 accounts: Informer, secrets: InformerUnion, configmaps: Informer,
+                 accounts: Informer | InformerUnion, secrets: InformerUnion,
+                 configmaps: Informer | InformerUnion,
                  serves: Callable[[str], bool] = lambda namespace: True) -> None:
         self.api_client = api_client
         self.namespace = namespace

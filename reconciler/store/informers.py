@@ -24,7 +24,7 @@ def account_informer(api_client: Any, namespace: str | None, handler: Handler,
 
     bounded.install(api_client)
     custom = client.CustomObjectsApi(api_client)
-    select = {"label_selector": label_selector} if label_selector else {}
+    select: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
     if namespace:
         return Informer(PLURAL, functools.partial(custom.list_namespaced_custom_object, **select),
                         (API_GROUP, API_VERSION, namespace, PLURAL), handler, **kwargs)

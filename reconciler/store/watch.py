@@ -267,14 +267,14 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     Secret is removed). The other managers' entries, and the rest of ours, are dropped."""
     meta = obj.get("metadata")
     entries = meta.get("managedFields") if isinstance(meta, dict) else None
-    if not entries:
+    if not entries or not isinstance(meta, dict):
         return obj
     kept = []
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("manager") != FIELD_MANAGER or entry.get(
                 "subresource"):
             continue
-        fields = ((entry.get("fieldsV1") or {}).get("f:metadata") or {})
+        fields: dict[str, Any] = ((entry.get("fieldsV1") or {}).get("f:metadata") or {})
         kept.append({"manager": FIELD_MANAGER, "operation": entry.get("operation"),
                      "fieldsV1": {"f:metadata": {k: v for k, v in fields.items()
                                                  if k in ("f:labels", "f:annotations")}}})
