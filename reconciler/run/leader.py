@@ -27,10 +27,10 @@ log = get_logger("reconciler.leader")
 
 
 @dataclass(frozen=True)
-class LeaderConfig:
-    """Timings in seconds; client-go's defaults."""
+class LeaseTimings:
+    """Where a replica's Leases live, who it is, and their timings in seconds (client-go's
+    defaults): shared by leader election and shard membership (run/membership.py)."""
 
-    name: str = "email-reconciler"
     namespace: str = "default"
     identity: str = ""
     lease_duration: float = 15.0
@@ -43,6 +43,13 @@ class LeaderConfig:
             raise ValueError("need --lease-duration > --renew-deadline > --retry-period > 0 "
                              f"(got {self.lease_duration}, {self.renew_deadline}, "
                              f"{self.retry_period})")
+
+
+@dataclass(frozen=True)
+class LeaderConfig(LeaseTimings):
+    """Leader election over the Lease `name`."""
+
+    name: str = "email-reconciler"
 
 
 def micro_time(now: datetime | None = None) -> str:

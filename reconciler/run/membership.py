@@ -20,7 +20,7 @@ from typing import Any
 
 from reconciler.errors import StoreError
 from reconciler.log import get_logger
-from reconciler.run.leader import micro_time
+from reconciler.run.leader import LeaseTimings, micro_time
 from reconciler.run.sharding import (
     GROUP_LABEL,
     MEMBERS_ANNOTATION,
@@ -44,22 +44,14 @@ ACT, LATER, ELSEWHERE = "act", "later", "elsewhere"
 
 
 @dataclass(frozen=True)
-class ShardConfig:
-    """Timings in seconds (those of leader election); `prefix` names the group's Leases."""
+class ShardConfig(LeaseTimings):
+    """Leader election's timings; `prefix` names the group's Leases."""
 
     prefix: str = "email-reconciler-shard"
-    namespace: str = "default"
-    identity: str = ""
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
 
     def check(self) -> None:
         """Raise ValueError on inconsistent timings or names."""
-        if not (self.lease_duration > self.renew_deadline > self.retry_period > 0):
-            raise ValueError("need --lease-duration > --renew-deadline > --retry-period > 0 "
-                             f"(got {self.lease_duration}, {self.renew_deadline}, "
-                             f"{self.retry_period})")
+        super().check()
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.prefix):
             raise ValueError(f"--shard-lease-prefix {self.prefix!r} is not a valid label value "
                              "(lower-case letters, digits and '-', at most 63)")
