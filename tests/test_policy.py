@@ -158,3 +158,13 @@ def test_certificates_only(pem: str, ok: bool) -> None:
         assert "subject=" not in certs and "comment" not in certs
     else:
         assert certs is None and why is not None and "MARKERKEY" not in why
+
+
+def test_certificates_only_is_kept_per_content() -> None:
+    # Cached (every account of a truststore asks): the same content again is not parsed again,
+    # and a changed truststore is judged anew.
+    first = certificates_only(CERT.encode())
+    assert certificates_only(bytes(bytearray(CERT.encode()))) is first
+    changed = certificates_only(f"{CERT}\n{KEY}".encode())
+    assert changed[0] is None and changed != first
+    assert certificates_only(f"{CERT}\n{CERT}".encode())[0] == f"{CERT}\n{CERT}\n"
