@@ -85,6 +85,7 @@ class SmtpClient:
         self._until = 0.0
         self._reader: asyncio.Future[None] | None = None  # a read waiting for the descriptor
         self._watched = -1  # the descriptor registered for reading, while it is
+        self._patience: Callable[[], bool] | None = None  # during a command(patience=...)
 
     def _begin(self, timeout: float | None = None) -> None:
         """Start an operation of `timeout` (default: the per-command timeout), cut by what is
@@ -122,6 +123,15 @@ class SmtpClient:
         timer = loop.call_at(self._until, _expire, waiter)
         try:
             await waiter
+        except TimeoutError:
+            # A reply the server delays on purpose (patience() says so): awaited until the
+            # deadline rather than one operation's time; only reads, never a half-sent write.
+            if not (readable and self._patience is not None and self.deadline.remaining() > 0
+                    and self._patience()):
+                raise
+            self._until = loop.time() + self.deadline.remaining()
+            self._patience = None  # asked once, as before
+            await self._ready(readable)
         finally:
             timer.cancel()
             if readable:
@@ -254,23 +264,11 @@ class SmtpClient:
         try:
             self._begin(timeout)
             await self._send(line.encode("utf-8") + b"\r\n")
-            if patience is None:
-                return await self._read_reply()
-            # The reply's waits end with the deadline; this one decides when to stop earlier.
-            self._until = self._loop.time() + max(0.0, self.deadline.remaining())
-            task = asyncio.ensure_future(self._read_reply())
+            self._patience = patience
             try:
-                done, _ = await asyncio.wait({task}, timeout=self.deadline.budget(timeout))
-                if not done and patience():
-                    done, _ = await asyncio.wait({task}, timeout=max(0.0, self.deadline.remaining()))
-                if not done:
-                    raise TimeoutError("no reply in time")
-                return task.result()
+                return await self._read_reply()
             finally:
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+                self._patience = None
         except BaseException:
             self.usable = False
             raise
