@@ -36,7 +36,10 @@ def test_the_controller_shares_one_endpoint_check_among_its_accounts(cluster: Cl
               for family in text_string_to_metric_families(ctl.metrics.render().decode())
               if family.name == "email_reconciler_endpoint_checks" for s in family.samples
               if s.name.endswith("_total")}
-    assert checks["shared"] >= probed - opened and checks["session"] >= 1, checks
+    # A probe whose session opened before the window began (at most one a worker) ends inside
+    # it: counted in `probed`, its connection not in `opened` (seen as 36 of 42 under load).
+    in_flight = 4
+    assert checks["shared"] >= probed - opened - in_flight and checks["session"] >= 1, checks
 
     cluster.servers.users["e3@example.com"] = NEW_PASSWORD
     cluster.secret("e3-smtp", "password", NEW_PASSWORD)
