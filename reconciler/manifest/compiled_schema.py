@@ -110,9 +110,12 @@ class CompiledSchema:
         """Whether jsonschema-rs is installed (else every verdict is None)."""
         return self._validator is not None
 
-    def verdict(self, doc: Any) -> bool | None:
-        """True if doc is valid, False if not, None without jsonschema-rs or for non-JSON data."""
-        if self._validator is None or not json_only(doc):
+    def verdict(self, doc: Any, plain: bool = False) -> bool | None:
+        """True if doc is valid, False if not, None without jsonschema-rs or for non-JSON data.
+
+        ``plain``: the caller has checked json_only(doc) already (the loader, while building it).
+        """
+        if self._validator is None or not (plain or json_only(doc)):
             return None
         try:
             valid: bool = self._validator.is_valid(doc)

@@ -208,8 +208,7 @@ def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
     line, col = yamlnodes.mark_of(root)
     doc = _Doc(model.SourceRef(file, index, line, col), None, [], root)
     try:
-        yamlnodes.check_structure(root)
-        doc.data = loader.construct_document(root)
+        doc.data, plain = yamlnodes.check_and_construct(loader, root)
     except yamlnodes.NodeProblem as problem:
         pline, pcol = yamlnodes.mark_of(problem.node)
         doc.diagnostics.append(_file_error(file, problem.message, pline, pcol, index))
@@ -232,7 +231,7 @@ def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
     try:
         diagnostics, doc.account = validate_manifest(
             doc.data, file=file, document=index,
-            locate=lambda p: yamlnodes.locate(root, p))
+            locate=lambda p: yamlnodes.locate(root, p), plain=plain)
         doc.diagnostics += diagnostics
     except Exception as exc:  # noqa: BLE001 - a bug in a rule must not hide other documents
         doc.diagnostics.append(_file_error(

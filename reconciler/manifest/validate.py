@@ -60,9 +60,12 @@ def _compiled() -> CompiledSchema:
     return CompiledSchema(load_schema(), _FORMATS)
 
 
-def schema_errors(doc: Any) -> Iterator[jsonschema.ValidationError]:
-    """The schema errors of a document: none when the compiled validator vouches for it."""
-    if _compiled().verdict(doc) is True:
+def schema_errors(doc: Any, plain: bool = False) -> Iterator[jsonschema.ValidationError]:
+    """The schema errors of a document: none when the compiled validator vouches for it.
+
+    ``plain``: the caller knows the document holds JSON types only (compiled_schema.json_only).
+    """
+    if _compiled().verdict(doc, plain) is True:
         return iter(())
     return _validator().iter_errors(doc)
 
@@ -191,9 +194,12 @@ def validate_document(doc: Any, *, file: str = "<input>", document: int = 1,
 
 
 def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
-                      locate: Locate | None = None
+                      locate: Locate | None = None, plain: bool = False
                       ) -> tuple[list[model.Diagnostic], model.Account | None]:
     """validate_document's diagnostics, and the effective account its semantic rules checked.
+
+    ``plain``: the loader found only JSON types and finite numbers while building the document
+    (yamlnodes.check_and_construct), so the walks that look for anything else are skipped.
 
     The account (without source or warnings) is None when the schema or the scan failed; the
     loader reuses it rather than building it a second time.
@@ -209,10 +215,10 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
     tolerated = [_diag(file, document, locate, p, m, s) for p, m, s in flagged if s != "error"]
     out += [_diag(file, document, locate, p, "must be a finite number (.nan and .inf are not "
                                              "numbers in JSON or to the API server)")
-            for p in non_finite(doc)]
+            for p in (() if plain else non_finite(doc))]
     flagged_ptrs |= {d.pointer for d in out}
     seen: set[tuple[str, str]] = set()
-    for err in schema_errors(doc):
+    for err in schema_errors(doc, plain):
         for pointer, message in _schema_messages(err):
             if pointer in flagged_ptrs or any(pointer.startswith(f + "/") for f in flagged_ptrs):
                 continue

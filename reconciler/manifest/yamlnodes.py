@@ -12,11 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import math
+
 import yaml
 
 Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 64
 MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR, _MAP, _SEQ = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+#: Scalar tags built here by the loader's own constructor functions (others: construct_document).
+_SCALARS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                      "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"})
 
 
 class NodeProblem(Exception):
@@ -89,6 +95,99 @@ def _check_child(node: yaml.Node, depth: int, where: yaml.Node, seen: set[int]) 
         raise NodeProblem(node, f"nesting deeper than {MAX_DEPTH} levels is not allowed")
     if not isinstance(node, yaml.ScalarNode):
         _check_children(node, depth, seen)
+
+
+class _Build:
+    """One pass's state: the alias check's ids, whether the data is plain JSON, the loader."""
+
+    __slots__ = ("loader", "seen", "plain", "fallback")
+
+    def __init__(self, loader: Any, root: yaml.Node) -> None:
+        self.loader, self.seen = loader, {id(root)}
+        self.plain, self.fallback = True, False
+
+
+def check_and_construct(loader: Any, root: yaml.Node) -> tuple[Any, bool]:
+    """check_structure(root), then (loader.construct_document(root), plain) in one pass.
+
+    The same NodeProblem, in the same order, as check_structure; the same data as the loader's
+    constructor (maps, lists, strings, numbers, booleans and nulls are built while checking; any
+    other tag, or a value the constructor refuses, falls back to construct_document after the
+    check, which then raises what it raised before). ``plain``: the data holds only dicts with
+    string keys, lists, strings, finite numbers, booleans and None (compiled_schema.json_only
+    holds and validate.non_finite finds nothing). One walk instead of two: bench/README.md, 7.
+    """
+    state = _Build(loader, root)
+    data = _build(root, 0, state)
+    if state.fallback:
+        return loader.construct_document(root), False
+    return data, state.plain
+
+
+def _build(node: yaml.Node, depth: int, state: _Build) -> Any:
+    """_check_children(node) that also builds node's value while state.fallback is False."""
+    if isinstance(node, yaml.MappingNode):
+        keys: dict[str, yaml.Node] = {}
+        for key, _value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in keys and not _is_merge(key):
+                    line, _ = mark_of(keys[key.value])
+                    raise NodeProblem(key, f"duplicate key {key.value!r} (first defined on "
+                                           f"line {line}); remove one of them")
+                keys[key.value] = key
+        if node.tag != _MAP:
+            state.fallback = True
+        out: dict[Any, Any] = {}
+        for key, value in node.value:
+            if _is_merge(key):
+                raise NodeProblem(key, "YAML merge keys (<<) are not allowed in manifests "
+                                       "(kubectl and validate would read different values); "
+                                       "write the keys out in full")
+            k = _build_child(key, depth + 1, key, state)
+            v = _build_child(value, depth + 1, key, state)
+            if not state.fallback:
+                if not isinstance(key, yaml.ScalarNode):
+                    state.fallback = True  # unhashable: the constructor's error
+                else:
+                    if type(k) is not str:
+                        state.plain = False
+                    out[k] = v
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        if node.tag != _SEQ:
+            state.fallback = True
+        return [_build_child(item, depth + 1, node, state) for item in node.value]
+    return _scalar(node, state)
+
+
+def _build_child(node: yaml.Node, depth: int, where: yaml.Node, state: _Build) -> Any:
+    """_check_child, building the child's value."""
+    if id(node) in state.seen:
+        raise NodeProblem(where, "YAML aliases (*name) are not allowed in manifests; "
+                                 "write the value out in full")
+    state.seen.add(id(node))
+    if depth > MAX_DEPTH:
+        raise NodeProblem(node, f"nesting deeper than {MAX_DEPTH} levels is not allowed")
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(node, state)
+    return _build(node, depth, state)
+
+
+def _scalar(node: yaml.Node, state: _Build) -> Any:
+    tag = node.tag
+    if tag == _STR:
+        return node.value
+    if state.fallback or tag not in _SCALARS or not isinstance(node, yaml.ScalarNode):
+        state.fallback = True
+        return None
+    try:
+        value = state.loader.yaml_constructors[tag](state.loader, node)
+    except Exception:  # noqa: BLE001 - e.g. `!!int x`: construct_document reports it
+        state.fallback = True
+        return None
+    if type(value) is float and not math.isfinite(value):
+        state.plain = False
+    return value
 
 
 def _unescape(token: str) -> str:
