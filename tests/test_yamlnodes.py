@@ -115,3 +115,32 @@ def test_every_yaml_file_in_the_repository() -> None:
         except (UnicodeDecodeError, yaml.YAMLError):
             continue  # not UTF-8 or a syntax error: refused before either pass
     assert compared > 50
+
+
+@pytest.mark.parametrize("text", [*SNIPPETS, "a: [1, '1', \"1\", !!str 1, ! 1, 1.0, ~, '', yes, No]\n"])
+def test_cached_resolver_tags_as_pyyaml(text: str) -> None:
+    """Composed twice (the second time from the cache), the tags are PyYAML's safe loader's."""
+    for _ in range(2):
+        assert _tags(yaml.compose_all(text, Loader=yamlnodes.Loader)) == _tags(
+            yaml.compose_all(text, Loader=yaml.SafeLoader))
+
+
+def _tags(nodes: Any) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        out.append((node.tag, node.value if isinstance(node, yaml.ScalarNode) else None))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                walk(key)
+                walk(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item)
+
+    try:
+        for node in nodes:
+            walk(node)
+    except yaml.YAMLError as exc:
+        out.append(("error", type(exc).__name__))
+    return out

@@ -16,13 +16,40 @@ import math
 
 import yaml
 
-Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 64
 MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR, _MAP, _SEQ = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 #: Scalar tags built here by the loader's own constructor functions (others: construct_document).
 _SCALARS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
                       "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"})
+
+
+#: Implicit tags of short plain scalars, (value, implicit) -> tag: keys and most values repeat
+#: from document to document, and the resolver's regular expressions are run from Python for
+#: every scalar the C parser meets (a sixth of composing, bench/README.md, 7).
+_RESOLVED: dict[tuple[str, Any], str] = {}
+_RESOLVED_MAX, _RESOLVED_LEN = 4096, 64
+
+
+class Loader(_SafeLoader):  # type: ignore[misc]
+    """PyYAML's safe loader (the C one when built), resolving repeated scalars from a cache.
+
+    The same tags: resolving a scalar is a pure function of its value and style while no path
+    resolver is registered (none is, on the safe loader).
+    """
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is not yaml.ScalarNode or len(value) > _RESOLVED_LEN or self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)
+        key = (value, implicit)
+        tag = _RESOLVED.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if len(_RESOLVED) >= _RESOLVED_MAX:
+                _RESOLVED.clear()
+            _RESOLVED[key] = tag
+        return tag
 
 
 class NodeProblem(Exception):
