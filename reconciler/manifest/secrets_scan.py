@@ -44,8 +44,11 @@ _SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
 _TOLERATED = {("/spec/smtp/identity/userId", "an AWS access key id")}
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
 _BASE64_MIN = 32
-#: Any of the shapes: one search rules most strings out (the ordered list then names the shape).
-_ANY_SHAPE = re.compile("|".join(f"(?:{pattern.pattern})" for _, pattern in _SHAPES))
+#: A literal every match of a shape contains: one search rules most strings out (the ordered
+#: list then names the shape). The alternation of the shapes themselves took 2 us for a
+#: 30-character value (every word boundary tried against every branch); this takes 0.3 us.
+_SHAPE_HINT = re.compile(r"-----BEGIN |eyJ|A(?:KIA|SIA|Iza)|SG\.|xox|g(?:h[pousr]_|ithub_pat_)"
+                         r"|GOCSPX-")
 
 
 def _entropy(text: str) -> float:
@@ -65,7 +68,7 @@ def _high_entropy(text: str) -> bool:
 
 def credential_shape(text: str) -> str | None:
     """What a string looks like ("a private key", ...) when it looks like a credential."""
-    if _ANY_SHAPE.search(text):
+    if _SHAPE_HINT.search(text):
         for label, pattern in _SHAPES:
             if pattern.search(text):
                 return label
@@ -96,13 +99,17 @@ def suggest_ref(pointer: str, key: str) -> str:
     return "passwordSecretRef"
 
 
-def _members(value: Any) -> Iterator[tuple[str, Any]]:
-    """(key, value) of a mapping's or a list's members; nothing for a scalar."""
+def _members(value: Any) -> Iterator[tuple[Any, Any]]:
+    """(key, value) of a mapping's or a list's members (keys not yet strings); none for a scalar."""
     if isinstance(value, dict):
-        return ((str(k), v) for k, v in value.items())
+        return iter(value.items())
     if isinstance(value, list):
-        return ((str(i), v) for i, v in enumerate(value))
+        return enumerate(value)
     return iter(())
+
+
+_CONTAINERS = (dict, list)
+_LITERALS = (str, int, float)
 
 
 @lru_cache(maxsize=1024)
@@ -135,11 +142,12 @@ def scan_document(doc: Any) -> list[tuple[str, str, Severity]]:
 def _scan(node: Any, parent: str, found: list[tuple[str, str, Severity]]) -> None:
     """Check every member of node, depth first in document order, appending to found."""
     kind = _parent_kind(parent)
-    for key, value in _members(node):
-        if isinstance(value, dict | list):
+    for member, value in _members(node):
+        key = member if type(member) is str else str(member)
+        if isinstance(value, _CONTAINERS):
             _scan(value, f"{parent}/{escape(key)}", found)
             continue
-        if isinstance(value, bool) or not isinstance(value, str | int | float) or value == "":
+        if isinstance(value, bool) or not isinstance(value, _LITERALS) or value == "":
             continue
         if _credential_key(key, kind):
             pointer = f"{parent}/{escape(key)}"
