@@ -403,3 +403,13 @@ def test_graph_recipients_rewrite_keeps_the_body() -> None:
     assert b"To: a@x.example" in head and b"Cc: c@x.example" in head
     assert b"Bcc: hidden@x.example" in head
     assert header_senders(raw) == ["orders@contoso.example"]
+
+
+def test_the_relay_needs_nothing_beyond_the_runtime_dependencies() -> None:
+    """The image installs the runtime dependencies only (Dockerfile): the sidecar's SMTP server
+    must be one of them, not of the demo or test extras."""
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml")
+                            .read_text())["project"]
+    assert any(d.startswith("aiosmtpd>=") for d in project["dependencies"])
