@@ -39,7 +39,8 @@ whole API:
 - admission (schema.py, validation.py): custom resources are pruned (unknown fields dropped, a
   ``Warning`` header, 400 with ``fieldValidation=Strict``), defaulted and validated against the
   CRD's OpenAPI v3 schema, and its ``x-kubernetes-validations`` CEL rules run in cel-python
-  (transition rules with ``oldSelf``; ratcheting of unchanged parts). cel-python does not
+  (transition rules with ``oldSelf``; ratcheting of unchanged parts; each rule's outcome memoized
+  per distinct value of the fields it reads, celcache.py, as CEL is pure). cel-python does not
   type-check, so celtypes.py compiles each rule against its declared types with the C++ CEL's
   checker, and a CRD whose rules do not compile is refused at construction (ValueError), as the
   apiserver refuses it at creation. ObjectMeta (name, labels,
@@ -49,7 +50,9 @@ whole API:
   found`` (NamespaceLifecycle), into a terminating one 403; ``default``, ``kube-system``,
   ``kube-public`` and ``kube-node-lease`` exist from the start (``namespaces=``), tests create
   the others (``create_namespace``; ``auto_namespaces=True`` is a relaxation, not real behaviour);
-- errors as ``Status`` objects; fault injection (:meth:`KubeAPIServer.inject`) and a request log.
+- errors as ``Status`` objects; fault injection (:meth:`KubeAPIServer.inject`) and a request log
+  (``keep_request_log=False`` keeps only ``request_counts`` by verb and resource);
+- for benchmarks only, bulk.py loads many objects as creates would without a request each.
 
 Simplifications, on purpose: no conversion between CRD
 versions, no CEL cost budget; PUT never creates; fault injection applies to resource requests
