@@ -97,7 +97,7 @@ def serve_api() -> int:
             doc["spec"]["probe"] = {"interval": interval}
             return doc
 
-        return bulk_load(api, "emailaccounts", (one(i) for i in range(n)), history_limit=n + 10_000)
+        return bulk_load(api, "emailaccounts", (one(i) for i in range(n)), history_limit=4 * n + 10_000)
 
     def progress(_: Mapping[str, Any]) -> Any:
         with api._store.lock:

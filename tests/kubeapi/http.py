@@ -299,9 +299,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _list_response(self, rtype: ResourceType, version: str, ns: str | None, query: dict[str, str]) -> JSON:
         store = self.api._store
+        after: tuple[str, ...] = ()
         with store.lock:
-            items, rv = self.api._list(rtype, ns, query), self.api.resource_version
-            compacted = store.compacted
+            rv, compacted = self.api.resource_version, store.compacted
         if query.get("continue"):
             try:
                 token = json.loads(base64.b64decode(query["continue"]))
@@ -318,15 +318,17 @@ class _Handler(BaseHTTPRequestHandler):
                     "the time the first chunk was returned and now may show up in the list.",
                     "Expired",
                 )
-            items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > after]
         limit = int(query.get("limit") or 0)
+        with store.lock:  # only the page is copied: a paged LIST of N objects is O(N) in all, not O(N^2)
+            items, more = self.api._list_page(rtype, ns, query, after, limit)
+            if not query.get("continue"):
+                rv = self.api.resource_version
         cont = ""
-        if limit and limit < len(items):
-            last = items[limit - 1]["metadata"]
+        if more:
+            last = items[-1]["metadata"]
             start = f"{last.get('namespace', '')}/{last['name']}"
             token = {"v": "meta.k8s.io/v1", "rv": int(rv), "start": start}
             cont = base64.b64encode(json.dumps(token).encode()).decode()
-        items = items[:limit] if limit else items
         if accepts_table(self.headers.get("Accept", "")):
             return self._maybe_table(rtype, items, query, rv)
         return self._list_body(rtype, version, items, rv, cont)

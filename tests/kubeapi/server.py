@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import json
 import socket
@@ -730,6 +731,26 @@ class KubeAPIServer(GarbageCollector):
                 for (ns, _), o in sorted(self._store.bucket(rtype).items())
                 if (namespace is None or ns == namespace) and self._matches(o, query)
             ]
+
+    def _list_page(
+        self, rtype: ResourceType, namespace: str | None, query: dict[str, str], after: tuple[str, ...], limit: int
+    ) -> tuple[list[JSON], bool]:
+        """Copies of the matching objects after the key ``after`` (a continue token's start), at most
+        ``limit`` (0: all), and whether more match; only what is returned is copied."""
+        with self._store.lock:
+            bucket = self._store.bucket(rtype)
+            keys = sorted(bucket)
+            out: list[JSON] = []
+            for key in keys[bisect.bisect_right(keys, after) if after else 0:]:
+                if namespace is not None and key[0] != namespace:
+                    continue
+                obj = bucket[key]
+                if not self._matches(obj, query):
+                    continue
+                if limit and len(out) == limit:
+                    return out, True
+                out.append(clone(obj))
+            return out, False
 
     @staticmethod
     def _matches(obj: JSON, query: dict[str, str]) -> bool:
