@@ -140,3 +140,33 @@ def test_request_counts_by_verb_without_a_log(kube_api: KubeAPIServer) -> None:
     assert kube_api.requests == []
     assert kube_api.request_counts[("get", "configmaps")] == 2
     assert kube_api.request_counts[("create", "configmaps")] == 1
+
+
+def test_pages_of_a_selected_list_together_are_the_whole_list(kube_api: KubeAPIServer) -> None:
+    """A paged LIST (only the page copied) returns, page after page, exactly the unpaged list."""
+    for ns in ("team", "shop"):
+        for i in range(7):
+            kube_api.add_object("configmaps", {"metadata": {"name": f"c{i}", "namespace": ns,
+                                                            "labels": {"odd": str(i % 2)}}})
+    with kube_api.api_client() as api:
+        core = client.CoreV1Api(api)
+        for namespace, selector in ((None, "odd=1"), ("team", ""), ("shop", "odd=0")):
+            def page(token: str | None, ns: str | None = namespace, sel: str = selector) -> Any:
+                if ns is None:
+                    return core.list_config_map_for_all_namespaces(label_selector=sel, limit=2,
+                                                                   _continue=token)
+                return core.list_namespaced_config_map(ns, label_selector=sel, limit=2, _continue=token)
+
+            whole = [(o.metadata.namespace, o.metadata.name)
+                     for o in (core.list_config_map_for_all_namespaces(label_selector=selector).items
+                               if namespace is None else
+                               core.list_namespaced_config_map(namespace, label_selector=selector).items)]
+            seen, token = [], None
+            while True:
+                answer = page(token)
+                assert len(answer.items) <= 2
+                seen += [(o.metadata.namespace, o.metadata.name) for o in answer.items]
+                token = answer.metadata._continue
+                if not token:
+                    break
+            assert seen == whole and len(whole) in (4, 6, 7)
