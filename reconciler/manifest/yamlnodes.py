@@ -9,10 +9,9 @@ to the API server, so `validate` and the cluster would see different objects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
-
-import math
 
 import yaml
 
