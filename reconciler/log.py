@@ -97,7 +97,8 @@ def is_short_secret(value: str | bytes) -> bool:
 def clean_text(text: str, limit: int | None = None, *, single_line: bool = False) -> str:
     """Server text made safe to store and print: control characters (ESC, OSC, BEL, NUL...)
     replaced, and at most `limit` characters."""
-    text = (_CONTROL_OR_BREAK if single_line else _CONTROL).sub(REPLACEMENT, text)
+    if not (text.isascii() and text.isprintable()):  # printable ASCII: nothing to replace
+        text = (_CONTROL_OR_BREAK if single_line else _CONTROL).sub(REPLACEMENT, text)
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "\u2026"
     return text

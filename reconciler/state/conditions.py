@@ -46,7 +46,15 @@ def set_condition(conditions: Sequence[Mapping[str, Any]], type_: str, status: s
     `lastTransitionTime` is kept unless the status flips (or the condition is new);
     `observedGeneration` is always set.
     """
-    old = find_condition(conditions, type_)
+    # One pass finds the old condition (the first of the type) and copies the others.
+    old: Mapping[str, Any] | None = None
+    out: Conditions = []
+    for cond in conditions:
+        if cond.get("type") == type_:
+            if old is None:
+                old = cond
+        else:
+            out.append(dict(cond))
     transition = rfc3339(now)
     if old is not None and old.get("status") == status and old.get("lastTransitionTime"):
         transition = str(old["lastTransitionTime"])
@@ -58,9 +66,9 @@ def set_condition(conditions: Sequence[Mapping[str, Any]], type_: str, status: s
         "lastTransitionTime": transition,
         "observedGeneration": generation,
     }
-    out = [dict(c) for c in conditions if c.get("type") != type_]
     out.append(new)
-    return _sorted(out)
+    out.sort(key=_order_key)
+    return out
 
 
 def remove_condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Conditions:
@@ -71,12 +79,10 @@ def remove_condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Con
 _RANK = {t: i for i, t in enumerate(CONDITION_ORDER)}
 
 
-def _sorted(conditions: Conditions) -> Conditions:
-    def key(c: Mapping[str, Any]) -> tuple[int, str]:
-        t = str(c.get("type", ""))
-        return (_RANK.get(t, len(CONDITION_ORDER)), t)
+def _order_key(c: Mapping[str, Any]) -> tuple[int, str]:
+    t = str(c.get("type", ""))
+    return (_RANK.get(t, len(CONDITION_ORDER)), t)
 
-    return sorted(conditions, key=key)
 
 
 def set_outcome(conditions: Conditions, type_: str, outcome: Outcome, ok_message: str,
