@@ -676,3 +676,31 @@ def test_a_run_that_probes_and_finds_nothing_changed_writes_nothing(cluster: Clu
     assert not report.changed
     assert writes(cluster.api) == []
     assert cluster.status("billing") == before
+
+def test_informers_share_one_copy_of_repeated_keys_and_short_values_but_not_of_data() -> None:
+    """Issue 26: two objects decoded from two watch events (as json.loads gives them, each with
+    its own strings) come out of `slim` sharing their keys and short values; a long value and
+    the values of `data` (a Secret's) are neither shared nor changed."""
+    import json
+
+    from reconciler.store.watch import INTERN_UP_TO, slim
+
+    def decoded(name: str) -> dict[str, Any]:
+        long = "m" * (INTERN_UP_TO + 1)
+        return json.loads(json.dumps({
+            "metadata": {"name": name, "namespace": "tenant-" + "a" * 3},
+            "status": {"conditions": [{"type": "Ready", "reason": "Ready" + "!", "message": long}]},
+            "data": {"SMTP_PASSWORD": "c2VjcmV0" + "LXZhbHVl"}}))
+
+    a, b = decoded("one"), decoded("two")
+    assert a["metadata"]["namespace"] is not b["metadata"]["namespace"]  # json.loads does not share
+    sa, sb = slim(a), slim(b)
+    assert sa == a and sb == b  # same content
+    key_a = next(k for k in sa["status"]["conditions"][0] if k == "reason")
+    key_b = next(k for k in sb["status"]["conditions"][0] if k == "reason")
+    assert key_a is key_b
+    assert sa["metadata"]["namespace"] is sb["metadata"]["namespace"]
+    assert sa["status"]["conditions"][0]["reason"] is sb["status"]["conditions"][0]["reason"]
+    assert sa["status"]["conditions"][0]["message"] is not sb["status"]["conditions"][0]["message"]
+    assert next(iter(sa["data"])) is next(iter(sb["data"]))  # data keys are shared
+    assert sa["data"]["SMTP_PASSWORD"] is not sb["data"]["SMTP_PASSWORD"]  # data values are not

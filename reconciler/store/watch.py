@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -265,6 +266,7 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     key), about as large as the object itself; the controller reads only which label and
     annotation keys our own manager applied (`base.owned_keys`, so a key that left the desired
     Secret is removed). The other managers' entries, and the rest of ours, are dropped."""
+    obj = shared_strings(obj)
     meta = obj.get("metadata")
     entries = meta.get("managedFields") if isinstance(meta, dict) else None
     if not entries or not isinstance(meta, dict):
@@ -282,6 +284,42 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     if kept:
         meta["managedFields"] = kept
     return {**obj, "metadata": meta}
+
+
+#: String values up to this long are interned; longer ones (a rendered file, a certificate) are
+#: seldom shared between objects.
+INTERN_UP_TO = 256
+#: Top-level fields whose values are a Secret's (or a ConfigMap's) data: never interned, only keys.
+_DATA_FIELDS = frozenset({"data", "binaryData", "stringData"})
+
+
+def shared_strings(obj: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `obj` whose keys and short string values are interned (issue 26: memory).
+
+    Each object decoded from a watch event has its own copy of every key ("metadata",
+    "lastTransitionTime", ...) and of every repeated value (condition reasons and messages,
+    hosts, namespaces): about half of a cached EmailAccount. Interned, all cached objects share
+    one copy. Values in `data`, `binaryData` and `stringData` stay as they are (secret values
+    are not put in the interpreter's interned table); their keys are interned."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in _DATA_FIELDS and isinstance(value, dict):
+            out[_intern(key)] = {_intern(k): v for k, v in value.items()}
+        else:
+            out[_intern(key)] = _shared(value)
+    return out
+
+
+def _intern(value: Any) -> Any:
+    return sys.intern(value) if type(value) is str and len(value) <= INTERN_UP_TO else value
+
+
+def _shared(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_intern(k): _shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v) for v in value]
+    return _intern(value)
 
 
 def request_verb(method: str, url: str) -> str:
