@@ -21,6 +21,13 @@ _pending: tuple[str, str, Any] | None = None
 #: one while another thread registers sees a consistent (if slightly older) list.
 _secrets: set[str] = set()
 _by_prefix: dict[str, list[str]] = {}
+#: redact_text's answers for short texts while no secret is added (a status repeats the same
+#: texts for every account: scanning them was ~45 us a status with 1,000 secrets registered).
+#: register_secret empties it under _lock; an answer computed while a secret was being added
+#: is not kept (redact_text compares the registry's size before and after, under _lock).
+_redacted: dict[str, str] = {}
+_REDACTED_CACHE_TEXT = 160  # longer texts (log lines, server replies) are scanned each time
+_REDACTED_CACHE_SIZE = 4096
 REDACTED = "[REDACTED]"
 _SENSITIVE_KEYS = ("password", "secret", "token", "authorization", "private_key", "assertion")
 #: Values shorter than this are still redacted but not reliably (a 4-character password is also
@@ -82,11 +89,16 @@ def register_secret(value: str | bytes | None) -> None:
         return
     forms = secret_forms(text)
     with _lock:
-        for form in forms - _secrets:
-            _secrets.add(form)
+        new = forms - _secrets
+        if not new:
+            return
+        _redacted.clear()
+        for form in new:
             prefix = form[:_MIN_REDACTED]
             _by_prefix[prefix] = sorted([*_by_prefix.get(prefix, ()), form], key=len,
                                         reverse=True)
+            _secrets.add(form)  # after the index: a size that counts the form finds it there
+        _redacted.clear()  # nothing found before this registration is kept
 
 
 def is_short_secret(value: str | bytes) -> bool:
@@ -118,6 +130,20 @@ def redact_text(text: str) -> str:
     index = _by_prefix
     if not index or len(text) < _MIN_REDACTED:
         return text
+    if len(text) > _REDACTED_CACHE_TEXT:
+        return _redact(text, index)
+    cached = _redacted.get(text)
+    if cached is not None:
+        return cached
+    registered = len(_secrets)  # the registry only grows: its size says whether it changed
+    out = _redact(text, index)
+    with _lock:
+        if len(_secrets) == registered and len(_redacted) < _REDACTED_CACHE_SIZE:
+            _redacted[text] = out
+    return out
+
+
+def _redact(text: str, index: dict[str, list[str]]) -> str:
     width = _MIN_REDACTED
     hits = [i for i in range(len(text) - width + 1) if text[i:i + width] in index]
     if not hits:

@@ -73,6 +73,21 @@ def test_overlapping_secrets_are_redacted_whole(text: str, expected: str) -> Non
     assert redact_text(text) == expected
 
 
+def test_a_text_redacted_before_a_secret_is_registered_is_redacted_after() -> None:
+    """redact_text keeps its answers for short texts: registering a secret forgets them."""
+    register_secret("Cache-Earlier-Secret")  # the registry is not empty: answers are kept
+    short = "454 4.7.0 try Later-Registered-9x later"
+    long = short + " " + "x" * 300  # long texts are scanned each time
+    for _ in range(2):  # the second answer comes from the cache
+        assert redact_text(short) == short
+        assert redact_text(long) == long
+    register_secret("Later-Registered-9x")
+    assert redact_text(short) == f"454 4.7.0 try {REDACTED} later"
+    assert redact_text(long).startswith(f"454 4.7.0 try {REDACTED} later ")
+    register_secret("Later-Registered-9x")  # known already: the answers stay
+    assert redact_text(short) == f"454 4.7.0 try {REDACTED} later"
+
+
 def test_control_characters_are_replaced_and_text_bounded() -> None:
     text = clean_text(f"hello {ESCAPES} world\r\n", 20)
     assert not any(c in text for c in "\x1b\x07\x00\x9b\r")
