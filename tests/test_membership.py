@@ -112,8 +112,8 @@ def test_three_replicas_own_disjoint_sets_that_cover_every_account(
     assert {name: seq for name, seq in turns.items()
             if seq != [f"replica-{owner((NS, name), ('a', 'b', 'c'))}"]} == {}
     assert {seq[0] for seq in turns.values()} == {"replica-a", "replica-b", "replica-c"}
-    assert [c.metrics.registry.get_sample_value("email_reconciler_shard_members")
-            for c in three] == [3.0, 3.0, 3.0]
+    wait_for(lambda: [c.metrics.registry.get_sample_value("email_reconciler_shard_members")
+                      for c in three] == [3.0, 3.0, 3.0], PATIENCE, "every replica sees three")
     # each replica's account cache holds its own accounts only (about a third each)
 
     def own_cache() -> bool:
@@ -127,7 +127,8 @@ def test_three_replicas_own_disjoint_sets_that_cover_every_account(
     # the per-replica gauges add up to the whole, as a sum() across replicas reads them
     wait_for(lambda: summed("email_reconciler_accounts_ready") == len(NAMES), PATIENCE,
              "the Ready gauges sum to the accounts")
-    assert summed("email_reconciler_accounts") == len(NAMES)
+    wait_for(lambda: summed("email_reconciler_accounts") == len(NAMES), PATIENCE,
+             "the account gauges sum to the accounts")
     leases = cluster.api.objects("leases", NS)
     assert sorted(lease["metadata"]["name"] for lease in leases
                   if lease["metadata"].get("labels", {}).get(GROUP_LABEL) == PREFIX) == [
