@@ -42,13 +42,12 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from common import Row, cli, env, fmt_ratio, unavailable  # noqa: E402
+from common import Row, cli, env, fmt_ratio, process_cpu, unavailable  # noqa: E402
 
 BLACKBOX = "prometheus-blackbox-exporter"
 SERVICE = "authonly"  # STARTTLS; AUTH offered only after it (tests/mta/bed.py)
 CONCURRENCY = 32
 EHLO = "bench.example.test"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _blackbox_binary() -> str | None:
@@ -63,8 +62,7 @@ def _blackbox_binary() -> str | None:
 
 def _process_cpu(pid: int) -> float:
     """utime + stime of a running process (and its waited-for children), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+    return sum(process_cpu(pid, children=True))
 
 
 def _free_port() -> int:

@@ -45,7 +45,7 @@ from typing import IO, Any
 if __name__ == "__main__":
     sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from common import BENCH, Row, cli, env, fmt_ratio
+from common import BENCH, Row, cli, env, fmt_ratio, process_cpu, stop_child
 
 NAMESPACES = [f"tenant-{i:02d}" for i in range(20)]
 SERVERS = 10
@@ -152,13 +152,7 @@ class ApiProcess:
         return json.loads(answer)["result"]
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_child(self.proc, 30)
 
     def __enter__(self) -> ApiProcess:
         return self
@@ -210,8 +204,7 @@ class ControllerProcess:
 
     def cpu(self) -> float:
         """utime + stime of the controller process (all its threads), in seconds."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(process_cpu(self.proc.pid))
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -57,6 +57,30 @@ def measured(argv: Sequence[str], maxrss_file: Path) -> list[str]:
     return [sys.executable, "-c", _MEASURE, str(maxrss_file), *argv]
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int, *, children: bool = False) -> tuple[float, float]:
+    """(user, system) CPU seconds of a running process, all its threads; with children, also
+    those of the children it has waited for. Read from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    user, system = int(fields[11]), int(fields[12])
+    if children:
+        user, system = user + int(fields[13]), system + int(fields[14])
+    return user / _CLK_TCK, system / _CLK_TCK
+
+
+def stop_child(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """End a child that serves on its stdin: close stdin, wait, kill if it lingers."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def unavailable(figure: str, target: str, why: str) -> Row:
     """A row for a benchmark that could not run here, with the reason."""
     return Row(figure, "n/a", "n/a", "n/a", target, None, f"not available: {why}")

@@ -23,7 +23,6 @@ import argparse
 import base64
 import copy
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
-from common import env  # noqa: E402
+from common import env, process_cpu  # noqa: E402
 from smtp_servers import ServerProcess  # noqa: E402
 
 from reconciler.log import configure_logging  # noqa: E402
@@ -54,12 +53,10 @@ from tests.manifests_factory import loopback_account  # noqa: E402
 
 NAMESPACES = [f"bench-{i}" for i in range(10)]
 PASSWORD = "bench-pass-123"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return sum(process_cpu(pid))
 
 
 def rss_mb(pid: int) -> float:

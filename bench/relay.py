@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import resource
 import smtplib
 import socket
@@ -46,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from common import Row, cli, env, fmt_ratio  # noqa: E402
+from common import Row, cli, env, fmt_ratio, process_cpu, stop_child  # noqa: E402
 
 TENANT = "00000000-0000-0000-0000-0000000000aa"
 CLIENT_ID = "00000000-0000-0000-0000-0000000000dd"
@@ -55,7 +54,6 @@ SENDER = "alerts@contoso.example"
 RCPT = "oncall@example.net"
 OUTLOOK = "https://outlook.office365.com"
 NS = "bench"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 WARM_UP = 5
 ROUNDS = 3  # rounds at each concurrency, the best kept (the machine is shared)
 #: The relay's own bound (spec.relay.maxMessagesPerMinute at most 10,000): the bench sends fewer
@@ -122,19 +120,7 @@ class Upstream:
         return int(json.loads(self.proc.stdout.readline())["messages"])
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def process_cpu(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a running process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+        stop_child(self.proc)
 
 
 def own_cpu() -> float:

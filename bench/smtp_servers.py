@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from common import BENCH, env
+from common import BENCH, env, stop_child
 
 
 def serve(count: int, banner_delay: float, mode: str) -> int:
@@ -73,13 +73,7 @@ class ServerProcess:
             raise RuntimeError("the benchmark SMTP servers did not take the users")
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_child(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
