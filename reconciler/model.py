@@ -279,11 +279,12 @@ class CertificateInfo:
     signature_algorithm: str | None = None
 
     def to_status(self) -> dict[str, Any]:
+        """The status form: without `days_remaining`, which changes every day (a write per
+        account per day); describe and the metrics compute it from notAfter."""
         out: dict[str, Any] = {
             "subject": self.subject,
             "issuer": self.issuer,
             "notAfter": self.not_after,
-            "daysRemaining": self.days_remaining,
         }
         if self.serial is not None:
             out["serial"] = self.serial

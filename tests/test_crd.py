@@ -68,7 +68,7 @@ def test_printer_columns() -> None:
     default = [c["name"].upper() for c in cols if not c.get("priority")]
     wide = [c["name"].upper() for c in cols if c.get("priority") == 1]
     assert default == ["PROVIDER", "VIA", "PROTOCOL", "TLS", "READY", "REASON", "SECRET", "AGE"]
-    assert wide == ["EMAIL", "HOST", "CERT-DAYS", "MESSAGE"]
+    assert wide == ["EMAIL", "HOST", "CERT-EXPIRES", "MESSAGE"]
     by_name = {c["name"].upper(): c for c in cols}
     assert by_name["READY"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert by_name["AGE"]["type"] == "date"

@@ -157,3 +157,22 @@ def test_messages_about_preset_hosts_name_the_provider(provider: str, connection
     hint = host_hint(account)
     assert hint[0] == what
     assert ("connection.host" not in hint[1]) and (bool(hint[1]) == bool(what))
+
+
+@pytest.mark.parametrize(("not_after", "shown"), [
+    ("2026-12-25T08:00:00Z", "until 2026-12-25T08:00:00Z (30 days)"),
+    ("2026-11-24T08:00:00Z", "until 2026-11-24T08:00:00Z (-1 days)"),
+    ("garbled", "until garbled\n"),  # no days when notAfter cannot be read
+])
+def test_describe_counts_certificate_days_from_not_after(not_after: str, shown: str) -> None:
+    """The status keeps notAfter only (daysRemaining was a write per account per day)."""
+    from datetime import UTC, datetime
+
+    from reconciler.run.describe import render_description
+
+    obj = {"metadata": {"namespace": NS, "name": "billing"}, "spec": {},
+           "status": {"lastProbeTime": "2026-11-25T07:00:00Z",
+                      "certificate": {"subject": "CN=mail", "notAfter": not_after}}}
+    text = render_description(obj, events=[], secret=None,
+                              now=datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC))
+    assert f"certificate: CN=mail, {shown}" in text + "\n"

@@ -58,3 +58,32 @@ def test_oldest_probe_age_per_namespace() -> None:
     assert ages() == {"shop": 40.0, "mail": 10.0}
     metrics.observe_account(("mail", "c"), None)  # deleted
     assert ages() == {"shop": 40.0}
+
+
+def test_certificate_days_remaining_computed_when_scraped() -> None:
+    """The status keeps notAfter only (daysRemaining changed every day: a write per account per
+    day); the gauge counts whole days from it at scrape time, so it moves without a write."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from reconciler.run.metrics import Metrics
+
+    metrics = Metrics()
+    now = [1764057600.0]  # 2025-11-25T08:00:00Z
+    metrics.clock = lambda: now[0]
+
+    def days() -> dict[str, float]:
+        return {s.labels["name"]: s.value
+                for f in text_string_to_metric_families(metrics.render().decode())
+                if f.name == "email_reconciler_certificate_days_remaining" for s in f.samples}
+
+    metrics.observe_account(("shop", "a"), {"certificate": {"notAfter": "2025-12-25T08:00:00Z"}})
+    metrics.observe_account(("shop", "b"), {"certificate": {"notAfter": "2025-11-26T07:59:59Z"}})
+    metrics.observe_account(("shop", "c"), {"certificate": {"notAfter": "2025-11-24T08:00:00Z"}})
+    metrics.observe_account(("shop", "d"), {"certificate": {"notAfter": "soon"}})
+    metrics.observe_account(("shop", "e"), {})
+    assert days() == {"a": 30.0, "b": 0.0, "c": -1.0}
+    now[0] += 86400 * 10  # ten days on, nothing observed again
+    assert days() == {"a": 20.0, "b": -10.0, "c": -11.0}
+    metrics.observe_account(("shop", "a"), None)  # deleted
+    metrics.observe_account(("shop", "b"), {"connectivity": "x"})  # no certificate any more
+    assert days() == {"c": -11.0}

@@ -158,7 +158,7 @@ def test_get_prints_the_kubectl_table(world: World, capsys: pytest.CaptureFixtur
     assert main(["get", "--store", f"local:{world.store}", "-o", "wide"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAMESPACE", "NAME", "PROVIDER", "VIA", "PROTOCOL", "TLS",
-                                "READY", "REASON", "SECRET", "AGE", "EMAIL", "HOST", "CERT-DAYS",
+                                "READY", "REASON", "SECRET", "AGE", "EMAIL", "HOST", "CERT-EXPIRES",
                                 "MESSAGE"]
     row = lines[1].split()
     assert row[:5] == [NS, "billing", "custom", "SMTP", "STARTTLS"]

@@ -22,6 +22,7 @@ from reconciler.model import (
 )
 from reconciler.state.schedule import (
     Decision,
+    days_until,
     max_failed_probes,
     next_probe_time,
     parse_rfc3339,
@@ -248,3 +249,16 @@ def test_rfc3339_is_utc_seconds_whatever_was_formatted_before(when: datetime) ->
     # a naive time first, must still give each its own UTC rendering.
     rfc3339(datetime(2026, 11, 25, 9, 0, 0))
     assert rfc3339(when) == rfc3339(when) == "2026-11-25T08:00:00Z"
+
+
+@pytest.mark.parametrize(("value", "days"), [
+    ("2026-12-25T08:00:00Z", 30),
+    ("2026-11-26T07:59:59Z", 0),  # whole days, floored
+    ("2026-11-25T08:00:00Z", 0),
+    ("2026-11-25T07:59:59Z", -1),  # past: negative
+    ("2026-11-25T10:00:00+02:00", 0),
+    ("not a time", None), ("", None), (None, None), (42, None),
+])
+def test_days_until(value: Any, days: int | None) -> None:
+    assert days_until(value, NOW) == days
+    assert days_until(value, NOW.replace(tzinfo=None)) == days  # naive now taken as UTC

@@ -84,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
 def _server_context(ca: ThrowawayCA | trustme.CA) -> ssl.SSLContext:
     """A server context with a certificate for 127.0.0.1 and localhost from ca."""
     if isinstance(ca, ThrowawayCA):
-        # As long-lived as public certificates, so the demo's CERT-DAYS reads like a real one.
+        # As long-lived as public certificates, so the demo's CERT-EXPIRES reads like a real one.
         return ca.server_context(not_after=dt.datetime.now(dt.UTC) + CERTIFICATE_LIFETIME)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(LOOPBACK, "localhost").configure_cert(context)

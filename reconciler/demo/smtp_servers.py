@@ -427,7 +427,7 @@ def start_demo_servers(users: Mapping[str, str], tokens: Mapping[str, str] | Non
         ca = ca or ThrowawayCA()
         common: dict[str, Any] = {"users": dict(users), "tokens": dict(tokens or {}),
                                   "checker": checker}
-        # Certificates that live as long as public ones do, so CERT-DAYS reads like a real one.
+        # Certificates that live as long as public ones do, so CERT-EXPIRES reads like a real one.
         expiry = dt.datetime.now(dt.UTC) + dt.timedelta(days=90)
         starttls = loop.smtp(SmtpServerOptions(
             mode="STARTTLS", tls_context=ca.server_context(not_after=expiry), **common))

@@ -185,8 +185,9 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Email", "type": "string", "priority": 1, "jsonPath": ".status.sender"},
     {"name": "Host", "type": "string", "priority": 1, "jsonPath": ".status.host"},
-    {"name": "Cert-Days", "type": "integer", "priority": 1,
-     "jsonPath": ".status.certificate.daysRemaining"},
+    # A string: kubectl's `date` type prints a time in the future as <invalid>.
+    {"name": "Cert-Expires", "type": "string", "priority": 1,
+     "jsonPath": ".status.certificate.notAfter"},
     {"name": "Message", "type": "string", "priority": 1, "jsonPath": f"{_READY}.message"},
 ]
 

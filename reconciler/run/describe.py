@@ -60,8 +60,11 @@ def _probe_lines(status: Mapping[str, Any], now: datetime) -> list[str]:
     facts = [(k, status.get(k)) for k in ("connectivity", "protocol", "tlsVersion", "cipher")]
     cert = status.get("certificate") or {}
     if cert:
-        facts.append(("certificate", f"{cert.get('subject')}, until {cert.get('notAfter')} "
-                                     f"({cert.get('daysRemaining')} days)"))
+        from reconciler.state.schedule import days_until
+
+        days = days_until(cert.get("notAfter"), now)
+        facts.append(("certificate", f"{cert.get('subject')}, until {cert.get('notAfter')}"
+                                     + ("" if days is None else f" ({days} days)")))
     if status.get("authMechanisms"):
         facts.append(("authMechanisms", ", ".join(status["authMechanisms"])))
     lines += [f"     {k}: {v}" for k, v in facts if v]

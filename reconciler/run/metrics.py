@@ -38,9 +38,6 @@ class Metrics:
                            registry=r)
         self.accounts = Gauge(f"{PREFIX}_accounts", "EmailAccounts known to the controller",
                               registry=r)
-        self.cert_days = Gauge(f"{PREFIX}_certificate_days_remaining",
-                               "Days until the server certificate of the account expires",
-                               ["namespace", "name"], registry=r)
         self.queue = Gauge(f"{PREFIX}_queue_depth", "Keys waiting in the work queue", registry=r)
         self.queue.set_function(queue_depth)
         self.api_requests = Counter(f"{PREFIX}_api_requests", "Kubernetes API requests by verb "
@@ -53,8 +50,13 @@ class Metrics:
         #: When each account was last probed (the newest lastProbeTime seen, in or out of the
         #: written status: it is written only with another change), for the freshness gauge.
         self._probed: dict[tuple[str, str], float] = {}
+        #: When each account's server certificate expires (status.certificate.notAfter, epoch
+        #: seconds): the days remaining are computed when scraped, as the status no longer
+        #: holds them (they would be a write per account per day).
+        self._cert_expiry: dict[tuple[str, str], float] = {}
         self.clock: Callable[[], float] = time.time
         r.register(_OldestProbe(self))
+        r.register(_CertificateDays(self))
 
     def api_request(self, verb: str, code: str) -> None:
         self.api_requests.labels(verb=verb, code=code).inc()
@@ -62,11 +64,11 @@ class Metrics:
     def observe_account(self, key: tuple[str, str], status: Mapping[str, Any] | None) -> None:
         """Update the per-account gauges from a status (None: the account is gone)."""
         ready = False
-        days = None
+        expiry = None
         if status is not None:
             ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                         for c in status.get("conditions") or [])
-            days = (status.get("certificate") or {}).get("daysRemaining")
+            expiry = _epoch((status.get("certificate") or {}).get("notAfter"))
         probed = _epoch(status.get("lastProbeTime")) if status is not None else None
         with self._lock:
             if status is None:
@@ -78,11 +80,10 @@ class Metrics:
             else:
                 self._ready_keys.discard(key)
             self.ready.set(len(self._ready_keys))
-            if isinstance(days, int | float):
-                self.cert_days.labels(namespace=key[0], name=key[1]).set(days)
+            if expiry is not None:
+                self._cert_expiry[key] = expiry
             else:
-                with contextlib.suppress(KeyError):
-                    self.cert_days.remove(key[0], key[1])
+                self._cert_expiry.pop(key, None)
 
     def oldest_probes(self) -> dict[str, float]:
         """namespace -> the time (epoch seconds) of its least recent probe."""
@@ -121,6 +122,33 @@ class _OldestProbe:
         now = self.metrics.clock()
         for namespace, at in sorted(self.metrics.oldest_probes().items()):
             family.add_metric([namespace], max(0.0, now - at))
+        return [family]
+
+
+class _CertificateDays:
+    """`email_reconciler_certificate_days_remaining{namespace,name}`, computed when scraped from
+    each account's certificate notAfter: whole days, floored as the probe counts them."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return [self._family()]
+
+    def _family(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return GaugeMetricFamily(f"{PREFIX}_certificate_days_remaining",
+                                 "Days until the server certificate of the account expires",
+                                 labels=["namespace", "name"])
+
+    def collect(self) -> list[Any]:
+        family = self._family()
+        now = self.metrics.clock()
+        with self.metrics._lock:
+            expiries = sorted(self.metrics._cert_expiry.items())
+        for (namespace, name), at in expiries:
+            family.add_metric([namespace, name], float((at - now) // 86400))
         return [family]
 
 

@@ -2,7 +2,7 @@
 
 Its columns are the CRD's additionalPrinterColumns (`reconciler.manifest.crd.PRINTER_COLUMNS`),
 so `email-reconciler get` and `kubectl get emailaccounts` show the same thing; `-o wide` adds the
-columns of priority 1 (e-mail, host, certificate days, the Ready message).
+columns of priority 1 (e-mail, host, when the server certificate expires, the Ready message).
 """
 
 from __future__ import annotations

@@ -76,6 +76,18 @@ def parse_rfc3339(text: str) -> datetime:
     return dt.astimezone(UTC)
 
 
+def days_until(value: Any, now: datetime) -> int | None:
+    """Whole days from `now` until an RFC 3339 time (negative once past, floored as the probe
+    counts a certificate's days), None when unreadable. Where a certificate's days remaining are
+    shown: the status keeps only notAfter, as days would change (and be written) every day."""
+    at = _parse_or_none(value)
+    if at is None:
+        return None
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return int((at - now).total_seconds() // 86400)
+
+
 def _parse_or_none(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
