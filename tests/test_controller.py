@@ -741,3 +741,18 @@ def test_request_makes_the_controller_probe_now_with_auth(
              == "AuthenticationFailed", PATIENCE, "a probe with AUTH")
     assert cluster.servers.starttls.connections > before
     assert cluster.status("billing")["lastRequestedAt"] == requested
+
+def test_edited_published_secret_is_repaired(cluster: Cluster) -> None:
+    """Someone else edits one key of the published Secret (not its hash annotation): the
+    controller sees it and puts the key back (issue 26: cached as digests, compared as such)."""
+    ctl = cluster.controller()
+    cluster.account("billing")
+    wait_for(lambda: cluster.published("billing-sender"), PATIENCE, "published Secret")
+    wait_for(lambda: settled(ctl, "billing-smtp", "billing-sender"), PATIENCE, "a settled queue")
+    before = cluster.published("billing-sender") or {}
+    cluster.patch("secrets", "billing-sender",
+                  {"data": {"SMTP_HOST": base64.b64encode(b"evil.example").decode()}})
+    assert (cluster.published("billing-sender") or {}).get("SMTP_HOST") == "evil.example"
+    wait_for(lambda: (cluster.published("billing-sender") or {}).get("SMTP_HOST")
+             == before["SMTP_HOST"], PATIENCE, "the edited key put back")
+    assert cluster.published("billing-sender") == before

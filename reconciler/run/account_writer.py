@@ -171,7 +171,10 @@ class AccountWriter:
             HASH_ANNOTATION)
         new_hash = desired["metadata"]["annotations"].get(HASH_ANNOTATION)
         meta_changed = existing is not None and secret_metadata_differs(existing, desired)
-        if (existing is None or old_hash != new_hash or meta_changed) and not self.dry_run:
+        # The data compared too: an edit by someone else leaves the hash annotation as it was
+        # (a cached published Secret holds digests, which compare equal to their values).
+        if (existing is None or old_hash != new_hash or meta_changed
+                or any(diff.values())) and not self.dry_run:
             self.store.apply_secret(desired)
             self.published[(ns, secret_name)] = desired
         if meta_changed and not any(diff.values()):

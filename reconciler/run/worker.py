@@ -133,7 +133,7 @@ class Worker:
         obj = _with_schedule(obj, schedule)
         with self._lock:  # before the status write, whose watch event must not queue it again
             self._generations[key] = int((obj.get("metadata") or {}).get("generation") or 0)
-        # A deleted published Secret is put back from a fresh probe: probe_decision's input.
+        # A deleted or edited published Secret is put back from a fresh probe.
         unpublished = [key] if _unpublished(obj, self.secrets) else []
         report = Reconciler(store, store.secret_reader(),
                             RunOptions(prune=False, concurrency=1, policy=self.policy,
@@ -221,10 +221,16 @@ class Worker:
 
 
 def _unpublished(obj: Mapping[str, Any], secrets: InformerUnion) -> bool:
-    """Whether the Secret the account's status names as published is missing from the cache."""
+    """Whether the Secret the account's status names as published is missing from the cache,
+    or was edited by someone else (its data no longer matches its hash annotation)."""
+    from reconciler.state.digests import edited
+
     name = (obj.get("status") or {}).get("secretName")
+    if not name:
+        return False
     ns = str((obj.get("metadata") or {}).get("namespace") or "default")
-    return bool(name) and secrets.peek(ns, str(name)) is None
+    cached = secrets.peek(ns, str(name))
+    return cached is None or edited(cached)
 
 
 def _with_remembered(obj: dict[str, Any], unwritten: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -143,8 +143,8 @@ def probe_decision(*, account: Account, old_status: Mapping[str, Any] | None,
                    published_secret_missing: bool = False) -> Decision:
     """Decide whether to probe (and authenticate) this account now; see the module docstring.
 
-    `published_secret_missing`: the Secret named by `status.secretName` does not exist (the
-    caller looked; only the controller watches Secrets).
+    `published_secret_missing`: the Secret named by `status.secretName` does not exist, or
+    someone else edited it (the caller looked; only the controller watches Secrets).
     """
     if account.probe.suspend:
         return Decision(False, False, "suspended (spec.probe.suspend: true)")
@@ -157,7 +157,8 @@ def probe_decision(*, account: Account, old_status: Mapping[str, Any] | None,
     if (published_secret_missing and old.get("secretName")
             and status_condition(old, "Ready").get("status") == "True"):
         auth, why_auth = _auth_due(account, old, now)
-        return Decision(True, auth, f"published Secret {old['secretName']} missing; {why_auth}")
+        return Decision(True, auth, f"published Secret {old['secretName']} missing or edited; "
+                        f"{why_auth}")
     next_probe = _parse_or_none(old.get("nextProbeTime"))
     if next_probe is not None and now < next_probe:
         return Decision(False, False, f"next probe at {rfc3339(next_probe)}")

@@ -13,7 +13,7 @@ from reconciler.model import API_GROUP, API_VERSION, MANAGED_BY_LABEL, MANAGED_B
 from reconciler.policy import CREDENTIAL_LABEL
 from reconciler.store import bounded
 from reconciler.store.base import Key
-from reconciler.store.watch import Handler, Informer
+from reconciler.store.watch import Handler, Informer, slim
 
 
 def account_informer(api_client: Any, namespace: str | None, handler: Handler,
@@ -118,12 +118,22 @@ class _AllSet:
 #: The Secrets the controller watches: those opted in for e-mail use (the credential label)
 #: and those it publishes. Nothing else of the namespace is cached (issue 18: Helm release
 #: Secrets and the like are neither read nor held in memory); KubeStore GETs a name it misses.
+#: The credential part comes first: a Secret in both is read from it, with its values.
 SECRET_SELECTORS = (f"{CREDENTIAL_LABEL}=true", f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+
+
+def published_secret(obj: dict[str, Any]) -> dict[str, Any]:
+    """A published Secret as the cache keeps it: slim, its data digested except the keys the
+    controller reads back (state/digests.py; a 12 KB Secret at 1,000 accounts, issue 26)."""
+    from reconciler.state.digests import digested_secret
+
+    return digested_secret(slim(obj))
 
 
 def secret_informer(api_client: Any, namespace: str | None, handler: Handler,
                     **kwargs: Any) -> InformerUnion:
-    """Informers over the Secrets of one namespace (or all) that carry one of SECRET_SELECTORS."""
+    """Informers over the Secrets of one namespace (or all) that carry one of SECRET_SELECTORS;
+    those we published cached as `published_secret` keeps them, credentials with their values."""
     from kubernetes import client
 
     bounded.install(api_client)
@@ -133,8 +143,9 @@ def secret_informer(api_client: Any, namespace: str | None, handler: Handler,
         list_fn = (functools.partial(core.list_namespaced_secret, label_selector=selector)
                    if namespace else
                    functools.partial(core.list_secret_for_all_namespaces, label_selector=selector))
+        transform = published_secret if selector == SECRET_SELECTORS[1] else None
         parts.append(Informer("secrets", list_fn, (namespace,) if namespace else (), handler,
-                              **kwargs))
+                              transform=transform, **kwargs))
     return InformerUnion("secrets", parts)
 
 

@@ -36,6 +36,8 @@ Lookup = Callable[[str, str], "dict[str, Any] | None"]
 Handler = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
 #: Whether an object belongs in the cache (run/scope.py: its namespace is served); None: all do.
 Keep = Callable[[dict[str, Any]], bool]
+#: The object as the cache keeps it (`slim`, or more: informers.py digests published Secrets).
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
 ListFn = Callable[..., Any]
 
 
@@ -44,11 +46,15 @@ class Informer:
 
     def __init__(self, kind: str, list_fn: ListFn, list_args: tuple[Any, ...],
                  handler: Handler, *, watch_seconds: int = 300,
-                 retry_delay: float = 1.0, keep: Keep | None = None) -> None:
+                 retry_delay: float = 1.0, keep: Keep | None = None,
+                 transform: Transform | None = None) -> None:
         """`keep`: objects it refuses are neither cached nor handed to `handler`; when it comes
-        to admit more, `request_relist()` fetches what it refused."""
+        to admit more, `request_relist()` fetches what it refused. `transform`: what of an
+        object is cached and handed to `handler` (`slim` unless given; client-go's
+        SetTransform)."""
         self.kind = kind
         self._keep = keep
+        self._transform = transform or slim
         self._list_fn = list_fn
         self._list_args = list_args
         self._handler = handler
@@ -185,7 +191,7 @@ class Informer:
             body = self._list_page(token)
             for o in body.get("items") or []:
                 if keep is None or keep(o):
-                    fresh[object_key(o)] = slim(o)
+                    fresh[object_key(o)] = self._transform(o)
             meta = body.get("metadata") or {}
             token = meta.get("continue") or None
             if token is None:
@@ -244,7 +250,7 @@ class Informer:
                 if rv:
                     self.resource_version = rv
             return
-        obj = slim(obj)
+        obj = self._transform(obj)
         with self._lock:
             prev = self._cache.get(key)
             if etype == "DELETED":
