@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import string
 import sys
 import threading
 from collections.abc import Iterable, MutableMapping
@@ -14,13 +15,19 @@ from urllib.parse import quote, quote_plus
 _lock = threading.Lock()
 # Settings given to configure_logging, applied when structlog is first needed (see there).
 _pending: tuple[str, str, Any] | None = None
-#: The redaction registry: every registered form, indexed by its first _MIN_REDACTED characters
-#: (prefix -> the forms with that prefix, longest first). A lookup per position of the text
-#: replaces a scan of every form, so redacting costs the same at 10 registered secrets as at
-#: 100,000 (issue 26 item 4). Lists are replaced, never changed in place, so a reader holding
-#: one while another thread registers sees a consistent (if slightly older) list.
-_secrets: set[str] = set()
-_by_prefix: dict[str, list[str]] = {}
+#: The redaction registry. A registered form (every encoded form of every secret) is kept as
+#: its hash, not its text: an int of 40 bytes whatever the form's length (a private key's forms
+#: are a few KB each), and no extra copy of the secret in memory. A hash collision could only
+#: redact more, never less. _lengths maps the first _MIN_REDACTED characters of the forms to
+#: the lengths of the forms that start with them, longest first (tuples shared between
+#: prefixes). redact_text looks up each position of the text in _lengths, then each such
+#: length in _hashes: its cost depends on the text and the lengths of the forms, not on how
+#: many secrets are registered, and registering one is a few dictionary and set operations
+#: (issue 25; 100,000 accounts, issue 26 item 4). Tuples are replaced, never changed, so a
+#: reader holding one while another thread registers sees a consistent (if older) one.
+_hashes: set[int] = set()
+_lengths: dict[str, tuple[int, ...]] = {}
+_shared_lengths: dict[tuple[int, ...], tuple[int, ...]] = {}
 #: redact_text's answers for short texts while no secret is added (a status repeats the same
 #: texts for every account: scanning them was ~45 us a status with 1,000 secrets registered).
 #: register_secret empties it under _lock; an answer computed while a secret was being added
@@ -35,6 +42,7 @@ _SENSITIVE_KEYS = ("password", "secret", "token", "authorization", "private_key"
 RELIABLE_SECRET_LENGTH = 8
 _MIN_REDACTED = 4
 _MIN_ENCODED = 6  # the shortest encoded fragment worth redacting
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "_.-~")  # quote() keeps these
 # Control characters a terminal acts on (C0 but tab and newline, DEL, C1: ESC, OSC, BEL, NUL,
 # CSI...) and the bidirectional overrides that reorder what is shown.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -73,7 +81,8 @@ def secret_forms(text: str) -> set[str]:
     if len(text) > RELIABLE_SECRET_LENGTH:  # an echo that drops the first or last character
         forms.update({text[:-1], text[1:]})
     for t in list(forms):
-        forms.update({quote(t, safe=""), quote(t), quote_plus(t, safe=""), quote_plus(t)})
+        if not _UNRESERVED.issuperset(t):  # else every percent- and form-encoding is t itself
+            forms.update({quote(t, safe=""), quote(t), quote_plus(t)})
     raw = text.encode("utf-8")
     forms.update(_base64_fragments(raw))
     return {f for f in forms if len(f) >= _MIN_REDACTED}
@@ -87,17 +96,19 @@ def register_secret(value: str | bytes | None) -> None:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     if len(text) < _MIN_REDACTED:
         return
-    forms = secret_forms(text)
+    forms = {form: hash(form) for form in secret_forms(text)}
     with _lock:
-        new = forms - _secrets
+        new = [(form, h) for form, h in forms.items() if h not in _hashes]
         if not new:
             return
         _redacted.clear()
-        for form in new:
-            prefix = form[:_MIN_REDACTED]
-            _by_prefix[prefix] = sorted([*_by_prefix.get(prefix, ()), form], key=len,
-                                        reverse=True)
-            _secrets.add(form)  # after the index: a size that counts the form finds it there
+        for form, h in new:
+            prefix, size = form[:_MIN_REDACTED], len(form)
+            lengths = _lengths.get(prefix, ())
+            if size not in lengths:
+                grown = tuple(sorted((*lengths, size), reverse=True))
+                _lengths[prefix] = _shared_lengths.setdefault(grown, grown)
+            _hashes.add(h)  # after the index: a size that counts the form finds it there
         _redacted.clear()  # nothing found before this registration is kept
 
 
@@ -127,7 +138,7 @@ def redact_text(text: str) -> str:
     Every occurrence of every registered form is found (one dictionary lookup per position of
     the text, whatever the number of registered secrets), and each run of overlapping or
     adjacent occurrences becomes one REDACTED: no character of any form survives."""
-    index = _by_prefix
+    index = _lengths
     if not index or len(text) < _MIN_REDACTED:
         return text
     if len(text) > _REDACTED_CACHE_TEXT:
@@ -135,24 +146,24 @@ def redact_text(text: str) -> str:
     cached = _redacted.get(text)
     if cached is not None:
         return cached
-    registered = len(_secrets)  # the registry only grows: its size says whether it changed
+    registered = len(_hashes)  # the registry only grows: its size says whether it changed
     out = _redact(text, index)
     with _lock:
-        if len(_secrets) == registered and len(_redacted) < _REDACTED_CACHE_SIZE:
+        if len(_hashes) == registered and len(_redacted) < _REDACTED_CACHE_SIZE:
             _redacted[text] = out
     return out
 
 
-def _redact(text: str, index: dict[str, list[str]]) -> str:
-    width = _MIN_REDACTED
-    hits = [i for i in range(len(text) - width + 1) if text[i:i + width] in index]
+def _redact(text: str, index: dict[str, tuple[int, ...]]) -> str:
+    width, size, registered = _MIN_REDACTED, len(text), _hashes
+    hits = [i for i in range(size - width + 1) if text[i:i + width] in index]
     if not hits:
         return text
     spans: list[tuple[int, int]] = []
     for i in hits:
-        for form in index.get(text[i:i + width], ()):  # longest first: the first that matches covers the others
-            if text.startswith(form, i):
-                end = i + len(form)
+        for length in index.get(text[i:i + width], ()):  # longest first: it covers the others
+            end = i + length
+            if end <= size and hash(text[i:end]) in registered:
                 if spans and i <= spans[-1][1]:
                     if end > spans[-1][1]:
                         spans[-1] = (spans[-1][0], end)

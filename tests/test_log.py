@@ -9,6 +9,7 @@ import urllib.parse
 
 import pytest
 
+from reconciler import log
 from reconciler.log import (
     REDACTED,
     clean_text,
@@ -17,6 +18,7 @@ from reconciler.log import (
     redact_text,
     register_secret,
     safe_text,
+    secret_forms,
 )
 from tests.recording_servers import ESCAPES, echo_forms
 
@@ -86,6 +88,75 @@ def test_a_text_redacted_before_a_secret_is_registered_is_redacted_after() -> No
     assert redact_text(long).startswith(f"454 4.7.0 try {REDACTED} later ")
     register_secret("Later-Registered-9x")  # known already: the answers stay
     assert redact_text(short) == f"454 4.7.0 try {REDACTED} later"
+
+
+# Many secrets that share their first characters (one bucket of the index: the bench's
+# `pw-bench-N` passwords), of many lengths, and one whose forms are long (a private key's).
+SHARED = [f"Pw-shared-{i}" for i in range(3000)] + [f"Pw-shared-{'k' * n}" for n in range(1, 40)]
+PEM = ("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgSh4redacted+"
+       "Key/Body==\n-----END PRIVATE KEY-----\n")
+
+
+@pytest.fixture(scope="module")
+def shared() -> list[str]:
+    for value in [*SHARED, PEM]:
+        register_secret(value)
+    return SHARED
+
+
+@pytest.mark.parametrize("value", [SHARED[0], SHARED[9], SHARED[10], SHARED[999], SHARED[2999],
+                                   SHARED[3000], SHARED[-1], PEM], ids=lambda s: s[-12:])
+@pytest.mark.parametrize("encode", [
+    lambda s: s,
+    lambda s: s[:-1],
+    lambda s: s[1:],
+    lambda s: urllib.parse.quote(s, safe=""),
+    lambda s: urllib.parse.quote_plus(s),
+    lambda s: base64.b64encode(s.encode()).decode(),  # AUTH LOGIN
+    lambda s: base64.urlsafe_b64encode(s.encode()).decode().rstrip("="),
+], ids=["raw", "last-cut", "first-cut", "quote", "quote_plus", "base64", "urlsafe"])
+def test_each_of_many_secrets_sharing_a_prefix_is_redacted_whole(
+        shared: list[str], value: str, encode: object) -> None:
+    shown = encode(value)  # type: ignore[operator]
+    assert redact_text(f"535 5.7.8 rejected {shown} (try again)") == (
+        f"535 5.7.8 rejected {REDACTED} (try again)")
+
+
+@pytest.mark.parametrize("value", [SHARED[5], SHARED[1234], SHARED[-1], PEM], ids=lambda s: s[-8:])
+@pytest.mark.parametrize("user", ["", "a", "ab", USER])
+def test_each_of_many_secrets_sharing_a_prefix_is_redacted_in_an_auth_plain_blob(
+        shared: list[str], value: str, user: str) -> None:
+    text = redact_text(f"334 {_plain_blob(user, value)}")
+    assert REDACTED in text
+    for form in echo_forms(value, user):
+        assert form not in text
+
+
+@pytest.mark.parametrize("text", [
+    "Pw-shared with others",  # the shared prefix, no registered form
+    "x Pw-sharedX-12 y",
+    "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+    "----- ----- -----",
+])
+def test_text_near_many_secrets_sharing_a_prefix_is_left_alone(shared: list[str], text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_the_index_holds_the_lengths_of_a_prefix_not_every_secret(shared: list[str]) -> None:
+    """One bucket of 3,000 secrets costs a lookup per distinct length, not per secret, at each
+    position of a text where the prefix occurs; and the registry keeps no text of a form."""
+    assert len(log._lengths["Pw-s"]) <= 50  # the forms' distinct lengths, not 3,039 secrets
+    assert all(isinstance(h, int) for h in log._hashes)
+
+
+@pytest.mark.parametrize("value", ["Zq9-unrelated-Secret7", SECRET, "a b/c+d~e_f.g", "pw-bench-12",
+                                   "~~~~____", "пароль-секрет", PEM])
+def test_secret_forms_has_every_percent_and_form_encoding(value: str) -> None:
+    forms = secret_forms(value)
+    for t in (value, value[:-1], value[1:]) if len(value) > 8 else (value,):
+        for encoded in (urllib.parse.quote(t, safe=""), urllib.parse.quote(t),
+                        urllib.parse.quote_plus(t, safe=""), urllib.parse.quote_plus(t)):
+            assert encoded in forms
 
 
 def test_control_characters_are_replaced_and_text_bounded() -> None:
