@@ -29,7 +29,12 @@ from reconciler.model import (
 )
 from reconciler.state.conditions import find_condition, set_condition, transitions
 from reconciler.state.readiness import probe_passed
-from reconciler.state.status import build_status, invalid_status, status_differs
+from reconciler.state.status import (
+    REMEMBERED_FIELDS,
+    build_status,
+    invalid_status,
+    status_differs,
+)
 
 T0 = datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=10)
@@ -275,7 +280,9 @@ def test_no_churn_when_nothing_changed() -> None:
     s4 = build_status(account=account(), old_status=s1, result=result(authentication=None),
                       published=PUBLISHED, now=T1)
     assert s4["lastProbeTime"] != s1["lastProbeTime"] and not status_differs(s1, s4)
-    assert status_differs(s1, s3)  # lastAuthTime moved: when credentials were last proven
+    assert status_differs(s1, s3)  # a run: lastAuthTime moved, and the next run reads it
+    # the controller keeps lastAuthTime in memory: an AUTH that finds the same is no write
+    assert not status_differs(s1, s3, quiet=REMEMBERED_FIELDS)
 
 
 @pytest.mark.parametrize(("old", "new", "differs"), [
@@ -292,6 +299,20 @@ def test_no_churn_when_nothing_changed() -> None:
 def test_schedule_fields_alone_are_not_a_change(old: dict[str, Any] | None, new: dict[str, Any],
                                                 differs: bool) -> None:
     assert status_differs(old, new) is differs
+
+
+@pytest.mark.parametrize(("old", "new", "differs"), [
+    ({"lastAuthTime": "A", "lastProbeTime": "A"}, {"lastAuthTime": "C", "lastProbeTime": "C"},
+     False),
+    ({"lastAuthTime": "A", "x": 1}, {"lastAuthTime": "C", "x": 2}, True),  # written with x
+    ({"x": 1}, {"lastAuthTime": "C", "x": 1}, True),  # a first AUTH is recorded
+    ({"lastAuthTime": "A", "x": 1}, {"x": 1}, True),
+    ({"lastProbeTime": "A", "nextProbeTime": "B"}, {"lastProbeTime": "C", "nextProbeTime": "D"},
+     False),
+])
+def test_the_controller_writes_last_auth_time_only_with_another_change(
+        old: dict[str, Any], new: dict[str, Any], differs: bool) -> None:
+    assert status_differs(old, new, quiet=REMEMBERED_FIELDS) is differs
 
 
 def test_an_account_that_stays_broken_stops_changing_its_status() -> None:

@@ -704,3 +704,23 @@ def test_informers_share_one_copy_of_repeated_keys_and_short_values_but_not_of_d
     assert sa["status"]["conditions"][0]["message"] is not sb["status"]["conditions"][0]["message"]
     assert next(iter(sa["data"])) is next(iter(sb["data"]))  # data keys are shared
     assert sa["data"]["SMTP_PASSWORD"] is not sb["data"]["SMTP_PASSWORD"]  # data values are not
+
+
+def test_a_run_writes_last_auth_time_when_it_authenticated(cluster: Cluster) -> None:
+    """Issue 26 item 5, the CronJob's side: a run is a short-lived process, so the stored
+    lastAuthTime is how the next run knows when AUTH is due. A run after authInterval AUTHs and
+    writes that (one write per account per authInterval in this mode only); the run after it
+    finds AUTH not due and writes nothing."""
+    cluster.account("billing")
+    t0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    assert cluster.reconcile(clock=lambda: t0).all_ready
+    logins = len(cluster.servers.starttls.auth_attempts)
+    cluster.api.clear_requests()
+    assert cluster.reconcile(clock=lambda: t0 + timedelta(hours=25)).all_ready
+    assert len(cluster.servers.starttls.auth_attempts) == logins + 1
+    assert [w[:2] for w in writes(cluster.api)] == [("patch", "emailaccounts")]
+    assert cluster.status("billing")["lastAuthTime"] == "2026-11-26T09:00:00Z"
+    cluster.api.clear_requests()
+    assert cluster.reconcile(clock=lambda: t0 + timedelta(hours=25, minutes=11)).all_ready
+    assert len(cluster.servers.starttls.auth_attempts) == logins + 1
+    assert writes(cluster.api) == []

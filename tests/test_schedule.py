@@ -22,6 +22,7 @@ from reconciler.model import (
 )
 from reconciler.state.schedule import (
     Decision,
+    auth_offset,
     days_until,
     max_failed_probes,
     next_probe_time,
@@ -29,6 +30,7 @@ from reconciler.state.schedule import (
     probe_decision,
     probe_delay_seconds,
     rfc3339,
+    spread_auth_time,
 )
 
 NOW = datetime(2026, 11, 25, 8, 0, 0, tzinfo=UTC)
@@ -262,3 +264,75 @@ def test_rfc3339_is_utc_seconds_whatever_was_formatted_before(when: datetime) ->
 def test_days_until(value: Any, days: int | None) -> None:
     assert days_until(value, NOW) == days
     assert days_until(value, NOW.replace(tzinfo=None)) == days  # naive now taken as UTC
+
+
+# --------------------------------------------------------------------------- AUTH after a restart
+
+DAY = timedelta(hours=24)  # the default authInterval
+OFFSET = auth_offset(account())  # the test account's share of it
+TAKEN = NOW - timedelta(minutes=1)  # when the controller took the account over
+
+
+@pytest.mark.parametrize(("acc", "last_auth", "taken_over", "expected"), [
+    (account(), NOW - 30 * DAY, None, None),  # a run: no spreading
+    (account(), TAKEN - timedelta(hours=1), TAKEN, None),  # not yet due then: its own time
+    (account(), TAKEN - DAY + timedelta(seconds=1), TAKEN, None),
+    (account(), TAKEN - DAY, TAKEN, TAKEN + DAY * OFFSET),  # due just then: spread
+    (account(), TAKEN - 30 * DAY, TAKEN, TAKEN + DAY * OFFSET),  # long overdue: the same
+    (account(probe=ProbeSettings(auth_interval_seconds=3600)), TAKEN - DAY, TAKEN,
+     TAKEN + timedelta(hours=1) * OFFSET),
+    (account(probe=ProbeSettings(auth_interval_seconds=0)), TAKEN - DAY, TAKEN, TAKEN),
+])
+def test_spread_auth_time(acc: Account, last_auth: datetime, taken_over: datetime | None,
+                          expected: datetime | None) -> None:
+    assert spread_auth_time(acc, last_auth=last_auth, taken_over=taken_over) == expected
+
+
+def test_auth_offsets_are_stable_and_spread_evenly() -> None:
+    """Accounts overdue after a restart AUTH at the restart plus their share of authInterval:
+    in any quarter of it about a quarter of them, never all at once."""
+    offsets = [auth_offset(account(uid=f"uid-{i}")) for i in range(4000)]
+    assert all(0.0 <= o < 1.0 for o in offsets)
+    assert offsets == [auth_offset(account(uid=f"uid-{i}")) for i in range(4000)]  # stable
+    for quarter in range(4):
+        share = sum(quarter / 4 <= o < (quarter + 1) / 4 for o in offsets) / len(offsets)
+        assert 0.22 < share < 0.28, (quarter, share)
+    assert sum(o < 0.01 for o in offsets) < 80  # the first 1 %: about 40
+    # without a uid, namespace and name make it; another account has another share
+    assert auth_offset(account(uid="")) == auth_offset(account(uid=""))
+    assert auth_offset(account(uid="")) != auth_offset(account(uid="", name="other"))
+
+
+STALE = NOW - 3 * DAY  # the stored lastAuthTime: written only with another change
+
+
+@pytest.mark.parametrize(("acc", "old", "versions", "taken_over", "auth", "why"), [
+    # overdue when taken over: not before its share of authInterval has passed since
+    (account(), status(next_probe=NOW, last_auth=STALE), VERSIONS,
+     NOW - DAY * OFFSET + timedelta(seconds=1), False, "AUTH spread to"),
+    (account(), status(next_probe=NOW, last_auth=STALE), VERSIONS, NOW - DAY * OFFSET, True,
+     "authInterval elapsed"),
+    # a run (no controller memory) authenticates as authInterval says
+    (account(), status(next_probe=NOW, last_auth=STALE), VERSIONS, None, True,
+     "authInterval elapsed"),
+    # due only after the take-over: at its own time
+    (account(), status(next_probe=NOW, last_auth=NOW - DAY), VERSIONS, TAKEN, True,
+     "authInterval elapsed"),
+    # a change, a request, a retryable failure or never authenticated: at once
+    (account(generation=4), status(last_auth=STALE), VERSIONS, TAKEN, True, "spec changed"),
+    (account(), status(last_auth=STALE), {PW: "v2"}, TAKEN, True, "referenced secret changed"),
+    (account(annotations=REQUESTED), status(last_auth=STALE), VERSIONS, TAKEN, True,
+     "probe requested"),
+    (account(), status(next_probe=NOW, last_auth=STALE, auth_status="False",
+                       auth_reason=reasons.AUTHENTICATION_TEMPORARY_FAILURE), VERSIONS, TAKEN,
+     True, "retrying"),
+    (account(), status(next_probe=NOW, last_auth=None), VERSIONS, TAKEN, True,
+     "never authenticated"),
+])
+def test_probe_decision_after_a_restart(acc: Account, old: dict[str, Any],
+                                        versions: dict[str, str], taken_over: datetime | None,
+                                        auth: bool, why: str) -> None:
+    decision = probe_decision(account=acc, old_status=old, secret_versions=versions, now=NOW,
+                              taken_over=taken_over)
+    assert decision.probe and decision.authenticate is auth
+    assert why in decision.why

@@ -42,9 +42,12 @@ class AccountWriter:
     """Writes each account's outcome to a store (nothing in dry-run), one account at a time."""
 
     def __init__(self, store: StateStore, *, dry_run: bool = False,
-                 hold_on_outage: bool = False) -> None:
+                 hold_on_outage: bool = False, auth_time_in_memory: bool = False) -> None:
         self.store = store
         self.dry_run = dry_run
+        #: The status fields written only with another change: the controller, which keeps
+        #: lastAuthTime in memory, adds it (state/status.py REMEMBERED_FIELDS).
+        self.quiet = status.REMEMBERED_FIELDS if auth_time_in_memory else status.SCHEDULE_FIELDS
         #: After the Secret's write failed with StoreUnavailable, do not send the status write
         #: (it would fail too): both wait for the controller's shared backoff.
         self.hold_on_outage = hold_on_outage
@@ -75,7 +78,8 @@ class AccountWriter:
                   f"{account.name}", error=text)
         if stored is None or self.dry_run:
             return
-        entry.status_changed = status.status_differs(old_status, entry.status)
+        entry.status_changed = status.status_differs(old_status, entry.status,
+                                                       quiet=self.quiet)
         if entry.status_changed:
             try:
                 self.store.write_status(account.namespace, account.name, entry.status)
@@ -132,7 +136,8 @@ class AccountWriter:
             if held is None:
                 self._write_status(account, old_status, new_status, entry, now)
             else:
-                entry.status_changed = status.status_differs(old_status, new_status)
+                entry.status_changed = status.status_differs(old_status, new_status,
+                                                             quiet=self.quiet)
         if held is not None:
             raise held  # finish: the status decided is remembered, not written
 
@@ -197,7 +202,7 @@ class AccountWriter:
 
     def _write_status(self, account: Account, old: Mapping[str, Any], new: Mapping[str, Any],
                       entry: AccountReport, now: datetime) -> None:
-        entry.status_changed = status.status_differs(old, new)
+        entry.status_changed = status.status_differs(old, new, quiet=self.quiet)
         if not entry.status_changed or self.dry_run:
             return
         self.store.write_status(account.namespace, account.name, new)  # raises: finish
@@ -230,7 +235,8 @@ class AccountWriter:
         if old_obj is None:
             # Nothing stored yet: an invalid manifest is never applied, but it is reported.
             return
-        entry.status_changed = status.status_differs(old_status, new_status)
+        entry.status_changed = status.status_differs(old_status, new_status,
+                                                       quiet=self.quiet)
         if entry.status_changed and not self.dry_run:
             try:
                 self.store.write_status(key[0], key[1], new_status)

@@ -68,6 +68,10 @@ class RunOptions:
     #: Endpoint checks shared by the accounts of one endpoint (probe/endpoints.py): the
     #: controller keeps one for its life; None: one for this run.
     endpoints: Any = None
+    #: The controller: lastAuthTime is kept in memory and written only with another change
+    #: (state/status.py REMEMBERED_FIELDS). A run writes it when an AUTH ran: the next run,
+    #: another process, knows only what is stored.
+    auth_time_in_memory: bool = False
 
 
 class Reconciler:
@@ -86,7 +90,8 @@ class Reconciler:
 
             self.endpoints = EndpointCache()
         self.writer = AccountWriter(store, dry_run=options.dry_run,
-                                    hold_on_outage=options.hold_writes_on_outage)
+                                    hold_on_outage=options.hold_writes_on_outage,
+                                    auth_time_in_memory=options.auth_time_in_memory)
 
     # ------------------------------------------------------------------ the run
     def run(self, loaded: LoadResult) -> RunReport:
@@ -119,12 +124,14 @@ class Reconciler:
         return report
 
     def reconcile_objects(self, objects: Sequence[Mapping[str, Any]], *,
-                          unpublished: Collection[Key] = ()) -> RunReport:
+                          unpublished: Collection[Key] = (),
+                          taken_over: Mapping[Key, datetime] | None = None) -> RunReport:
         """Reconcile EmailAccount objects as stored (controller mode): no apply, no prune.
 
         The objects were admitted by the API server; the semantic rules are checked again here
         and an object that breaks them gets Validated=False instead of a probe. `unpublished`:
         the accounts whose published Secret (status.secretName) the caller found missing.
+        `taken_over`: when the controller took each account over (schedule.spread_auth_time).
         """
         from reconciler.manifest.account import account_from_manifest
         from reconciler.manifest.validate import validate_document
@@ -149,19 +156,21 @@ class Reconciler:
                 provider=account.provider, send_using=account.send_using,
                 created_at=(obj.get("metadata") or {}).get("creationTimestamp")))
             accounts.append(account)
-        self._reconcile_accounts(accounts, stored, report, now, unpublished)
+        self._reconcile_accounts(accounts, stored, report, now, unpublished, taken_over or {})
         return report
 
     def _reconcile_accounts(self, accounts: Sequence[Account],
                             stored: Mapping[Key, Mapping[str, Any]], report: RunReport,
-                            now: datetime, unpublished: Collection[Key] = ()) -> None:
+                            now: datetime, unpublished: Collection[Key] = (),
+                            taken_over: Mapping[Key, datetime] | None = None) -> None:
         decisions = {}
         for account in accounts:
             old = (stored.get(account.key) or {}).get("status") or {}
             versions = secret_versions(account, self.secrets)
             decisions[account.key] = schedule.probe_decision(
                 account=account, old_status=old, secret_versions=versions, now=now,
-                published_secret_missing=account.key in unpublished)
+                published_secret_missing=account.key in unpublished,
+                taken_over=(taken_over or {}).get(account.key))
             if self.options.force and not account.probe.suspend:
                 decisions[account.key] = schedule.Decision(True, True, "forced (--force)")
         by_key = {(r.namespace, r.name): r for r in report.accounts}

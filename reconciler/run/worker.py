@@ -24,7 +24,8 @@ from reconciler.policy import Policy
 from reconciler.run import requeue
 from reconciler.run.metrics import EndpointChecks, Metrics
 from reconciler.run.workqueue import ApiBackoff, WorkQueue
-from reconciler.state.status import SCHEDULE_FIELDS
+from reconciler.state.schedule import rfc3339
+from reconciler.state.status import REMEMBERED_FIELDS
 from reconciler.store.base import Key
 
 if TYPE_CHECKING:
@@ -62,6 +63,11 @@ class Worker:
         #: The probe times last decided (lastProbeTime, nextProbeTime), which are not written
         #: when nothing else changed (issue 26 item 5): the next reconcile decides from them.
         self._schedule: dict[Key, dict[str, Any]] = {}
+        #: When this process took a key over (its first reconcile here: the start, or a shard
+        #: hand-over), until it has authenticated the account: an AUTH already overdue then is
+        #: spread over authInterval (schedule.spread_auth_time), not sent at once for every
+        #: account, as the stored lastAuthTime is written only with another change.
+        self._taken_over: dict[Key, datetime] = {}
         self.reconciles: Counter[Key] = Counter()  # per key, for tests and logs
         from reconciler.probe.endpoints import EndpointCache
 
@@ -93,6 +99,7 @@ class Worker:
             self._written.pop(key, None)
             self._unwritten.pop(key, None)
             self._schedule.pop(key, None)
+            self._taken_over.pop(key, None)
 
     def _store(self) -> Any:
         store = getattr(self._local, "store", None)
@@ -125,6 +132,8 @@ class Worker:
                 del self._written[key]  # the watch has shown it: the informer's copy will do
             obj = _with_remembered(obj, self._unwritten.get(key))
             schedule = self._schedule.get(key)
+            taken = (self._taken_over.setdefault(key, datetime.now(UTC)) if schedule is None
+                     else self._taken_over.get(key))
         started = time.monotonic()
         store = self._store()
         prime_store(store, obj, self.secrets.peek, self.configmaps.peek)
@@ -137,8 +146,10 @@ class Worker:
         unpublished = [key] if _unpublished(obj, self.secrets) else []
         report = Reconciler(store, store.secret_reader(),
                             RunOptions(prune=False, concurrency=1, policy=self.policy,
-                                       hold_writes_on_outage=True, endpoints=self.endpoints)
-                            ).reconcile_objects([obj], unpublished=unpublished)
+                                       hold_writes_on_outage=True, endpoints=self.endpoints,
+                                       auth_time_in_memory=True)
+                            ).reconcile_objects([obj], unpublished=unpublished,
+                                                taken_over={key: taken} if taken else None)
         self.metrics.duration.observe(time.monotonic() - started)
         if self.accounts.peek(*key) is None:
             if self.serves(key[0]):
@@ -195,12 +206,16 @@ class Worker:
         self.queue.add_after(key, turn.after)
 
     def _remember_schedule(self, key: Key, status: Mapping[str, Any]) -> None:
-        """Keep the probe times this reconcile decided: they are written only with another
-        change (state/status.py SCHEDULE_FIELDS), so the stored ones may be older."""
-        times = {k: status[k] for k in SCHEDULE_FIELDS if status.get(k)}
+        """Keep the probe and AUTH times this reconcile decided: they are written only with
+        another change (state/status.py REMEMBERED_FIELDS), so the stored ones may be older."""
+        times = {k: status[k] for k in REMEMBERED_FIELDS if status.get(k)}
         with self._lock:
             if times:
                 self._schedule[key] = times
+            taken = self._taken_over.get(key)
+            last_auth = str(status.get("lastAuthTime") or "")
+            if taken is not None and (not last_auth or last_auth >= rfc3339(taken)):
+                del self._taken_over[key]  # authenticated since (or nothing to spread)
 
     def _clean_up_after(self, key: Key, store: Any, obj: Mapping[str, Any]) -> None:
         """The account was deleted while we reconciled it: a Secret we published meanwhile

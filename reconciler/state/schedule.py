@@ -22,6 +22,13 @@ credential changed, a probe was requested, the last AUTH failed with a reason th
 fix, or `authInterval` passed since the last attempt. After a terminal failure (wrong password)
 AUTH waits for a changed credential, spec or an explicit request: probing never locks an
 account out.
+
+The controller writes `lastAuthTime` only with another change (status.REMEMBERED_FIELDS), so
+after a restart or a shard hand-over the stored one is often older than authInterval. An AUTH
+that was already due when the controller took the account over (`taken_over`) waits for the
+account's stable share of authInterval (`spread_auth_time`): a restart spreads its AUTHs over one
+authInterval instead of sending every account's at once to the provider. A change, a request or
+a failed AUTH that retrying can fix still authenticates at once.
 """
 
 from __future__ import annotations
@@ -120,7 +127,30 @@ def _spec_triggers(account: Account, old: Mapping[str, Any],
     return None
 
 
-def _auth_due(account: Account, old: Mapping[str, Any], now: datetime) -> tuple[bool, str]:
+def auth_offset(account: Account) -> float:
+    """The account's stable share of authInterval, in [0, 1), from the object's identity (another
+    part of the digest than the probe jitter's, so the two are not in step)."""
+    identity = account.uid or f"{account.namespace}/{account.name}"
+    digest = hashlib.sha256(identity.encode("utf-8")).digest()
+    return int.from_bytes(digest[8:16], "big") / float(2**64)
+
+
+def spread_auth_time(account: Account, *, last_auth: datetime,
+                     taken_over: datetime | None) -> datetime | None:
+    """When an AUTH that authInterval already asked for when this controller took the account
+    over (`taken_over`: its start, or a shard hand-over) may run: that moment plus the account's
+    share of authInterval. None: nothing to spread (not taken over, or the AUTH was not yet due
+    then, so its own time, spread by the last controller, holds)."""
+    if taken_over is None:
+        return None
+    interval = timedelta(seconds=bounded_seconds(account.probe.auth_interval_seconds))
+    if last_auth + interval > taken_over:
+        return None
+    return taken_over + interval * auth_offset(account)
+
+
+def _auth_due(account: Account, old: Mapping[str, Any], now: datetime,
+              taken_over: datetime | None = None) -> tuple[bool, str]:
     """Whether a clock-driven probe should also attempt AUTH."""
     last_auth = _parse_or_none(old.get("lastAuthTime"))
     if last_auth is None:
@@ -133,18 +163,25 @@ def _auth_due(account: Account, old: Mapping[str, Any], now: datetime) -> tuple[
         if reason != reasons.AUTH_SKIPPED:
             return True, f"last AUTH failed with {reason}; retrying"
     auth_interval = bounded_seconds(account.probe.auth_interval_seconds)
-    if now - last_auth >= timedelta(seconds=auth_interval):
-        return True, "authInterval elapsed"
-    return False, "authInterval not elapsed"
+    if now - last_auth < timedelta(seconds=auth_interval):
+        return False, "authInterval not elapsed"
+    spread = spread_auth_time(account, last_auth=last_auth, taken_over=taken_over)
+    if spread is not None and now < spread:
+        return False, (f"authInterval elapsed before this controller took the account over; "
+                       f"AUTH spread to {rfc3339(spread)}")
+    return True, "authInterval elapsed"
 
 
 def probe_decision(*, account: Account, old_status: Mapping[str, Any] | None,
                    secret_versions: Mapping[str, str], now: datetime,
-                   published_secret_missing: bool = False) -> Decision:
+                   published_secret_missing: bool = False,
+                   taken_over: datetime | None = None) -> Decision:
     """Decide whether to probe (and authenticate) this account now; see the module docstring.
 
     `published_secret_missing`: the Secret named by `status.secretName` does not exist, or
     someone else edited it (the caller looked; only the controller watches Secrets).
+    `taken_over`: when this controller took the account over (None: a run, which spreads
+    nothing).
     """
     if account.probe.suspend:
         return Decision(False, False, "suspended (spec.probe.suspend: true)")
@@ -156,13 +193,13 @@ def probe_decision(*, account: Account, old_status: Mapping[str, Any] | None,
         return Decision(True, True, trigger)
     if (published_secret_missing and old.get("secretName")
             and status_condition(old, "Ready").get("status") == "True"):
-        auth, why_auth = _auth_due(account, old, now)
+        auth, why_auth = _auth_due(account, old, now, taken_over)
         return Decision(True, auth, f"published Secret {old['secretName']} missing or edited; "
                         f"{why_auth}")
     next_probe = _parse_or_none(old.get("nextProbeTime"))
     if next_probe is not None and now < next_probe:
         return Decision(False, False, f"next probe at {rfc3339(next_probe)}")
-    auth, why_auth = _auth_due(account, old, now)
+    auth, why_auth = _auth_due(account, old, now, taken_over)
     return Decision(True, auth, f"interval due; {why_auth}")
 
 

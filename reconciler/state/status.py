@@ -336,14 +336,22 @@ def _normal(value: Any) -> Any:
 #: (run/metrics.py, the age of the oldest probe per namespace); the controller keeps the times
 #: it decided in memory, and a CronJob probes what its stored nextProbeTime says is due.
 SCHEDULE_FIELDS = ("lastProbeTime", "nextProbeTime")
+#: What the controller also keeps in memory and writes only with another change: lastAuthTime,
+#: which moves with every AUTH (once per authInterval per account: 1.2 writes a second at
+#: 100,000 accounts with the default 24h). After a restart the stored one may be old; the
+#: controller spreads the AUTHs that are then overdue over authInterval (schedule.py
+#: spread_auth_time). A short-lived run (`reconcile`, the CronJob) compares with SCHEDULE_FIELDS
+#: only: it writes lastAuthTime when an AUTH ran, as the next run knows only what is stored.
+REMEMBERED_FIELDS = (*SCHEDULE_FIELDS, "lastAuthTime")
 
 
-def status_differs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
-    """True when `new` must be written: a deep comparison, not identity, in which the schedule
-    fields count only when one side lacks them (a first probe is always recorded)."""
+def status_differs(old: Mapping[str, Any] | None, new: Mapping[str, Any], *,
+                   quiet: Sequence[str] = SCHEDULE_FIELDS) -> bool:
+    """True when `new` must be written: a deep comparison, not identity, in which the `quiet`
+    fields count only when one side lacks them (a first probe or AUTH is always recorded)."""
     if old is None:
         return True
-    moved = [k for k in SCHEDULE_FIELDS if k in old and k in new]
+    moved = [k for k in quiet if k in old and k in new]
     if moved:
         old = {k: v for k, v in old.items() if k not in moved}
         new = {k: v for k, v in new.items() if k not in moved}
