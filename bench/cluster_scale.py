@@ -90,6 +90,7 @@ def serve_api() -> int:
 
     def accounts(request: Mapping[str, Any]) -> Any:
         ports, n, interval = request["ports"], int(request["n"]), request["interval"]
+        first = int(request.get("start", 0))  # memory_profile.py loads a warm-up batch first
 
         def one(i: int) -> dict[str, Any]:
             doc = loopback_account(account_name(i), NAMESPACES[i % 20], ports[i % len(ports)],
@@ -97,7 +98,8 @@ def serve_api() -> int:
             doc["spec"]["probe"] = {"interval": interval}
             return doc
 
-        return bulk_load(api, "emailaccounts", (one(i) for i in range(n)), history_limit=4 * n + 10_000)
+        return bulk_load(api, "emailaccounts", (one(i) for i in range(first, first + n)),
+                         history_limit=4 * (first + n) + 10_000)
 
     def progress(_: Mapping[str, Any]) -> Any:
         with api._store.lock:

@@ -1,0 +1,377 @@
+"""Where the controller's memory per account goes: KB per account by owner (issue 26).
+
+    .venv/bin/python bench/memory_profile.py [--accounts 2000] [--unrelated 2000] [--frames 30]
+    .venv/bin/python bench/memory_profile.py --accounts 2000 --no-trace     # RSS alone
+    .venv/bin/python bench/memory_profile.py --accounts 1000 --interval 20 --rounds 3   # re-probes
+
+The controller runs in this process (8 workers, every namespace, the session bound per server
+lifted), against the test API server (`cluster_scale.py --serve-api`) and ten STARTTLS stand-ins
+(`smtp_servers.py`), each in a process of its own, so this process holds the controller and
+nothing else: the cluster of benchmark 9 (20 namespaces, a CA ConfigMap and a credential Secret
+each, `--unrelated` unlabelled Secrets). Once the controller has synced and reconciled a warm-up
+batch (`--warmup`: the modules a reconcile imports lazily, the process-wide caches), its RSS is
+the base and tracemalloc starts; N accounts are bulk-loaded and timed until every one is Ready with its
+Secret published; then, after a short settle and a garbage collection, the live allocations made
+since the base are grouped by traceback and each traceback by its owner:
+
+- informer caches: allocated under store/watch.py, store/informers.py, run/served.py alone;
+- worker state: under run/worker.py (its per-key dicts, `slim` copies of its own writes);
+- reference indexes (run/refs.py), work queue (run/workqueue.py), endpoint cache
+  (probe/endpoints.py), metrics (run/metrics.py, prometheus_client), sharding
+  (run/membership.py, run/sharding.py), redaction (log.py's registry);
+- reconcile: retained by a reconcile's own code (probe, state, store) under the worker; mostly
+  each worker thread's KubeStore holding its last reconcile's account and Secret (up to
+  4 x workers threads: a fixed cost, large per account only at small N);
+- other: the rest (the Kubernetes client, the interpreter), named by its innermost frame.
+
+"untraced" is RSS above the base less what tracemalloc sees and its own bookkeeping: the
+allocator's share (pymalloc arenas and glibc heaps part-used, freed memory not returned). With
+`--rounds R` every account is probed again R times (`--interval` seconds apart) and the RSS is
+read after each round, then after `malloc_trim(0)`: whether memory keeps growing with re-probes,
+and how much of it the C allocator can give back. `--no-trace` runs without tracemalloc (its
+bookkeeping and slower allocations change RSS and timing) and reports RSS only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import sys
+import threading
+import time
+import tracemalloc
+import types
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":
+    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+
+from cluster_scale import PASSWORD, SERVERS, ApiProcess, account_name
+
+#: (owner, the module paths any frame of the traceback may be in), first match wins.
+OWNERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("redaction (log.py)", ("reconciler/log.py",)),
+    ("endpoint cache", ("reconciler/probe/endpoints.py",)),
+    ("metrics", ("reconciler/run/metrics.py", "prometheus_client/")),
+    ("reference indexes", ("reconciler/run/refs.py",)),
+    ("work queue", ("reconciler/run/workqueue.py",)),
+    ("sharding", ("reconciler/run/membership.py", "reconciler/run/sharding.py")),
+)
+#: Modules whose allocations belong to whoever called them (the informer's slim copy of an
+#: object is the worker's when the worker made it).
+HELPERS = ("reconciler/store/watch.py",)
+INFORMERS = ("reconciler/store/watch.py", "reconciler/store/informers.py",
+             "reconciler/run/served.py")
+
+
+def _intern_site() -> str:
+    """The line of store/watch.py where strings are interned: the interpreter's table of
+    interned strings grows there, whichever thread interned the string that grew it."""
+    from reconciler.store import watch
+
+    intern = getattr(watch, "_intern", None)
+    if intern is None:
+        return "\0"  # matches no frame
+    return f"reconciler/store/watch.py:{intern.__code__.co_firstlineno + 1}"
+
+
+INTERN_SITE = _intern_site()
+
+
+def owner(frames: Sequence[str], inner: str = "") -> str:
+    """The owner of an allocation whose traceback's files are `frames`, innermost first
+    (`inner`: the innermost frame as file:line)."""
+    if inner.endswith(INTERN_SITE):
+        return "informer caches: interned strings table"
+    for name, paths in OWNERS:
+        if any(p in f for f in frames for p in paths):
+            return name
+    ours = [f for f in frames if "/reconciler/" in f]
+    if any("reconciler/run/worker.py" in f for f in ours):
+        inner = next((f for f in ours if not any(h in f for h in HELPERS)), "")
+        if "reconciler/run/worker.py" in inner:
+            return "worker state"
+        return "reconcile: " + _short(inner)
+    if any(any(p in f for p in INFORMERS) for f in ours):
+        return "informer caches"
+    return "other: " + _short(ours[0] if ours else (frames[0] if frames else "?"))
+
+
+def _short(path: str) -> str:
+    for root in ("/reconciler/", "/site-packages/", "/lib/python3"):
+        if root in path:
+            return path.split(root, 1)[1]
+    return path
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def malloc_trim() -> bool:
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass
+class Profile:
+    """What one run measured."""
+
+    n: int
+    unrelated: int
+    traced: bool
+    ready_s: float = 0.0
+    base_kib: int = 0
+    ready_kib: int = 0
+    tracer_kib: int = 0  # tracemalloc's own bookkeeping at the snapshot
+    by_owner: dict[str, int] = field(default_factory=dict)  # bytes
+    top: list[tuple[int, int, str]] = field(default_factory=list)  # (bytes, blocks, where)
+    rounds: list[tuple[int, int]] = field(default_factory=list)  # (reconciles, RSS KiB)
+    trimmed_kib: int = 0
+    state: dict[str, int] = field(default_factory=dict)  # entries per structure
+
+    def per_account_kb(self, kib: float) -> float:
+        return kib * 1024 / 1000 / max(1, self.n)
+
+    def render(self) -> str:
+        above = self.ready_kib - self.base_kib - self.tracer_kib
+        traced = sum(self.by_owner.values()) / 1024
+        lines = [f"accounts={self.n:,} unrelated Secrets={self.unrelated:,} "
+                 f"create -> all Ready and published {self.ready_s:.1f} s",
+                 f"RSS base {self.base_kib / 1024:.1f} MiB, at Ready {self.ready_kib / 1024:.1f} MiB"
+                 + (f" (tracemalloc's own {self.tracer_kib / 1024:.1f} MiB left out)"
+                    if self.traced else ""),
+                 f"RSS above base: {self.per_account_kb(above):.2f} KB per account = "
+                 f"{above * 10_000 / max(1, self.n) / 1024:.0f} MiB per 10,000 (target 64)"]
+        lines.append("entries: " + ", ".join(f"{k} {v:,}" for k, v in self.state.items()))
+        if self.traced:
+            lines.append("")
+            lines.append(f"{'owner':<44} {'KB/account':>10} {'MiB':>8}")
+            for name, size in sorted(self.by_owner.items(), key=lambda kv: -kv[1]):
+                lines.append(f"{name:<44} {self.per_account_kb(size / 1024):>10.2f} "
+                             f"{size / 2**20:>8.1f}")
+            lines.append(f"{'traced, all':<44} {self.per_account_kb(traced):>10.2f} "
+                         f"{traced / 1024:>8.1f}")
+            lines.append(f"{'untraced (allocator, not returned)':<44} "
+                         f"{self.per_account_kb(above - traced):>10.2f} {(above - traced) / 1024:>8.1f}")
+            lines.append("")
+            lines.append("largest tracebacks (bytes per account, blocks, owner | frames):")
+            for size, blocks, where in self.top:
+                lines.append(f"  {size / max(1, self.n):>8.0f} B {blocks:>9,}  {where}")
+        for i, (reconciles, kib) in enumerate(self.rounds, 1):
+            lines.append(f"re-probe round {i}: {reconciles:,} reconciles in all, RSS above base "
+                         f"{self.per_account_kb(kib - self.base_kib):.2f} KB per account")
+        if self.trimmed_kib:
+            lines.append(f"after malloc_trim(0): RSS above base "
+                         f"{self.per_account_kb(self.trimmed_kib - self.base_kib):.2f} KB per account")
+        return "\n".join(lines)
+
+
+def group(snapshot: tracemalloc.Snapshot, top: int) -> tuple[dict[str, int], list[tuple[int, int, str]]]:
+    """Bytes by owner, and the `top` largest tracebacks (with their reconciler frames)."""
+    by_owner: dict[str, int] = defaultdict(int)
+    rows = []
+    for stat in snapshot.statistics("traceback"):
+        frames = [f.filename for f in reversed(stat.traceback)]  # innermost first
+        inner = stat.traceback[-1]
+        who = owner(frames, f"{inner.filename}:{inner.lineno}")
+        by_owner[who] += stat.size
+        ours = [f"{_short(f.filename)}:{f.lineno}" for f in reversed(stat.traceback)
+                if "/reconciler/" in f.filename][:4]
+        rows.append((stat.size, stat.count, f"{who} | {_short(inner.filename)}:{inner.lineno}"
+                     f" < {' < '.join(ours)}"))
+    rows.sort(reverse=True)
+    return dict(by_owner), rows[:top]
+
+
+def why(pattern: str, samples: int = 3, depth: int = 6) -> list[str]:
+    """Who holds the live dicts and lists allocated under a frame matching `pattern`
+    ("store/kube.py:312"): for a few samples, the chain of first referrers, `depth` long."""
+    objects = [o for o in gc.get_objects() if type(o) in (dict, list)]
+    matched = []
+    for obj in objects:
+        tb = tracemalloc.get_object_traceback(obj)
+        if tb is not None and any(pattern in f"{f.filename}:{f.lineno}" for f in tb):
+            matched.append(obj)
+    out = [f"{len(matched)} live dicts/lists allocated under {pattern}"]
+    ignore = {id(objects), id(matched), id(out)}
+    for obj in matched[:samples]:
+        chain, current = [], obj
+        for _ in range(depth):
+            holders = [r for r in gc.get_referrers(current)
+                       if id(r) not in ignore and not isinstance(r, types.FrameType)
+                       and not _ours(r)]
+            ignore.add(id(holders))
+            if not holders:
+                break
+            current = holders[0]
+            where = tracemalloc.get_object_traceback(current)
+            site = f"{_short(where[-1].filename)}:{where[-1].lineno}" if where else "?"
+            keys = sorted(map(str, current))[:3] if isinstance(current, dict) else ""
+            chain.append(f"{type(current).__name__}@{site}{keys}")
+        out.append(f"  {type(obj).__name__} <- " + " <- ".join(chain))
+    return out
+
+
+def _ours(obj: Any) -> bool:
+    """Whether `obj` was allocated by this script (its own lists of objects)."""
+    tb = tracemalloc.get_object_traceback(obj)
+    return tb is not None and any(f.filename == __file__ for f in tb)
+
+
+def _wait_ready(api: ApiProcess, n: int, timeout: float) -> None:
+    start = time.monotonic()
+    while True:
+        state = api.call("progress")
+        if state["ready"] >= n and state["published"] >= n:
+            return
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"only {state['ready']} Ready, {state['published']} published "
+                               f"of {n} after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _settle(ctl: Any, quiet: float = 2.0, timeout: float = 120.0) -> None:
+    """Until no reconcile ran for `quiet` seconds (the last writes' watch events are in)."""
+    end = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < end:
+        now = sum(ctl.reconciles.values())
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet and ctl.queue.depth() == 0:
+            return
+        time.sleep(0.2)
+
+
+def state_sizes(ctl: Any) -> dict[str, int]:
+    """Entries in the controller's per-key structures outside the informers (for the report)."""
+    w, q = ctl.worker, ctl.queue
+    out = {}
+    for name, obj in (("worker._generations", "_generations"), ("worker._written", "_written"),
+                      ("worker._unwritten", "_unwritten"), ("worker._schedule", "_schedule"),
+                      ("worker.reconciles", "reconciles")):
+        value = getattr(w, obj, None)
+        if value is not None:
+            out[name] = len(value)
+    for name in ("_due", "_heap", "_failures", "_pending"):
+        value = getattr(q, name, None)
+        if value is not None:
+            out["queue." + name] = len(value)
+    out["endpoint cache"] = len(w.endpoints)
+    return out
+
+
+def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top: int,
+            interval: float, rounds: int, warmup: int, workers: int = 8,
+            holders: Sequence[str] = ()) -> Profile:
+    from smtp_servers import ServerProcess
+
+    from reconciler.log import configure_logging
+    from reconciler.probe import limits
+    from reconciler.run.controller import Controller
+    from reconciler.store.kubeclient import client_from_config
+
+    configure_logging(fmt="json", level="error")
+    limits.configure(max_sessions_per_server=64)
+    prof = Profile(n, unrelated, trace)
+    users = work / f"users-{n}.json"
+    users.write_text(json.dumps({f"{account_name(i)}@example.com": PASSWORD
+                                 for i in range(warmup + n)}))
+    with ApiProcess() as api, ServerProcess(count=SERVERS) as smtp:
+        smtp.accept(users)
+        api.call("setup", ca_pem=smtp.ca_pem, unrelated=unrelated)
+        os.environ["KUBECONFIG"] = api.call("kubeconfig", path=str(work / f"kubeconfig-{n}"))
+        client, _ = client_from_config()
+        ctl = Controller(client, workers=workers, interval=600.0)
+        ctl.start()
+        try:
+            if not ctl.wait_synced(300):
+                raise RuntimeError("the controller did not sync")
+            # A first batch imports the modules a reconcile imports lazily and fills the
+            # process-wide caches (TLS contexts, schema, politeness per server): not per account.
+            api.call("accounts", n=warmup, ports=smtp.ports, interval="3600s")
+            _wait_ready(api, warmup, 600)
+            _settle(ctl)
+            time.sleep(1.0)
+            gc.collect()
+            prof.base_kib = rss_kib()
+            if trace:
+                tracemalloc.start(frames)
+            start = time.monotonic()
+            api.call("accounts", n=n, start=warmup, ports=smtp.ports,
+                     interval=f"{interval:g}s" if rounds else "3600s")
+            _wait_ready(api, warmup + n, 3600)
+            prof.ready_s = time.monotonic() - start
+            _settle(ctl)
+            gc.collect()
+            if trace:
+                snapshot = tracemalloc.take_snapshot()
+                prof.tracer_kib = tracemalloc.get_tracemalloc_memory() // 1024
+                prof.by_owner, prof.top = group(snapshot, top)
+                for pattern in holders:
+                    print("\n".join(why(pattern)), flush=True)
+                del snapshot
+                gc.collect()
+            prof.ready_kib = rss_kib()
+            prof.state = state_sizes(ctl)
+            if trace:  # its bookkeeping would grow with every round
+                tracemalloc.stop()
+            done = sum(ctl.reconciles.values())
+            for _ in range(rounds):
+                target = done + n
+                while sum(ctl.reconciles.values()) < target:
+                    time.sleep(0.5)
+                done = sum(ctl.reconciles.values())
+                gc.collect()
+                prof.rounds.append((done, rss_kib()))
+            if rounds and malloc_trim():
+                prof.trimmed_kib = rss_kib()
+        finally:
+            ctl.stop()
+            client.close()
+    return prof
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=2000)
+    parser.add_argument("--unrelated", type=int, default=2000, help="unlabelled Secrets in the cluster")
+    parser.add_argument("--frames", type=int, default=30, help="tracemalloc frames per traceback")
+    parser.add_argument("--top", type=int, default=25, help="largest tracebacks to print")
+    parser.add_argument("--no-trace", action="store_true", help="RSS only, without tracemalloc")
+    parser.add_argument("--interval", type=float, default=20.0,
+                        help="the accounts' spec.probe.interval in seconds, with --rounds")
+    parser.add_argument("--rounds", type=int, default=0, help="re-probe rounds after Ready")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--why", action="append", default=[], metavar="FILE:LINE",
+                        help="print who holds live containers allocated at a frame like "
+                             "store/kube.py:312 (repeatable)")
+    parser.add_argument("--warmup", type=int, default=50,
+                        help="accounts loaded before the base is read (lazy imports, caches)")
+    parser.add_argument("--work", default="bench/out/memory_profile")
+    args = parser.parse_args()
+    assert threading.current_thread() is threading.main_thread()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    prof = profile(args.accounts, args.unrelated, work, trace=not args.no_trace, frames=args.frames,
+                   top=args.top, interval=args.interval, rounds=args.rounds, warmup=args.warmup,
+                   workers=args.workers, holders=args.why)
+    print(prof.render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
