@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -51,9 +52,16 @@ def jwt_claims(token: str) -> dict[str, Any]:
 
 
 class TokenCache:
-    """Access tokens for one run; implements the SMTP probe's TokenProvider protocol."""
+    """Access tokens for one run; implements the SMTP probe's TokenProvider protocol.
 
-    def __init__(self) -> None:
+    `remember=False` (the controller's, which lives as long as the process and is used from its
+    one probe loop): only requests in flight are shared; a probe that starts after a request
+    ended sends its own, as a run of its own would, so a revoked credential shows at its next
+    probe and no token outlives its expiry in here.
+    """
+
+    def __init__(self, *, remember: bool = True) -> None:
+        self.remember = remember
         self._done: dict[Hashable, Token | Outcome] = {}
         self._pending: dict[Hashable, asyncio.Task[Token | Outcome]] = {}
         self.requests_sent = 0  # token requests that went to an identity provider
@@ -114,13 +122,20 @@ class TokenCache:
         if task is None:
             task = asyncio.ensure_future(self._count(fetch))
             self._pending[key] = task
+            if not self.remember:  # shared while in flight, forgotten as it ends
+                task.add_done_callback(functools.partial(self._forget, key))
         done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline.remaining()))
         if not done:
             return timed_out(url, deadline.timeout)
-        self._pending.pop(key, None)
         result = task.result()
-        self._done[key] = result
+        if self.remember:
+            self._pending.pop(key, None)
+            self._done[key] = result
         return result
+
+    def _forget(self, key: Hashable, task: asyncio.Task[Token | Outcome]) -> None:
+        if self._pending.get(key) is task:
+            del self._pending[key]
 
     async def _count(self, fetch: Callable[[], Awaitable[Token | Outcome]]) -> Token | Outcome:
         self.requests_sent += 1

@@ -48,6 +48,7 @@ from reconciler.policy import DEFAULT_POLICY, Policy
 from reconciler.run.leader import LeaderConfig, LeaderElector
 from reconciler.run.membership import ACT, ELSEWHERE, ShardConfig, ShardMember
 from reconciler.run.metrics import HealthServer, Metrics, MetricsServer
+from reconciler.run.probeloop import ProbeLoop, ProbesStopped
 from reconciler.run.refs import RefIndex, configmap_names, secret_names
 from reconciler.run.scope import NamespaceScope
 from reconciler.run.served import ServedInformers
@@ -106,11 +107,13 @@ class Controller:
                  slow_after: float = 2.0, max_threads: int | None = None,
                  health_addr: str | None = None, shards: ShardConfig | None = None,
                  shard_selector: str | None = None, namespaces: list[str] | None = None,
-                 namespace_selector: str | None = None) -> None:
+                 namespace_selector: str | None = None, probe_grace: float = 2.0) -> None:
         """`workers` reconciles run at once; one that takes longer than `slow_after` seconds
         (a slow server, up to its probe's deadline) gives its slot back, so a slow account holds
         only its own thread and the others go on, up to `max_threads` (4 x workers) in all.
-        `namespace`, `namespaces` or `namespace_selector` narrow what it serves (run/scope.py)."""
+        `namespace`, `namespaces` or `namespace_selector` narrow what it serves (run/scope.py).
+        Every probe runs on one event loop (run/probeloop.py); at `stop()` those in flight get
+        `probe_grace` seconds to finish before they are cancelled."""
         from reconciler.store.watch import instrument_client
 
         try:
@@ -143,11 +146,14 @@ class Controller:
                                       account_keep=self._shard_keeps if self.shard else None)
         self.accounts = self.served.accounts
         self.secrets, self.configmaps = self.served.secrets, self.served.configmaps
+        #: The event loop every worker's probe runs on (a thread of its own).
+        self.probe_loop = ProbeLoop(io_threads=2 * self.max_threads)
+        self.probe_grace = probe_grace
         self.worker = Worker(api_client, namespace=self.namespace, interval=interval, policy=policy,
                              queue=self.queue, api_backoff=self.api_backoff,
                              metrics=self.metrics, accounts=self.accounts,
                              secrets=self.secrets, configmaps=self.configmaps,
-                             serves=self.served.serves)
+                             serves=self.served.serves, probe_loop=self.probe_loop)
         self.secret_refs = RefIndex()  # who reads which Secret (reverse references)
         self.configmap_refs = RefIndex()  # and which ConfigMap
         self._leading = threading.Event()
@@ -190,6 +196,7 @@ class Controller:
             self.shard.start()
             self.shard.listed.wait(self.shard.config.renew_deadline)
         self.served.start()
+        self.probe_loop.start()
         for i in range(self.max_threads):
             t = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
             t.start()
@@ -209,11 +216,14 @@ class Controller:
                    for informer in self.served.all)
 
     def stop(self, release: bool = True) -> None:
-        """Stop taking work, finish in-flight reconciles, release the Lease, stop watching.
+        """Stop taking work, finish in-flight reconciles (their probes within the grace), release
+        the Lease, stop watching.
 
         `release=False` leaves the Leases as a killed replica would (for tests of fail-over)."""
         self._stopping.set()
         self.queue.shutdown()
+        # Probes in flight get their grace, then are cancelled: their workers write nothing.
+        self.probe_loop.stop(self.probe_grace)
         for t in self._threads:
             t.join(60)
         if self.shard is not None:
@@ -333,6 +343,9 @@ class Controller:
                 self.slots.restart_clock()  # the reconcile's own clock
                 if self._leading.is_set() and not self._stopping.is_set():
                     self._reconcile(key)
+            except ProbesStopped:  # stopping: the account waits for the next start
+                if key is not None:
+                    log.info("reconcile interrupted by shutdown", account=f"{key[0]}/{key[1]}")
             except Exception as exc:  # a bug must not kill the worker; back off that key
                 if key is not None:
                     log.error("reconcile crashed", account=f"{key[0]}/{key[1]}",

@@ -12,6 +12,7 @@ status and events) is `run/account_writer.py`; what the run did is `run/report.p
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import queue
 import threading
@@ -72,6 +73,9 @@ class RunOptions:
     #: (state/status.py REMEMBERED_FIELDS). A run writes it when an AUTH ran: the next run,
     #: another process, knows only what is stored.
     auth_time_in_memory: bool = False
+    #: The controller's probe event loop (run/probeloop.py), shared by its workers: the probes
+    #: run there. None: this run makes its own loop.
+    probe_loop: Any = None
 
 
 class Reconciler:
@@ -222,8 +226,9 @@ class Reconciler:
         An account probed without AUTH takes its endpoint's check when one was taken after its
         own last probe (probe/endpoints.py); one with AUTH runs its own session.
 
-        The probes run on an event loop in a thread of their own while this thread writes the
-        results one by one (the store is used from one thread only).
+        The probes run on an event loop in another thread (the controller's shared one, else
+        one for this run) while this thread writes the results one by one (the store is used
+        from one thread only).
         """
         if not due:
             return
@@ -245,27 +250,39 @@ class Reconciler:
                 on_result=on_result, policy=self.options.policy, endpoints=self.endpoints,
                 last_probe=lambda a: last_probe.get(a.key))
 
-        if len(due) == 1:  # nothing to overlap with (the controller's case): no thread
+        finished: queue.SimpleQueue[tuple[int, ProbeResult] | None] = queue.SimpleQueue()
+
+        def on_result(index: int, result: ProbeResult) -> None:
+            finished.put((index, result))
+
+        future: concurrent.futures.Future[Any]
+        if self.options.probe_loop is not None:
+            # The controller's loop, shared with the other workers' probes.
+            future = self.options.probe_loop.submit(probe_all(on_result))
+        elif len(due) == 1:  # nothing to overlap with: no thread
             yield due[0], asyncio.run(probe_all())[0]
             return
-        finished: queue.SimpleQueue[tuple[int, ProbeResult] | BaseException | None] = (
-            queue.SimpleQueue())
+        else:
+            future = concurrent.futures.Future()
 
-        def run() -> None:
-            try:
-                asyncio.run(probe_all(lambda i, r: finished.put((i, r))))
-            except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
-                finished.put(exc)
-            finally:
-                finished.put(None)
+            def run() -> None:
+                future.set_running_or_notify_cancel()
+                try:
+                    future.set_result(asyncio.run(probe_all(on_result)))
+                except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+                    future.set_exception(exc)
 
-        # A daemon: a probe stuck past every deadline must not keep the process alive at exit.
-        threading.Thread(target=run, name="probes", daemon=True).start()
+            # A daemon: a probe stuck past every deadline must not keep the process alive.
+            threading.Thread(target=run, name="probes", daemon=True).start()
+        future.add_done_callback(lambda _: finished.put(None))
         while (item := finished.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
             index, result = item
             yield due[index], result
+        if future.cancelled():
+            from reconciler.run.probeloop import ProbesStopped
+
+            raise ProbesStopped("the probes were cancelled: the controller is stopping")
+        future.result()  # raises what ended the probes early
 
     # ------------------------------------------------------------------ prune
     def inventory_name(self, loaded: LoadResult) -> str:

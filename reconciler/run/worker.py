@@ -29,6 +29,7 @@ from reconciler.state.status import REMEMBERED_FIELDS
 from reconciler.store.base import Key
 
 if TYPE_CHECKING:
+    from reconciler.run.probeloop import ProbeLoop
     from reconciler.store.informers import InformerUnion
     from reconciler.store.watch import Informer
 
@@ -42,7 +43,8 @@ class Worker:
                  policy: Policy, queue: WorkQueue, api_backoff: ApiBackoff, metrics: Metrics,
                  accounts: Informer | InformerUnion, secrets: InformerUnion,
                  configmaps: Informer | InformerUnion,
-                 serves: Callable[[str], bool] = lambda namespace: True) -> None:
+                 serves: Callable[[str], bool] = lambda namespace: True,
+                 probe_loop: ProbeLoop | None = None) -> None:
         self.api_client = api_client
         self.namespace = namespace
         self.interval = interval
@@ -76,6 +78,14 @@ class Worker:
         metrics.registry.register(EndpointChecks(
             lambda: (self.endpoints.checks, self.endpoints.served)))
         self._local = threading.local()
+        #: Where the probes run (run/probeloop.py): one loop for every worker; None: a loop per
+        #: reconcile. Its token cache shares the requests in flight on that loop.
+        self.probe_loop = probe_loop
+        self.tokens: Any = None
+        if probe_loop is not None:
+            from reconciler.probe.tokencache import TokenCache
+
+            self.tokens = TokenCache(remember=False)
 
     def reconciled_generation(self, key: Key) -> int | None:
         """The metadata.generation the last reconcile of `key` started from."""
@@ -147,7 +157,8 @@ class Worker:
         report = Reconciler(store, store.secret_reader(),
                             RunOptions(prune=False, concurrency=1, policy=self.policy,
                                        hold_writes_on_outage=True, endpoints=self.endpoints,
-                                       auth_time_in_memory=True)
+                                       auth_time_in_memory=True, probe_loop=self.probe_loop),
+                            tokens=self.tokens
                             ).reconcile_objects([obj], unpublished=unpublished,
                                                 taken_over={key: taken} if taken else None)
         self.metrics.duration.observe(time.monotonic() - started)
