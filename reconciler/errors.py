@@ -10,6 +10,7 @@ are probe outcomes with reasons (reconciler.reasons), not exceptions.
     │   └── SecretNotAllowed     it exists but is not opted in for this account (§8)
     └── StoreError               the state store failed -> exit 3
         ├── StoreConflict        409: re-read and retry
+        │   └── SecretExists     a create found the name taken: read it and decide again
         ├── StoreUnavailable     429/5xx/connection: back off, then ApiUnavailable
         ├── StoreBusy            another run holds the local store's lock -> exit 2
         ├── StoreForbidden       401/403: names verb, resource and namespace
@@ -80,6 +81,11 @@ class StoreError(ReconcilerError):
 
 class StoreConflict(StoreError):
     """The object changed since it was read (HTTP 409)."""
+
+
+class SecretExists(StoreConflict):
+    """A Secret the caches said was absent exists (409 AlreadyExists on its create): the store
+    has read it, and the caller decides again from it."""
 
 
 class StoreUnavailable(StoreError):

@@ -15,7 +15,13 @@ from datetime import datetime
 from typing import Any
 
 from reconciler import reasons
-from reconciler.errors import StoreError, StoreForbidden, StoreInvalid, StoreUnavailable
+from reconciler.errors import (
+    SecretExists,
+    StoreError,
+    StoreForbidden,
+    StoreInvalid,
+    StoreUnavailable,
+)
 from reconciler.log import get_logger, redact_text, register_secret
 from reconciler.manifest.load import InvalidDocument
 from reconciler.model import (
@@ -57,11 +63,15 @@ class AccountWriter:
         #: namespace's (issue 26: cost per account independent of the number of accounts).
         self.published: dict[Key, dict[str, Any] | None] = {}
 
-    def published_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The Secret `namespace/name` as the store holds it (looked up once a run), or None."""
+    def published_secret(self, namespace: str, name: str, *,
+                         publishing: bool = False) -> dict[str, Any] | None:
+        """The Secret `namespace/name` as the store holds it (looked up once a run), or None.
+        `publishing`: the name this run publishes to, which a store watching our Secrets may
+        answer from its cache (StateStore.get_published_secret)."""
         key = (namespace, name)
         if key not in self.published:
-            self.published[key] = self.store.get_secret(namespace, name)
+            self.published[key] = (self.store.get_published_secret(namespace, name) if publishing
+                                   else self.store.get_secret(namespace, name))
         return self.published[key]
 
     def refused(self, account: Account, stored: Mapping[str, Any] | None,
@@ -142,7 +152,7 @@ class AccountWriter:
             raise held  # finish: the status decided is remembered, not written
 
     def _publish(self, account: Account, result: ProbeResult, old_status: Mapping[str, Any],
-                 entry: AccountReport) -> Outcome:
+                 entry: AccountReport, *, again: bool = False) -> Outcome:
         ns, secret_name = account.namespace, account.publish.secret_name
         before = status_condition(old_status, "SecretPublished")
         if (before.get("reason") == reasons.INVALID and before.get("status") == "False"
@@ -154,7 +164,7 @@ class AccountWriter:
         orphan = account.publish.deletion_policy == "Orphan"
         # Looked up by name, whoever owns it: an unlabelled Secret of that name is reported as
         # a conflict rather than taken over (a failed read raises: nothing is published).
-        existing = self.published_secret(ns, secret_name)
+        existing = self.published_secret(ns, secret_name, publishing=True)
         desired = render.render_secret(account, result,
                                        owner_uid=None if orphan else account.uid or None,
                                        relay_password=_relay_password(account, existing))
@@ -180,7 +190,14 @@ class AccountWriter:
         # (a cached published Secret holds digests, which compare equal to their values).
         if (existing is None or old_hash != new_hash or meta_changed
                 or any(diff.values())) and not self.dry_run:
-            self.store.apply_secret(desired)
+            try:
+                self.store.apply_secret(desired)
+            except SecretExists:
+                if again:
+                    raise
+                # The caches did not show it; the store has read it now: decide again from it.
+                del self.published[(ns, secret_name)]
+                return self._publish(account, result, old_status, entry, again=True)
             self.published[(ns, secret_name)] = desired
         if meta_changed and not any(diff.values()):
             entry.secret_changes = {"added": [], "changed": ["(metadata)"], "removed": []}

@@ -53,6 +53,13 @@ class StateStore(Protocol):
         only the Secrets it names: no run lists a namespace's Secrets per account."""
         ...
 
+    def get_published_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret at an account's publish name, as `get_secret`, except that a store that
+        watches the Secrets it publishes may answer None from its cache without a read; its
+        `apply_secret` then creates the Secret, and raises SecretExists (having read it) when
+        the name was taken after all."""
+        ...
+
     def apply_secret(self, secret: Mapping[str, Any]) -> None:
         """Create or update a published Secret (callers write only when its data hash changed)."""
         ...

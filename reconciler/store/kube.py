@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from reconciler.errors import SecretExists
 from reconciler.model import (
     API_GROUP,
     API_VERSION,
@@ -70,6 +71,43 @@ def merge_patch_for(old: Any, new: Any) -> Any:
         else:
             patch[key] = copy.deepcopy(value)
     return patch
+
+
+def _left_behind(current: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch removing what our own create (an Update in managedFields, which an apply
+    by the same manager does not take away) owns and `body` no longer has: data keys, labels,
+    annotations, our ownerReference. None when there is nothing left behind."""
+    meta = current.get("metadata") or {}
+    created = [e for e in meta.get("managedFields") or [] if e.get("manager") == FIELD_MANAGER
+               and e.get("operation") == "Update" and not e.get("subresource")]
+    if not created:
+        return None
+    want_meta = body.get("metadata") or {}
+    patch: dict[str, Any] = {}
+    for entry in created:
+        fields = entry.get("fieldsV1") or {}
+        for part, have, want, into in (
+                ("data", current.get("data"), body.get("data"), patch),
+                ("labels", meta.get("labels"), want_meta.get("labels"), patch.setdefault("metadata", {})),
+                ("annotations", meta.get("annotations"), want_meta.get("annotations"),
+                 patch.setdefault("metadata", {}))):
+            owned = (fields if part == "data" else fields.get("f:metadata") or {}).get(f"f:{part}") or {}
+            gone = {k[2:] for k in owned if k.startswith("f:")} & set(have or {}) - set(want or {})
+            if gone:
+                into.setdefault(part, {}).update(dict.fromkeys(sorted(gone)))
+        refs = meta.get("ownerReferences") or []
+        if "f:ownerReferences" in (fields.get("f:metadata") or {}):
+            wanted = want_meta.get("ownerReferences") or []
+            kept = [r for r in refs if r not in wanted and not _ours(r)] + list(wanted)
+            if kept != refs:
+                patch.setdefault("metadata", {})["ownerReferences"] = kept or None
+    if not patch.get("metadata"):
+        patch.pop("metadata", None)
+    return patch or None
+
+
+def _ours(ref: Mapping[str, Any]) -> bool:
+    return str(ref.get("apiVersion", "")).startswith(f"{API_GROUP}/") and ref.get("kind") == KIND
 
 
 def same_as_applied(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
@@ -149,6 +187,9 @@ class KubeStore:
         #: or, after a prime, only the names this run looked up or wrote.
         self._secrets: dict[str, dict[str, dict[str, Any]]] = {}
         self._absent: set[Key] = set()
+        #: Publish names the informers did not hold, taken as absent without a read: their
+        #: Secret is created (POST), not applied, so a name taken after all answers 409.
+        self._assumed_absent: set[Key] = set()
         self._configmaps: dict[str, dict[str, dict[str, Any]]] = {}
         self._cm_absent: set[Key] = set()
         #: After a prime: the informers' caches, looked up by name. They hold only labelled
@@ -303,18 +344,56 @@ class KubeStore:
                             lambda: self._core.read_namespaced_secret(
                                 name, namespace, **self.api.options()))
 
+    def get_published_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret at a publish name. After a prime, a name the informers miss is taken as
+        absent without a GET: a Secret we publish carries the managed-by label the Secret
+        informer selects. `apply_secret` then creates it, and a name taken after all (an
+        unlabelled Secret, or ours not yet watched) answers 409: read, then SecretExists."""
+        objs = self._namespace_secrets(namespace)
+        if name in objs or self._secret_source is None or (namespace, name) in self._absent:
+            return self.get_secret(namespace, name)
+        obj = self._secret_source(namespace, name)
+        if obj is None:
+            self._assumed_absent.add((namespace, name))
+            return None
+        objs[name] = obj
+        return copy.deepcopy(obj)
+
     def apply_secret(self, secret: Mapping[str, Any]) -> None:
-        """Server-side apply of a published Secret (the caller checked its data hash changed)."""
+        """Server-side apply of a published Secret (the caller checked its data hash changed);
+        a create when `get_published_secret` took the name as absent."""
         body = _apply_body(secret)
         body.setdefault("apiVersion", "v1")
         body.setdefault("kind", "Secret")
         ns, name = object_key(body)
-        obj = self.api.call("patch", "secrets", ns, lambda: self._core.patch_namespaced_secret(
-            name, ns, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
-            **self.api.options()))
+        if (ns, name) in self._assumed_absent:
+            self._assumed_absent.discard((ns, name))
+            obj = self._create_secret(ns, name, body)
+        else:
+            obj = self.api.call("patch", "secrets", ns, lambda: self._core.patch_namespaced_secret(
+                name, ns, body, field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
+                **self.api.options()))
+            left = _left_behind(obj or {}, body)
+            if left:  # fields of our create that the apply could not take away
+                obj = self.api.call("patch", "secrets", ns, lambda: self._core.patch_namespaced_secret(
+                    name, ns, left, field_manager=FIELD_MANAGER, _content_type=MERGE,
+                    **self.api.options()))
         if obj and (ns in self._secrets or self._secret_source is not None):
             self._secrets.setdefault(ns, {})[name] = obj
             self._absent.discard((ns, name))
+
+    def _create_secret(self, ns: str, name: str, body: dict[str, Any]) -> Any:
+        def taken() -> None:
+            found = self.api.call("get", "secrets", ns, lambda: self._core.read_namespaced_secret(
+                name, ns, **self.api.options()), missing_ok=True)
+            if found is None:
+                return None  # deleted meanwhile: create it after all
+            self._secrets.setdefault(ns, {})[name] = found
+            raise SecretExists(f"Secret {ns}/{name} exists, though the watch did not show it")
+
+        return self.api.call("create", "secrets", ns, lambda: self._core.create_namespaced_secret(
+            ns, body, field_manager=FIELD_MANAGER, **self.api.options()),  # type: ignore[arg-type]
+            on_conflict=taken)
 
     def delete_secret(self, namespace: str, name: str) -> None:
         """Delete one Secret; already gone is fine."""

@@ -233,6 +233,9 @@ class LocalStore:
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._read(self._secret_path(namespace, name))
 
+    def get_published_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get_secret(namespace, name)
+
     def apply_secret(self, secret: Mapping[str, Any]) -> None:
         namespace, name = object_key(secret)
         self._write(self._secret_path(namespace, name), secret, mode=0o600)
