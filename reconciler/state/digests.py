@@ -71,6 +71,10 @@ class Digest:
 
     __str__ = __repr__
 
+    def packed(self) -> str:
+        """The digest as text, for the informer's packed cache only (`to_json`)."""
+        return self._d.hex()
+
     def __copy__(self) -> Digest:
         return self
 
@@ -117,3 +121,30 @@ def edited(secret: Mapping[str, Any] | None) -> bool:
     cached: someone else edited it (False for a Secret not cached in digested form)."""
     data = (secret or {}).get("data")
     return isinstance(data, DigestedData) and not data.intact
+
+
+#: The top-level field a packed cached Secret keeps `DigestedData.intact` in (no Kubernetes
+#: object has a field of that name).
+_INTACT = "~intact"
+
+
+def to_json(secret: dict[str, Any]) -> dict[str, Any]:
+    """A cached published Secret as JSON can hold it (the informer packs it): each Digest as its
+    hex text, `intact` beside the data; `from_json` undoes it."""
+    data = secret.get("data")
+    if not isinstance(data, DigestedData):
+        return secret
+    return {**secret, _INTACT: data.intact,
+            "data": {k: v.packed() if isinstance(v, Digest) else v for k, v in data.items()}}
+
+
+def from_json(obj: dict[str, Any]) -> dict[str, Any]:
+    """The cached published Secret `to_json` made JSON of."""
+    if _INTACT not in obj:
+        return obj
+    intact = obj.pop(_INTACT)
+    data = DigestedData({k: v if k in READ_BACK else Digest(bytes.fromhex(v))
+                         for k, v in (obj.get("data") or {}).items()})
+    data.intact = bool(intact)
+    obj["data"] = data
+    return obj

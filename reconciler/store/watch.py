@@ -15,18 +15,20 @@ Also here, because only `reconciler.store` may import `kubernetes`:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler.log import get_logger
-from reconciler.model import FIELD_MANAGER
 from reconciler.store import bounded
 from reconciler.store.base import Key, object_key
+from reconciler.store.cacheform import INTERN_UP_TO, Packer, shared_strings, slim
+
+__all__ = ["INTERN_UP_TO", "Informer", "shared_strings", "slim"]
 
 log = get_logger("reconciler.watch")
 
@@ -47,21 +49,24 @@ class Informer:
     def __init__(self, kind: str, list_fn: ListFn, list_args: tuple[Any, ...],
                  handler: Handler, *, watch_seconds: int = 300,
                  retry_delay: float = 1.0, keep: Keep | None = None,
-                 transform: Transform | None = None) -> None:
+                 transform: Transform | None = None, packer: Packer | None = None) -> None:
         """`keep`: objects it refuses are neither cached nor handed to `handler`; when it comes
         to admit more, `request_relist()` fetches what it refused. `transform`: what of an
         object is cached and handed to `handler` (`slim` unless given; client-go's
-        SetTransform)."""
+        SetTransform). `packer`: the cache holds objects packed (store/cacheform.py), each read
+        unpacks a fresh one."""
         self.kind = kind
         self._keep = keep
-        self._transform = transform or slim
+        self._packer = packer
+        self._transform = transform or (
+            slim if packer is None else functools.partial(slim, intern=False))
         self._list_fn = list_fn
         self._list_args = list_args
         self._handler = handler
         self.watch_seconds = max(1, int(watch_seconds))
         self.retry_delay = retry_delay
         self._lock = threading.Lock()
-        self._cache: dict[Key, dict[str, Any]] = {}
+        self._cache: dict[Key, Any] = {}  # the objects, or their packed bytes
         self.synced = threading.Event()
         self._stopping = threading.Event()
         self._relist_wanted = threading.Event()
@@ -75,11 +80,22 @@ class Informer:
         """A copy of the cached object, or None."""
         with self._lock:
             obj = self._cache.get(key)
-            return copy.deepcopy(obj) if obj is not None else None
+            if obj is None or self._packer is not None:
+                return self._unpacked(obj)
+            return copy.deepcopy(obj)
 
     def peek(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The cached object itself (shared: do not modify), or None; no copy."""
-        return self._cache.get((namespace, name))
+        """The cached object itself (shared: do not modify), or None; no copy (packed: a
+        fresh one)."""
+        return self._unpacked(self._cache.get((namespace, name)))
+
+    def _unpacked(self, cached: Any) -> dict[str, Any] | None:
+        if cached is None or self._packer is None:
+            return cached  # type: ignore[no-any-return]
+        return self._packer.unpack(cached)
+
+    def _packed(self, obj: dict[str, Any]) -> Any:
+        return obj if self._packer is None else self._packer.pack(obj)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -92,7 +108,8 @@ class Informer:
     def items(self) -> list[dict[str, Any]]:
         """The cached objects (shared, do not modify)."""
         with self._lock:
-            return list(self._cache.values())
+            cached = list(self._cache.values())
+        return [obj for obj in map(self._unpacked, cached) if obj is not None]
 
     def forget_namespace(self, namespace: str) -> list[Key]:
         """Drop the cached objects of `namespace` without handling them (no longer served: not
@@ -198,19 +215,20 @@ class Informer:
                 break
         with self._lock:
             old = self._cache
-            self._cache = fresh
+            self._cache = {key: self._packed(obj) for key, obj in fresh.items()}
             self.resource_version = meta.get("resourceVersion")
             self.relists += 1
         for key, obj in fresh.items():
-            prev = old.get(key)
+            prev = self._unpacked(old.get(key))
             if prev is None:
                 self._handler("ADDED", obj, None)
             elif (prev.get("metadata") or {}).get("resourceVersion") != (
                     obj.get("metadata") or {}).get("resourceVersion"):
                 self._handler("MODIFIED", obj, prev)
-        for key, prev in old.items():
+        for key, gone in old.items():
             if key not in fresh:
-                self._handler("DELETED", prev, prev)
+                prev = self._unpacked(gone)
+                self._handler("DELETED", prev, prev)  # type: ignore[arg-type]
         self.synced.set()
 
     def _follow(self) -> None:
@@ -251,81 +269,20 @@ class Informer:
                     self.resource_version = rv
             return
         obj = self._transform(obj)
+        packed = self._packed(obj) if etype != "DELETED" else None
         with self._lock:
-            prev = self._cache.get(key)
+            cached = self._cache.get(key)
             if etype == "DELETED":
                 self._cache.pop(key, None)
             else:
-                self._cache[key] = obj
+                self._cache[key] = packed
             if rv:
                 self.resource_version = rv
+        prev = self._unpacked(cached)
         if etype == "DELETED":
             self._handler("DELETED", obj, prev)
         else:
             self._handler("ADDED" if prev is None else "MODIFIED", obj, prev)
-
-
-def slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object as an informer keeps it: managedFields cut down to what we read of them.
-
-    Every field manager's entry names every field it set (a published Secret's lists each data
-    key), about as large as the object itself; the controller reads only which label and
-    annotation keys our own manager applied (`base.owned_keys`, so a key that left the desired
-    Secret is removed). The other managers' entries, and the rest of ours, are dropped."""
-    obj = shared_strings(obj)
-    meta = obj.get("metadata")
-    entries = meta.get("managedFields") if isinstance(meta, dict) else None
-    if not entries or not isinstance(meta, dict):
-        return obj
-    kept = []
-    for entry in entries:
-        if not isinstance(entry, dict) or entry.get("manager") != FIELD_MANAGER or entry.get(
-                "subresource"):
-            continue
-        fields: dict[str, Any] = ((entry.get("fieldsV1") or {}).get("f:metadata") or {})
-        kept.append({"manager": FIELD_MANAGER, "operation": entry.get("operation"),
-                     "fieldsV1": {"f:metadata": {k: v for k, v in fields.items()
-                                                 if k in ("f:labels", "f:annotations")}}})
-    meta = {k: v for k, v in meta.items() if k != "managedFields"}
-    if kept:
-        meta["managedFields"] = kept
-    return {**obj, "metadata": meta}
-
-
-#: String values up to this long are interned; longer ones (a rendered file, a certificate) are
-#: seldom shared between objects.
-INTERN_UP_TO = 256
-#: Top-level fields whose values are a Secret's (or a ConfigMap's) data: never interned, only keys.
-_DATA_FIELDS = frozenset({"data", "binaryData", "stringData"})
-
-
-def shared_strings(obj: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `obj` whose keys and short string values are interned (issue 26: memory).
-
-    Each object decoded from a watch event has its own copy of every key ("metadata",
-    "lastTransitionTime", ...) and of every repeated value (condition reasons and messages,
-    hosts, namespaces): about half of a cached EmailAccount. Interned, all cached objects share
-    one copy. Values in `data`, `binaryData` and `stringData` stay as they are (secret values
-    are not put in the interpreter's interned table); their keys are interned."""
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        if key in _DATA_FIELDS and isinstance(value, dict):
-            out[_intern(key)] = {_intern(k): v for k, v in value.items()}
-        else:
-            out[_intern(key)] = _shared(value)
-    return out
-
-
-def _intern(value: Any) -> Any:
-    return sys.intern(value) if type(value) is str and len(value) <= INTERN_UP_TO else value
-
-
-def _shared(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {_intern(k): _shared(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_shared(v) for v in value]
-    return _intern(value)
 
 
 def request_verb(method: str, url: str) -> str:
