@@ -96,6 +96,8 @@ def serve_api() -> int:
             doc = loopback_account(account_name(i), NAMESPACES[i % 20], ports[i % len(ports)],
                                    timeout=30, password_secret=CREDENTIAL)
             doc["spec"]["probe"] = {"interval": interval}
+            if request.get("auth_interval"):
+                doc["spec"]["probe"]["authInterval"] = request["auth_interval"]
             return doc
 
         return bulk_load(api, "emailaccounts", (one(i) for i in range(first, first + n)),
@@ -261,6 +263,8 @@ class Figures:
     window_requests: dict[str, int] = field(default_factory=dict)
     sessions: float = 0.0
     shared: float = 0.0
+    probes: float = 0.0  # probes in the steady window; those beyond the endpoint checks AUTHed
+    auth_interval: float | None = None
 
     @property
     def cpu_per_reconcile_ms(self) -> float:
@@ -280,11 +284,11 @@ class Figures:
 
 
 def measure(n: int, unrelated: int, work: Path, *, interval: float, window: float, workers: int = 8,
-            ready_timeout: float = 3600.0) -> Figures:
+            ready_timeout: float = 3600.0, auth_interval: float | None = None) -> Figures:
     """One size: a fresh cluster of N accounts and U unrelated Secrets (see the module docstring)."""
     from smtp_servers import ServerProcess
 
-    fig = Figures(n, unrelated)
+    fig = Figures(n, unrelated, auth_interval=auth_interval)
     users = work / f"users-{n}.json"
     users.write_text(json.dumps({f"{account_name(i)}@example.com": PASSWORD for i in range(n)}))
     with ApiProcess() as api, ServerProcess(count=SERVERS) as smtp:
@@ -298,7 +302,8 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
             fig.base_rss, cpu0 = ctl.rss_mib(), ctl.cpu()
             reconciles0 = ctl.metric("email_reconciler_reconciles_total")
             start = time.monotonic()
-            api.call("accounts", n=n, ports=smtp.ports, interval=f"{interval:g}s")
+            api.call("accounts", n=n, ports=smtp.ports, interval=f"{interval:g}s",
+                     auth_interval=f"{auth_interval:g}s" if auth_interval else None)
             fig.load_s = time.monotonic() - start
             while True:
                 state = api.call("progress")
@@ -319,6 +324,7 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
             cpu1, reconciles1 = ctl.cpu(), ctl.metric("email_reconciler_reconciles_total")
             sessions1 = ctl.metric("email_reconciler_endpoint_checks_total", result="session")
             shared1 = ctl.metric("email_reconciler_endpoint_checks_total", result="shared")
+            probes1 = ctl.metric("email_reconciler_probes_total")
             fig.window_s = window
             time.sleep(fig.window_s)
             after = {f"{v} {r}": c for v, r, c in api.call("counts")}
@@ -327,6 +333,7 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
             fig.window_reconciles = ctl.metric("email_reconciler_reconciles_total") - reconciles1
             fig.sessions = ctl.metric("email_reconciler_endpoint_checks_total", result="session") - sessions1
             fig.shared = ctl.metric("email_reconciler_endpoint_checks_total", result="shared") - shared1
+            fig.probes = ctl.metric("email_reconciler_probes_total") - probes1
             fig.end_rss = ctl.rss_mib()
         finally:
             ctl.close()
@@ -356,12 +363,16 @@ def rows(figures: Sequence[Figures]) -> list[Row]:
             f"{f.create_cpu_s:.1f} s CPU over {f.create_reconciles:.0f} reconciles "
             f"({1000 * f.create_cpu_s / f.n:.2f} ms per account)"))
         requests = ", ".join(f"{k}: {v}" for k, v in sorted(f.window_requests.items())) or "none"
+        auths = "" if f.auth_interval is None else (
+            f"; authInterval {f.auth_interval:g} s: {f.probes - f.sessions - f.shared:.0f} of "
+            f"{f.probes:.0f} probes authenticated")
         out.append(Row(
             f"steady state at {f.n:,}, {f.window_s:.0f} s, nothing changed",
             f"{f.writes} writes, {f.polled_reads} get/list", "-", "-", "0 writes, reads only from watches",
             f.writes == 0 and f.polled_reads == 0,
             f"requests by verb: {requests}; {f.window_reconciles:.0f} reconciles, "
-            f"{f.window_cpu_s:.1f} s CPU ({100 * f.window_cpu_s / max(f.window_s, 1e-9):.1f} % of a core)"))
+            f"{f.window_cpu_s:.1f} s CPU ({100 * f.window_cpu_s / max(f.window_s, 1e-9):.1f} % of a core)"
+            + auths))
         out.append(Row(
             f"endpoint checks at {f.n:,} on {SERVERS} endpoints (steady window)",
             f"{f.sessions:.0f} sessions, {f.shared:.0f} shared", f"{f.window_reconciles:.0f} reconciles",
@@ -399,13 +410,15 @@ def plan(n: int, interval: float, reprobe_up_to: int) -> tuple[float, float]:
 
 
 def cluster_scale(work: Path, sizes: Sequence[int], unrelated: int, interval: float,
-                  reprobe_up_to: int = 1000) -> list[Row]:
-    """Benchmark 9 of bench/run.py."""
+                  reprobe_up_to: int = 1000, auth_interval: float | None = None) -> list[Row]:
+    """Benchmark 9 of bench/run.py. `auth_interval` (below the probe interval): every re-probe
+    in the steady window also authenticates, which must not write either."""
     figures = []
     for n in sizes:
         print(f"  {n:,} accounts, {unrelated:,} unrelated Secrets ...", file=sys.stderr, flush=True)
         probe_interval, window = plan(n, interval, reprobe_up_to)
-        figures.append(measure(n, unrelated, work, interval=probe_interval, window=window))
+        figures.append(measure(n, unrelated, work, interval=probe_interval, window=window,
+                               auth_interval=auth_interval))
         print(f"  {figures[-1]}", file=sys.stderr, flush=True)
     return rows(figures)
 
@@ -419,6 +432,9 @@ def main() -> int:
                         help="the accounts' spec.probe.interval in seconds (the steady window is 1.15x)")
     parser.add_argument("--reprobe-up-to", type=int, default=1000,
                         help="sizes up to this one re-probe every account in the steady window")
+    parser.add_argument("--auth-interval", type=float, default=None,
+                        help="the accounts' spec.probe.authInterval in seconds (default 24h); below "
+                             "--interval, every re-probe of the steady window authenticates")
     parser.add_argument("--work", default="bench/out/cluster_scale")
     args = parser.parse_args()
     if args.serve_api:
@@ -428,7 +444,8 @@ def main() -> int:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in args.accounts.split(",") if x.strip()]
-    print(render_table(cluster_scale(work, sizes, args.unrelated, args.interval, args.reprobe_up_to)))
+    print(render_table(cluster_scale(work, sizes, args.unrelated, args.interval, args.reprobe_up_to,
+                                     args.auth_interval)))
     return 0
 
 
