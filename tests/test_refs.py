@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.run.refs import RefIndex, configmap_names, secret_names
+from reconciler.run.refs import (
+    RefIndex,
+    configmap_names,
+    few_members,
+    few_with,
+    few_without,
+    secret_names,
+)
 
 
 def test_secret_names_referenced_by_a_spec() -> None:
@@ -53,3 +60,44 @@ def test_a_dropped_account_leaves_nothing_behind() -> None:
         index.drop(("shop", f"a{i}"))
     assert index._readers == {} and index._reads == {}
     assert index.reads(("shop", "a1")) == frozenset()
+
+
+@pytest.mark.parametrize(("few", "item", "expected"), [
+    (None, A, A),
+    (A, A, A),
+    (A, B, {A, B}),
+    ({A, B}, C, {A, B, C}),
+    ({A, B}, A, {A, B}),
+])
+def test_few_with(few: object, item: object, expected: object) -> None:
+    assert few_with(few, item) == expected
+
+
+@pytest.mark.parametrize(("few", "item", "expected"), [
+    (None, A, None),
+    (A, A, None),
+    (A, B, A),
+    ({A, B}, A, B),  # one left: the member itself, not a set of one
+    ({A, B, C}, A, {B, C}),
+    ({A, B}, C, {A, B}),
+])
+def test_few_without(few: object, item: object, expected: object) -> None:
+    assert few_without(few, item) == expected
+
+
+@pytest.mark.parametrize(("few", "expected"), [(None, []), (A, [A]), ({A, B}, [A, B])])
+def test_few_members(few: object, expected: list[object]) -> None:
+    assert sorted(few_members(few)) == expected  # type: ignore[type-var]
+
+
+def test_one_reader_and_one_name_are_stored_without_a_set() -> None:
+    """Memory per account (issue 26): a set or frozenset of one costs 216 bytes; most accounts
+    read one name and most names have one reader."""
+    index = RefIndex()
+    index.set(A, {"pw"})
+    assert index._reads[A] == "pw" and index._readers[("shop", "pw")] == A
+    index.set(B, {"pw", "ca"})
+    assert index._reads[B] == ("ca", "pw") and index._readers[("shop", "pw")] == {A, B}
+    assert index.reads(B) == frozenset({"ca", "pw"})
+    index.drop(A)
+    assert index._readers[("shop", "pw")] == B

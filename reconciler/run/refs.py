@@ -40,34 +40,80 @@ def configmap_names(spec: Any) -> set[str]:
     return set(_ref_names(spec, lambda key: key == "configMapRef"))
 
 
+#: One member, or a set of several: most referenced objects have a single reader and most
+#: accounts read a single name, and a set of one costs 216 bytes where the member alone costs
+#: nothing more (issue 26: memory per account).
+Few = Any
+
+
+def few_with(few: Few, item: Any) -> Few:
+    """`few` (None, one member or a set of several) with `item` added."""
+    if few is None or few == item:
+        return item
+    if isinstance(few, set):
+        few.add(item)
+        return few
+    return {few, item}
+
+
+def few_without(few: Few, item: Any) -> Few:
+    """`few` with `item` removed: None when nothing is left, the member when one is."""
+    if not isinstance(few, set):
+        return None if few == item else few
+    few.discard(item)
+    if len(few) > 1:
+        return few
+    return next(iter(few), None)
+
+
+def few_members(few: Few) -> list[Any]:
+    """The members of `few`, as a list."""
+    if few is None:
+        return []
+    return list(few) if isinstance(few, set) else [few]
+
+
+def _packed(names: frozenset[str]) -> str | tuple[str, ...]:
+    """The names an account reads as stored: one name alone, several as a sorted tuple."""
+    if len(names) == 1:
+        return next(iter(names))
+    return tuple(sorted(names))
+
+
 class RefIndex:
     """account -> names it reads, and (namespace, name) -> accounts reading it; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._reads: dict[Key, frozenset[str]] = {}
-        self._readers: dict[Key, set[Key]] = {}
+        self._reads: dict[Key, str | tuple[str, ...]] = {}  # (_packed)
+        self._readers: dict[Key, Few] = {}  # one account key, or a set of several
 
     def set(self, account: Key, names: Iterable[str]) -> None:
         """Record what `account` reads now (replacing what it read before)."""
         new = frozenset(names)
         ns = account[0]
         with self._lock:
-            old = self._reads.get(account, frozenset())
+            old = self._unpacked(self._reads.get(account))
             if new == old:
                 return
             for name in old - new:
-                readers = self._readers.get((ns, name))
-                if readers is not None:
-                    readers.discard(account)
-                    if not readers:
-                        del self._readers[(ns, name)]
+                readers = few_without(self._readers.get((ns, name)), account)
+                if readers is None:
+                    self._readers.pop((ns, name), None)
+                else:
+                    self._readers[(ns, name)] = readers
             for name in new - old:
-                self._readers.setdefault((ns, name), set()).add(account)
+                self._readers[(ns, name)] = few_with(self._readers.get((ns, name)), account)
             if new:
-                self._reads[account] = new
+                self._reads[account] = _packed(new)
             else:
                 self._reads.pop(account, None)
+
+    @staticmethod
+    def _unpacked(names: str | tuple[str, ...] | None) -> frozenset[str]:
+        if names is None:
+            return frozenset()
+        return frozenset((names,)) if isinstance(names, str) else frozenset(names)
 
     def drop(self, account: Key) -> None:
         """The account is gone."""
@@ -76,9 +122,9 @@ class RefIndex:
     def readers(self, namespace: str, name: str) -> list[Key]:
         """The accounts that read `namespace/name`, sorted."""
         with self._lock:
-            return sorted(self._readers.get((namespace, name), ()))
+            return sorted(few_members(self._readers.get((namespace, name))))
 
     def reads(self, account: Key) -> frozenset[str]:
         """The names `account` reads."""
         with self._lock:
-            return self._reads.get(account, frozenset())
+            return self._unpacked(self._reads.get(account))
