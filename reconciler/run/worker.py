@@ -64,7 +64,8 @@ class Worker:
         self._unwritten: dict[Key, dict[str, Any]] = {}
         #: The probe times last decided (lastProbeTime, nextProbeTime), which are not written
         #: when nothing else changed (issue 26 item 5): the next reconcile decides from them.
-        self._schedule: dict[Key, dict[str, Any]] = {}
+        #: Kept packed (`pack_times`: epoch seconds, about a third of a dict of strings).
+        self._schedule: dict[Key, tuple[float | str | None, ...]] = {}
         #: When this process took a key over (its first reconcile here: the start, or a shard
         #: hand-over), until it has authenticated the account: an AUTH already overdue then is
         #: spread over authInterval (schedule.spread_auth_time), not sent at once for every
@@ -141,7 +142,7 @@ class Worker:
             if written_before is not None and obj is cached:
                 del self._written[key]  # the watch has shown it: the informer's copy will do
             obj = _with_remembered(obj, self._unwritten.get(key))
-            schedule = self._schedule.get(key)
+            schedule = unpack_times(self._schedule.get(key))
             taken = (self._taken_over.setdefault(key, datetime.now(UTC)) if schedule is None
                      else self._taken_over.get(key))
         started = time.monotonic()
@@ -222,7 +223,7 @@ class Worker:
         times = {k: status[k] for k in REMEMBERED_FIELDS if status.get(k)}
         with self._lock:
             if times:
-                self._schedule[key] = times
+                self._schedule[key] = pack_times(times)
             taken = self._taken_over.get(key)
             last_auth = str(status.get("lastAuthTime") or "")
             if taken is not None and (not last_auth or last_auth >= rfc3339(taken)):
@@ -274,6 +275,36 @@ def _with_remembered(obj: dict[str, Any], unwritten: Mapping[str, Any] | None) -
     out = dict(obj)
     out["status"] = {k: v for k, v in unwritten.items() if k != "nextProbeTime"}
     return out
+
+
+def pack_times(times: Mapping[str, Any]) -> tuple[float | str | None, ...]:
+    """REMEMBERED_FIELDS of a status as kept per key: each time as epoch seconds when it reads
+    back as the same text (rfc3339 writes seconds and Z), else as it is; None when absent."""
+    return tuple(_packed_time(times.get(k)) for k in REMEMBERED_FIELDS)
+
+
+def _packed_time(value: Any) -> float | str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    from reconciler.state.schedule import parse_rfc3339
+
+    try:
+        at = parse_rfc3339(value).timestamp()
+    except ValueError:
+        return value
+    return at if _time_text(at) == value else value
+
+
+def _time_text(at: float) -> str:
+    return rfc3339(datetime.fromtimestamp(at, UTC))
+
+
+def unpack_times(packed: tuple[float | str | None, ...] | None) -> dict[str, str] | None:
+    """The times `pack_times` kept, as the status writes them (None: nothing kept)."""
+    if packed is None:
+        return None
+    return {k: v if isinstance(v, str) else _time_text(v)
+            for k, v in zip(REMEMBERED_FIELDS, packed, strict=True) if v is not None}
 
 
 def _with_schedule(obj: dict[str, Any], times: Mapping[str, Any] | None) -> dict[str, Any]:
