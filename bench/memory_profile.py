@@ -24,8 +24,10 @@ since the base are grouped by traceback and each traceback by its owner:
   4 x workers threads: a fixed cost, large per account only at small N);
 - other: the rest (the Kubernetes client, the interpreter), named by its innermost frame.
 
-"untraced" is RSS above the base less what tracemalloc sees and its own bookkeeping: the
-allocator's share (pymalloc arenas and glibc heaps part-used, freed memory not returned). With
+RSS is the figure only with `--no-trace`: tracemalloc's traces (a hashtable entry per live
+block, about as large as the blocks) and its slower allocations more than double RSS above
+the base. The allocators' share (pymalloc arenas and glibc heaps part-used, freed memory not
+returned) is read from sys._debugmallocstats and mallinfo2 at the base and at Ready. With
 `--rounds R` every account is probed again R times (`--interval` seconds apart) and the RSS is
 read after each round, then after `malloc_trim(0)`: whether memory keeps growing with re-probes,
 and how much of it the C allocator can give back. `--no-trace` runs without tracemalloc (its
@@ -118,6 +120,43 @@ def rss_kib() -> int:
     return 0
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def heaps() -> dict[str, int]:
+    """Bytes of the two allocators: pymalloc's arenas and the blocks in use in them
+    (sys._debugmallocstats), glibc's heaps (mallinfo2: in use, free, mmapped)."""
+    out: dict[str, int] = {}
+    read, write = os.pipe()
+    saved = os.dup(2)
+    try:
+        os.dup2(write, 2)
+        os.close(write)
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    with os.fdopen(read) as stream:
+        text = stream.read()
+    for line in text.splitlines():
+        if line.startswith("# arenas allocated current"):
+            out["pymalloc arenas"] = int(line.split("=")[1].replace(",", "")) * 2**20
+        elif line.startswith("# bytes in allocated blocks"):
+            out["pymalloc in use"] = int(line.split("=")[1].replace(",", ""))
+    try:
+        info = ctypes.CDLL("libc.so.6").mallinfo2
+        info.restype = _MallInfo2
+        mi = info()
+        out.update({"glibc in use": mi.uordblks, "glibc free": mi.fordblks,
+                    "glibc mmapped": mi.hblkhd})
+    except (OSError, AttributeError):
+        pass
+    return out
+
+
 def malloc_trim() -> bool:
     try:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
@@ -141,6 +180,8 @@ class Profile:
     rounds: list[tuple[int, int]] = field(default_factory=list)  # (reconciles, RSS KiB)
     trimmed_kib: int = 0
     state: dict[str, int] = field(default_factory=dict)  # entries per structure
+    heaps_base: dict[str, int] = field(default_factory=dict)
+    heaps_ready: dict[str, int] = field(default_factory=dict)
 
     def per_account_kb(self, kib: float) -> float:
         return kib * 1024 / 1000 / max(1, self.n)
@@ -154,7 +195,13 @@ class Profile:
                  + (f" (tracemalloc's own {self.tracer_kib / 1024:.1f} MiB left out)"
                     if self.traced else ""),
                  f"RSS above base: {self.per_account_kb(above):.2f} KB per account = "
-                 f"{above * 10_000 / max(1, self.n) / 1024:.0f} MiB per 10,000 (target 64)"]
+                 f"{above * 10_000 / max(1, self.n) / 1024:.0f} MiB per 10,000 (target 64)"
+                 + (" -- with tracemalloc on: NOT the figure (its traces and slower "
+                    "allocations add to it), run --no-trace for that" if self.traced else "")]
+        if self.heaps_ready:
+            lines.append("allocators above base, KB per account: " + ", ".join(
+                f"{k} {(v - self.heaps_base.get(k, 0)) / 1000 / max(1, self.n):.2f}"
+                for k, v in self.heaps_ready.items()))
         lines.append("entries: " + ", ".join(f"{k} {v:,}" for k, v in self.state.items()))
         if self.traced:
             lines.append("")
@@ -164,8 +211,7 @@ class Profile:
                              f"{size / 2**20:>8.1f}")
             lines.append(f"{'traced, all':<44} {self.per_account_kb(traced):>10.2f} "
                          f"{traced / 1024:>8.1f}")
-            lines.append(f"{'untraced (allocator, not returned)':<44} "
-                         f"{self.per_account_kb(above - traced):>10.2f} {(above - traced) / 1024:>8.1f}")
+
             lines.append("")
             lines.append("largest tracebacks (bytes per account, blocks, owner | frames):")
             for size, blocks, where in self.top:
@@ -307,7 +353,7 @@ def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top
             _settle(ctl)
             time.sleep(1.0)
             gc.collect()
-            prof.base_kib = rss_kib()
+            prof.base_kib, prof.heaps_base = rss_kib(), heaps()
             if trace:
                 tracemalloc.start(frames)
             start = time.monotonic()
@@ -325,7 +371,7 @@ def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top
                     print("\n".join(why(pattern)), flush=True)
                 del snapshot
                 gc.collect()
-            prof.ready_kib = rss_kib()
+            prof.ready_kib, prof.heaps_ready = rss_kib(), heaps()
             prof.state = state_sizes(ctl)
             if trace:  # its bookkeeping would grow with every round
                 tracemalloc.stop()
@@ -337,8 +383,8 @@ def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top
                 done = sum(ctl.reconciles.values())
                 gc.collect()
                 prof.rounds.append((done, rss_kib()))
-            if rounds and malloc_trim():
-                prof.trimmed_kib = rss_kib()
+            malloc_trim()
+            prof.trimmed_kib = rss_kib()
         finally:
             ctl.stop()
             client.close()
