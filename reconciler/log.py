@@ -96,20 +96,26 @@ def register_secret(value: str | bytes | None) -> None:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     if len(text) < _MIN_REDACTED:
         return
+    # The value itself, marked apart from the forms (a value may be a form of another secret
+    # without its own forms being in): a probe registers its password again each time, and
+    # finding it known is this one lookup rather than its forms computed again.
+    registered = hash((text,))
+    if registered in _hashes:
+        return
     forms = {form: hash(form) for form in secret_forms(text)}
     with _lock:
         new = [(form, h) for form, h in forms.items() if h not in _hashes]
-        if not new:
-            return
-        _redacted.clear()
-        for form, h in new:
-            prefix, size = form[:_MIN_REDACTED], len(form)
-            lengths = _lengths.get(prefix, ())
-            if size not in lengths:
-                grown = tuple(sorted((*lengths, size), reverse=True))
-                _lengths[prefix] = _shared_lengths.setdefault(grown, grown)
-            _hashes.add(h)  # after the index: a size that counts the form finds it there
-        _redacted.clear()  # nothing found before this registration is kept
+        if new:
+            _redacted.clear()
+            for form, h in new:
+                prefix, size = form[:_MIN_REDACTED], len(form)
+                lengths = _lengths.get(prefix, ())
+                if size not in lengths:
+                    grown = tuple(sorted((*lengths, size), reverse=True))
+                    _lengths[prefix] = _shared_lengths.setdefault(grown, grown)
+                _hashes.add(h)  # after the index: a size that counts the form finds it there
+            _redacted.clear()  # nothing found before this registration is kept
+        _hashes.add(registered)  # after its forms
 
 
 def is_short_secret(value: str | bytes) -> bool:

@@ -149,6 +149,20 @@ def test_the_index_holds_the_lengths_of_a_prefix_not_every_secret(shared: list[s
     assert all(isinstance(h, int) for h in log._hashes)
 
 
+@pytest.mark.parametrize(("first", "then"), [
+    ("Xfirst-Secret-Value", "first-Secret-Value"),  # the second is the first minus a character
+    ("Yfirst-Secret-Value", "Yfirst-Secret-Valu"),
+    ("Zsame-Secret-Value", "Zsame-Secret-Value"),  # registered again: nothing to add
+])
+def test_a_value_already_seen_as_a_form_gets_its_own_forms(first: str, then: str) -> None:
+    register_secret(first)
+    register_secret(then)
+    for encoded in (base64.b64encode(then.encode()).decode(), urllib.parse.quote_plus(then),
+                    _plain_blob(USER, then)):
+        assert REDACTED in redact_text(f"x {encoded} y")
+        assert base64.b64encode(then.encode()).decode()[:-4] not in redact_text(f"x {encoded} y")
+
+
 @pytest.mark.parametrize("value", ["Zq9-unrelated-Secret7", SECRET, "a b/c+d~e_f.g", "pw-bench-12",
                                    "~~~~____", "пароль-секрет", PEM])
 def test_secret_forms_has_every_percent_and_form_encoding(value: str) -> None:
