@@ -600,6 +600,27 @@ def test_a_primed_store_reads_only_the_names_it_needs(cluster: Cluster) -> None:
     assert asked == [(NS, "s-7"), (NS, "unlabelled"), (NS, "missing")]
 
 
+def test_a_primed_store_does_not_send_a_failed_read_again(cluster: Cluster) -> None:
+    """A reconcile reads its credentials twice (their versions, then the probe, which in the
+    controller runs on the one probe loop every worker shares): a GET the API server failed is
+    not sent again in the same reconcile, so no probe waits out its timeouts a second time."""
+    from reconciler.errors import StoreUnavailable
+
+    with KubeStore(cluster.api.api_client(), retry=FAST) as store:
+        store.prime([{"apiVersion": "email.reconciler.io/v1alpha1", "kind": "EmailAccount",
+                      "metadata": {"name": "a", "namespace": NS}}], lambda ns, name: None)
+        cluster.api.inject(500, 100, verb="get", resource="secrets")
+        cluster.api.clear_requests()
+        with pytest.raises(StoreUnavailable):
+            store.get_secret(NS, "creds")
+        sent = cluster.api.count_by_verb()
+        assert sent.get("get", 0) >= 1
+        with pytest.raises(StoreUnavailable):
+            store.get_secret(NS, "creds")
+        assert cluster.api.count_by_verb() == sent
+        cluster.api.clear_faults()
+
+
 def test_informers_keep_only_our_label_and_annotation_ownership() -> None:
     from reconciler.store.watch import slim
 

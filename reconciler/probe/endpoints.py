@@ -15,7 +15,7 @@ per interval, not 100,000.
   result is never newer than its last probe); many accounts share about one.
 - Single flight: while one account's check of an endpoint runs, the others asking for that
   endpoint wait for it rather than open sessions of their own, across threads and event loops
-  (the controller's workers each run their own loop).
+  (a run's probe thread and the controller's probe loop, run/probeloop.py).
 - A full session (AUTH wanted: a changed spec or credential, a forced probe, `authInterval`)
   always runs for its account alone, and its endpoint part refreshes the cache (`endpoint_facts`:
   only what the session found before the account's own steps).

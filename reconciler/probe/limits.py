@@ -7,8 +7,8 @@
   token requests, Graph calls, retries after a 421 and the TLS diagnostic session included.
   The current probe's deadline is a context variable, so the token requests find it without every
   TokenProvider growing a parameter.
-- `Politeness`: process-wide, shared by every run and every controller worker (each with its own
-  event loop). It limits what gets a client banned, per MTA: a server is its host name (an
+- `Politeness`: process-wide, shared by every run and every controller worker (usable from any
+  thread's event loop; the controller's probes share one, run/probeloop.py). It limits what gets a client banned, per MTA: a server is its host name (an
   address literal in its canonical form), whatever the port, since a provider's 587 and 465 are
   one MTA that counts our sessions and failures together (issue 26 item 3: per (host, port),
   accounts on the other ports of one Exim flipped verdicts under load). At most

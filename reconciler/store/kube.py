@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from reconciler.errors import SecretExists
+from reconciler.errors import SecretExists, StoreError
 from reconciler.model import (
     API_GROUP,
     API_VERSION,
@@ -190,6 +190,8 @@ class KubeStore:
         #: Publish names the informers did not hold, taken as absent without a read: their
         #: Secret is created (POST), not applied, so a name taken after all answers 409.
         self._assumed_absent: set[Key] = set()
+        #: After a prime (one reconcile, one moment): reads that failed, not sent again in it.
+        self._failed: dict[tuple[str, str, str], StoreError] = {}
         self._configmaps: dict[str, dict[str, dict[str, Any]]] = {}
         self._cm_absent: set[Key] = set()
         #: After a prime: the informers' caches, looked up by name. They hold only labelled
@@ -318,7 +320,16 @@ class KubeStore:
             return None
         obj = source(namespace, name)
         if obj is None:
-            obj = self.api.call("get", kind, namespace, read, missing_ok=True)
+            failed = self._failed.get((kind, namespace, name))
+            if failed is not None:
+                raise failed
+            try:
+                obj = self.api.call("get", kind, namespace, read, missing_ok=True)
+            except StoreError as exc:
+                # The probe reads the credentials again on the controller's shared probe loop,
+                # which must not wait out the API server's timeouts a second time.
+                self._failed[(kind, namespace, name)] = exc
+                raise
         if not obj:
             absent.add((namespace, name))
             return None
