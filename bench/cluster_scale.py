@@ -261,6 +261,7 @@ class Figures:
     window_cpu_s: float = 0.0
     window_reconciles: float = 0.0
     window_requests: dict[str, int] = field(default_factory=dict)
+    create_requests: dict[str, int] = field(default_factory=dict)  # by "verb resource"
     sessions: float = 0.0
     shared: float = 0.0
     probes: float = 0.0  # probes in the steady window; those beyond the endpoint checks AUTHed
@@ -301,6 +302,7 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
             time.sleep(1.0)  # let start-up garbage settle before the base is read
             fig.base_rss, cpu0 = ctl.rss_mib(), ctl.cpu()
             reconciles0 = ctl.metric("email_reconciler_reconciles_total")
+            counts0 = {f"{v} {r}": c for v, r, c in api.call("counts")}
             start = time.monotonic()
             api.call("accounts", n=n, ports=smtp.ports, interval=f"{interval:g}s",
                      auth_interval=f"{auth_interval:g}s" if auth_interval else None)
@@ -321,6 +323,8 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
             fig.ready_rss = ctl.rss_mib()
             # steady state: with window >= 1.1 x interval every account comes due once (its jitter is 10 %)
             before = {f"{v} {r}": c for v, r, c in api.call("counts")}
+            fig.create_requests = {k: c - counts0.get(k, 0) for k, c in before.items()
+                                   if c - counts0.get(k, 0)}
             cpu1, reconciles1 = ctl.cpu(), ctl.metric("email_reconciler_reconciles_total")
             sessions1 = ctl.metric("email_reconciler_endpoint_checks_total", result="session")
             shared1 = ctl.metric("email_reconciler_endpoint_checks_total", result="shared")
@@ -362,6 +366,12 @@ def rows(figures: Sequence[Figures]) -> list[Row]:
             None if f is small else f.cpu_per_reconcile_ms <= 1.5 * small.cpu_per_reconcile_ms,
             f"{f.create_cpu_s:.1f} s CPU over {f.create_reconciles:.0f} reconciles "
             f"({1000 * f.create_cpu_s / f.n:.2f} ms per account)"))
+        made = ", ".join(f"{k}: {v}" for k, v in sorted(f.create_requests.items())) or "none"
+        out.append(Row(
+            f"API requests while creating {f.n:,}", f"{f.create_requests.get('get secrets', 0)} "
+            "get secrets", f"{sum(f.create_requests.values()):,} in all", "-",
+            "no read of a published Secret", f.create_requests.get("get secrets", 0) == 0,
+            f"requests by verb: {made}"))
         requests = ", ".join(f"{k}: {v}" for k, v in sorted(f.window_requests.items())) or "none"
         auths = "" if f.auth_interval is None else (
             f"; authInterval {f.auth_interval:g} s: {f.probes - f.sessions - f.shared:.0f} of "
