@@ -58,6 +58,11 @@ def account_name(i: int) -> str:
     return f"a{i:06d}"
 
 
+def own_password(i: int) -> str:
+    """The password of account i when each has a credential of its own (memory_profile.py)."""
+    return f"{PASSWORD}-own-{i:06d}"
+
+
 # --------------------------------------------------------------------------- the API server process
 
 
@@ -92,14 +97,22 @@ def serve_api() -> int:
         ports, n, interval = request["ports"], int(request["n"]), request["interval"]
         first = int(request.get("start", 0))  # memory_profile.py loads a warm-up batch first
 
+        own = bool(request.get("own"))  # a credential Secret of its own per account
+
         def one(i: int) -> dict[str, Any]:
             doc = loopback_account(account_name(i), NAMESPACES[i % 20], ports[i % len(ports)],
-                                   timeout=30, password_secret=CREDENTIAL)
+                                   timeout=30, password_secret=None if own else CREDENTIAL)
             doc["spec"]["probe"] = {"interval": interval}
             if request.get("auth_interval"):
                 doc["spec"]["probe"]["authInterval"] = request["auth_interval"]
             return doc
 
+        if own:
+            bulk_load(api, "secrets", ({"metadata": {"name": f"{account_name(i)}-smtp",
+                                                     "namespace": NAMESPACES[i % 20],
+                                                     "labels": {CREDENTIAL_LABEL: "true"}},
+                                        "stringData": {"password": own_password(i)}}
+                                       for i in range(first, first + n)))
         return bulk_load(api, "emailaccounts", (one(i) for i in range(first, first + n)),
                          history_limit=4 * (first + n) + 10_000)
 

@@ -8,9 +8,10 @@ The controller runs in this process (8 workers, every namespace, the session bou
 lifted), against the test API server (`cluster_scale.py --serve-api`) and ten STARTTLS stand-ins
 (`smtp_servers.py`), each in a process of its own, so this process holds the controller and
 nothing else: the cluster of benchmark 9 (20 namespaces, a CA ConfigMap and a credential Secret
-each, `--unrelated` unlabelled Secrets). Once the controller has synced and reconciled a warm-up
-batch (`--warmup`: the modules a reconcile imports lazily, the process-wide caches), its RSS is
-the base and tracemalloc starts; N accounts are bulk-loaded and timed until every one is Ready with its
+each, `--unrelated` unlabelled Secrets; `--own-credentials`: a credential Secret and password
+per account). Once the controller has synced and reconciled a warm-up batch (`--warmup`: the
+modules a reconcile imports lazily, the process-wide caches), its RSS is the base and
+tracemalloc starts; N accounts are bulk-loaded and timed until every one is Ready with its
 Secret published; then, after a short settle and a garbage collection, the live allocations made
 since the base are grouped by traceback and each traceback by its owner:
 
@@ -55,7 +56,7 @@ from typing import Any
 if __name__ == "__main__":
     sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from cluster_scale import PASSWORD, SERVERS, ApiProcess, account_name
+from cluster_scale import PASSWORD, SERVERS, ApiProcess, account_name, own_password
 
 #: (owner, the module paths any frame of the traceback may be in), first match wins.
 OWNERS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -322,7 +323,7 @@ def state_sizes(ctl: Any) -> dict[str, int]:
 
 def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top: int,
             interval: float, rounds: int, warmup: int, workers: int = 8,
-            holders: Sequence[str] = ()) -> Profile:
+            holders: Sequence[str] = (), own: bool = False) -> Profile:
     from smtp_servers import ServerProcess
 
     from reconciler.log import configure_logging
@@ -334,7 +335,8 @@ def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top
     limits.configure(max_sessions_per_server=64)
     prof = Profile(n, unrelated, trace)
     users = work / f"users-{n}.json"
-    users.write_text(json.dumps({f"{account_name(i)}@example.com": PASSWORD
+    users.write_text(json.dumps({f"{account_name(i)}@example.com":
+                                 own_password(i) if own else PASSWORD
                                  for i in range(warmup + n)}))
     with ApiProcess() as api, ServerProcess(count=SERVERS) as smtp:
         smtp.accept(users)
@@ -348,7 +350,7 @@ def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top
                 raise RuntimeError("the controller did not sync")
             # A first batch imports the modules a reconcile imports lazily and fills the
             # process-wide caches (TLS contexts, schema, politeness per server): not per account.
-            api.call("accounts", n=warmup, ports=smtp.ports, interval="3600s")
+            api.call("accounts", n=warmup, ports=smtp.ports, interval="3600s", own=own)
             _wait_ready(api, warmup, 600)
             _settle(ctl)
             time.sleep(1.0)
@@ -357,7 +359,7 @@ def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top
             if trace:
                 tracemalloc.start(frames)
             start = time.monotonic()
-            api.call("accounts", n=n, start=warmup, ports=smtp.ports,
+            api.call("accounts", n=n, start=warmup, ports=smtp.ports, own=own,
                      interval=f"{interval:g}s" if rounds else "3600s")
             _wait_ready(api, warmup + n, 3600)
             prof.ready_s = time.monotonic() - start
@@ -405,6 +407,9 @@ def main() -> int:
     parser.add_argument("--why", action="append", default=[], metavar="FILE:LINE",
                         help="print who holds live containers allocated at a frame like "
                              "store/kube.py:312 (repeatable)")
+    parser.add_argument("--own-credentials", action="store_true",
+                        help="a credential Secret (and password) of its own per account, "
+                             "instead of one per namespace: what the redaction registry holds")
     parser.add_argument("--warmup", type=int, default=50,
                         help="accounts loaded before the base is read (lazy imports, caches)")
     parser.add_argument("--work", default="bench/out/memory_profile")
@@ -414,7 +419,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     prof = profile(args.accounts, args.unrelated, work, trace=not args.no_trace, frames=args.frames,
                    top=args.top, interval=args.interval, rounds=args.rounds, warmup=args.warmup,
-                   workers=args.workers, holders=args.why)
+                   workers=args.workers, holders=args.why,
+                   own=args.own_credentials)
     print(prof.render())
     return 0
 
