@@ -278,6 +278,17 @@ def _ours(obj: Any) -> bool:
     return tb is not None and any(f.filename == __file__ for f in tb)
 
 
+def _after_trim(ctl: Any) -> None:
+    """Until the controller's own trimmer (run/trim.py) has run after the burst: RSS then is
+    what it keeps in the steady state (at most its period plus a little)."""
+    trimmer = getattr(ctl, "trimmer", None)
+    if trimmer is None or not trimmer.available:
+        return
+    before, end = trimmer.trims, time.monotonic() + trimmer.period + 5
+    while trimmer.trims == before and time.monotonic() < end:
+        time.sleep(0.5)
+
+
 def _wait_ready(api: ApiProcess, n: int, timeout: float) -> None:
     start = time.monotonic()
     while True:
@@ -364,6 +375,7 @@ def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top
             _wait_ready(api, warmup + n, 3600)
             prof.ready_s = time.monotonic() - start
             _settle(ctl)
+            _after_trim(ctl)
             gc.collect()
             if trace:
                 snapshot = tracemalloc.take_snapshot()

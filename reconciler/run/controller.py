@@ -52,6 +52,7 @@ from reconciler.run.probeloop import ProbeLoop, ProbesStopped
 from reconciler.run.refs import RefIndex, configmap_names, secret_names
 from reconciler.run.scope import NamespaceScope
 from reconciler.run.served import ServedInformers
+from reconciler.run.trim import Trimmer
 from reconciler.run.worker import Worker
 from reconciler.run.workqueue import ApiBackoff, Slots, WorkQueue
 from reconciler.store.base import Key, object_key
@@ -154,6 +155,8 @@ class Controller:
                              metrics=self.metrics, accounts=self.accounts,
                              secrets=self.secrets, configmaps=self.configmaps,
                              serves=self.served.serves, probe_loop=self.probe_loop)
+        #: Gives the C allocator's free pages back after reconciles (run/trim.py).
+        self.trimmer = Trimmer(lambda: self.worker.done)
         self.secret_refs = RefIndex()  # who reads which Secret (reverse references)
         self.configmap_refs = RefIndex()  # and which ConfigMap
         self._leading = threading.Event()
@@ -205,6 +208,10 @@ class Controller:
                                     name="slots", daemon=True)
         watchdog.start()
         self._threads.append(watchdog)
+        trim = threading.Thread(target=self.trimmer.run, args=(self._stopping,), name="trim",
+                                daemon=True)
+        trim.start()
+        self._threads.append(trim)
         if self.elector is not None:
             self.elector.start()
         else:

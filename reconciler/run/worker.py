@@ -72,6 +72,7 @@ class Worker:
         #: account, as the stored lastAuthTime is written only with another change.
         self._taken_over: dict[Key, datetime] = {}
         self.reconciles: Counter[Key] = Counter()  # per key, for tests and logs
+        self.done = 0  # reconciles in all (run/trim.py: whether any ran since the last trim)
         from reconciler.probe.endpoints import EndpointCache
 
         #: Endpoint checks shared by the accounts of one endpoint, across reconciles and workers.
@@ -180,6 +181,7 @@ class Worker:
             elif entry is not None and not entry.error:
                 self._unwritten.pop(key, None)
         self.reconciles[key] += 1
+        self.done += 1
         status = entry.status if entry is not None else {}
         if entry is not None and (_api_unavailable(status) or _api_unavailable(
                 entry.unwritten or {})):
