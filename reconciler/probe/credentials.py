@@ -7,6 +7,7 @@ Both implement `reconciler.model.SecretReader`. The directory layout is
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -29,12 +30,18 @@ RACY_NS = 2_000_000_000
 
 def _check_names(namespace: str, ref: KeyRef) -> None:
     """Refuse names that could leave the secrets directory (.., /, absolute paths)."""
-    ok = (bool(_NAME.fullmatch(namespace)) and bool(_NAME.fullmatch(ref.name))
-          and bool(_KEY.fullmatch(ref.key)) and ref.key not in (".", "..")
-          and ".." not in ref.name and ".." not in namespace)
-    if not ok:
+    if not _names_ok(namespace, ref.name, ref.key):
         raise SecretNotFound(namespace, ref.name, ref.key, ref.kind,
                              detail="key" if _NAME.fullmatch(ref.name) else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_ok(namespace: str, name: str, key: str) -> bool:
+    """Whether the three names stay inside their folders (a pure function: each probe checks
+    the same few names several times)."""
+    return (bool(_NAME.fullmatch(namespace)) and bool(_NAME.fullmatch(name))
+            and bool(_KEY.fullmatch(key)) and key not in (".", "..")
+            and ".." not in name and ".." not in namespace)
 
 
 class DirSecretReader:
