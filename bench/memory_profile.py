@@ -290,11 +290,15 @@ def _after_trim(ctl: Any) -> None:
 
 
 def _wait_ready(api: ApiProcess, n: int, timeout: float) -> None:
-    start = time.monotonic()
+    start = shown = time.monotonic()
     while True:
         state = api.call("progress")
         if state["ready"] >= n and state["published"] >= n:
             return
+        if time.monotonic() - shown > 30:
+            shown = time.monotonic()
+            print(f"  {state['ready']:,} of {n:,} Ready, {state['published']:,} published after "
+                  f"{shown - start:.0f} s", file=sys.stderr, flush=True)
         if time.monotonic() - start > timeout:
             raise RuntimeError(f"only {state['ready']} Ready, {state['published']} published "
                                f"of {n} after {timeout:.0f} s")
