@@ -181,6 +181,8 @@ class Profile:
     rounds: list[tuple[int, int]] = field(default_factory=list)  # (reconciles, RSS KiB)
     trimmed_kib: int = 0
     state: dict[str, int] = field(default_factory=dict)  # entries per structure
+    growth: dict[str, int] = field(default_factory=dict)  # bytes by owner over the rounds
+    growth_top: list[tuple[int, int, str]] = field(default_factory=list)
     heaps_base: dict[str, int] = field(default_factory=dict)
     heaps_ready: dict[str, int] = field(default_factory=dict)
 
@@ -220,40 +222,62 @@ class Profile:
         for i, (reconciles, kib) in enumerate(self.rounds, 1):
             lines.append(f"re-probe round {i}: {reconciles:,} reconciles in all, RSS above base "
                          f"{self.per_account_kb(kib - self.base_kib):.2f} KB per account")
+        if self.growth:
+            lines.append("traced growth over the re-probe rounds, KB per account by owner: " + ", ".join(
+                f"{k} {self.per_account_kb(v / 1024):.2f}"
+                for k, v in sorted(self.growth.items(), key=lambda kv: -abs(kv[1]))[:8]))
+            for size, blocks, where in self.growth_top[:10]:
+                lines.append(f"  {size / max(1, self.n):>8.0f} B {blocks:>9,}  {where}")
         if self.trimmed_kib:
             lines.append(f"after malloc_trim(0): RSS above base "
                          f"{self.per_account_kb(self.trimmed_kib - self.base_kib):.2f} KB per account")
         return "\n".join(lines)
 
 
-def group(snapshot: tracemalloc.Snapshot, top: int) -> tuple[dict[str, int], list[tuple[int, int, str]]]:
-    """Bytes by owner, and the `top` largest tracebacks (with their reconciler frames)."""
+def group(snapshot: tracemalloc.Snapshot, top: int, since: tracemalloc.Snapshot | None = None
+          ) -> tuple[dict[str, int], list[tuple[int, int, str]]]:
+    """Bytes by owner, and the `top` largest tracebacks (with their reconciler frames); with
+    `since`, what grew from that snapshot to this one."""
     by_owner: dict[str, int] = defaultdict(int)
     rows = []
-    for stat in snapshot.statistics("traceback"):
-        frames = [f.filename for f in reversed(stat.traceback)]  # innermost first
-        inner = stat.traceback[-1]
+    stats = ([(d.traceback, d.size_diff, d.count_diff) for d in snapshot.compare_to(since, "traceback")]
+             if since is not None else
+             [(st.traceback, st.size, st.count) for st in snapshot.statistics("traceback")])
+    for traceback, size, count in stats:
+        frames = [f.filename for f in reversed(traceback)]  # innermost first
+        inner = traceback[-1]
         who = owner(frames, f"{inner.filename}:{inner.lineno}")
-        by_owner[who] += stat.size
-        ours = [f"{_short(f.filename)}:{f.lineno}" for f in reversed(stat.traceback)
+        by_owner[who] += size
+        ours = [f"{_short(f.filename)}:{f.lineno}" for f in reversed(traceback)
                 if "/reconciler/" in f.filename][:4]
-        rows.append((stat.size, stat.count, f"{who} | {_short(inner.filename)}:{inner.lineno}"
+        rows.append((size, count, f"{who} | {_short(inner.filename)}:{inner.lineno}"
                      f" < {' < '.join(ours)}"))
     rows.sort(reverse=True)
     return dict(by_owner), rows[:top]
 
 
 def why(pattern: str, samples: int = 3, depth: int = 6) -> list[str]:
-    """Who holds the live dicts and lists allocated under a frame matching `pattern`
+    """Who holds the live containers and strings allocated under a frame matching `pattern`
     ("store/kube.py:312"): for a few samples, the chain of first referrers, `depth` long."""
-    objects = [o for o in gc.get_objects() if type(o) in (dict, list)]
-    matched = []
+    objects = [o for o in gc.get_objects() if type(o) in (dict, list, tuple)]
+    matched: list[Any] = []
+    strings: dict[int, Any] = {}  # strings are not tracked by gc: found in the containers
     for obj in objects:
-        tb = tracemalloc.get_object_traceback(obj)
-        if tb is not None and any(pattern in f"{f.filename}:{f.lineno}" for f in tb):
-            matched.append(obj)
-    out = [f"{len(matched)} live dicts/lists allocated under {pattern}"]
-    ignore = {id(objects), id(matched), id(out)}
+        members = [*obj.keys(), *obj.values()] if type(obj) is dict else list(obj)
+        for member in (obj, *(m for m in members if type(m) is str)):
+            if type(member) is str and id(member) in strings:
+                continue
+            tb = tracemalloc.get_object_traceback(member)
+            if tb is not None and any(pattern in f"{f.filename}:{f.lineno}" for f in tb):
+                if type(member) is str:
+                    strings[id(member)] = member
+                elif member is obj:
+                    matched.append(obj)
+    matched += list(strings.values())
+    ignore_ids = {id(strings)}
+    out = [f"{len(matched)} live dicts/lists/tuples and strings allocated under {pattern}"]
+    ignore = {id(objects), id(matched), id(out), *ignore_ids}
+    matched = matched[::max(1, len(matched) // samples)]  # spread over what matched
     for obj in matched[:samples]:
         chain, current = [], obj
         for _ in range(depth):
@@ -268,7 +292,8 @@ def why(pattern: str, samples: int = 3, depth: int = 6) -> list[str]:
             site = f"{_short(where[-1].filename)}:{where[-1].lineno}" if where else "?"
             keys = sorted(map(str, current))[:3] if isinstance(current, dict) else ""
             chain.append(f"{type(current).__name__}@{site}{keys}")
-        out.append(f"  {type(obj).__name__} <- " + " <- ".join(chain))
+        head = repr(obj)[:40] if type(obj) is str else type(obj).__name__
+        out.append(f"  {head} <- " + " <- ".join(chain))
     return out
 
 
@@ -338,7 +363,8 @@ def state_sizes(ctl: Any) -> dict[str, int]:
 
 def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top: int,
             interval: float, rounds: int, warmup: int, workers: int = 8,
-            holders: Sequence[str] = (), own: bool = False) -> Profile:
+            holders: Sequence[str] = (), own: bool = False, trace_rounds: bool = False
+            ) -> Profile:
     from smtp_servers import ServerProcess
 
     from reconciler.log import configure_logging
@@ -387,11 +413,12 @@ def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top
                 prof.by_owner, prof.top = group(snapshot, top)
                 for pattern in holders:
                     print("\n".join(why(pattern)), flush=True)
-                del snapshot
+                if not trace_rounds:
+                    del snapshot
                 gc.collect()
             prof.ready_kib, prof.heaps_ready = rss_kib(), heaps()
             prof.state = state_sizes(ctl)
-            if trace:  # its bookkeeping would grow with every round
+            if trace and not trace_rounds:  # its bookkeeping would grow with every round
                 tracemalloc.stop()
             done = sum(ctl.reconciles.values())
             for _ in range(rounds):
@@ -401,6 +428,11 @@ def profile(n: int, unrelated: int, work: Path, *, trace: bool, frames: int, top
                 done = sum(ctl.reconciles.values())
                 gc.collect()
                 prof.rounds.append((done, rss_kib()))
+            if trace and trace_rounds and rounds:
+                gc.collect()
+                later = tracemalloc.take_snapshot()
+                prof.growth, prof.growth_top = group(later, top, since=snapshot)
+                tracemalloc.stop()
             malloc_trim()
             prof.trimmed_kib = rss_kib()
         finally:
@@ -423,6 +455,8 @@ def main() -> int:
     parser.add_argument("--why", action="append", default=[], metavar="FILE:LINE",
                         help="print who holds live containers allocated at a frame like "
                              "store/kube.py:312 (repeatable)")
+    parser.add_argument("--trace-rounds", action="store_true",
+                        help="keep tracing through --rounds and print what grew, by owner")
     parser.add_argument("--own-credentials", action="store_true",
                         help="a credential Secret (and password) of its own per account, "
                              "instead of one per namespace: what the redaction registry holds")
@@ -436,7 +470,7 @@ def main() -> int:
     prof = profile(args.accounts, args.unrelated, work, trace=not args.no_trace, frames=args.frames,
                    top=args.top, interval=args.interval, rounds=args.rounds, warmup=args.warmup,
                    workers=args.workers, holders=args.why,
-                   own=args.own_credentials)
+                   own=args.own_credentials, trace_rounds=args.trace_rounds)
     print(prof.render())
     return 0
 
