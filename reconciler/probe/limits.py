@@ -8,19 +8,19 @@
   The current probe's deadline is a context variable, so the token requests find it without every
   TokenProvider growing a parameter.
 - `Politeness`: process-wide, shared by every run and every controller worker (usable from any
-  thread's event loop; the controller's probes share one, run/probeloop.py). It limits what gets a client banned, per MTA: a server is its host name (an
-  address literal in its canonical form), whatever the port, since a provider's 587 and 465 are
-  one MTA that counts our sessions and failures together (issue 26 item 3: per (host, port),
-  accounts on the other ports of one Exim flipped verdicts under load). At most
-  `max_sessions_per_server` sessions at once (the provider preset's default, else 4; TLS
-  diagnostic sessions included); failed AUTHs at most `max_auth_failures_per_minute` (a bucket
-  holding one minute's worth: once it is spent, the server's next AUTH waits for a refill); and
-  after a failure the server's next AUTHs go one at a time until one succeeds, so the other
-  accounts do not race the penalty delay servers such as Dovecot add after a wrong password.
-  Successful AUTHs of different accounts are not rate-limited beyond the session bound: 100,000
-  accounts on one provider are not one AUTH a second.
-  Waiting for a turn is not part of a probe's deadline: the deadline bounds what a server can do
-  to us, the waiting is our own politeness.
+  thread's event loop; the controller's probes share one, run/probeloop.py). It limits what gets a
+  client banned, per MTA: a server is its host name (an address literal in its canonical form),
+  whatever the port, since a provider's 587 and 465 are one MTA that counts our sessions and
+  failures together (issue 26 item 3: per (host, port), accounts on the other ports of one Exim
+  flipped verdicts under load). At most `max_sessions_per_server` sessions at once (the provider
+  preset's default, else 4; TLS diagnostic sessions included); failed AUTHs at most
+  `max_auth_failures_per_minute` (a bucket holding one minute's worth: once it is spent, the
+  server's next AUTH waits for a refill); and after a failure the server's next AUTHs go one at a
+  time until one succeeds, so the other accounts do not race the penalty delay servers such as
+  Dovecot add after a wrong password. Successful AUTHs of different accounts are not rate-limited
+  beyond the session bound: 100,000 accounts on one provider are not one AUTH a second. Waiting
+  for a turn is not part of a probe's deadline: the deadline bounds what a server can do to us,
+  the waiting is our own politeness.
 """
 
 from __future__ import annotations
