@@ -118,6 +118,35 @@ def timed_run(argv: Sequence[str], *, cwd: Path | None = None, ok_codes: Sequenc
     return elapsed, proc
 
 
+def cpu_run(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,), capture: bool = False
+            ) -> tuple[float, float, bytes]:
+    """Run a command; return (CPU seconds, wall seconds, stdout if captured).
+
+    CPU is user + system of the child from `os.wait4`, which includes every descendant it waited
+    for (the forked workers of `validate`), so a process tree is counted whole; a loaded machine
+    stretches wall time but hardly this."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(argv), cwd=REPO, env=env(), stdin=subprocess.DEVNULL,
+                                stdout=out if capture else subprocess.DEVNULL, stderr=err)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        if proc.returncode not in ok_codes:
+            err.seek(0)
+            text = err.read().decode("utf-8", "replace")[-800:]
+            raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {text}")
+        out.seek(0)
+        return usage.ru_utime + usage.ru_stime, elapsed, out.read()
+
+
 def which(name: str) -> str | None:
     """An executable from the venv first, then PATH."""
     candidate = VENV_BIN / name
