@@ -13,8 +13,10 @@ same caches (the allocations made while they filled that are still alive, by fil
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,72 @@ def by_field(objs: list[Any]) -> list[tuple[str, int]]:
     return [("(shells)", shells), *sorted(out.items(), key=lambda kv: -kv[1])]
 
 
+def by_file(start: Any, end: Any, n: int, detail: int = 0) -> None:
+    """What grew while the accounts came up, per account, by the innermost frame of ours that
+    allocated it (the in-process API server's and stand-ins' own allocations left out)."""
+    import tracemalloc
+
+    ours = [tracemalloc.Filter(True, "*/reconciler/*", all_frames=True),
+            tracemalloc.Filter(False, "*/tests/*", all_frames=True)]
+    diff = end.filter_traces(ours).compare_to(start.filter_traces(ours), "traceback")
+    grown: dict[str, int] = {}
+    for d in diff:
+        frames = list(d.traceback)  # innermost last
+        frame = next((f for f in reversed(frames) if "/reconciler/" in f.filename), frames[-1])
+        inner = frames[-1]
+        where = (f"{frame.filename.split('/reconciler/')[-1]}:{frame.lineno} "
+                 f"({inner.filename.split('/')[-1]}:{inner.lineno})")
+        grown[where] = grown.get(where, 0) + d.size_diff
+    print(f"tracemalloc, the controller: {sum(grown.values()) / n:.0f} B per account "
+          "still allocated, by where in reconciler/:")
+    for where, size in sorted(grown.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {size / n:8.0f} B  {where}")
+    if detail:
+        for d in sorted(diff, key=lambda d: -d.size_diff)[:detail]:
+            chain = " < ".join(f"{f.filename.split('/')[-1]}:{f.lineno}"
+                               for f in reversed(list(d.traceback))
+                               if "/reconciler/" in f.filename or f is d.traceback[-1])
+            print(f"  {d.size_diff / n:8.0f} B  {chain}")
+
+
+def traced(api: Any, ns: str, n: int) -> None:
+    """tracemalloc's bytes per object of a cache built from the API server's objects (as a
+    watch event decodes them) in each form: as json.loads made it, `slim` (before issue 26's
+    packing), and as the informers keep them now."""
+    import json
+    import tracemalloc
+
+    from reconciler.store.cacheform import Packer, slim
+    from reconciler.store.informers import _has_conditions, published_packer, published_secret
+
+    kinds = {"EmailAccount": [f"a{i:05d}" for i in range(n)],
+             "published Secret": [f"a{i:05d}-sender" for i in range(n)]}
+    for kind, names in kinds.items():
+        plural = "emailaccounts" if kind == "EmailAccount" else "secrets"
+        texts = [json.dumps(api.get_object(plural, ns, name)) for name in names]
+        packer = Packer(sample=_has_conditions) if kind == "EmailAccount" else published_packer()
+        cut = (functools.partial(slim, intern=False) if kind == "EmailAccount"
+               else published_secret)
+        forms: dict[str, Any] = {"decoded": lambda o: o, "slim": slim,
+                                 "packed": functools.partial(_pack, packer, cut)}
+        sizes = []
+        for form, fn in forms.items():
+            fn(json.loads(texts[0]))  # the dictionary, interned keys: not counted
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            kept = {i: fn(json.loads(t)) for i, t in enumerate(texts)}
+            after = tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
+            sizes.append(f"{form} {(after - before) / n:.0f} B")
+            del kept
+        print(f"  tracemalloc, a cache of {n} {kind}s, per object: " + ", ".join(sizes))
+
+
+def _pack(packer: Any, cut: Any, obj: dict[str, Any]) -> bytes:
+    packed: bytes = packer.pack(cut(obj))
+    return packed
+
+
 def per_call_us(fn: Any, keys: list[Any], rounds: int = 3) -> float:
     start = time.process_time()
     for _ in range(rounds):
@@ -73,6 +141,10 @@ def per_call_us(fn: Any, keys: list[Any], rounds: int = 3) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--accounts", type=int, default=300)
+    parser.add_argument("--trace", action="store_true",
+                        help="also tracemalloc the whole process while the accounts come up")
+    parser.add_argument("--detail", type=int, default=0,
+                        help="with --trace: the largest N allocation sites, their frames of ours")
     args = parser.parse_args()
     n = args.accounts
 
@@ -95,11 +167,22 @@ def main() -> int:
         ctl.start()
         try:
             assert ctl.wait_synced(60)
+            if args.trace:
+                import gc
+                import tracemalloc
+
+                tracemalloc.start(30)
+                gc.collect()
+                start = tracemalloc.take_snapshot()
             for i in range(n):
                 name = f"a{i:05d}"
                 servers.users[f"{name}@example.com"] = "bench-pass-123"
+                # Not all alike (they would pack better than real ones): a display name and
+                # a description of their own.
                 doc = loopback_account(name, ns, servers.starttls.port, timeout=30,
-                                       password_secret="smtp")
+                                       password_secret="smtp",
+                                       display_name=f"Team {uuid.uuid4().hex[:12]}",
+                                       description=f"mail of {uuid.uuid4()} ({i})")
                 doc["spec"]["probe"] = {"interval": "1h"}
                 api.add_object("emailaccounts", doc)
             deadline = time.monotonic() + 60 + n
@@ -107,11 +190,18 @@ def main() -> int:
                 accounts = ctl.accounts.items()
                 ready = sum(1 for a in accounts if status_condition(
                     a.get("status") or {}, "Ready").get("status") == "True")
+                del accounts  # not to be counted
                 if ready == n and len(ctl.secrets) >= n + 1:
                     break
                 time.sleep(0.5)
             time.sleep(2)  # the last watch events in
+            if args.trace:
+                gc.collect()
+                end = tracemalloc.take_snapshot()
+                tracemalloc.stop()
+                by_file(start, end, n, args.detail)
             report(ctl, n)
+            traced(api, ns, n)
         finally:
             ctl.stop()
             client.close()

@@ -157,3 +157,16 @@ def test_a_packed_account_informer_hands_out_fresh_objects_and_the_previous_vers
             assert prev["metadata"]["resourceVersion"] != new["metadata"]["resourceVersion"]
         finally:
             informer.stop()
+
+
+def test_no_value_of_a_secret_goes_into_the_dictionary() -> None:
+    """The dictionary outlives the object it came from: a credential must not stay there after
+    its Secret was rotated or deleted."""
+    password = b64("the-first-password")
+    packer = Packer()
+    first = {"metadata": {"name": "smtp", "namespace": "mail"}, "data": {"password": password},
+             "stringData": {"other": "plain-value"}}
+    blob = packer.pack(first)
+    assert packer.zdict is not None and b"password" in packer.zdict
+    assert password.encode() not in packer.zdict and b"plain-value" not in packer.zdict
+    assert packer.unpack(blob) == first

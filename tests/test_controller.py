@@ -242,10 +242,13 @@ def test_deleted_published_secret_is_recreated(cluster: Cluster) -> None:
     cluster.controller()
     cluster.account("billing")
     wait_for(lambda: cluster.published("billing-sender"), PATIENCE, "published Secret")
+    uid = (cluster.api.get_object("secrets", NS, "billing-sender") or {})["metadata"]["uid"]
     cluster.delete("secrets", "billing-sender")
-    assert cluster.published("billing-sender") is None
-    secret = wait_for(lambda: cluster.published("billing-sender"), PATIENCE, "recreated Secret")
-    assert secret["SMTP_PASSWORD"] == PASSWORD
+    # (not "gone now": the controller may put it back before the next line runs)
+    wait_for(lambda: ((cluster.api.get_object("secrets", NS, "billing-sender") or {}).get(
+        "metadata") or {}).get("uid") not in (None, uid), PATIENCE, "recreated Secret")
+    secret = cluster.published("billing-sender")
+    assert secret is not None and secret["SMTP_PASSWORD"] == PASSWORD
 
 
 def test_a_suspended_account_waits_for_the_resync_not_its_stale_next_probe_time(

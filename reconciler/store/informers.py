@@ -147,8 +147,9 @@ def published_packer() -> Packer:
 
 def secret_informer(api_client: Any, namespace: str | None, handler: Handler,
                     **kwargs: Any) -> InformerUnion:
-    """Informers over the Secrets of one namespace (or all) that carry one of SECRET_SELECTORS;
-    those we published cached as `published_secret` keeps them, credentials with their values."""
+    """Informers over the Secrets of one namespace (or all) that carry one of SECRET_SELECTORS,
+    packed: those we published as `published_secret` keeps them, credentials with their values
+    (a credential Secret per account is common)."""
     from kubernetes import client
 
     bounded.install(api_client)
@@ -161,7 +162,7 @@ def secret_informer(api_client: Any, namespace: str | None, handler: Handler,
         ours = selector == SECRET_SELECTORS[1]
         parts.append(Informer("secrets", list_fn, (namespace,) if namespace else (), handler,
                               transform=published_secret if ours else None,
-                              packer=published_packer() if ours else None, **kwargs))
+                              packer=published_packer() if ours else Packer(), **kwargs))
     return InformerUnion("secrets", parts)
 
 
@@ -182,7 +183,8 @@ def configmap_informer(api_client: Any, namespace: str | None, handler: Handler,
                if namespace else
                functools.partial(core.list_config_map_for_all_namespaces,
                                  label_selector=CONFIGMAP_SELECTOR))
-    return Informer("configmaps", list_fn, (namespace,) if namespace else (), handler, **kwargs)
+    return Informer("configmaps", list_fn, (namespace,) if namespace else (), handler,
+                    packer=Packer(), **kwargs)
 
 
 # --------------------------------------------------------------------------- metrics hook
