@@ -124,6 +124,10 @@ def test_a_key_of_a_created_secret_goes_when_the_spec_drops_it(cluster: Cluster)
     key = (NS, "named")
     wait_for(lambda: cluster.status("named").get("observedGeneration") == 2, PATIENCE,
              "the change reconciled")
+    # The controller's cache has caught up with its own writes (between the apply and the merge
+    # patch the Secret holds the dropped key under the new hash: an edit, to the cache).
+    wait_for(lambda: "SMTP_FROM_NAME" not in ((ctl.secrets.peek(NS, "named-sender") or {}).get(
+        "data") or {"SMTP_FROM_NAME": ""}), PATIENCE, "the cache showing the final Secret")
     writes, turns = len(secret_requests(cluster, "patch")), ctl.reconciles[key]
     ctl.queue.add(key, urgent=True)
     wait_for(lambda: ctl.reconciles[key] > turns, PATIENCE, "one more reconcile")
