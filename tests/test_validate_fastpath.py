@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import subprocess
 import sys
@@ -310,3 +311,54 @@ def test_cli_validate_in_processes_equals_sequential_load(tmp_path: Path) -> Non
     assert [(a["namespace"], a["name"]) for a in report["accounts"]] == [
         (a.namespace, a.name) for a in sequential.accounts]
     assert any("is already defined at" in e["message"] for e in report["errors"])
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+@functools.cache
+def _as_written() -> Any:
+    """The Python validator on the schema as written, every `$ref` resolved by jsonschema."""
+    import jsonschema
+
+    from reconciler.manifest.patterns import pattern_keyword
+
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": pattern_keyword})
+    return cls(load_schema(), format_checker=_validator().format_checker)
+
+
+def _messages(validator: Any, doc: Any) -> list[tuple[str, str]]:
+    from reconciler.manifest.validate import _schema_messages
+
+    return [m for e in validator.iter_errors(doc) for m in _schema_messages(e)]
+
+
+def test_every_ref_beside_a_description_is_inlined() -> None:
+    assert _refs(load_schema()), "the schema uses $ref"
+    assert _refs(_validator().schema) == []  # none is recursive
+
+
+@pytest.mark.parametrize(("where", "doc"), EXAMPLES, ids=[w for w, _ in EXAMPLES])
+def test_inlined_schema_words_every_example_as_written(where: str, doc: Any) -> None:
+    assert _messages(_validator(), doc) == _messages(_as_written(), doc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated())
+def test_inlined_schema_words_mutations_as_written(doc: Any) -> None:
+    assert _messages(_validator(), doc) == _messages(_as_written(), doc)
+
+
+def test_prepare_builds_the_compiled_schema_before_workers_fork() -> None:
+    from reconciler.manifest.validate import prepare
+
+    _compiled.cache_clear()
+    prepare()
+    assert _compiled.cache_info().currsize == 1
+    assert "reconciler.manifest.semantics" in sys.modules

@@ -22,7 +22,7 @@ from reconciler import model
 from reconciler.errors import UsageError
 from reconciler.manifest import pool, yamlnodes
 from reconciler.manifest.account import account_from_manifest
-from reconciler.manifest.validate import KUSTOMIZATION_FILES, other_kind, validate_manifest
+from reconciler.manifest.validate import KUSTOMIZATION_FILES, other_kind, prepare, validate_manifest
 
 __all__ = ["MAX_BYTES", "InvalidDocument", "LoadResult", "account_from_manifest", "load_bytes",
            "load_paths", "manifest_files"]
@@ -133,7 +133,10 @@ def _find_files(paths: Sequence[str]) -> tuple[list[str], list[model.Diagnostic]
                 errors.append(_file_error(where, f"cannot list folder: {exc.strerror or exc}"))
 
             for folder, _dirs, names in os.walk(p, onerror=unlisted):
-                found += [str(Path(folder, n)) for n in names if n.endswith((".yaml", ".yml"))]
+                # str(Path(folder, n)) for a plain name n, without a Path per file
+                base = str(Path(folder))
+                found += [n if base == "." else os.path.join(base, n)
+                          for n in names if n.endswith((".yaml", ".yml"))]
             files += sorted(found)
         elif os.path.lexists(p):
             files.append(p)
@@ -421,6 +424,7 @@ def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default"
     result.diagnostics += unlisted
     result.failed_files += unlisted
     if parallel and len(files) >= PARALLEL_MIN_FILES:
+        prepare()  # once here, inherited by the forked workers
         per_file = pool.map_chunks(_load_files, files, pool.cpu_count())
     else:
         per_file = _load_files(files)
