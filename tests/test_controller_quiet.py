@@ -89,17 +89,14 @@ def test_nothing_changed_over_probe_and_auth_intervals_writes_nothing(cluster: C
     assert {n: cluster.status(n) for n in names} == before
 
 
-def test_a_restart_spreads_overdue_auths_and_a_change_still_auths_at_once(
-        cluster: Cluster) -> None:
-    """The stored lastAuthTime of every account is two days old when a controller starts
-    (authInterval 1h, written only with another change). Each account is probed at once but
-    authenticates only at the start plus its share of the hour: none before that (on the old
-    code all twelve AUTHed in their first probe), and the restart writes nothing. A spec change
-    authenticates that account at once, its share of the hour notwithstanding."""
-    names = [f"restart-{i:02d}" for i in range(12)]
+def _restarted_two_days_after_auth(cluster: Cluster, names: list[str], probe: dict[str, str]
+                                   ) -> tuple[dict[str, float], dict[str, int], float, Any]:
+    """The accounts made Ready by one controller, which stops; their lastAuthTime set two days
+    back; a new controller started. (each account's share of authInterval, its AUTH count
+    before the restart, the wall time of the restart, the new controller)"""
     first = cluster.controller()
     for name in names:
-        cluster.account(name, probe={"interval": "2s", "authInterval": "1h"})
+        cluster.account(name, probe=probe)
     wait_for(lambda: all(cluster.ready(n) for n in names), PATIENCE, "the accounts Ready")
     first.stop()
     stale = rfc3339(datetime.now(UTC) - timedelta(days=2))
@@ -108,8 +105,19 @@ def test_a_restart_spreads_overdue_auths_and_a_change_still_auths_at_once(
     offsets = {n: _offset(cluster, n) for n in names}
     before = _auths(cluster, names)
     cluster.api.clear_requests()
-    started = time.time()
-    ctl = cluster.controller()
+    return offsets, before, time.time(), cluster.controller()
+
+
+def test_a_restart_spreads_overdue_auths_and_a_change_still_auths_at_once(
+        cluster: Cluster) -> None:
+    """The stored lastAuthTime of every account is two days old when a controller starts
+    (authInterval 1h, written only with another change). Each account is probed at once but
+    authenticates only at the start plus its share of the hour: none before that (on the old
+    code all twelve AUTHed in their first probe), and the restart writes nothing. A spec change
+    authenticates that account at once, its share of the hour notwithstanding."""
+    names = [f"restart-{i:02d}" for i in range(12)]
+    offsets, before, started, ctl = _restarted_two_days_after_auth(
+        cluster, names, {"interval": "2s", "authInterval": "1h"})
     hour = 3600.0
 
     def authenticated() -> dict[str, int]:
@@ -136,19 +144,8 @@ def test_overdue_auths_after_a_restart_arrive_over_the_auth_interval(cluster: Cl
     """The same restart with authInterval 6s: the AUTHs come, each not before the start plus the
     account's share of 6 s, until every account has authenticated, with no write."""
     names = [f"spread-{i:02d}" for i in range(10)]
-    first = cluster.controller()
-    for name in names:
-        cluster.account(name, probe={"interval": "1s", "authInterval": "6s"})
-    wait_for(lambda: all(cluster.ready(n) for n in names), PATIENCE, "the accounts Ready")
-    first.stop()
-    stale = rfc3339(datetime.now(UTC) - timedelta(days=2))
-    for name in names:
-        _set_status(cluster, name, {"lastAuthTime": stale})
-    offsets = {n: _offset(cluster, n) for n in names}
-    before = _auths(cluster, names)
-    cluster.api.clear_requests()
-    started = time.time()
-    cluster.controller()
+    offsets, before, started, _ = _restarted_two_days_after_auth(
+        cluster, names, {"interval": "1s", "authInterval": "6s"})
 
     def arrived_in_turn() -> bool:
         seen = [n for n, v in _auths(cluster, names).items() if v > before[n]]
