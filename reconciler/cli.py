@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=4,
                    help="accounts reconciled at the same time")
     p.add_argument("--interval", default="10m",
-                   help="jittered resync interval of each account (a duration: 30s, 10m, 1h)")
+                   help="resync interval of each account, each at its own slot in it (30s, 10m, 1h)")
     p.add_argument("--metrics-addr", default=":8080",
                    help="host:port for /metrics (admit monitoring only; empty: off)")
     p.add_argument("--health-addr", default=":8081",

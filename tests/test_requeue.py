@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.run.requeue import LATE, Requeue, requeue_after, uses_backoff
+from reconciler.run.requeue import (
+    LATE,
+    Requeue,
+    key_phase,
+    requeue_after,
+    resync_delay,
+    uses_backoff,
+)
 
 RESYNC, BACKOFF = 600.0, 8.0
 
@@ -39,3 +46,34 @@ def test_requeue_after(outcome: str, until_probe: float | None, suspended: bool,
 ])
 def test_only_failures_take_a_backoff(outcome: str, backs_off: bool) -> None:
     assert uses_backoff(outcome) is backs_off  # type: ignore[arg-type]
+
+
+def test_keys_reconciled_together_spread_over_the_interval_after_one_turn() -> None:
+    """1,000 keys reconciled at one moment (a backlog taken at once) have their next resyncs
+    spread evenly over the interval, each half an interval to one and a half away; a random
+    +-10 % jitter would keep them within a fifth of it."""
+    now, interval = 1_000_000.0, 600.0
+    delays = [resync_delay(key_phase("tenant", f"a{i:04d}"), now, interval) for i in range(1000)]
+    assert all(interval / 2 <= d < 1.5 * interval for d in delays)
+    buckets = [0] * 10
+    for d in delays:
+        buckets[int(((now + d) % interval) / interval * 10)] += 1
+    assert min(buckets) >= 70 and max(buckets) <= 130, buckets
+
+
+@pytest.mark.parametrize(("phase", "now", "expected"), [
+    (0.25, 150.0, 600.0),  # on its slot: exactly the interval, so it stays periodic
+    (0.25, 150.2, 599.8),  # taken a little late: back to its slot
+    (0.25, 500.0, 850.0),  # off its slot (a change queued it): its slot after next
+    (0.25, 0.0, 750.0),  # its slot only 150 s away: the one after (at least half an interval)
+    (0.0, 1200.0, 600.0),
+    (0.5, 0.0, 300.0),  # exactly half an interval away: taken
+])
+def test_resync_delay(phase: float, now: float, expected: float) -> None:
+    assert resync_delay(phase, now, 600.0) == pytest.approx(expected)
+
+
+def test_key_phase_is_stable_and_differs_by_key() -> None:
+    assert key_phase("mail", "billing") == key_phase("mail", "billing")
+    assert 0 <= key_phase("mail", "billing") < 1
+    assert key_phase("mail", "billing") != key_phase("shop", "billing")

@@ -7,9 +7,9 @@
 
 An account is queued when its spec changes (metadata.generation; our own status writes change
 nothing), when a Secret it references changes or appears, when its published Secret is deleted or
-edited, and again after each reconcile: on a jittered `--interval` (or its nextProbeTime, when
-sooner) while Ready, after a per-key exponential backoff with jitter and a cap while not Ready,
-and only on the interval while Stalled (retrying cannot fix it). With leader election, every
+edited, and again after each reconcile: on `--interval`, at the key's own slot in it (or its
+nextProbeTime, when sooner) while Ready, after a per-key exponential backoff with jitter and a
+cap while not Ready, and only on the interval while Stalled (retrying cannot fix it). With leader election, every
 replica keeps its caches warm but only the leader's workers reconcile. With sharding
 (`run/membership.py`), every replica reconciles the accounts a consistent hash gives it, and a
 worker asks the membership gate before each reconcile.

@@ -8,11 +8,19 @@ reconcilers return `ctrl.Result{RequeueAfter: ...}`.
 - not Ready: the backoff, but not before the next probe time the status holds.
 A suspended account is not probed, so its next probe time stays where the last probe put it;
 once past, waiting for it would requeue the account at once, over and over: it gets the resync.
-The worker supplies the jittered resync and the backoff (both random), this decides.
+The worker supplies the resync (`resync_delay`) and the backoff (random), this decides.
+
+`resync_delay` puts each key's resync on a slot of its own within the interval (`key_phase`, a
+hash of the key), not at "interval after its last reconcile": keys reconciled together (the
+resyncs the create of 100,000 accounts held back, being less urgent, then taken at once) would
+otherwise stay bunched, cycle after cycle, as a +-10% jitter spreads them only slowly
+(benchmark 9 at 100,000 accounts: 664 resyncs a second after the create instead of 166).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,3 +60,22 @@ def requeue_after(outcome: Outcome, *, until_probe: float | None, suspended: boo
     if outcome == "stalled":
         return Requeue(resync, "not_ready", forget=True)
     return Requeue(max(backoff, (until_probe or 0.0) + LATE), "not_ready", forget=False)
+
+
+def key_phase(namespace: str, name: str) -> float:
+    """The key's stable slot within the resync interval, in [0, 1), from a hash of the key (the
+    same in every replica and after a restart)."""
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).digest()
+    return int.from_bytes(digest[16:24], "big") / float(2**64)
+
+
+def resync_delay(phase: float, now: float, interval: float) -> float:
+    """The delay to the key's next resync slot (`phase` of `interval`, counted from the epoch of
+    `now`'s clock) at least half an interval away: exactly `interval` when the key is on its
+    slot (its resyncs stay periodic), between 0.5 and 1.5 intervals when it was not, so keys
+    reconciled together spread evenly over the interval by their phase after one turn."""
+    if interval <= 0:
+        return 0.0
+    slot = phase * interval
+    turns = math.ceil((now + interval / 2 - slot) / interval)
+    return slot + turns * interval - now

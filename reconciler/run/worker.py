@@ -1,16 +1,16 @@
 """The reconcile worker: one key at a time, from the informers' caches to the next time it is due.
 
 `Worker.reconcile(key)` reconciles the account as the caches hold it (a KubeStore primed from
-them, so a reconcile costs no LIST), then queues the key again: on a jittered interval (or its
-nextProbeTime, when sooner) while Ready, after a per-key backoff while not Ready, and only on the
-interval while Stalled. It remembers what it wrote until the watch shows it, and the status it
-decided on but could not write (an API outage), so a retry does not AUTH again; an API server
-failure starts the backoff every worker waits out.
+them, so a reconcile costs no LIST), then queues the key again: on the interval, at the key's own
+slot in it (run/requeue.py resync_delay), or its nextProbeTime when sooner, while Ready, after a
+per-key backoff while not Ready, and only on the interval while Stalled. It remembers what it
+wrote until the watch shows it, and the status it decided on but could not write (an API
+outage), so a retry does not AUTH again; an API server failure starts the backoff every worker
+waits out.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import Counter
@@ -210,7 +210,7 @@ class Worker:
         turn = requeue.requeue_after(
             outcome, until_probe=_seconds_until(status.get("nextProbeTime")),
             suspended=bool(status.get("suspended")),
-            resync=self.interval * random.uniform(0.9, 1.1),
+            resync=requeue.resync_delay(requeue.key_phase(*key), time.time(), self.interval),
             backoff=self.queue.backoff(key) if requeue.uses_backoff(outcome) else 0.0)
         if turn.forget:
             self.queue.forget(key)
