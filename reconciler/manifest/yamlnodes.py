@@ -86,14 +86,7 @@ def _check_children(node: yaml.Node, depth: int, seen: set[int]) -> None:
     document (bench/README.md).
     """
     if isinstance(node, yaml.MappingNode):
-        keys: dict[str, yaml.Node] = {}
-        for key, _value in node.value:  # duplicates: the first occurrence keeps the name
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in keys and not _is_merge(key):
-                    line, _ = mark_of(keys[key.value])
-                    raise NodeProblem(key, f"duplicate key {key.value!r} (first defined on "
-                                           f"line {line}); remove one of them")
-                keys[key.value] = key
+        _no_duplicate_keys(node)
         for key, value in node.value:
             if _is_merge(key):
                 raise NodeProblem(key, "YAML merge keys (<<) are not allowed in manifests "
@@ -150,17 +143,23 @@ def check_and_construct(loader: Any, root: yaml.Node) -> tuple[Any, bool]:
     return data, state.plain
 
 
+
+def _no_duplicate_keys(node: yaml.MappingNode) -> None:
+    """Refuse a mapping that names a key twice (merge keys aside); the message points at the
+    second occurrence and names the line of the first."""
+    keys: dict[str, yaml.Node] = {}
+    for key, _value in node.value:
+        if isinstance(key, yaml.ScalarNode):
+            if key.value in keys and not _is_merge(key):
+                line, _ = mark_of(keys[key.value])
+                raise NodeProblem(key, f"duplicate key {key.value!r} (first defined on "
+                                       f"line {line}); remove one of them")
+            keys[key.value] = key
+
 def _build(node: yaml.Node, depth: int, state: _Build) -> Any:
     """_check_children(node) that also builds node's value while state.fallback is False."""
     if isinstance(node, yaml.MappingNode):
-        keys: dict[str, yaml.Node] = {}
-        for key, _value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in keys and not _is_merge(key):
-                    line, _ = mark_of(keys[key.value])
-                    raise NodeProblem(key, f"duplicate key {key.value!r} (first defined on "
-                                           f"line {line}); remove one of them")
-                keys[key.value] = key
+        _no_duplicate_keys(node)
         if node.tag != _MAP:
             state.fallback = True
         out: dict[Any, Any] = {}
