@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import datetime
 import functools
+import io
 import json
+import resource
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from reconciler.manifest import load_schema
 from reconciler.manifest.compiled_schema import CompiledSchema, json_only, python_patterns
 from reconciler.manifest.load import PARALLEL_MIN_FILES, load_bytes, load_paths
 from reconciler.manifest.pool import map_chunks
+from reconciler.manifest.report import run_validate
 from reconciler.manifest.validate import _compiled, _validator, schema_errors, validate_document
 
 ROOT = Path(__file__).parent.parent
@@ -294,13 +297,15 @@ def test_parallel_load_equals_sequential(tmp_path: Path) -> None:
     assert len(parallel.accounts) > count // 2
 
 
-def test_cli_validate_in_processes_equals_sequential_load(tmp_path: Path) -> None:
-    """The CLI (a process with one thread, so it forks) reports what a sequential load finds."""
+@pytest.mark.parametrize("jobs", ["2", "0"])
+def test_cli_validate_in_processes_equals_sequential_load(tmp_path: Path, jobs: str) -> None:
+    """The CLI with --jobs (a process with one thread, so it forks) reports what a sequential
+    load finds."""
     count = PARALLEL_MIN_FILES + 40
     _write_folder(tmp_path, count)
     proc = subprocess.run([sys.executable, "-m", "reconciler", "validate", str(tmp_path),
-                           "--output", "json"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=False)
+                           "--output", "json", "--jobs", jobs], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
     sequential = load_paths([str(tmp_path)])
@@ -311,6 +316,26 @@ def test_cli_validate_in_processes_equals_sequential_load(tmp_path: Path) -> Non
     assert [(a["namespace"], a["name"]) for a in report["accounts"]] == [
         (a.namespace, a.name) for a in sequential.accounts]
     assert any("is already defined at" in e["message"] for e in report["errors"])
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_validate_forks_no_worker_unless_asked(tmp_path: Path) -> None:
+    """One process by default (the least CPU); --jobs 2 forks a worker and prints the same."""
+    _write_folder(tmp_path, PARALLEL_MIN_FILES + 40)
+    outputs = {}
+    for jobs in (1, 2):
+        out = io.StringIO()
+        before = _children_cpu()
+        assert run_validate([str(tmp_path)], output="json", out=out, jobs=jobs) == 1
+        outputs[jobs] = (out.getvalue(), _children_cpu() - before)
+    assert outputs[1][1] == 0  # no child process ran (and was reaped)
+    assert outputs[2][1] > 0
+    assert outputs[1][0] == outputs[2][0]
+    assert run_validate([str(tmp_path)], out=io.StringIO(), jobs=-1) == 2
 
 
 def _refs(node: Any) -> list[str]:

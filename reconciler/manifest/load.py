@@ -300,13 +300,14 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_paths(paths: Sequence[str], *, parallel: bool = False,
+def load_paths(paths: Sequence[str], *, parallel: bool = False, workers: int | None = None,
                namespace: str | None = None, enforce_namespace: bool = False,
                secret_owner: SecretOwner | None = None) -> LoadResult:
     """Load every manifest under paths. Raises UsageError for a path that does not exist.
 
     ``parallel``: spread a large folder's files over forked processes (`reconciler.manifest.pool`);
     only for a process that runs no other thread. The result is the same either way.
+    ``workers``: how many processes then (None: one per CPU).
     ``namespace``: where a manifest without metadata.namespace goes (kubectl's rule; "default"
     when None). With ``enforce_namespace`` (an explicit --namespace) a manifest naming another
     namespace is an error, as `kubectl apply -n NS` refuses it.
@@ -315,7 +316,7 @@ def load_paths(paths: Sequence[str], *, parallel: bool = False,
     """
     with gc_paused():
         return _load_paths(paths, parallel, namespace or "default", enforce_namespace,
-                           secret_owner)
+                           secret_owner, workers)
 
 
 def _scope(docs: list[_Doc], namespace: str, enforce: bool) -> None:
@@ -418,14 +419,15 @@ def _load_files(files: Sequence[str]) -> list[tuple[list[model.Diagnostic], list
 
 
 def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default",
-                enforce: bool = False, secret_owner: SecretOwner | None = None) -> LoadResult:
+                enforce: bool = False, secret_owner: SecretOwner | None = None,
+                workers: int | None = None) -> LoadResult:
     files, unlisted = _find_files(paths)
     result = LoadResult(files=len(files), paths=tuple(paths))
     result.diagnostics += unlisted
     result.failed_files += unlisted
     if parallel and len(files) >= PARALLEL_MIN_FILES:
         prepare()  # once here, inherited by the forked workers
-        per_file = pool.map_chunks(_load_files, files, pool.cpu_count())
+        per_file = pool.map_chunks(_load_files, files, workers or pool.cpu_count())
     else:
         per_file = _load_files(files)
     all_docs = [d for _errors, docs in per_file for d in docs]

@@ -24,22 +24,33 @@ def _diag_json(d: model.Diagnostic) -> dict[str, Any]:
 
 
 def run_validate(paths: Sequence[str], *, output: str = "text", show_effective: bool = False,
-                 out: IO[str] | None = None) -> int:
-    """Validate every manifest under paths; 0 valid, 1 invalid, 2 usage error."""
+                 out: IO[str] | None = None, jobs: int = 1) -> int:
+    """Validate every manifest under paths; 0 valid, 1 invalid, 2 usage error.
+
+    ``jobs``: processes for a large folder (0: one per CPU). One by default: forked workers buy
+    wall time on an idle machine but cost CPU (the fork, the workers' own imports, pickling their
+    results back: 18% more for 5,000 files, bench/README.md), and a busy machine (CI, a
+    pre-commit hook beside an editor) has no idle CPU to give them.
+    """
     from reconciler.manifest.load import gc_paused
 
+    if jobs < 0:
+        sys.stderr.write("email-reconciler validate: error: --jobs must be 0 or more\n")
+        return EXIT_USAGE
     with gc_paused():
-        return _run_validate(paths, output, show_effective, out or sys.stdout)
+        return _run_validate(paths, output, show_effective, out or sys.stdout, jobs)
 
 
-def _run_validate(paths: Sequence[str], output: str, show_effective: bool, out: IO[str]) -> int:
+def _run_validate(paths: Sequence[str], output: str, show_effective: bool, out: IO[str],
+                  jobs: int) -> int:
     import yaml
 
     from reconciler.manifest.effective import effective_manifest
     from reconciler.manifest.load import load_paths
 
     try:
-        result = load_paths(paths, parallel=True)  # the CLI process runs no other thread
+        # the CLI process runs no other thread, so it may fork
+        result = load_paths(paths, parallel=jobs != 1, workers=jobs or None)
     except UsageError as exc:
         sys.stderr.write(f"email-reconciler validate: error: {exc}\n")
         return EXIT_USAGE
