@@ -34,6 +34,11 @@ log = get_logger("reconciler.watch")
 
 #: Objects per LIST page of a relist (kubectl and client-go page by 500).
 LIST_PAGE = 500
+#: The size bound of one watch event (bounded.py), not of the whole watch: a watch answer lasts
+#: `watch_seconds` and is as long as the changes in that time. Bounded as a whole at 64 MiB, the
+#: published Secrets' watch (9.5 KB of events per account) failed after about 7,000 accounts
+#: created in one watch, twice in a row, and the informer relisted every Secret (issue 26).
+EVENT_LIMIT = bounded.DEFAULT_LIMIT
 Lookup = Callable[[str, str], "dict[str, Any] | None"]
 Handler = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
 #: Whether an object belongs in the cache (run/scope.py: its namespace is served); None: all do.
@@ -49,13 +54,15 @@ class Informer:
     def __init__(self, kind: str, list_fn: ListFn, list_args: tuple[Any, ...],
                  handler: Handler, *, watch_seconds: int = 300,
                  retry_delay: float = 1.0, keep: Keep | None = None,
-                 transform: Transform | None = None, packer: Packer | None = None) -> None:
+                 transform: Transform | None = None, packer: Packer | None = None,
+                 event_limit: int = EVENT_LIMIT) -> None:
         """`keep`: objects it refuses are neither cached nor handed to `handler`; when it comes
         to admit more, `request_relist()` fetches what it refused. `transform`: what of an
         object is cached and handed to `handler` (`slim` unless given; client-go's
         SetTransform). `packer`: the cache holds objects packed (store/cacheform.py), each read
-        unpacks a fresh one."""
+        unpacks a fresh one. `event_limit`: the size bound of one watch event."""
         self.kind = kind
+        self.event_limit = event_limit
         self._keep = keep
         self._packer = packer
         self._transform = transform or (
@@ -200,26 +207,37 @@ class Informer:
         """LIST in pages of LIST_PAGE objects, as client-go's reflector does: one answer holding
         every object of a large cluster (10,000 EmailAccounts) broke the size bound or the
         deadline of one call, and the informer relisted forever. The pages are one snapshot
-        (the continue token carries it); an expired token (410) restarts the LIST."""
+        (the continue token carries it); an expired token (410) restarts the LIST.
+
+        Each page's objects are packed as they come, so a relist holds the old cache and the new
+        one packed, not every object as a dict beside them (a relist of 100,000 Secrets was
+        about 1 GB of dicts at its peak, and left the heap that much larger, issue 26); the
+        handler gets each changed object unpacked, after the new cache is in place."""
         keep = self._keep
-        fresh: dict[Key, dict[str, Any]] = {}
+        fresh: dict[Key, Any] = {}
         token: str | None = None
         while True:
             body = self._list_page(token)
             for o in body.get("items") or []:
                 if keep is None or keep(o):
-                    fresh[object_key(o)] = self._transform(o)
+                    fresh[object_key(o)] = self._packed(self._transform(o))
             meta = body.get("metadata") or {}
             token = meta.get("continue") or None
+            del body
             if token is None:
                 break
         with self._lock:
             old = self._cache
-            self._cache = {key: self._packed(obj) for key, obj in fresh.items()}
+            self._cache = fresh
             self.resource_version = meta.get("resourceVersion")
             self.relists += 1
-        for key, obj in fresh.items():
-            prev = self._unpacked(old.get(key))
+        for key, cached in fresh.items():
+            before = old.get(key)
+            if before is not None and self._packer is not None and before == cached:
+                continue  # the same bytes: the same object, resourceVersion and all
+            obj = self._unpacked(cached)
+            prev = self._unpacked(before)
+            assert obj is not None
             if prev is None:
                 self._handler("ADDED", obj, None)
             elif (prev.get("metadata") or {}).get("resourceVersion") != (
@@ -245,10 +263,13 @@ class Informer:
                               timeout_seconds=self.watch_seconds,
                               allow_watch_bookmarks=True,
                               _request_timeout=(5, self.watch_seconds + 10))
-            # The server ends a watch after timeout_seconds; one that drips or floods past the
-            # bounds ends with an error, and the next watch resumes from resource_version.
-            with bounded.bounded(bounded.Bounds(self.watch_seconds + 10.0)):
+            # The server ends a watch after timeout_seconds; one that drips past the deadline
+            # or sends an event larger than event_limit ends with an error, and the next watch
+            # resumes from resource_version. The size is counted afresh after each event.
+            bounds = bounded.Bounds(self.watch_seconds + 10.0, self.event_limit)
+            with bounded.bounded(bounds):
                 for event in stream:
+                    bounds.read = 0
                     self._apply(str(event.get("type")), event.get("raw_object") or {})
                     if self._stopping.is_set() or self._relist_wanted.is_set():
                         w.stop()
