@@ -122,3 +122,10 @@ class CompiledSchema:
         except Exception:  # noqa: BLE001 - e.g. a lone surrogate: let the Python path decide
             return None
         return valid
+
+    def errors(self, doc: Any) -> list[Any] | None:
+        """jsonschema-rs's errors for a document verdict() found invalid (None if it fails)."""
+        try:
+            return list(self._validator.iter_errors(doc))
+        except Exception:  # noqa: BLE001 - as verdict(): the Python path decides
+            return None

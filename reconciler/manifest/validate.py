@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from reconciler import model
 from reconciler.manifest import load_schema
 from reconciler.manifest.compiled_schema import CompiledSchema
+from reconciler.manifest.schema_errors import Translator
 from reconciler.manifest.secrets_scan import committed_secret, escape, scan_document
 
 if TYPE_CHECKING:  # imported when a document needs its messages: 40 ms of start-up otherwise
@@ -65,21 +66,39 @@ def prepare() -> None:
 
     `load_paths(parallel=True)` calls it before forking, so the workers inherit them instead of
     each building its own (about 20 ms of CPU a process). The Python validator is left lazy: it
-    and its `jsonschema` import (45 ms) serve invalid documents only.
+    and its `jsonschema` import (45 ms) serve only the invalid documents whose errors
+    schema_errors.py cannot word.
     """
     _compiled()
+    _translator()
     import reconciler.manifest.objectmeta
     import reconciler.manifest.published
     import reconciler.manifest.semantics  # noqa: F401
 
 
+@lru_cache(maxsize=1)
+def _translator() -> Translator:
+    from reconciler.manifest.compiled_schema import python_patterns
+
+    return Translator(_inline_refs(python_patterns(load_schema())), _FORMATS)
+
+
 def schema_errors(doc: Any, plain: bool = False) -> Iterator[jsonschema.ValidationError]:
     """The schema errors of a document: none when the compiled validator vouches for it.
 
+    For a document it calls invalid, its own errors in the Python validator's words and order
+    (schema_errors.py), or the Python validator's when those cannot be told for sure.
     ``plain``: the caller knows the document holds JSON types only (compiled_schema.json_only).
     """
-    if _compiled().verdict(doc, plain) is True:
+    compiled = _compiled()
+    verdict = compiled.verdict(doc, plain)
+    if verdict is True:
         return iter(())
+    if verdict is False:
+        found = compiled.errors(doc)
+        translated = _translator().translate(found, doc) if found is not None else None
+        if translated is not None:
+            return iter(translated)  # type: ignore[arg-type]
     return _validator().iter_errors(doc)
 
 
