@@ -67,3 +67,55 @@ def test_same_verdict_as_the_alternation_on_mixed_strings() -> None:
             parts.append("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3))))
         text = "".join(parts)
         assert credential_shape(text) == _reference(text), text
+
+
+def _full_scan(doc: object) -> list[tuple[str, str, str]]:
+    """scan_document without its rule-out (_suspect): every member checked one by one."""
+    found: list[tuple[str, str, secrets_scan.Severity]] = []
+    secrets_scan._scan(doc, "", found)
+    return list(found)
+
+
+_KEYS = ["password", "passwordSecretRef", "secretName", "apiKey", "token", "tokenUrl", "labels",
+         "annotations", "advanced", "mail.smtp.password", "userId", "name", "pass", "x/labels",
+         "identity", "signing", "oauth2", "clientSecret", "privateKey", "description", 7]
+_VALUES = ["", "x", "smtp.example.com", "Zx9Qm2Lp7Rt4Vw1Ks8Hd3Jf6Gb5Nc0Ye", "AKIAIOSFODNN7EXAMPLE",
+           "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abc", "a" * 40, "-----BEGIN PRIVATE KEY-----",
+           "ghp_" + "a1B2" * 9, 0, 587, 1.5, True, None, "alerts-00000-sender"]
+
+
+def _random_doc(rng: random.Random, depth: int = 0) -> object:
+    if depth > 3 or rng.random() < 0.3:
+        return rng.choice(_VALUES)
+    if rng.random() < 0.25:
+        return [_random_doc(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(_KEYS): _random_doc(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def test_the_rule_out_never_hides_a_finding() -> None:
+    """scan_document (which skips documents _suspect clears) reports what the full scan does,
+    on random documents mixing credential-named keys, shapes, free-form and `advanced` maps."""
+    rng = random.Random(2025)
+    cleared = flagged = 0
+    for _ in range(4000):
+        doc = _random_doc(rng)
+        full = _full_scan(doc)
+        assert secrets_scan.scan_document(doc) == full, doc
+        if not secrets_scan._suspect(doc):
+            cleared += 1
+            assert full == []
+        flagged += bool(full)
+    assert cleared > 400 and flagged > 400  # both branches were exercised
+
+
+def test_the_rule_out_clears_the_usual_manifest() -> None:
+    """A manifest with secret references, names and hosts only is cleared by _suspect."""
+    import yaml
+
+    from tests.test_validate_fastpath import ROOT
+
+    docs = [d for p in sorted((ROOT / "accounts").glob("*.yaml"))
+            for d in yaml.safe_load_all(p.read_text()) if isinstance(d, dict)]
+    cleared = [d for d in docs if not secrets_scan._suspect(d)]
+    assert len(cleared) > len(docs) // 2
+    assert all(_full_scan(d) == [] for d in cleared)

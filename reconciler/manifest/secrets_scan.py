@@ -135,8 +135,66 @@ def scan_document(doc: Any) -> list[tuple[str, str, Severity]]:
     """(pointer, message, severity) for every inline credential in a document; messages never
     echo values."""
     found: list[tuple[str, str, Severity]] = []
-    _scan(doc, "", found)
+    if _suspect(doc):
+        _scan(doc, "", found)
     return found
+
+
+def _child_kind(key: str) -> str:
+    """_parent_kind of the pointer `.../key` (escaping leaves these three names alone)."""
+    if key in ("labels", "annotations"):
+        return "free"
+    return "advanced" if key == "advanced" else "plain"
+
+
+#: _credential_key's answers by parent kind, without lru_cache's call overhead (bounded).
+_KEY_VERDICTS: dict[str, dict[str, bool]] = {"plain": {}, "free": {}, "advanced": {}}
+_KEY_VERDICTS_MAX = 4096
+
+
+def _suspect(doc: Any) -> bool:
+    """Whether _scan could report anything: a literal under a credential-named key, or a string
+    with a shape's hint or a high-entropy base64 run. Most documents have neither; this walk
+    builds no pointers, and the strings are searched once, joined by newlines (no shape and no
+    base64 run spans a newline), instead of one by one (bench/README.md, issue 25)."""
+    strings: list[str] = []
+    stack: list[tuple[Any, str]] = [(doc, "plain")]
+    while stack:
+        node, kind = stack.pop()
+        if type(node) is list:  # keys are indexes: never a credential's name
+            members: Any = enumerate(node)
+            verdicts = None
+        elif type(node) is dict:
+            members, verdicts = node.items(), _KEY_VERDICTS[kind]
+        else:
+            return True  # a subclass: the full scan decides
+        for member, value in members:
+            kind_of_value = type(value)
+            if kind_of_value is dict or kind_of_value is list:
+                stack.append((value, _child_kind(member) if verdicts is not None else "plain"))
+                continue
+            if kind_of_value is str:
+                if not value:
+                    continue
+                strings.append(value)
+            elif kind_of_value is not int and kind_of_value is not float:
+                if kind_of_value is bool or kind_of_value is type(None):
+                    continue
+                if isinstance(value, _CONTAINERS + _LITERALS):
+                    return True  # a subclass: the full scan decides
+                continue
+            if verdicts is None:
+                continue
+            verdict = verdicts.get(member)
+            if verdict is None:
+                key = member if type(member) is str else str(member)
+                verdict = _credential_key(key, kind)
+                if len(verdicts) < _KEY_VERDICTS_MAX:
+                    verdicts[member] = verdict
+            if verdict:
+                return True
+    joined = "\n".join(strings)
+    return bool(_SHAPE_HINT.search(joined)) or _high_entropy(joined)
 
 
 def _scan(node: Any, parent: str, found: list[tuple[str, str, Severity]]) -> None:
