@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from reconciler import model
 from reconciler.cli import main
 from reconciler.manifest import schema_path
 from reconciler.manifest.load import MAX_BYTES, account_from_manifest, load_bytes, load_paths
-from reconciler.manifest.report import run_validate
+from reconciler.manifest.report import dumps_indented, run_validate
 
 ROOT = Path(__file__).parent.parent
 GOOD = """apiVersion: email.reconciler.io/v1alpha1
@@ -213,3 +214,19 @@ def test_validate_imports_nothing_of_the_probe() -> None:
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "IMPORTED []" in proc.stdout
+
+
+_JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.text(max_size=6)
+                 | st.sampled_from(["é", "\u2028", "\x00", '"', "\\", "\U0001f600", "a/b"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=5) | st.integers(0, 3), _JSON_SCALARS
+                       | st.lists(st.dictionaries(st.text(max_size=4) | st.none(), _JSON_SCALARS, max_size=4),
+                                  max_size=3)
+                       | st.lists(_JSON_SCALARS, max_size=2)
+                       | st.dictionaries(st.text(max_size=2), _JSON_SCALARS, max_size=2)
+                       | st.floats(allow_nan=False), max_size=6))
+def test_json_report_is_json_dumps_indented(report: dict[str, Any]) -> None:
+    """validate's JSON writer gives json.dumps(indent=2)'s bytes, whatever the values."""
+    assert dumps_indented(report) == json.dumps(report, indent=2)

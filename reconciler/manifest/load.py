@@ -20,7 +20,7 @@ import yaml
 
 from reconciler import model
 from reconciler.errors import UsageError
-from reconciler.manifest import pool, yamlnodes
+from reconciler.manifest import yamlnodes
 from reconciler.manifest.account import account_from_manifest
 from reconciler.manifest.validate import KUSTOMIZATION_FILES, other_kind, prepare, validate_manifest
 
@@ -426,6 +426,8 @@ def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default"
     result.diagnostics += unlisted
     result.failed_files += unlisted
     if parallel and len(files) >= PARALLEL_MIN_FILES:
+        from reconciler.manifest import pool  # multiprocessing: 10 ms of imports, only here
+
         prepare()  # once here, inherited by the forked workers
         per_file = pool.map_chunks(_load_files, files, workers or pool.cpu_count())
     else:

@@ -11,6 +11,7 @@ from reconciler import model
 from reconciler.errors import UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+_encode_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def plural(count: int, word: str) -> str:
@@ -21,6 +22,65 @@ def plural(count: int, word: str) -> str:
 def _diag_json(d: model.Diagnostic) -> dict[str, Any]:
     return {"file": d.file, "line": d.line, "column": d.column, "document": d.document,
             "pointer": d.pointer, "message": d.message}
+
+
+def dumps_indented(report: dict[str, Any]) -> str:
+    """json.dumps(report, indent=2), byte for byte, for a map of scalars and lists of maps of
+    scalars (anything else goes to json.dumps). With an indent, json encodes in Python,
+    item by item through generators: 3% of `validate` for 5,000 files (bench/README.md, issue 25).
+    """
+    try:
+        return _render(report)
+    except _NotScalar:  # e.g. --show-effective's nested maps
+        return json.dumps(report, indent=2)
+
+
+def _render(report: dict[str, Any]) -> str:
+    if type(report) is not dict or not report:
+        raise _NotScalar
+    lines = ["{"]
+    last = len(report) - 1
+    for i, (key, value) in enumerate(report.items()):
+        comma = "," if i < last else ""
+        if type(value) is list:
+            if not value:
+                lines.append(f"  {_key(key)}: []{comma}")
+                continue
+            lines.append(f"  {_key(key)}: [")
+            for j, item in enumerate(value):
+                if type(item) is not dict or not item:
+                    raise _NotScalar
+                members = ",\n      ".join(f"{_key(k)}: {_scalar(v)}" for k, v in item.items())
+                lines.append(f"    {{\n      {members}\n    }}{',' if j < len(value) - 1 else ''}")
+            lines.append(f"  ]{comma}")
+        else:
+            lines.append(f"  {_key(key)}: {_scalar(value)}{comma}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+class _NotScalar(Exception):
+    pass
+
+
+def _key(key: Any) -> str:
+    if type(key) is not str:  # json.dumps writes other keys as strings
+        raise _NotScalar
+    return _encode_str(key)  # type: ignore[no-any-return]
+
+
+def _scalar(value: Any) -> str:
+    """A string, an int, a bool or None as json.dumps writes it."""
+    kind = type(value)
+    if kind is str:
+        return _encode_str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    raise _NotScalar
 
 
 def run_validate(paths: Sequence[str], *, output: str = "text", show_effective: bool = False,
@@ -71,10 +131,10 @@ def _run_validate(paths: Sequence[str], output: str, show_effective: bool, out: 
             if show_effective:
                 entry["effective"] = effective_manifest(a)
             accounts.append(entry)
-        json.dump({"valid": result.ok, "files": result.files, "accounts": accounts,
-                   "errors": [_diag_json(d) for d in errors],
-                   "warnings": [_diag_json(d) for d in warnings],
-                   "notes": [_diag_json(d) for d in notes]}, out, indent=2)
+        out.write(dumps_indented({"valid": result.ok, "files": result.files, "accounts": accounts,
+                                  "errors": [_diag_json(d) for d in errors],
+                                  "warnings": [_diag_json(d) for d in warnings],
+                                  "notes": [_diag_json(d) for d in notes]}))
         out.write("\n")
     else:
         for d in result.diagnostics:
