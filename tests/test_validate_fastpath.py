@@ -25,7 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.manifest import load_schema
-from reconciler.manifest.compiled_schema import CompiledSchema, json_only, python_patterns
+from reconciler.manifest.compiled_schema import (
+    CompiledSchema,
+    json_only,
+    portable,
+    python_patterns,
+)
 from reconciler.manifest.load import PARALLEL_MIN_FILES, load_bytes, load_paths
 from reconciler.manifest.pool import map_chunks
 from reconciler.manifest.report import run_validate
@@ -237,11 +242,13 @@ def test_json_only(doc: Any, expected: bool) -> None:
 
 
 def test_python_patterns_renames_keywords_not_property_names() -> None:
-    schema = {"properties": {"pattern": {"type": "string", "pattern": "^a$"}},
-              "items": {"pattern": "b"}, "enum": [{"pattern": "c"}]}
+    """Patterns that are not portable() go to the Python callback; the portable ones stay."""
+    schema = {"properties": {"pattern": {"type": "string", "pattern": r"^\s$"}},
+              "items": {"pattern": "b."}, "enum": [{"pattern": "c."}], "allOf": [{"pattern": "^a$"}]}
     assert python_patterns(schema) == {
-        "properties": {"pattern": {"type": "string", "x-python-pattern": "^a$"}},
-        "items": {"x-python-pattern": "b"}, "enum": [{"pattern": "c"}]}
+        "properties": {"pattern": {"type": "string", "x-python-pattern": r"^\s$"}},
+        "items": {"x-python-pattern": "b."}, "enum": [{"pattern": "c."}],
+        "allOf": [{"pattern": "^a$"}]}
 
 
 def test_dollar_means_end_of_text_as_in_ecma_and_re2() -> None:
@@ -390,3 +397,48 @@ def test_prepare_builds_the_compiled_schema_before_workers_fork() -> None:
     prepare()
     assert _compiled.cache_info().currsize == 1
     assert "reconciler.manifest.semantics" in sys.modules
+
+
+def _schema_patterns(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        own = {node["pattern"]} if isinstance(node.get("pattern"), str) else set()
+        return own.union(*(_schema_patterns(v) for k, v in node.items()
+                           if k not in ("enum", "const")))
+    if isinstance(node, list):
+        return set().union(*(_schema_patterns(v) for v in node))
+    return set()
+
+
+PORTABLE = sorted(p for p in _schema_patterns(load_schema()) if portable(p))
+TRICKY = ["", "a", "a\n", "\na", "a\r", "a\x00", "A-1.b_c", "a.b", "a\u2028", "a\x1c", "é", "x.é",
+          "\U0001f600", "1h30m", "1.5h", "90s\n", "eu-west-1", "[::1]", "[::1", "-a", "a-", "a" * 300,
+          "a b", "a\tb", "a\u00a0b", "A", "a..b", "a.-b", "0" * 20 + "s"]
+
+
+def test_most_schema_patterns_are_portable() -> None:
+    assert len(PORTABLE) >= 8
+    assert not portable(r"^https?://[^\s]+$") and not portable("a.b") and not portable("(?i)a")
+
+
+@pytest.mark.parametrize("pattern", PORTABLE)
+def test_portable_patterns_decide_as_python_re(pattern: str) -> None:
+    """jsonschema-rs checks these itself: the same verdict as Python's re (end-of-text `$`)."""
+    import jsonschema_rs
+
+    from reconciler.manifest.patterns import compile_pattern
+
+    native = jsonschema_rs.validator_for({"pattern": pattern})
+    for text in TRICKY:
+        assert native.is_valid(text) is bool(compile_pattern(pattern).search(text)), text
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(PORTABLE),
+       st.text(alphabet=st.sampled_from(list("aZz09-._:[]@/\n\r\x00\u2028 \tésmh")), max_size=12))
+def test_portable_patterns_decide_as_python_re_on_random_text(pattern: str, text: str) -> None:
+    import jsonschema_rs
+
+    from reconciler.manifest.patterns import compile_pattern
+
+    native = jsonschema_rs.validator_for({"pattern": pattern})
+    assert native.is_valid(text) is bool(compile_pattern(pattern).search(text))

@@ -49,8 +49,54 @@ class _PythonPattern:
             raise ValueError("does not match the pattern")
 
 
+#: Escapes that mean one and the same character in Python's `re`, ECMA-262 and Rust's regex.
+_PORTABLE_ESCAPES = frozenset(".[]-\\rn")
+#: Characters that mean the same in all three outside a class (no `.`: its line terminators
+#: differ; no `(?`: extensions differ): literals, anchors, groups, alternation, quantifiers.
+_PORTABLE_OUTSIDE = frozenset("^$|()?*+{},-_@:/")
+
+
+def portable(pattern: str) -> bool:
+    """Whether a pattern means the same to Python's `re` (with compile_pattern's end-of-text `$`),
+    to ECMA-262 and to jsonschema-rs: ASCII literals and classes, `\\r`, `\\n`, `\\xHH` and
+    escaped punctuation only; no `\\s`, `\\d`, `\\w`, `\\b`, `.`, lookarounds or flags.
+
+    jsonschema-rs checks such a pattern itself; any other goes through a Python callback
+    (1.7 us a string: bench/README.md, issue 25)."""
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            nxt = pattern[i + 1:i + 2]
+            if nxt == "x" and len(pattern[i + 2:i + 4]) == 2 and all(
+                    c in "0123456789abcdefABCDEF" for c in pattern[i + 2:i + 4]):
+                i += 4
+                continue
+            if not nxt or nxt not in _PORTABLE_ESCAPES:
+                return False
+            i += 2
+            continue
+        if not ch.isascii():
+            return False
+        if in_class:
+            if ch == "]":
+                in_class = False
+            elif ch == "[" or not (ch.isalnum() or ch in "-_.:@<>/^ "):
+                return False
+        elif ch == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]" or pattern[i + 1:i + 3] == "^]":
+                return False  # a literal "]" first: readers differ
+        elif ch == "(" and pattern[i + 1:i + 2] == "?" or not (ch.isalnum() or ch in _PORTABLE_OUTSIDE):
+            return False
+        i += 1
+    return not in_class
+
+
 def python_patterns(schema: Any) -> Any:
-    """The schema with every `pattern` keyword renamed to the Python-`re` custom keyword.
+    """The schema with every `pattern` keyword that is not portable() renamed to the Python-`re`
+    custom keyword.
 
     Walks schema positions only, so a property that happens to be named "pattern" keeps its name.
     """
@@ -58,7 +104,7 @@ def python_patterns(schema: Any) -> Any:
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key == "pattern" and isinstance(value, str):
+        if key == "pattern" and isinstance(value, str) and not portable(value):
             out[_PY_PATTERN] = value
         elif key in _SCHEMA_MAPS and isinstance(value, dict):
             out[key] = {name: python_patterns(sub) for name, sub in value.items()}

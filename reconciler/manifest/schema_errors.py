@@ -23,7 +23,8 @@ from typing import Any
 KEYWORDS = frozenset({
     "required", "additionalProperties", "type", "enum", "const", "minimum", "maximum",
     "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems",
-    "uniqueItems", "format", "maxProperties", "minProperties", "not", "anyOf", "oneOf"})
+    "uniqueItems", "format", "maxProperties", "minProperties", "not", "anyOf", "oneOf",
+    "pattern"})
 #: The compiled schema's name for `pattern` (compiled_schema.python_patterns).
 PY_PATTERN = "x-python-pattern"
 
@@ -69,6 +70,8 @@ class Translator:
         keyword = err.schema_path[-1] if err.schema_path else None
         if keyword not in KEYWORDS and keyword != PY_PATTERN:
             return None
+        if keyword == "pattern" and getattr(err.kind, "name", None) != "pattern":
+            return None  # e.g. the regex engine gave up: the Python validator decides
         path: list[Any] | None = [t for t in err.evaluation_path if t != "$ref"]
         if path and path[0] == "$defs":  # a custom keyword's path lacks how it got there
             path = self._find(list(err.schema_path), instance_path)
