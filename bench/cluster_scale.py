@@ -190,15 +190,48 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ControllerProcess:
-    """`email-reconciler controller` against the API server; its CPU, memory and metrics."""
+#: `--profile`: the controller run under this, which counts the cyclic garbage collector's
+#: passes and their time by generation (gc.callbacks) and writes them to argv[1] each second.
+_GC_STATS = (
+    "import gc, json, os, sys, threading, time\n"
+    "path, stats, began = sys.argv.pop(1), {'count': [0, 0, 0], 'seconds': [0.0, 0.0, 0.0],\n"
+    "                                      'collected': [0, 0, 0]}, [0.0]\n"
+    "def on_gc(phase, info):\n"
+    "    if phase == 'start':\n"
+    "        began[0] = time.thread_time()\n"
+    "        return\n"
+    "    g = info['generation']\n"
+    "    stats['count'][g] += 1\n"
+    "    stats['collected'][g] += info['collected']\n"
+    "    stats['seconds'][g] += time.thread_time() - began[0]\n"
+    "gc.callbacks.append(on_gc)\n"
+    "def dump():\n"
+    "    while True:\n"
+    "        time.sleep(1.0)\n"
+    "        out = dict(stats, tracked=len(gc.get_objects()) if os.environ.get('GC_TRACKED') else None,\n"
+    "                   frozen=gc.get_freeze_count(), thresholds=gc.get_threshold())\n"
+    "        with open(path + '.tmp', 'w') as f:\n"
+    "            json.dump(out, f)\n"
+    "        os.replace(path + '.tmp', path)\n"
+    "threading.Thread(target=dump, daemon=True).start()\n"
+    "from reconciler.cli import main\n"
+    "sys.argv[0] = 'email-reconciler'\n"
+    "sys.exit(main())\n"
+)
 
-    def __init__(self, kubeconfig: Path, workers: int, log: Path) -> None:
+
+class ControllerProcess:
+    """`email-reconciler controller` against the API server; its CPU, memory and metrics.
+    With `gc_stats` (a path) it runs under _GC_STATS, which keeps the gc's passes there."""
+
+    def __init__(self, kubeconfig: Path, workers: int, log: Path, gc_stats: Path | None = None) -> None:
         self.metrics, self.health = free_port(), free_port()
         child_env = {**env(), "KUBECONFIG": str(kubeconfig)}
         self.log = log.open("wb")
+        self.gc_stats = gc_stats
+        command = cli() if gc_stats is None else [sys.executable, "-c", _GC_STATS, str(gc_stats)]
         self.proc = subprocess.Popen(
-            [*cli(), "controller", "--workers", str(workers), "--interval", "10m",
+            [*command, "controller", "--workers", str(workers), "--interval", "10m",
              "--max-sessions-per-server", "64", "--log-level", "error", "--log-format", "json",
              "--metrics-addr", f"127.0.0.1:{self.metrics}", "--health-addr", f"127.0.0.1:{self.health}"],
             env=child_env, stdout=subprocess.DEVNULL, stderr=self.log)
@@ -244,6 +277,25 @@ class ControllerProcess:
             total += float(value)
         return total
 
+    def gc(self) -> dict[str, Any]:
+        """The gc's passes so far (`gc_stats` only; {} otherwise)."""
+        if self.gc_stats is None:
+            return {}
+        for _ in range(50):
+            try:
+                return dict(json.loads(self.gc_stats.read_text()))
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        return {}
+
+    def sample(self, out: Path, rate: int = 100) -> subprocess.Popen[bytes]:
+        """py-spy recording this process (the thread holding the GIL) into `out` until stopped
+        with SIGINT (`PYSPY`, default /tmp/pyspy/bin/py-spy)."""
+        return subprocess.Popen([os.environ.get("PYSPY", "/tmp/pyspy/bin/py-spy"), "record",
+                                 "--nonblocking", "--gil", "--threads", "-r", str(rate), "-f", "raw",
+                                 "-o", str(out), "--pid", str(self.proc.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -285,6 +337,7 @@ class Figures:
     shared: float = 0.0
     probes: float = 0.0  # probes in the steady window; those beyond the endpoint checks AUTHed
     auth_interval: float | None = None
+    create_gc: dict[str, list[float]] = field(default_factory=dict)  # --profile: the gc's passes
 
     @property
     def cpu_per_reconcile_ms(self) -> float:
@@ -304,8 +357,11 @@ class Figures:
 
 
 def measure(n: int, unrelated: int, work: Path, *, interval: float, window: float, workers: int = 8,
-            ready_timeout: float = 3600.0, auth_interval: float | None = None) -> Figures:
-    """One size: a fresh cluster of N accounts and U unrelated Secrets (see the module docstring)."""
+            ready_timeout: float = 3600.0, auth_interval: float | None = None,
+            profile: Path | None = None) -> Figures:
+    """One size: a fresh cluster of N accounts and U unrelated Secrets (see the module docstring).
+    With `profile` (a folder), the create phase is sampled by py-spy into create-N.txt there,
+    and the controller's gc passes are counted (gc-N.json)."""
     from smtp_servers import ServerProcess
 
     fig = Figures(n, unrelated, auth_interval=auth_interval)
@@ -315,13 +371,19 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
         smtp.accept(users)
         api.call("setup", ca_pem=smtp.ca_pem, unrelated=unrelated)
         kubeconfig = Path(api.call("kubeconfig", path=str(work / f"kubeconfig-{n}")))
-        ctl = ControllerProcess(kubeconfig, workers, work / f"controller-{n}.log")
+        ctl = ControllerProcess(kubeconfig, workers, work / f"controller-{n}.log",
+                                gc_stats=profile / f"gc-{n}.json" if profile else None)
+        sampler = None
         try:
             ctl.wait_ready(300)
             time.sleep(1.0)  # let start-up garbage settle before the base is read
             fig.base_rss, cpu0 = ctl.rss_mib(), ctl.cpu()
             reconciles0 = ctl.metric("email_reconciler_reconciles_total")
             counts0 = {f"{v} {r}": c for v, r, c in api.call("counts")}
+            gc0 = ctl.gc()
+            if profile is not None:
+                print(f"  controller pid {ctl.proc.pid}", file=sys.stderr, flush=True)
+                sampler = ctl.sample(profile / f"create-{n}.txt")
             start = time.monotonic()
             api.call("accounts", n=n, ports=smtp.ports, interval=f"{interval:g}s",
                      auth_interval=f"{auth_interval:g}s" if auth_interval else None)
@@ -339,6 +401,13 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
             fig.ready_s = time.monotonic() - start
             fig.create_cpu_s = ctl.cpu() - cpu0
             fig.create_reconciles = ctl.metric("email_reconciler_reconciles_total") - reconciles0
+            if sampler is not None:
+                sampler.send_signal(signal.SIGINT)
+                sampler.wait(60)
+                sampler = None
+            gc1 = ctl.gc()
+            fig.create_gc = {k: [b - a for a, b in zip(gc0[k], gc1[k], strict=True)]
+                             for k in ("count", "seconds", "collected") if k in gc0 and k in gc1}
             fig.ready_rss = ctl.rss_mib()
             # The resyncs the create held back (changed keys go first) are taken now, all at
             # once: work, but not the steady state, so the window starts after them.
@@ -369,6 +438,9 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
             fig.probes = ctl.metric("email_reconciler_probes_total") - probes1
             fig.end_rss = ctl.rss_mib()
         finally:
+            if sampler is not None:
+                sampler.kill()
+                sampler.wait()
             ctl.close()
     return fig
 
@@ -437,6 +509,15 @@ def rows(figures: Sequence[Figures]) -> list[Row]:
             fmt_ratio(large.cpu_per_reconcile_ms / max(small.cpu_per_reconcile_ms, 1e-9)), "<= 1.5x",
             large.cpu_per_reconcile_ms <= 1.5 * small.cpu_per_reconcile_ms,
             "CPU per account: " + ", ".join(per_account)))
+    for f in figures:
+        if f.create_gc:
+            count, seconds = f.create_gc["count"], f.create_gc["seconds"]
+            out.append(Row(
+                f"cyclic gc while creating {f.n:,}", f"{sum(seconds):.1f} s",
+                f"{f.create_cpu_s:.1f} s CPU", f"{sum(seconds) / max(f.create_cpu_s, 1e-9):.3f}",
+                "-", None, "passes by generation " + "/".join(f"{c:.0f}" for c in count)
+                + ", seconds " + "/".join(f"{s:.2f}" for s in seconds)
+                + f"; {1000 * sum(seconds) / max(1.0, f.create_reconciles):.2f} ms per reconcile"))
     return out
 
 
@@ -451,7 +532,8 @@ def plan(n: int, interval: float, reprobe_up_to: int) -> tuple[float, float]:
 
 
 def cluster_scale(work: Path, sizes: Sequence[int], unrelated: int, interval: float,
-                  reprobe_up_to: int = 1000, auth_interval: float | None = None) -> list[Row]:
+                  reprobe_up_to: int = 1000, auth_interval: float | None = None,
+                  profile: Path | None = None) -> list[Row]:
     """Benchmark 9 of bench/run.py. `auth_interval` (below the probe interval): every re-probe
     in the steady window also authenticates, which must not write either."""
     figures = []
@@ -459,7 +541,7 @@ def cluster_scale(work: Path, sizes: Sequence[int], unrelated: int, interval: fl
         print(f"  {n:,} accounts, {unrelated:,} unrelated Secrets ...", file=sys.stderr, flush=True)
         probe_interval, window = plan(n, interval, reprobe_up_to)
         figures.append(measure(n, unrelated, work, interval=probe_interval, window=window,
-                               auth_interval=auth_interval))
+                               auth_interval=auth_interval, profile=profile))
         print(f"  {figures[-1]}", file=sys.stderr, flush=True)
     return rows(figures)
 
@@ -477,6 +559,9 @@ def main() -> int:
                         help="the accounts' spec.probe.authInterval in seconds (default 24h); below "
                              "--interval, every re-probe of the steady window authenticates")
     parser.add_argument("--work", default="bench/out/cluster_scale")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="sample the controller's create phase with py-spy (create-N.txt, "
+                             "raw) and count its gc passes (gc-N.json) into DIR")
     args = parser.parse_args()
     if args.serve_api:
         return serve_api()
@@ -485,8 +570,11 @@ def main() -> int:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in args.accounts.split(",") if x.strip()]
+    profile = Path(args.profile).resolve() if args.profile else None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
     print(render_table(cluster_scale(work, sizes, args.unrelated, args.interval, args.reprobe_up_to,
-                                     args.auth_interval)))
+                                     args.auth_interval, profile)))
     return 0
 
 
