@@ -157,7 +157,7 @@ def settled(ctl: Controller, *secrets: str) -> bool:
         return False
     queue = ctl.queue
     with queue._cv:  # the queue's own lock: no key between "taken" and "processing"
-        return not (queue._urgent or queue._ready or queue._processing)
+        return queue.idle()
 
 
 @pytest.fixture
@@ -273,8 +273,7 @@ def test_a_suspended_account_waits_for_the_resync_not_its_stale_next_probe_time(
             return False
         with ctl.queue._cv:
             due = ctl.queue._due.get(key)
-            return due is not None and due - time.monotonic() > 60 and key not in (
-                ctl.queue._ready + ctl.queue._urgent)
+            return due is not None and due - time.monotonic() > 60 and not ctl.queue.queued(key)
 
     wait_for(waiting_for_the_resync, PATIENCE, "the resync as billing's next turn")
     assert cluster.ready("billing")
