@@ -251,9 +251,7 @@ class Informer:
 
     def _follow(self) -> None:
         """One watch request, from the last resourceVersion, until the server ends it."""
-        from kubernetes import watch
-
-        w = watch.Watch(return_type="object")
+        w = _raw_watch()
         self._watch = w
         try:
             if self._stopping.is_set() or self._relist_wanted.is_set():
@@ -304,6 +302,32 @@ class Informer:
             self._handler("DELETED", obj, prev)
         else:
             self._handler("ADDED" if prev is None else "MODIFIED", obj, prev)
+
+
+_RAW_WATCH: list[Any] = []  # the class, made on first use (kubernetes is imported lazily)
+
+
+def _raw_watch() -> Any:
+    """A `kubernetes.watch.Watch` whose events are decoded once: the official one, given a
+    return type ("object" for dicts), decodes each line, encodes its object again and decodes
+    that (47 µs for an 8.5 KB published Secret, 10 µs for the decode alone). ERROR events
+    (410 Gone) are raised by its stream as before; BOOKMARKs come through as events."""
+    if not _RAW_WATCH:
+        from kubernetes import watch
+
+        class RawWatch(watch.Watch):  # type: ignore[misc]
+            def unmarshal_event(self, data: str, return_type: Any) -> Any:
+                if not data or data.isspace():
+                    return None
+                try:
+                    event = json.loads(data)
+                except json.JSONDecodeError:
+                    return None
+                event["raw_object"] = event.get("object")
+                return event
+
+        _RAW_WATCH.append(RawWatch)
+    return _RAW_WATCH[0](return_type="object")
 
 
 def request_verb(method: str, url: str) -> str:
