@@ -230,3 +230,37 @@ _JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.text(max_size=6)
 def test_json_report_is_json_dumps_indented(report: dict[str, Any]) -> None:
     """validate's JSON writer gives json.dumps(indent=2)'s bytes, whatever the values."""
     assert dumps_indented(report) == json.dumps(report, indent=2)
+
+
+WARNED = """\
+apiVersion: email.reconciler.io/v1alpha1
+kind: EmailAccount
+metadata: {name: warned, namespace: demo}
+spec:
+  provider: custom
+  smtp:
+    connection: {host: smtp.example.com, port: 25, security: STARTTLS}
+    identity: {emailAddress: warned@example.com, userId: AKIAIOSFODNN7EXAMPLE}
+    authentication:
+      method: Password
+      passwordSecretRef: {name: warned-smtp, key: password}
+"""
+
+
+def test_accounts_carry_their_source_and_sorted_warnings(tmp_path: Path) -> None:
+    """The loader's accounts (their source and warnings now set where validation builds them)
+    equal the account built from scratch with the document's source and warnings in order: here
+    the rule's warning (port 25, line 7) is found after the scan's (userId, line 8)."""
+    (tmp_path / "warned.yaml").write_text(WARNED + "---\n" + WARNED.replace("warned", "second"))
+    result = load_paths([str(ROOT / "accounts"), str(tmp_path)])
+    with_warnings = 0
+    for a in result.accounts:
+        assert a.source is not None
+        expected = tuple(d for d in result.diagnostics if d.severity == "warning"
+                         and (d.file, d.document) == (a.source.file, a.source.document))
+        assert a == account_from_manifest(a.manifest, a.source, expected)
+        with_warnings += bool(expected)
+        if expected:
+            assert [d.line for d in a.warnings] == sorted(d.line for d in a.warnings)
+            assert len(a.warnings) == 2
+    assert len(result.accounts) > 20 and with_warnings == 2

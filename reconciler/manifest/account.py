@@ -133,8 +133,17 @@ def _graph(raw: Mapping[str, Any]) -> model.GraphSpec:
         endpoint=str(raw.get("endpoint", providers.GRAPH_ENDPOINT)))
 
 
+#: The defaults, built once: frozen, so every account without the block can share them (a
+#: frozen dataclass costs about a microsecond a field to build; bench/README.md, issue 25).
+_PROBE_DEFAULTS = model.ProbeSettings()
+_RELAY_DEFAULTS = model.Relay()
+_EVERY_FORMAT = model.Publish("x").formats
+
+
 def _probe(raw: Mapping[str, Any]) -> model.ProbeSettings:
-    d = model.ProbeSettings()
+    d = _PROBE_DEFAULTS
+    if not raw:
+        return d
     return model.ProbeSettings(
         interval_seconds=parse_duration(raw["interval"]) if "interval" in raw
         else d.interval_seconds,
@@ -151,7 +160,7 @@ def default_formats(send_using: str, smtp: Mapping[str, Any] | None,
     """publish.formats when the manifest lists none: all of them, but for OAuth2 SMTP accounts
     none whose consumers take a user and password only (they could not authenticate) — unless
     the relay is on: then every format logs in to the relay with its password."""
-    every = model.Publish("x").formats
+    every = _EVERY_FORMAT
     method = ((smtp or {}).get("authentication") or {}).get("method")
     if send_using == "SMTP" and method == "OAuth2" and not relay:
         from reconciler.manifest.semantics import PASSWORD_ONLY_FORMATS
@@ -161,6 +170,9 @@ def default_formats(send_using: str, smtp: Mapping[str, Any] | None,
 
 
 def _relay(raw: Mapping[str, Any]) -> model.Relay:
+    if not raw:
+        return _RELAY_DEFAULTS
+
     def number(name: str) -> int | None:
         value = raw.get(name)
         return int(value) if isinstance(value, int) and not isinstance(value, bool) else None

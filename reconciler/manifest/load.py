@@ -234,7 +234,7 @@ def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
     try:
         diagnostics, doc.account = validate_manifest(
             doc.data, file=file, document=index,
-            locate=lambda p: yamlnodes.locate(root, p), plain=plain)
+            locate=lambda p: yamlnodes.locate(root, p), plain=plain, source=doc.source)
         doc.diagnostics += diagnostics
     except Exception as exc:  # noqa: BLE001 - a bug in a rule must not hide other documents
         doc.diagnostics.append(_file_error(
@@ -447,7 +447,9 @@ def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default"
             if d.valid:
                 warnings = tuple(x for x in d.diagnostics if x.severity == "warning")
                 account = d.account or account_from_manifest(d.data)
-                result.accounts.append(replace(account, source=d.source, warnings=warnings))
+                if account.source is not d.source or account.warnings != warnings:
+                    account = replace(account, source=d.source, warnings=warnings)
+                result.accounts.append(account)
             else:
                 result.invalid.append(InvalidDocument(
                     ident[0] if ident else None, ident[1] if ident else None, d.source,

@@ -233,12 +233,15 @@ def validate_document(doc: Any, *, file: str = "<input>", document: int = 1,
 
 
 def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
-                      locate: Locate | None = None, plain: bool = False
+                      locate: Locate | None = None, plain: bool = False,
+                      source: model.SourceRef | None = None
                       ) -> tuple[list[model.Diagnostic], model.Account | None]:
     """validate_document's diagnostics, and the effective account its semantic rules checked.
 
     ``plain``: the loader found only JSON types and finite numbers while building the document
     (yamlnodes.check_and_construct), so the walks that look for anything else are skipped.
+    ``source``: the account's source; it then carries its warnings too, sorted by position as
+    the loader sorts them (so the loader need not build it again with them: bench/README.md).
 
     The account (without source or warnings) is None when the schema or the scan failed; the
     loader reuses it rather than building it a second time.
@@ -276,7 +279,20 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
     for pointer, message, severity in [*check_object_meta(doc), *check_published(doc),
                                        *check_account(account, doc)]:
         out.append(_diag(file, document, locate, pointer, message, severity))
+    if source is not None:
+        warnings = sorted((d for d in out if d.severity == "warning"),
+                          key=lambda d: (d.line, d.column))
+        _set_source(account, source, tuple(warnings))
     return out, account
+
+
+def _set_source(account: model.Account, source: model.SourceRef,
+                warnings: tuple[model.Diagnostic, ...]) -> None:
+    """Set the source and warnings of an account just built here and not yet seen by anyone
+    (nothing has hashed or shared it): dataclasses.replace would build its twenty fields again,
+    5 us a document (bench/README.md, issue 25)."""
+    object.__setattr__(account, "source", source)
+    object.__setattr__(account, "warnings", warnings)
 
 
 def other_kind(doc: Any) -> tuple[str, str, Severity] | None:
