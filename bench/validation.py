@@ -45,8 +45,9 @@ def validation_throughput(work: Path, count: int, repeat: int = 1) -> list[Row]:
 
     Judged on CPU (user + system of each command's whole process tree, `os.wait4`), the three
     commands alternated round by round, medians of the rounds: on a shared, loaded machine wall
-    time says more about the neighbours than about the program, and ours spreads a large folder
-    over forked workers whose CPU is counted too. Wall medians are reported for information."""
+    time says more about the neighbours than about the program, and `validate --jobs 0` would
+    spread a large folder over forked workers whose CPU is counted too (one process is its
+    default). Wall medians are reported for information."""
     folder = work / "validate"
     invalid = validation_corpus(folder, count)
     files = sorted(str(p) for p in folder.glob("*.yaml"))
@@ -102,7 +103,7 @@ def validation_throughput(work: Path, count: int, repeat: int = 1) -> list[Row]:
     rows.append(Row("1b' the same, wall", fmt_s(statistics.median(wall["ours"])),
                     fmt_s(statistics.median(wall["floor"])),
                     fmt_ratio(statistics.median(wall["ours"]) / statistics.median(wall["floor"])),
-                    "(information)", None, "ours spreads the files over a forked worker per CPU"))
+                    "(information)", None, "ours in one process (its default; --jobs 0 forks a worker per CPU)"))
     return rows
 
 
