@@ -376,6 +376,34 @@ def test_connection_refused(secrets_dir: Path) -> None:
     assert result.authentication is None
 
 
+def test_connect_fails_as_asyncio_sock_connect_does() -> None:
+    """The client's own connect raises what loop.sock_connect raised (type, errno, text), so a
+    refused or unreachable server reads the same in every message."""
+    import socket
+
+    from reconciler.probe.smtpclient import _connect
+
+    async def attempt(connect: Callable[..., Any]) -> OSError:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            try:
+                await connect(loop, sock, ("127.0.0.1", port))
+            except OSError as exc:
+                return exc
+        raise AssertionError("connected to an unused port")
+
+    async def both() -> tuple[OSError, OSError]:
+        ours = await attempt(_connect)
+        theirs = await attempt(lambda loop, sock, address: loop.sock_connect(sock, address))
+        return ours, theirs
+
+    port = unused_port()
+    ours, theirs = asyncio.run(both())
+    assert (type(ours), ours.errno, ours.strerror, str(ours)) == (
+        type(theirs), theirs.errno, theirs.strerror, str(theirs))
+
+
 def test_server_that_never_speaks_times_out(smtp_server: Factory, secrets_dir: Path) -> None:
     server = smtp_server(scripted="hang")
     started = time.monotonic()
