@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 
@@ -112,3 +113,16 @@ def test_json_output_is_one_account_a_line_unless_on_a_terminal(
     empty = stream()
     write_json_list([], empty)
     assert json.loads(empty.getvalue()) == []
+
+
+def test_probing_keeps_the_collector_off_what_was_loaded(world: World,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    """The loaded accounts are frozen out of the collector's scans while the run probes, with
+    a higher young-generation threshold, and the threshold is restored afterwards."""
+    world.account("billing")
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert probe(world, "-o", "json") == 0
+    assert condition(json.loads(capsys.readouterr().out)[0]["status"], "Ready")["status"] == "True"
+    assert gc.get_threshold() == threshold
+    assert gc.get_freeze_count() > frozen
