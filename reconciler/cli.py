@@ -16,6 +16,9 @@ from reconciler.errors import ExitCode, ReconcilerError, exit_code_of
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
+#: Commands that never log: they skip reconciler.log and its imports (about 8 ms of a
+#: `validate`'s start-up; tests/test_startup.py checks validate does not import it).
+_NEVER_LOG = frozenset({"validate", "crd", "explain"})
 
 
 def _says_nothing(default: object) -> bool:
@@ -32,6 +35,42 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Command(argparse.ArgumentParser):
+    """A command's parser that adds its arguments when it is first used (parse, usage, help).
+
+    argparse makes a help formatter for each argument it adds (a terminal-size and gettext
+    look-up): about 4 ms for every command's arguments at each start-up, where a run parses
+    one command. The arguments are added in the order given, so the parser is the same.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._deferred: list[tuple[tuple[Any, ...], dict[str, Any]]] | None = []
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        if self._deferred is None:
+            return super().add_argument(*args, **kwargs)
+        self._deferred.append((args, kwargs))
+        return None
+
+    def _add_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, None
+        for args, kwargs in deferred or ():
+            super().add_argument(*args, **kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._add_deferred()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._add_deferred()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._add_deferred()
+        return super().format_help()
+
+
 def _global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """The flags every command takes; after the command they override those given before it."""
     default: Any = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
@@ -43,12 +82,14 @@ def _global_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
                              ("" if top else " (default: auto)"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:
+    """The parser; `lazy`: each command's arguments are added when that command is parsed."""
     parser = argparse.ArgumentParser(prog="email-reconciler", formatter_class=_Formatter,
                                      description="GitOps for outbound e-mail accounts.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_flags(parser, top=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=_Command if lazy else argparse.ArgumentParser)
 
     def command(name: str, help_text: str, run: Callable[[argparse.Namespace], int]
                 ) -> argparse.ArgumentParser:
@@ -347,7 +388,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(lazy=True)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
@@ -355,9 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
-    from reconciler.log import configure_logging
+    if args.command not in _NEVER_LOG:
+        from reconciler.log import configure_logging
 
-    configure_logging(fmt=args.log_format, level=args.log_level)
+        configure_logging(fmt=args.log_format, level=args.log_level)
     try:
         return int(args.func(args))
     except ReconcilerError as exc:
