@@ -256,7 +256,18 @@ class Informer:
         try:
             if self._stopping.is_set() or self._relist_wanted.is_set():
                 return
-            stream = w.stream(self._list_fn, *self._list_args,
+
+            def opened(*args: Any, **kwargs: Any) -> Any:
+                # A relist or stop asked for while the request was on its way found no answer
+                # to cut (Watch.stop() shuts the answer's socket once it has one), and waited
+                # for the next event or the watch's end (up to watch_seconds): check again now.
+                response = self._list_fn(*args, **kwargs)
+                w._resp = response
+                if self._stopping.is_set() or self._relist_wanted.is_set():
+                    w.stop()
+                return response
+
+            stream = w.stream(opened, *self._list_args,
                               resource_version=self.resource_version,
                               timeout_seconds=self.watch_seconds,
                               allow_watch_bookmarks=True,
