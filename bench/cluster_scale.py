@@ -211,7 +211,7 @@ _GC_STATS = (
     "        out = dict(stats, tracked=len(gc.get_objects()) if os.environ.get('GC_TRACKED') else None,\n"
     "                   frozen=gc.get_freeze_count(), thresholds=gc.get_threshold())\n"
     "        with open(path + '.tmp', 'w') as f:\n"
-    "            json.dump(out, f)\n"
+    "            f.write(json.dumps(out))\n"
     "        os.replace(path + '.tmp', path)\n"
     "threading.Thread(target=dump, daemon=True).start()\n"
     "from reconciler.cli import main\n"
@@ -259,6 +259,23 @@ class ControllerProcess:
         """utime + stime of the controller process (all its threads), in seconds."""
         return sum(process_cpu(self.proc.pid))
 
+    def activity(self) -> tuple[float, float, int, int, int]:
+        """(user s, system s, minor page faults, voluntary and involuntary context switches of
+        the threads alive now) of the controller process."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        user, system = process_cpu(self.proc.pid)
+        voluntary = involuntary = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        involuntary += int(line.split()[1])
+            except OSError:
+                continue  # a thread that ended meanwhile
+        return user, system, int(fields[7]), voluntary, involuntary
+
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -290,7 +307,7 @@ class ControllerProcess:
 
     def sample(self, out: Path, rate: int = 100) -> subprocess.Popen[bytes]:
         """py-spy recording this process (the thread holding the GIL) into `out` until stopped
-        with SIGINT (`PYSPY`, default /tmp/pyspy/bin/py-spy)."""
+        with SIGINT (`PYSPY`, default /tmp/pyspy/bin/py-spy; `none`: gc counts only)."""
         return subprocess.Popen([os.environ.get("PYSPY", "/tmp/pyspy/bin/py-spy"), "record",
                                  "--nonblocking", "--gil", "--threads", "-r", str(rate), "-f", "raw",
                                  "-o", str(out), "--pid", str(self.proc.pid)],
@@ -338,6 +355,8 @@ class Figures:
     probes: float = 0.0  # probes in the steady window; those beyond the endpoint checks AUTHed
     auth_interval: float | None = None
     create_gc: dict[str, list[float]] = field(default_factory=dict)  # --profile: the gc's passes
+    #: the create phase's (user s, system s, minor faults, voluntary, involuntary switches)
+    create_activity: tuple[float, ...] = ()
 
     @property
     def cpu_per_reconcile_ms(self) -> float:
@@ -380,10 +399,11 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
             fig.base_rss, cpu0 = ctl.rss_mib(), ctl.cpu()
             reconciles0 = ctl.metric("email_reconciler_reconciles_total")
             counts0 = {f"{v} {r}": c for v, r, c in api.call("counts")}
-            gc0 = ctl.gc()
+            gc0, activity0 = ctl.gc(), ctl.activity()
             if profile is not None:
                 print(f"  controller pid {ctl.proc.pid}", file=sys.stderr, flush=True)
-                sampler = ctl.sample(profile / f"create-{n}.txt")
+                if os.environ.get("PYSPY") != "none":
+                    sampler = ctl.sample(profile / f"create-{n}.txt")
             start = time.monotonic()
             api.call("accounts", n=n, ports=smtp.ports, interval=f"{interval:g}s",
                      auth_interval=f"{auth_interval:g}s" if auth_interval else None)
@@ -401,6 +421,7 @@ def measure(n: int, unrelated: int, work: Path, *, interval: float, window: floa
             fig.ready_s = time.monotonic() - start
             fig.create_cpu_s = ctl.cpu() - cpu0
             fig.create_reconciles = ctl.metric("email_reconciler_reconciles_total") - reconciles0
+            fig.create_activity = tuple(b - a for a, b in zip(activity0, ctl.activity(), strict=True))
             if sampler is not None:
                 sampler.send_signal(signal.SIGINT)
                 sampler.wait(60)
@@ -466,7 +487,7 @@ def rows(figures: Sequence[Figures]) -> list[Row]:
             "<= 1.5x of the smallest N",
             None if f is small else f.cpu_per_reconcile_ms <= 1.5 * small.cpu_per_reconcile_ms,
             f"{f.create_cpu_s:.1f} s CPU over {f.create_reconciles:.0f} reconciles "
-            f"({1000 * f.create_cpu_s / f.n:.2f} ms per account)"))
+            f"({1000 * f.create_cpu_s / f.n:.2f} ms per account)" + _activity(f)))
         made = ", ".join(f"{k}: {v}" for k, v in sorted(f.create_requests.items())) or "none"
         out.append(Row(
             f"API requests while creating {f.n:,}", f"{f.create_requests.get('get secrets', 0)} "
@@ -519,6 +540,17 @@ def rows(figures: Sequence[Figures]) -> list[Row]:
                 + ", seconds " + "/".join(f"{s:.2f}" for s in seconds)
                 + f"; {1000 * sum(seconds) / max(1.0, f.create_reconciles):.2f} ms per reconcile"))
     return out
+
+
+def _activity(f: Figures) -> str:
+    """Per reconcile of the create phase: user and system CPU, page faults, context switches."""
+    if not f.create_activity:
+        return ""
+    user, system, faults, voluntary, involuntary = f.create_activity
+    per = 1 / max(1.0, f.create_reconciles)
+    return (f"; per reconcile {1000 * user * per:.2f} ms user, {1000 * system * per:.2f} ms "
+            f"system, {faults * per:.1f} minor faults, {voluntary * per:.1f} voluntary and "
+            f"{involuntary * per:.1f} involuntary context switches")
 
 
 def plan(n: int, interval: float, reprobe_up_to: int) -> tuple[float, float]:
