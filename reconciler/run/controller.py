@@ -52,7 +52,7 @@ from reconciler.run.probeloop import ProbeLoop, ProbesStopped
 from reconciler.run.refs import RefIndex, configmap_names, secret_names
 from reconciler.run.scope import NamespaceScope
 from reconciler.run.served import ServedInformers
-from reconciler.run.trim import Trimmer
+from reconciler.run.trim import Trimmer, settle_heap
 from reconciler.run.worker import Worker
 from reconciler.run.workqueue import ApiBackoff, Slots, WorkQueue
 from reconciler.store.base import Key, object_key
@@ -470,8 +470,11 @@ def run_controller(args: Any) -> int:
                     workers=args.workers, leader_elect=bool(leader),
                     shard=shards.lease_name if shards else None,
                     shard_selector=args.shard_selector or None)
+        settled = False
         while not stop.wait(1.0):
-            pass
+            if not settled and controller.synced:
+                settled = True  # once: the start-up heap leaves the collector's full passes
+                log.info("heap settled", frozen=settle_heap())
         log.warning("stopping: finishing in-flight work")
         controller.stop()
         return 0

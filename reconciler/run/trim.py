@@ -8,12 +8,20 @@ the base 3.9 -> 3.2 KB an account at 3,000 accounts, 5.0 -> 3.6 KB with a creden
 account, issue 26). The controller calls it from a thread of its own, at most every `period`
 seconds and only when reconciles ran since the last time (`due`): nothing when idle, and about
 a walk of the heaps a minute while busy. Elsewhere than glibc (musl, macOS) it does nothing.
+
+`settle_heap` is the cyclic garbage collector's counterpart, called once by the controller
+command when its caches have synced: what is alive then (modules, classes, the clients, the
+caches' first objects) moves to the collector's permanent generation, so its full passes no
+longer walk it again and again while the accounts are reconciled (benchmark 9, 20,000 accounts:
+128,600 objects frozen; a full pass 97-112 ms -> 12 ms, the collector's time per reconcile
+0.27-0.29 -> 0.15 ms, where without it it grew with N from 0.19-0.22 ms at 1,000).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -72,3 +80,13 @@ class Trimmer:
             return
         while not stopping.wait(min(tick, self.period)):
             self.maybe_trim()
+
+
+def settle_heap() -> int:
+    """Collect, then freeze what is left (gc.freeze): a full pass of the cyclic collector
+    walks every tracked object, and what a controller holds at start-up (its modules and
+    clients, about 128,000 objects) lives as long as the process. Later objects are collected
+    as before. The objects frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
