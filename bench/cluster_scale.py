@@ -1,6 +1,6 @@
 """A whole cluster: the controller's own CPU, requests and memory at 1,000 to 100,000 accounts.
 
-    .venv/bin/python bench/cluster_scale.py --accounts 1000,10000 [--unrelated 200000]
+    .venv/bin/python bench/cluster_scale.py --accounts 1000,10000 [--unrelated 200000] [--profile DIR]
     .venv/bin/python bench/run.py --only 9 [--quick]
 
 Three processes besides this one, so each one's CPU is its own: the test API server
