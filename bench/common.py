@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,22 +94,25 @@ def cli() -> list[str]:
     return [sys.executable, "-m", "reconciler"]
 
 
-def env() -> dict[str, str]:
-    """The environment for child processes: the repository importable, no cluster configured."""
+def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for child processes: the repository importable, no cluster configured;
+    `extra` is set on top."""
     out = dict(os.environ)
     out["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), out.get("PYTHONPATH", "")) if p)
     out.pop("KUBECONFIG", None)
     out.pop("KUBERNETES_SERVICE_HOST", None)
     out["PYTHONDONTWRITEBYTECODE"] = out.get("PYTHONDONTWRITEBYTECODE", "")
+    out.update(extra or {})
     return out
 
 
 def timed_run(argv: Sequence[str], *, cwd: Path | None = None, ok_codes: Sequence[int] = (0,),
-              stdout: int | None = subprocess.DEVNULL, timeout: float = 600
+              stdout: int | None = subprocess.DEVNULL, timeout: float = 600,
+              extra_env: Mapping[str, str] | None = None
               ) -> tuple[float, subprocess.CompletedProcess[bytes]]:
     """Run a command and return (wall seconds, the completed process); raise on an unexpected exit."""
     start = time.perf_counter()
-    proc = subprocess.run(list(argv), cwd=cwd or REPO, env=env(), stdout=stdout,
+    proc = subprocess.run(list(argv), cwd=cwd or REPO, env=env(extra_env), stdout=stdout,
                           stderr=subprocess.PIPE, timeout=timeout, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode not in ok_codes:
@@ -118,8 +121,8 @@ def timed_run(argv: Sequence[str], *, cwd: Path | None = None, ok_codes: Sequenc
     return elapsed, proc
 
 
-def cpu_run(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,), capture: bool = False
-            ) -> tuple[float, float, bytes]:
+def cpu_run(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,), capture: bool = False,
+            extra_env: Mapping[str, str] | None = None) -> tuple[float, float, bytes]:
     """Run a command; return (CPU seconds, wall seconds, stdout if captured).
 
     CPU is user + system of the child from `os.wait4`, which includes every descendant it waited
@@ -129,7 +132,7 @@ def cpu_run(argv: Sequence[str], *, ok_codes: Sequence[int] = (0,), capture: boo
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), cwd=REPO, env=env(), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(list(argv), cwd=REPO, env=env(extra_env), stdin=subprocess.DEVNULL,
                                 stdout=out if capture else subprocess.DEVNULL, stderr=err)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
