@@ -151,6 +151,10 @@ def test_a_killed_replicas_accounts_move_to_the_others(cluster: Cluster,
     wait_for(lambda: converged([a, b]), PATIENCE, "a and b drop c from their view")
     moved = time.monotonic() - killed
     wait_for(lambda: generation_done(cluster, NAMES, 2), PATIENCE, "every account re-probed")
+    # The API server stores a write before it logs the request, so a status read can see
+    # generation 2 a moment before the write that set it is in the log: wait for the log too.
+    wait_for(lambda: all(len(writers_taking_turns(cluster.api.requests, c_names).get(n, [])) >= 2
+                         for n in c_names), PATIENCE, "a new writer of each of c's accounts logged")
     turns = writers_taking_turns(cluster.api.requests, NAMES)
     assert {n: turns[n] for n in c_names if turns[n][0] != "replica-c" or len(turns[n]) != 2} == {}
     wait_for(lambda: set(a.accounts.cached_keys()) | set(b.accounts.cached_keys()) == {
