@@ -16,22 +16,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import build_parser
+from tests.test_cli import GOOD
 
 REPO = Path(__file__).resolve().parents[1]
 
-GOOD = """\
-apiVersion: email.reconciler.io/v1alpha1
-kind: EmailAccount
-metadata: {name: billing, namespace: shop}
-spec:
-  provider: custom
-  smtp:
-    identity: {emailAddress: billing@example.com}
-    connection: {host: mail.example.com, port: 587}
-    authentication:
-      method: Password
-      passwordSecretRef: {name: billing-smtp, key: password}
-"""
 
 #: What `validate` of a valid file has no use for: logging (it never logs), the probe, the
 #: stores and the runs, the Kubernetes client, crypto, TLS, asyncio, the OAuth libraries, and

@@ -4,7 +4,6 @@ as a whole answer, and a relist that packs each page as it comes (issue 26: memo
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,17 +13,9 @@ from reconciler.store import bounded, watch
 from reconciler.store.cacheform import Packer
 from reconciler.store.watch import Informer
 from tests.kubeapi import KubeAPIServer
+from tests.test_cacheform import wait_for
 
 NS = "mail"
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    end = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def configmap(name: str, size: int = 0) -> dict[str, Any]:
