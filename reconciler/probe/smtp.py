@@ -224,7 +224,7 @@ async def _credentials(account: Account, secrets: SecretReader, authenticate: bo
     return (None, got) if isinstance(got, Outcome) else (got, None)
 
 
-async def _attempts(account: Account, ctx: ssl.SSLContext, truststore: str | None,
+async def _attempts(account: Account, ctx: tls.ClientContext, truststore: str | None,
                     authenticate: bool, creds: Credentials | None, now: dt.datetime,
                     transaction: Transaction | None, deadline: Deadline) -> SessionState:
     """Sessions until one is not answered 421 or the deadline is near; the last one's state."""
@@ -239,7 +239,7 @@ async def _attempts(account: Account, ctx: ssl.SSLContext, truststore: str | Non
         backoff *= 2
 
 
-async def _session(st: SessionState, account: Account, ctx: ssl.SSLContext, truststore: str | None,
+async def _session(st: SessionState, account: Account, ctx: tls.ClientContext, truststore: str | None,
                    creds: Credentials | None, authenticate: bool, now: dt.datetime,
                    transaction: Transaction | None, deadline: Deadline) -> None:
     """One SMTP session; fills st (a timeout becomes the reason of the step it stopped)."""

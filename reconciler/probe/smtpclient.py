@@ -10,8 +10,10 @@ reply lists. It knows no account and no reason: the session (reconciler.probe.sm
 reads its exceptions as outcomes.
 
 It drives a non-blocking socket on the event loop itself (its own connect, readiness
-callbacks) rather than asyncio streams, and after STARTTLS an `ssl.SSLObject` over memory BIOs
-fed by one recv per readable event (an SSLSocket reads every record in two syscalls): no
+callbacks) rather than asyncio streams, and after STARTTLS a TLS session over memory BIOs
+(reconciler.probe.tlsengine, on the OpenSSL of the `cryptography` wheel, which speaks the `ssl`
+module's exceptions) fed by one recv per readable event (an SSLSocket reads every record in two
+syscalls): no
 transport, protocol and stream objects between the socket and OpenSSL, and a reply of any number
 of lines parsed from one buffer without a coroutine per line. That was most of the probe's own
 CPU beside the handshake (bench/README.md, benchmark 7).
@@ -31,6 +33,7 @@ from typing import Any
 
 from reconciler.log import redact_text
 from reconciler.probe.limits import Deadline
+from reconciler.probe.tlsengine import ClientContext, TlsSession
 
 MAX_REPLY_LINES = 512
 MAX_REPLY_BYTES = 64 * 1024
@@ -78,9 +81,7 @@ class SmtpClient:
         self._eof = False
         self._closed = False
         self._sockname = sock.getsockname()
-        self._tls: ssl.SSLObject | None = None  # after STARTTLS (or SMTPS): the TLS session
-        self._incoming = ssl.MemoryBIO()  # bytes received for OpenSSL
-        self._outgoing = ssl.MemoryBIO()  # bytes OpenSSL wants sent
+        self._tls: TlsSession | None = None  # after STARTTLS (or SMTPS): the TLS session
         # The operation under way must end by this loop time: every wait is timed against it
         # (one timer a wait rather than an asyncio.timeout an operation).
         self._until = 0.0
@@ -175,9 +176,9 @@ class SmtpClient:
                     await self._flush()  # what TLS itself has to say first (a key update)
                     raw = await self._recv()
                     if raw:
-                        self._incoming.write(raw)
+                        tls.feed(raw)
                     else:
-                        self._incoming.write_eof()
+                        tls.feed_eof()
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                     data = b""
                     break
@@ -195,8 +196,10 @@ class SmtpClient:
 
     async def _flush(self) -> None:
         """Send what OpenSSL has written to the outgoing BIO."""
-        if self._outgoing.pending:
-            await self._send_raw(self._outgoing.read())
+        if self._tls is not None:
+            data = self._tls.outgoing()
+            if data:
+                await self._send_raw(data)
 
     async def _send_raw(self, data: bytes) -> None:
         view = memoryview(data)
@@ -274,7 +277,7 @@ class SmtpClient:
             self.usable = False
             raise
 
-    async def start_tls(self, ctx: ssl.SSLContext, server_hostname: str) -> None:
+    async def start_tls(self, ctx: ClientContext, server_hostname: str) -> None:
         """Upgrade to TLS; SmtpInjection when the server has sent anything not yet read.
 
         Nothing may precede the handshake: bytes received after the go-ahead and kept in the
@@ -290,14 +293,13 @@ class SmtpClient:
                                 "TLS handshake")
         try:
             self._begin()
-            self._tls = ctx.wrap_bio(self._incoming, self._outgoing,
-                                     server_hostname=server_hostname)
+            self._tls = ctx.session(server_hostname)
             await self._handshake(self._tls)
         except BaseException:
             self.usable = False
             raise
 
-    async def _handshake(self, tls: ssl.SSLObject) -> None:
+    async def _handshake(self, tls: TlsSession) -> None:
         while True:
             try:
                 tls.do_handshake()
@@ -308,11 +310,11 @@ class SmtpClient:
                 if not raw:
                     raise SmtpClosed("the server closed the connection during the TLS "
                                      "handshake") from None
-                self._incoming.write(raw)
+                tls.feed(raw)
             except ssl.SSLError:
                 # OpenSSL's alert (a bad certificate, no common version) goes out if it can.
                 with contextlib.suppress(OSError):
-                    self.sock.send(self._outgoing.read())
+                    self.sock.send(tls.outgoing())
                 raise
         await self._flush()  # the client's Finished
 
@@ -321,8 +323,7 @@ class SmtpClient:
         tls = self._tls
         if tls is None:
             return None, None, None
-        cipher = tls.cipher()
-        return tls.version(), cipher[0] if cipher else None, tls.getpeercert(binary_form=True)
+        return tls.version(), tls.cipher(), tls.peer_certificate()
 
     def local_address(self) -> str | None:
         return str(self._sockname[0]) if self._sockname else None

@@ -119,7 +119,7 @@ def host_hint(account: Account) -> tuple[str, str]:
             "check this network's DNS and egress to it (a firewall or NetworkPolicy)")
 
 
-async def converse(st: SessionState, account: Account, ctx: ssl.SSLContext, truststore: str | None,
+async def converse(st: SessionState, account: Account, ctx: tls.ClientContext, truststore: str | None,
                     creds: Credentials | None, authenticate: bool, now: dt.datetime,
                     transaction: Transaction | None, deadline: Deadline) -> None:
     """Steps 1-5 of DESIGN §4; fills st. Returns early on the first failure."""
@@ -307,7 +307,7 @@ async def _ehlo(st: SessionState, account: Account) -> bool:
     return True
 
 
-async def _handshake(st: SessionState, account: Account, ctx: ssl.SSLContext, truststore: str | None,
+async def _handshake(st: SessionState, account: Account, ctx: tls.ClientContext, truststore: str | None,
                      now: dt.datetime) -> bool:
     """TLS on the open connection; on failure, set st.connection and return False."""
     assert account.smtp is not None and st.client is not None

@@ -1,7 +1,8 @@
 """TLS policy for probes: client contexts, certificate facts, and why a handshake failed.
 
-Always an explicit SSLContext (smtplib's defaults verify nothing): the account's truststore or the
-system store, host name checking on, `minTLSVersion` as the floor, TLS 1.3 allowed.
+Always an explicit, verifying context (smtplib's defaults verify nothing): the account's truststore
+or the system store, host name checking on, `minTLSVersion` as the floor, TLS 1.3 allowed. The
+SMTP probe's TLS runs on the OpenSSL of the `cryptography` wheel (reconciler.probe.tlsengine).
 """
 
 from __future__ import annotations
@@ -9,18 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ssl
-import warnings
 
 from cryptography import x509
 
 from reconciler import reasons
 from reconciler.model import CertificateInfo
+from reconciler.probe import tlsengine
 
-TLS_FLOORS: dict[str, ssl.TLSVersion] = {
-    "1.0": ssl.TLSVersion.TLSv1,
-    "1.1": ssl.TLSVersion.TLSv1_1,
-    "1.2": ssl.TLSVersion.TLSv1_2,
-    "1.3": ssl.TLSVersion.TLSv1_3,
+TLS_FLOORS: dict[str, int] = {
+    "1.0": tlsengine.TLS1_VERSION,
+    "1.1": tlsengine.TLS1_1_VERSION,
+    "1.2": tlsengine.TLS1_2_VERSION,
+    "1.3": tlsengine.TLS1_3_VERSION,
 }
 # ssl.SSLSocket.version() names, in order.
 _RANK = {"TLSv1": 0, "TLSv1.1": 1, "TLSv1.2": 2, "TLSv1.3": 3}
@@ -34,46 +35,29 @@ _CERT_NOT_YET_VALID = 9
 _HOSTNAME_MISMATCH = 62
 _IP_ADDRESS_MISMATCH = 64
 
-
-def _lower_security_level(ctx: ssl.SSLContext) -> None:
-    # OpenSSL 3 refuses TLS 1.0/1.1 at its default security level.
-    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+ClientContext = tlsengine.ClientContext
 
 
 @functools.lru_cache(maxsize=128)
-def client_context(min_tls_version: str = "1.2", ca_pem: str | None = None) -> ssl.SSLContext:
+def client_context(min_tls_version: str = "1.2", ca_pem: str | None = None) -> ClientContext:
     """A verifying client context: truststore (or system store), host name check, TLS floor.
 
     Raises ssl.SSLError when ca_pem holds no usable certificate. Contexts are cached and shared by
-    the probes (loading the CA certificates was a tenth of a probe's CPU time, bench/README.md):
-    callers must not change the returned context.
+    the probes (loading the CA certificates was a tenth of a probe's CPU time, bench/README.md);
+    they cannot be changed once used. On the OpenSSL of the `cryptography` wheel
+    (reconciler.probe.tlsengine).
     """
-    ctx = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    floor = TLS_FLOORS.get(min_tls_version, ssl.TLSVersion.TLSv1_2)
-    with warnings.catch_warnings():  # TLSv1/TLSv1_1 are deprecated; the user allowed them
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if floor < ssl.TLSVersion.TLSv1_2:
-            _lower_security_level(ctx)
-        ctx.minimum_version = floor
-    ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
-    return ctx
+    floor = TLS_FLOORS.get(min_tls_version, tlsengine.TLS1_2_VERSION)
+    return tlsengine.client_context(floor, ca_pem)
 
 
-def diagnostic_context() -> ssl.SSLContext:
+@functools.lru_cache(maxsize=1)
+def diagnostic_context() -> ClientContext:
     """A context that accepts any version and certificate: only to learn the server's best version.
 
     Used on a second connection after a failed handshake; never carries credentials.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        _lower_security_level(ctx)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-    return ctx
+    return tlsengine.diagnostic_context()
 
 
 def below_floor(negotiated: str | None, min_tls_version: str) -> bool:
