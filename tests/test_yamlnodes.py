@@ -9,11 +9,14 @@ verdict with no non-finite number.
 from __future__ import annotations
 
 import math
+import operator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.manifest import yamlnodes
 from reconciler.manifest.compiled_schema import json_only
@@ -144,3 +147,69 @@ def _tags(nodes: Any) -> list[tuple[str, Any]]:
     except yaml.YAMLError as exc:
         out.append(("error", type(exc).__name__))
     return out
+
+
+#: Plain scalars whose implicit tag YAML 1.1 decides (bool, int, float, null, timestamp, merge,
+#: value) and strings around them.
+_SCALARS = ["yes", "No", "ON", "off", "y", "n", "true", "False", "~", "null", "Null", "", "0",
+            "-1", "+12", "0x1F", "0o17", "017", "0b101", "1_000", "1:30", "190:20:30", "1.5",
+            "-.inf", ".NaN", "1e3", "6.8523015e+5", "685.230_15e+03", "2001-12-14",
+            "2001-12-14t21:59:43.10-05:00", "2001-02-30", "<<", "=", "1.2.3", "v1", "a b",
+            "mail.example.com", "STARTTLS", "ca.crt", "465"]
+
+
+@st.composite
+def _document_texts(draw: st.DrawFn) -> str:
+    """A mapping of keys to scalars (plain, quoted, tagged) and flow lists of them."""
+    def scalar() -> str:
+        value = draw(st.sampled_from(_SCALARS) | st.text("ab1:.-_ eE+", max_size=8))
+        style = draw(st.sampled_from(["", "'", '"', "!!str ", "! "]))
+        if style in ("'", '"'):
+            return f"{style}{value}{style}"
+        if not value.strip() or value != value.strip() or value[0] in "-:?" or ": " in value \
+                or value.endswith(":"):
+            return f"'{value}'"
+        return f"{style}{value}"
+
+    lines = []
+    for i in range(draw(st.integers(1, 8))):
+        if draw(st.booleans()):
+            lines.append(f"k{i}: [{', '.join(scalar() for _ in range(draw(st.integers(0, 3))))}]")
+        else:
+            lines.append(f"k{i}: {scalar()}")
+    return "\n".join(lines) + "\n"
+
+
+def _tags_or_error(text: str, loader: Any) -> list[tuple[str, Any]]:
+    try:
+        return _tags(yaml.compose_all(text, Loader=loader))
+    except yaml.YAMLError as exc:
+        return [("error", type(exc).__name__)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_document_texts(), st.booleans())
+def test_fast_resolver_tags_as_pyyaml(text: str, large: bool) -> None:
+    """The composer's C call-backs and the lru_cache of the resolver (a text of at most
+    CACHED_TEXT_MAX) and Loader.resolve (a larger text) tag every node as PyYAML's pure-Python
+    safe loader does, the first time and from the caches."""
+    if large:  # the same documents, after a comment that makes the text too large to cache
+        text = "#" + "x" * yamlnodes.CACHED_TEXT_MAX + "\n" + text
+    for _ in range(2):
+        assert _tags_or_error(text, yamlnodes.Loader) == _tags_or_error(text, yaml.SafeLoader)
+
+
+def test_fast_resolver_only_for_small_texts() -> None:
+    """Small texts get the C call-backs; a large one keeps Loader.resolve, so the lru_cache never
+    holds its scalars (at most 1,024 entries of a 16 KiB text each)."""
+    small = yamlnodes.Loader("a: 1\n")
+    assert small.resolve is yamlnodes._resolve_cached
+    assert small.descend_resolver is operator.is_ and small.ascend_resolver is bool
+    yamlnodes._resolve_cached.cache_clear()
+    big = "a: " + "x" * yamlnodes.CACHED_TEXT_MAX + "\n"
+    large = yamlnodes.Loader(big)
+    assert large.resolve.__func__ is yamlnodes.Loader.resolve
+    assert large.get_single_node().value[0][1].value == "x" * yamlnodes.CACHED_TEXT_MAX
+    assert yamlnodes._resolve_cached.cache_info().currsize == 0
+    small.dispose()
+    large.dispose()

@@ -9,7 +9,9 @@ to the API server, so `validate` and the cluster would see different objects.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,14 +31,40 @@ _SCALARS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
 #: every scalar the C parser meets (a sixth of composing, bench/README.md, 7).
 _RESOLVED: dict[tuple[str, Any], str] = {}
 _RESOLVED_MAX, _RESOLVED_LEN = 4096, 64
+#: Texts up to this size resolve every node through _resolve_cached, whose entries then hold at
+#: most 1,024 x 16 KiB of scalars however many files are loaded (a larger file, such as a
+#: ConfigMap of another kind with a big block, goes through Loader.resolve's bounded cache).
+CACHED_TEXT_MAX = 16 * 1024
+_PLAIN_RESOLVER = yaml.resolver.Resolver()
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve_cached(kind: Any, value: Any, implicit: Any) -> Any:
+    """The tag PyYAML's resolver gives (kind, value, implicit) with no path resolver."""
+    return _PLAIN_RESOLVER.resolve(kind, value, implicit)
 
 
 class Loader(_SafeLoader):  # type: ignore[misc]
-    """PyYAML's safe loader (the C one when built), resolving repeated scalars from a cache.
+    """PyYAML's safe loader (the C one when built), with the composer's call-backs made cheap.
 
-    The same tags: resolving a scalar is a pure function of its value and style while no path
-    resolver is registered (none is, on the safe loader).
+    For every node the C composer calls three methods back in Python: descend_resolver,
+    ascend_resolver and resolve (bench/README.md, benchmark 1, issue 25). With no path resolver
+    registered (none is, on the safe loader) the first two do nothing and resolving is a pure
+    function of (kind, value, implicit), so they are replaced on the instance by C callables that
+    do nothing (operator.is_ takes the two arguments, bool none) and by an lru_cache of the
+    resolver, whose hits run no Python code. The same tags (tests/test_yamlnodes.py).
     """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        if self.yaml_path_resolvers:
+            return
+        self.descend_resolver = operator.is_
+        self.ascend_resolver = bool
+        if (isinstance(stream, str | bytes) and len(stream) <= CACHED_TEXT_MAX
+                and self.yaml_implicit_resolvers is _PLAIN_RESOLVER.yaml_implicit_resolvers
+                and not _PLAIN_RESOLVER.yaml_path_resolvers):
+            self.resolve = _resolve_cached  # type: ignore[method-assign]
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
         if kind is not yaml.ScalarNode or len(value) > _RESOLVED_LEN or self.yaml_path_resolvers:
