@@ -13,8 +13,12 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 _lock = threading.Lock()
-# Settings given to configure_logging, applied when structlog is first needed (see there).
+# Settings given to configure_logging, applied when structlog is first needed (see there),
+# under _config_lock; and the level below which a logger's call is dropped without structlog
+# (None: not configured, every call goes to structlog).
+_config_lock = threading.Lock()
 _pending: tuple[str, str, Any] | None = None
+_threshold: int | None = None
 #: The redaction registry. A registered form (every encoded form of every secret) is kept as
 #: its hash, not its text: an int of 40 bytes whatever the form's length (a private key's forms
 #: are a few KB each), and no extra copy of the secret in memory. A hash collision could only
@@ -208,64 +212,86 @@ class RedactSecrets:
 def configure_logging(fmt: str = "auto", level: str = "warning", stream: Any = None) -> None:
     """Configure structlog once for the process.
 
-    structlog itself (about 0.03 s of imports) is loaded only once something logs: `validate`
-    never does and must start fast for pre-commit hooks (bench/README.md, start-up).
+    structlog itself (about 0.03 s of imports) is loaded only once something logs at or above
+    `level`: `validate` never logs, and a `probe` with nothing to warn about logs only below it
+    (bench/README.md, start-up and benchmark 7).
     """
-    global _pending
-    _pending = (fmt, level, stream or sys.stderr)
+    global _pending, _threshold
+    with _config_lock:
+        _pending = (fmt, level, stream or sys.stderr)
+        _threshold = logging.getLevelNamesMapping().get(level.upper(), logging.WARNING)
     if "structlog" in sys.modules:
         _apply_pending()
 
 
 def _apply_pending() -> None:
+    """Configure structlog with the pending settings, once, whichever thread logs first.
+
+    `_pending` is cleared only once structlog is configured, under the lock: a thread that
+    logged while another was still configuring used structlog's defaults, which print every
+    level to stdout without RedactSecrets (a `probe -o json` with an OAuth account got an info
+    line in its JSON when a token request's thread and the event loop logged first together).
+    """
     global _pending
     if _pending is None:
         return
-    fmt, level, stream = _pending
-    _pending = None
-    import structlog
+    with _config_lock:
+        if _pending is None:
+            return
+        fmt, level, stream = _pending
+        import structlog
 
-    if fmt == "auto":
-        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
-    renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
-                     else structlog.processors.JSONRenderer(sort_keys=True))
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            RedactSecrets(),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.WARNING)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
-    )
+        if fmt == "auto":
+            fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+        renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
+                         else structlog.processors.JSONRenderer(sort_keys=True))
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+                RedactSecrets(),
+                renderer,
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(
+                logging.getLevelNamesMapping().get(level.upper(), logging.WARNING)),
+            logger_factory=structlog.PrintLoggerFactory(file=stream),
+            cache_logger_on_first_use=False,
+        )
+        _pending = None
 
 
 def reset_logging() -> None:
     """Forget the configuration (tests: a captured stream must not outlive its test)."""
-    global _pending
-    _pending = None
-    if "structlog" in sys.modules:
-        import structlog
+    global _pending, _threshold
+    with _config_lock:
+        _pending = _threshold = None
+        if "structlog" in sys.modules:
+            import structlog
 
-        structlog.reset_defaults()
+            structlog.reset_defaults()
 
 
 def get_logger(name: str = "reconciler") -> Any:
     """A structlog logger, configured by configure_logging (even when called before it).
 
-    structlog is imported at the logger's first use, not here: modules take their logger at
-    import, and `validate` imports some of them without ever logging (bench/README.md, start-up).
+    structlog is imported at the logger's first use at or above the configured level, not
+    here: modules take their logger at import, and `validate` imports some of them without
+    ever logging (bench/README.md, start-up).
     """
     return _LazyLogger(name)
 
 
 class _LazyLogger:
-    """structlog's logger for `name`, looked up when first used."""
+    """structlog's logger for `name`, looked up when first used.
+
+    A call below configure_logging's level returns at once, as structlog's filtering logger
+    would, without structlog: through structlog, each call bound a logger afresh
+    (`cache_logger_on_first_use=False`), 2.8 us for a line that was then dropped, once an
+    account (`probed`), and a run with nothing to warn about imported structlog for nothing.
+    Before configure_logging (`_threshold` None) every call goes to structlog's defaults.
+    """
 
     __slots__ = ("_name", "_logger")
 
@@ -273,11 +299,44 @@ class _LazyLogger:
         self._name = name
         self._logger: Any = None
 
-    def __getattr__(self, attr: str) -> Any:
+    def _structlog(self) -> Any:
         logger = self._logger
         if logger is None:
             import structlog
 
             _apply_pending()
             logger = self._logger = structlog.get_logger(self._name)
-        return getattr(logger, attr)
+        return logger
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._structlog(), attr)
+
+    def debug(self, *args: Any, **kw: Any) -> Any:
+        if _threshold is not None and _threshold > logging.DEBUG:
+            return None
+        return self._structlog().debug(*args, **kw)
+
+    def info(self, *args: Any, **kw: Any) -> Any:
+        if _threshold is not None and _threshold > logging.INFO:
+            return None
+        return self._structlog().info(*args, **kw)
+
+    def warning(self, *args: Any, **kw: Any) -> Any:
+        if _threshold is not None and _threshold > logging.WARNING:
+            return None
+        return self._structlog().warning(*args, **kw)
+
+    def error(self, *args: Any, **kw: Any) -> Any:
+        if _threshold is not None and _threshold > logging.ERROR:
+            return None
+        return self._structlog().error(*args, **kw)
+
+    def exception(self, *args: Any, **kw: Any) -> Any:
+        if _threshold is not None and _threshold > logging.ERROR:
+            return None
+        return self._structlog().exception(*args, **kw)
+
+    def critical(self, *args: Any, **kw: Any) -> Any:
+        if _threshold is not None and _threshold > logging.CRITICAL:
+            return None
+        return self._structlog().critical(*args, **kw)

@@ -24,11 +24,13 @@ Pure: no I/O beyond the SecretReader it wraps.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import fnmatch
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -154,6 +156,29 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
+
+#: The endpoint policy of the running probe, for the HTTP client (reconciler.probe.httpclient)
+#: and msal's discovered URLs: a context variable, so token requests find it without every
+#: TokenProvider growing a parameter. Here rather than in the HTTP client, so that a probe
+#: that sends no HTTP request imports none (bench/README.md, benchmark 7).
+_current: contextvars.ContextVar[Policy | None] = contextvars.ContextVar(
+    "reconciler_endpoint_policy", default=None)
+
+
+def current_policy() -> Policy | None:
+    """The endpoint policy of the running probe; None outside one (the relay, a test of the
+    token cache alone): then msal may talk to the authority's own host only."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def endpoint_scope(policy: Policy) -> Iterator[Policy]:
+    """Make `policy` the one `current_policy` returns for the code (and tasks) inside."""
+    token = _current.set(policy)
+    try:
+        yield policy
+    finally:
+        _current.reset(token)
 
 
 def _endpoints(account: Account) -> list[tuple[str, str]]:

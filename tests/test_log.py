@@ -5,7 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +195,95 @@ def test_log_lines_carry_no_secret_form_and_no_escape(log_stream: io.StringIO) -
     assert "\x1b" not in out and "\x07" not in out and "\x00" not in out
     for form in echo_forms(SECRET, USER):
         assert form not in out
+
+
+# --------------------------------------------------------------------------- configuration
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fresh(script: str) -> subprocess.CompletedProcess[str]:
+    """Runs `script` in a fresh interpreter (structlog not yet imported)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60,
+                          check=False)
+
+
+def test_a_call_below_the_level_returns_without_structlog() -> None:
+    done = _fresh("""
+        import io, sys
+        from reconciler.log import configure_logging, get_logger
+        stream = io.StringIO()
+        configure_logging("json", "warning", stream)
+        log = get_logger("t")
+        log.debug("d"); log.info("quiet", n=1)
+        assert "structlog" not in sys.modules, "a dropped line imported structlog"
+        log.warning("loud", n=2)
+        assert "structlog" in sys.modules
+        print(stream.getvalue(), end="")
+    """)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["event"], e["level"], e["n"]) for e in lines] == [("loud", "warning", 2)]
+
+
+def test_the_level_is_the_one_configured_last(capsys: pytest.CaptureFixture[str]) -> None:
+    """The gate reads the level at each call: a logger taken before configure_logging, or
+    before a change of level, follows the new one (no level remembered from an earlier call)."""
+    logger = get_logger("t")
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("json", "warning", first)
+    logger.info("dropped")
+    logger.error("kept")
+    configure_logging("json", "debug", second)
+    logger.debug("now shown")
+    logger.info("this too")
+    assert [json.loads(x)["event"] for x in first.getvalue().splitlines()] == ["kept"]
+    assert [json.loads(x)["event"] for x in second.getvalue().splitlines()] == [
+        "now shown", "this too"]
+    log.reset_logging()  # unconfigured: every call goes to structlog's defaults again
+    logger.debug("unconfigured")
+    assert "unconfigured" in capsys.readouterr().out
+
+
+def test_a_line_logged_while_another_thread_configures_is_configured() -> None:
+    """The first two threads to log: the second waits for the first to finish configuring.
+
+    The old code marked the settings applied before structlog.configure ran, so a line logged
+    in between went through structlog's defaults: printed to stdout (into `probe -o json`),
+    every level, without RedactSecrets. Here the first thread is held inside configure; the
+    second logs meanwhile. The new code holds the second until the first is done (the second
+    thread's join below then times out, which is expected); the old code let it print at once.
+    """
+    done = _fresh("""
+        import io, sys, threading
+        from reconciler.log import configure_logging, get_logger, register_secret
+        stream = io.StringIO()
+        configure_logging("json", "info", stream)  # pending: structlog is not imported yet
+        import structlog
+        real, entered, release = structlog.configure, threading.Event(), threading.Event()
+        def held(**kw):
+            entered.set()
+            release.wait(30)
+            real(**kw)
+        structlog.configure = held
+        register_secret("Pa55-w0rd-of-the-test")
+        first = threading.Thread(target=lambda: get_logger("a").info("first"))
+        first.start()
+        assert entered.wait(30)
+        second = threading.Thread(
+            target=lambda: get_logger("b").warning("second", reply="Pa55-w0rd-of-the-test"))
+        second.start()
+        second.join(1.0)  # the old code printed (to stdout) within this; the new one waits
+        release.set()
+        first.join(30); second.join(30)
+        sys.stdout.flush()
+        print("STREAM", stream.getvalue(), end="")
+    """)
+    assert done.returncode == 0, done.stderr
+    before, _, logged = done.stdout.partition("STREAM ")
+    assert before == ""  # nothing on stdout: no line went through structlog's defaults
+    events = {e["event"]: e for e in map(json.loads, logged.splitlines())}
+    assert sorted(events) == ["first", "second"]
+    assert events["second"]["reply"] == "[REDACTED]"
+    assert "Pa55-w0rd" not in done.stdout + done.stderr

@@ -11,11 +11,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reconciler.cli import build_parser
+from tests.manifests_factory import loopback_account
+from tests.smtpservers import RunningServer, ThrowawayCA, write_secret
 from tests.test_cli import GOOD
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,3 +101,31 @@ def test_the_lazy_parser_reports_usage_errors_alike(capsys: pytest.CaptureFixtur
             texts.append((exc.value.code, capsys.readouterr().err))
         assert texts[0] == texts[1]
         assert texts[0][0] == 2 and "usage: email-reconciler" in texts[0][1]
+
+
+#: What `probe` of an account without OAuth2 has no use for: the identity providers' modules
+#: and the HTTP client they bring (the run's TokenCache is made, but never asked for a token),
+#: and structlog while nothing is logged at the level (the line per account is info).
+NOT_FOR_A_PROBE_WITHOUT_OAUTH = (
+    "structlog", "reconciler.probe.httpclient", "reconciler.probe.tokenrequest",
+    "reconciler.probe.google", "reconciler.probe.microsoft", "http.client", "msal",
+    "urllib3", "kubernetes",
+)
+
+
+def test_probe_without_oauth_imports_no_http_client_and_no_structlog(
+        tmp_path: Path, smtp_server: Callable[..., RunningServer], ca: ThrowawayCA) -> None:
+    server = smtp_server("STARTTLS")
+    doc = loopback_account("plain", "team", server.port)
+    doc["spec"]["smtp"]["authentication"] = {"method": "None"}
+    (tmp_path / "accounts").mkdir()
+    (tmp_path / "accounts" / "plain.yaml").write_text(yaml.safe_dump(doc))
+    write_secret(tmp_path / "secrets", "team", "ca", "ca.crt", ca.ca_pem)
+    code, modules, out = _modules_after(["probe", str(tmp_path / "accounts"), "--secrets-dir",
+                                         str(tmp_path / "secrets"), "-o", "json"])
+    assert code == 0, out
+    assert json.loads(out)[0]["status"]["conditions"][0]["status"] == "True"  # Ready, probed
+    assert "reconciler.probe.tokencache" in modules  # the token cache was made
+    loaded = sorted(m for m in modules if any(m == name or m.startswith(name + ".")
+                                              for name in NOT_FOR_A_PROBE_WITHOUT_OAUTH))
+    assert loaded == []

@@ -19,7 +19,7 @@ from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.log import get_logger, redact_text
 from reconciler.model import Account, Outcome, ProbeResult, SecretReader, SigningResult
-from reconciler.policy import DEFAULT_POLICY, Policy, guard, policy_refusal
+from reconciler.policy import DEFAULT_POLICY, Policy, endpoint_scope, guard, policy_refusal
 
 if TYPE_CHECKING:
     from reconciler.probe.endpoints import EndpointCache, Sharing
@@ -61,8 +61,6 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
                            protocol=("MicrosoftGraph" if account.send_using == "MicrosoftGraph"
                                      else None))
     secrets = guarded = guard(secrets, account)
-    from reconciler.probe.httpclient import endpoint_scope
-
     with endpoint_scope(policy):  # msal's discovered URLs are checked against it too
         if account.send_using == "MicrosoftGraph":
             result = await _probe_graph(account, secrets, now=now, tokens=tokens)
@@ -71,7 +69,9 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
 
             result = await probe_smtp(account, secrets, now=now, authenticate=authenticate,
                                       tokens=tokens, sharing=sharing)
-    if account.send_using != "MicrosoftGraph":
+    if (account.send_using != "MicrosoftGraph" and account.smtp is not None
+            and account.smtp.authentication.method == "Password"):
+        # Only a password can be Basic Auth; the module brings the HTTP client with it.
         from reconciler.probe.microsoft import basic_auth_warning
 
         deprecated = basic_auth_warning(account, now)

@@ -28,11 +28,11 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from reconciler.policy import Policy, url_refusal
+from reconciler.policy import Policy, current_policy, endpoint_scope, url_refusal
 from reconciler.probe.limits import DeadlineExceeded
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a token or a Graph user is a few KiB
@@ -59,25 +59,6 @@ class ResponseTooLarge(Exception):
 class RequestRefused(Exception):
     """A request not sent (its URL is off the endpoint allow-list), or a redirect not followed."""
 
-
-_policy: contextvars.ContextVar[Policy | None] = contextvars.ContextVar(
-    "reconciler_endpoint_policy", default=None)
-
-
-def current_policy() -> Policy | None:
-    """The endpoint policy of the running probe; None outside one (the relay, a test of the
-    token cache alone): then msal may talk to the authority's own host only."""
-    return _policy.get()
-
-
-@contextlib.contextmanager
-def endpoint_scope(policy: Policy) -> Iterator[Policy]:
-    """Make `policy` the one `current_policy` returns for the code (and tasks) inside."""
-    token = _policy.set(policy)
-    try:
-        yield policy
-    finally:
-        _policy.reset(token)
 
 
 class Cutoff:

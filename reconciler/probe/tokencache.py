@@ -16,16 +16,21 @@ import functools
 import json
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.model import Account, Outcome, SecretReader
-from reconciler.probe.google import google_request
-from reconciler.probe.httpclient import Cutoff, run_bounded
-from reconciler.probe.limits import Deadline
-from reconciler.probe.microsoft import microsoft_graph_request, microsoft_smtp_request
-from reconciler.probe.tokenrequest import Token, TokenRequest, failed, timed_out
+
+if TYPE_CHECKING:
+    from reconciler.probe.httpclient import Cutoff
+    from reconciler.probe.limits import Deadline
+    from reconciler.probe.tokenrequest import Token, TokenRequest
+
+# The identity providers' modules (and with them the HTTP client, http.client and the email
+# parser) are imported at the first token request, not with this module: every run makes a
+# TokenCache, and a run without an OAuth2 or Graph account never asks it for a token
+# (tests/test_startup.py; bench/README.md, benchmark 7).
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,10 @@ class TokenCache:
 
     async def smtp_token(self, account: Account, secrets: SecretReader) -> str | Outcome:
         """The access token for SMTP AUTH XOAUTH2 (authentication.method OAuth2)."""
+        from reconciler.probe.google import google_request
+        from reconciler.probe.microsoft import microsoft_smtp_request
+        from reconciler.probe.tokenrequest import failed
+
         smtp = account.smtp
         oauth2 = smtp.authentication.oauth2 if smtp is not None else None
         if smtp is None or oauth2 is None:
@@ -86,6 +95,9 @@ class TokenCache:
 
     async def graph_token(self, account: Account, secrets: SecretReader) -> GraphToken | Outcome:
         """The Microsoft Graph token (sendUsing MicrosoftGraph) with its permission claims."""
+        from reconciler.probe.microsoft import microsoft_graph_request
+        from reconciler.probe.tokenrequest import failed
+
         g = account.graph
         if g is None:
             return failed(f"{account.namespace}/{account.name} has no spec.graph: add it")
@@ -126,6 +138,8 @@ class TokenCache:
                 task.add_done_callback(functools.partial(self._forget, key))
         done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline.remaining()))
         if not done:
+            from reconciler.probe.tokenrequest import timed_out
+
             return timed_out(url, deadline.timeout)
         result = task.result()
         if self.remember:
@@ -145,6 +159,9 @@ class TokenCache:
 async def _bounded(work: Callable[[Cutoff], Token | Outcome], deadline: Deadline,
                    url: str) -> Token | Outcome:
     """Run a blocking token exchange bounded by the probe's deadline."""
+    from reconciler.probe.httpclient import run_bounded
+    from reconciler.probe.tokenrequest import timed_out
+
     try:
         return await run_bounded(work, end=deadline.end)
     except TimeoutError:
