@@ -213,3 +213,26 @@ def test_fast_resolver_only_for_small_texts() -> None:
     assert yamlnodes._resolve_cached.cache_info().currsize == 0
     small.dispose()
     large.dispose()
+
+
+def _locate_before(root: Any, pointer: str) -> tuple[int, int]:
+    """yamlnodes.locate as it was: a generator of unescaped tokens, a call per step."""
+    node = root
+    tokens = ([t.replace("~1", "/").replace("~0", "~") for t in pointer.lstrip("/").split("/")]
+              if pointer else [])
+    for token in tokens:
+        child = yamlnodes._child(node, token)
+        if child is None:
+            break
+        node = child
+    return yamlnodes.mark_of(node)
+
+
+@pytest.mark.parametrize("pointer", [
+    "", "/", "//a", "/a", "/a/b", "/a/b/c", "/a/x", "/l/0", "/l/1/c", "/l/9", "/l/-1", "/l/01",
+    "/a~1b", "/a~0b", "/a~01", "/~1", "/m/k~1x/y", "/metadata/name", "/spec/publish/secretName"])
+def test_locate_as_before(pointer: str) -> None:
+    text = ("a:\n  b:\n    c: 1\nl:\n- x\n- {c: 2}\na/b: 3\na~b: 4\na~1: 5\n/: 6\n"
+            "m: {k/x: {y: 7}}\nmetadata: {name: n}\nspec:\n  publish:\n    secretName: s\n")
+    root = yaml.compose(text, Loader=yamlnodes.Loader)
+    assert yamlnodes.locate(root, pointer) == _locate_before(root, pointer)

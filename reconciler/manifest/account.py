@@ -31,7 +31,7 @@ def _map(value: Any) -> dict[str, str]:
 def _ref(block: Mapping[str, Any], key: str, pointer: str,
          kind: str = "Secret") -> model.KeyRef | None:
     raw = block.get(key)
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # YAML's maps are dicts: no ABC
         return None
     return model.KeyRef(name=str(raw["name"]), key=str(raw["key"]),
                         kind=cast(Any, kind), field=f"{pointer}/{key}")

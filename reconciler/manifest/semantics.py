@@ -20,7 +20,8 @@ _AUTH = "/spec/smtp/authentication"
 def _has(doc: Mapping[str, Any], pointer: str) -> bool:
     node: Any = doc
     for token in pointer.strip("/").split("/"):
-        if not isinstance(node, Mapping) or token not in node:
+        # YAML's maps are dicts: the ABC's isinstance (a Python call) only for others
+        if (type(node) is not dict and not isinstance(node, Mapping)) or token not in node:
             return False
         node = node[token]
     return True
@@ -79,7 +80,7 @@ def check_basic_auth_deprecated(a: model.Account, doc: Mapping[str, Any],
 
 def _spec(doc: Mapping[str, Any]) -> Mapping[str, Any]:
     spec = doc.get("spec")
-    return spec if isinstance(spec, Mapping) else {}
+    return spec if type(spec) is dict or isinstance(spec, Mapping) else {}
 
 
 def check_region(a: model.Account, doc: Mapping[str, Any]) -> list[Finding]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -248,19 +247,20 @@ def _unescape(token: str) -> str:
 
 
 def locate(root: yaml.Node, pointer: str) -> tuple[int, int]:
-    """(line, column) of the value a JSON pointer names, or of its deepest existing ancestor."""
+    """(line, column) of the value a JSON pointer names, or of its deepest existing ancestor.
+
+    Run three times for every document (load.py keeps the positions the cross-document checks
+    may report), so without a generator or a call per token.
+    """
     node = root
-    for token in _tokens(pointer):
-        child = _child(node, token)
-        if child is None:
-            break
-        node = child
-    return mark_of(node)
-
-
-def _tokens(pointer: str) -> Iterator[str]:
     if pointer:
-        yield from (_unescape(t) for t in pointer.lstrip("/").split("/"))
+        for token in pointer.lstrip("/").split("/"):
+            child = _child(node, _unescape(token) if "~" in token else token)
+            if child is None:
+                break
+            node = child
+    mark = node.start_mark
+    return mark.line + 1, mark.column + 1
 
 
 def _child(node: yaml.Node, token: str) -> yaml.Node | None:
