@@ -15,11 +15,16 @@ and it raises the `ssl` exceptions the session reads as outcomes: `ssl.SSLWantRe
 (its options and cipher string, partial wildcards refused, the system's trust store where
 `ssl.get_default_verify_paths()` finds it, SSL_CERT_FILE and SSL_CERT_DIR honoured).
 
+pyOpenSSL owns the objects (contexts, sessions over memory BIOs, their lifetimes) and
+configures them; what it has no call for (the host name checked inside the handshake, the BIOs
+and SSL calls without an exception per empty read, the numeric error codes CPython names) goes to
+the same OpenSSL through cryptography's binding, on the handles of pyOpenSSL's own objects.
 OpenSSL is imported on first use: `validate` and `crd` never pay for it.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import ssl
 from typing import Any
@@ -121,6 +126,12 @@ def _new_context(floor: int) -> Any:
     ctx.set_cipher_list(_LEGACY_CIPHERS if floor < TLS1_2_VERSION else _CIPHERS)
     ctx.set_min_proto_version(floor)
     ctx.set_max_proto_version(0)  # the highest this OpenSSL speaks
+    # Key exchange groups: OpenSSL's own default, on purpose. Its ClientHello offers
+    # X25519MLKEM768 first, with a key share beside X25519's, so a server that has it protects
+    # the AUTH exchange against decryption later (harvest now, decrypt later); one without it
+    # picks X25519, without a round trip more. The hybrid share costs 0.85 M instructions a
+    # probe (9 %: an ML-KEM and a second X25519 key; callgrind, bench/README.md, benchmark 7).
+    # OPENSSL_CONF with a Groups line changes it for the whole process.
     return ctx
 
 
@@ -155,13 +166,8 @@ class TlsSession:
         self._ssl, self._into, self._from = conn._ssl, conn._into_ssl, conn._from_ssl
         self._buffer = allocate("char[]", _CHUNK)
         self._host = server_hostname
-        # As ssl.SSLContext._encode_hostname: IDNA; an IP literal is checked as an address
-        # and not sent as SNI (RFC 6066 allows only DNS names there).
-        try:
-            address: bytes | None = ipaddress.ip_address(server_hostname).packed
-            name = b""
-        except ValueError:
-            address, name = None, server_hostname.encode("idna")
+        address, name = _server_name(server_hostname)
+        if address is None:
             conn.set_tlsext_host_name(name)
         if context.verifies:
             param = lib.SSL_get0_param(self._ssl)
@@ -268,6 +274,17 @@ class TlsSession:
             if verify_code != 0:
                 raise _verify_error(verify_code, self._host, library, reason, detail)
         raise _error(ssl.SSLError, ssl.SSL_ERROR_SSL, library, reason, detail)
+
+
+@functools.lru_cache(maxsize=1024)
+def _server_name(host: str) -> tuple[bytes | None, bytes]:
+    """(the packed address of an IP literal, else None; the IDNA name), as the `ssl` module
+    reads server_hostname: an IP literal is checked as an address and gets no SNI (RFC 6066
+    allows only DNS names there). Cached: parsing it was half of a session's set-up."""
+    try:
+        return ipaddress.ip_address(host).packed, b""
+    except ValueError:
+        return None, host.encode("idna")
 
 
 def _names(library: int | None, reason: int | None) -> tuple[str | None, str | None]:
