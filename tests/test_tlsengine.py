@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ipaddress
 import queue
 import socket
 import ssl
@@ -23,6 +24,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.backends.openssl import backend
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from reconciler.demo.certificates import ThrowawayCA
 from reconciler.probe import tls, tlsengine
@@ -291,3 +295,78 @@ def test_a_truststore_without_a_usable_certificate_is_a_clear_error() -> None:
     broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
     with pytest.raises(ssl.SSLError, match="cadata does not contain a"):
         tls.client_context("1.2", broken)
+
+
+# ------------------------------------------------------------------------------ the same verdicts
+def _issuer() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tlsengine test CA")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(_NOW - dt.timedelta(days=1))
+            .not_valid_after(_NOW + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _leaf_context(issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+                  names: tuple[x509.GeneralName, ...], tmp_path: Path) -> ssl.SSLContext:
+    """A server context for a leaf with exactly these subjectAltNames (trustme refuses some)."""
+    ca_key, ca_cert = issuer
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "leaf")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_NOW - dt.timedelta(days=1))
+            .not_valid_after(_NOW + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = tmp_path / "leaf.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+                    + cert.public_bytes(serialization.Encoding.PEM))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem)
+    return ctx
+
+
+def _ssl_module_verdict(port: int, host: str, cadata: str) -> int | None:
+    """What Python's ssl (create_default_context) says: None, or the verify code."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            with ssl.create_default_context(cadata=cadata).wrap_socket(sock, server_hostname=host):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            return int(exc.verify_code)
+
+
+_DNS, _IP = x509.DNSName, x509.IPAddress
+
+
+@pytest.mark.parametrize(("names", "host", "verdict"), [
+    ((_DNS("mail.example.test"),), "MAIL.Example.TEST", None),  # names are case-blind
+    ((_DNS("*.example.test"),), "mail.example.test", None),
+    ((_DNS("*.example.test"),), "a.mail.example.test", 62),  # one label only
+    ((_DNS("*.example.test"),), "example.test", 62),
+    ((_DNS("m*.example.test"),), "mail.example.test", 62),  # partial wildcards refused
+    ((_DNS("xn--bcher-kva.example"),), "bücher.example", None),  # IDNA, as ssl encodes it
+    ((_IP(ipaddress.ip_address("127.0.0.1")),), "127.0.0.1", None),
+    ((_DNS("127.0.0.1"),), "127.0.0.1", 64),  # an address is matched against IP names only
+    ((_IP(ipaddress.ip_address("::1")),), "::1", None),
+])
+def test_host_names_get_the_verdicts_of_the_ssl_module(
+        server: Server, tmp_path: Path, names: tuple[x509.GeneralName, ...], host: str,
+        verdict: int | None) -> None:
+    issuer = _issuer()
+    cadata = issuer[1].public_bytes(serialization.Encoding.PEM).decode()
+    srv = server(_leaf_context(issuer, names, tmp_path))
+    try:
+        asyncio.run(_start_tls(srv.port, host, tls.client_context("1.2", cadata)))
+        ours = None
+    except ssl.SSLCertVerificationError as exc:
+        ours = exc.verify_code
+    assert ours == verdict
+    assert _ssl_module_verdict(srv.port, host, cadata) == verdict
