@@ -8,6 +8,7 @@ verdict with no non-finite number.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from pathlib import Path
@@ -236,3 +237,45 @@ def test_locate_as_before(pointer: str) -> None:
             "m: {k/x: {y: 7}}\nmetadata: {name: n}\nspec:\n  publish:\n    secretName: s\n")
     root = yaml.compose(text, Loader=yamlnodes.Loader)
     assert yamlnodes.locate(root, pointer) == _locate_before(root, pointer)
+
+
+@st.composite
+def _structures(draw: st.DrawFn) -> str:
+    """Flow-style YAML mixing what check_and_construct must refuse or build: anchors and aliases,
+    merge keys, duplicate and non-scalar keys, tags, deep nesting."""
+    anchors: list[str] = []
+
+    def node(depth: int) -> str:
+        kind = draw(st.sampled_from(["scalar", "scalar", "map", "seq", "alias", "deep"])
+                    if depth < 4 else st.just("scalar"))
+        if kind == "alias" and anchors:
+            return "*" + draw(st.sampled_from(anchors))
+        if kind == "deep":
+            n = draw(st.sampled_from([62, 63, 64, 65]))
+            return "[" * n + "1" + "]" * n
+        anchor = ""
+        if draw(st.integers(0, 5)) == 0:
+            anchors.append(f"a{len(anchors)}")
+            anchor = f"&{anchors[-1]} "
+        if kind == "map":
+            pairs = [f"{key(depth)}: {node(depth + 1)}" for _ in range(draw(st.integers(0, 4)))]
+            return anchor + draw(st.sampled_from(["", "!!map "])) + "{" + ", ".join(pairs) + "}"
+        if kind == "seq":
+            items = [node(depth + 1) for _ in range(draw(st.integers(0, 3)))]
+            return anchor + "[" + ", ".join(items) + "]"
+        return anchor + draw(st.sampled_from(["x", "1", "2.5", "yes", "~", "'<<'", "!!str 3",
+                                              ".nan", "2001-12-14", "!!binary aGk=", "a&b"]))
+
+    def key(depth: int) -> str:
+        return draw(st.sampled_from(["a", "a", "b", "<<", "1", "'x'", "!!merge m", "[k]",
+                                     "{k: v}", "*a0"] if anchors else ["a", "b", "<<", "1", "c"]))
+
+    return "r: " + node(0) + "\n"
+
+
+@settings(max_examples=400, deadline=None)
+@given(_structures())
+def test_one_pass_matches_check_then_construct_on_random_structures(text: str) -> None:
+    # a syntax error or an undefined alias: refused by the composer, before either pass
+    with contextlib.suppress(yaml.YAMLError):
+        _compare(text)

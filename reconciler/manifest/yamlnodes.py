@@ -56,6 +56,10 @@ class Loader(_SafeLoader):  # type: ignore[misc]
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
+        #: Whether the text may hold an anchor: without an `&` no node can be met twice, and
+        #: check_and_construct skips its alias check (a set of every node's id).
+        self.may_alias = (not isinstance(stream, str | bytes)
+                          or ("&" if isinstance(stream, str) else b"&") in stream)
         if self.yaml_path_resolvers:
             return
         self.descend_resolver = operator.is_
@@ -144,12 +148,14 @@ def _check_child(node: yaml.Node, depth: int, where: yaml.Node, seen: set[int]) 
 
 
 class _Build:
-    """One pass's state: the alias check's ids, whether the data is plain JSON, the loader."""
+    """One pass's state: the alias check's ids (None: the text has no anchor), whether the data
+    is plain JSON, the loader."""
 
     __slots__ = ("loader", "seen", "plain", "fallback")
 
     def __init__(self, loader: Any, root: yaml.Node) -> None:
-        self.loader, self.seen = loader, {id(root)}
+        self.loader = loader
+        self.seen: set[int] | None = {id(root)} if getattr(loader, "may_alias", True) else None
         self.plain, self.fallback = True, False
 
 
@@ -170,12 +176,23 @@ def check_and_construct(loader: Any, root: yaml.Node) -> tuple[Any, bool]:
     return data, state.plain
 
 
+_MERGE_PROBLEM = ("YAML merge keys (<<) are not allowed in manifests (kubectl and validate would "
+                  "read different values); write the keys out in full")
+_ALIAS_PROBLEM = "YAML aliases (*name) are not allowed in manifests; write the value out in full"
+_DEPTH_PROBLEM = f"nesting deeper than {MAX_DEPTH} levels is not allowed"
+
 
 def _no_duplicate_keys(node: yaml.MappingNode) -> None:
     """Refuse a mapping that names a key twice (merge keys aside); the message points at the
     second occurrence and names the line of the first."""
+    pairs = node.value
+    try:  # distinct key values (the usual case): nothing to find, without a call per key
+        if len({key.value for key, _value in pairs}) == len(pairs):
+            return
+    except TypeError:  # a key that is a map or a list: its value is a list
+        pass
     keys: dict[str, yaml.Node] = {}
-    for key, _value in node.value:
+    for key, _value in pairs:
         if isinstance(key, yaml.ScalarNode):
             if key.value in keys and not _is_merge(key):
                 line, _ = mark_of(keys[key.value])
@@ -183,22 +200,46 @@ def _no_duplicate_keys(node: yaml.MappingNode) -> None:
                                        f"line {line}); remove one of them")
             keys[key.value] = key
 
+
 def _build(node: yaml.Node, depth: int, state: _Build) -> Any:
-    """_check_children(node) that also builds node's value while state.fallback is False."""
+    """_check_children(node) that also builds node's value while state.fallback is False.
+
+    _check_child and _scalar's string case are written out for each child: a call per node was
+    a third of this walk (bench/README.md, issue 25). The checks run in _check_child's order.
+    """
+    seen = state.seen
+    child_depth = depth + 1
     if isinstance(node, yaml.MappingNode):
         _no_duplicate_keys(node)
         if node.tag != _MAP:
             state.fallback = True
         out: dict[Any, Any] = {}
         for key, value in node.value:
-            if _is_merge(key):
-                raise NodeProblem(key, "YAML merge keys (<<) are not allowed in manifests "
-                                       "(kubectl and validate would read different values); "
-                                       "write the keys out in full")
-            k = _build_child(key, depth + 1, key, state)
-            v = _build_child(value, depth + 1, key, state)
+            scalar_key = isinstance(key, yaml.ScalarNode)
+            if scalar_key and (key.tag == MERGE_TAG or key.value == "<<"):
+                raise NodeProblem(key, _MERGE_PROBLEM)
+            if seen is not None:
+                if id(key) in seen:
+                    raise NodeProblem(key, _ALIAS_PROBLEM)
+                seen.add(id(key))
+            if child_depth > MAX_DEPTH:
+                raise NodeProblem(key, _DEPTH_PROBLEM)
+            if scalar_key:
+                k = key.value if key.tag == _STR else _scalar(key, state)
+            else:
+                k = _build(key, child_depth, state)
+            if seen is not None:
+                if id(value) in seen:
+                    raise NodeProblem(key, _ALIAS_PROBLEM)
+                seen.add(id(value))
+            if child_depth > MAX_DEPTH:
+                raise NodeProblem(value, _DEPTH_PROBLEM)
+            if isinstance(value, yaml.ScalarNode):
+                v = value.value if value.tag == _STR else _scalar(value, state)
+            else:
+                v = _build(value, child_depth, state)
             if not state.fallback:
-                if not isinstance(key, yaml.ScalarNode):
+                if not scalar_key:
                     state.fallback = True  # unhashable: the constructor's error
                 else:
                     if type(k) is not str:
@@ -208,21 +249,20 @@ def _build(node: yaml.Node, depth: int, state: _Build) -> Any:
     if isinstance(node, yaml.SequenceNode):
         if node.tag != _SEQ:
             state.fallback = True
-        return [_build_child(item, depth + 1, node, state) for item in node.value]
+        items = []
+        for item in node.value:
+            if seen is not None:
+                if id(item) in seen:
+                    raise NodeProblem(node, _ALIAS_PROBLEM)
+                seen.add(id(item))
+            if child_depth > MAX_DEPTH:
+                raise NodeProblem(item, _DEPTH_PROBLEM)
+            if isinstance(item, yaml.ScalarNode):
+                items.append(item.value if item.tag == _STR else _scalar(item, state))
+            else:
+                items.append(_build(item, child_depth, state))
+        return items
     return _scalar(node, state)
-
-
-def _build_child(node: yaml.Node, depth: int, where: yaml.Node, state: _Build) -> Any:
-    """_check_child, building the child's value."""
-    if id(node) in state.seen:
-        raise NodeProblem(where, "YAML aliases (*name) are not allowed in manifests; "
-                                 "write the value out in full")
-    state.seen.add(id(node))
-    if depth > MAX_DEPTH:
-        raise NodeProblem(node, f"nesting deeper than {MAX_DEPTH} levels is not allowed")
-    if isinstance(node, yaml.ScalarNode):
-        return _scalar(node, state)
-    return _build(node, depth, state)
 
 
 def _scalar(node: yaml.Node, state: _Build) -> Any:
