@@ -37,6 +37,10 @@ _shared_lengths: dict[tuple[int, ...], tuple[int, ...]] = {}
 #: register_secret empties it under _lock; an answer computed while a secret was being added
 #: is not kept (redact_text compares the registry's size before and after, under _lock).
 _redacted: dict[str, str] = {}
+#: safe_text's answers for short texts (text, limit), kept and emptied as _redacted is: a status
+#: is 16 short texts, most of them the same for every account of an endpoint (1 us each through
+#: redact_text and clean_text; bench/README.md, benchmark 7).
+_safe: dict[tuple[str, int | None], str] = {}
 _REDACTED_CACHE_TEXT = 160  # longer texts (log lines, server replies) are scanned each time
 _REDACTED_CACHE_SIZE = 4096
 REDACTED = "[REDACTED]"
@@ -111,6 +115,7 @@ def register_secret(value: str | bytes | None) -> None:
         new = [(form, h) for form, h in forms.items() if h not in _hashes]
         if new:
             _redacted.clear()
+            _safe.clear()
             for form, h in new:
                 prefix, size = form[:_MIN_REDACTED], len(form)
                 lengths = _lengths.get(prefix, ())
@@ -119,6 +124,7 @@ def register_secret(value: str | bytes | None) -> None:
                     _lengths[prefix] = _shared_lengths.setdefault(grown, grown)
                 _hashes.add(h)  # after the index: a size that counts the form finds it there
             _redacted.clear()  # nothing found before this registration is kept
+            _safe.clear()
         _hashes.add(registered)  # after its forms
 
 
@@ -139,7 +145,18 @@ def clean_text(text: str, limit: int | None = None, *, single_line: bool = False
 
 def safe_text(text: str, limit: int | None = None) -> str:
     """Redacted and cleaned: what may go into status, an event or a terminal."""
-    return clean_text(redact_text(text), limit)
+    if len(text) > _REDACTED_CACHE_TEXT:
+        return clean_text(redact_text(text), limit)
+    key = (text, limit)
+    cached = _safe.get(key)
+    if cached is not None:
+        return cached
+    registered = len(_hashes)  # as in redact_text: an answer made while a secret was added
+    out = clean_text(redact_text(text), limit)  # is not kept
+    with _lock:
+        if len(_hashes) == registered and len(_safe) < _REDACTED_CACHE_SIZE:
+            _safe[key] = out
+    return out
 
 
 def redact_text(text: str) -> str:

@@ -95,6 +95,22 @@ def test_a_text_redacted_before_a_secret_is_registered_is_redacted_after() -> No
     assert redact_text(short) == f"454 4.7.0 try {REDACTED} later"
 
 
+
+@pytest.mark.parametrize("limit", [None, 1024, 20])
+def test_safe_text_redacts_a_secret_registered_after_its_text_was_made_safe(
+        limit: int | None) -> None:
+    """safe_text keeps its answers for short texts (a status repeats the same ones for every
+    account): registering a secret forgets them, as it does redact_text's."""
+    register_secret("Cache-Earlier-Secret-2")  # the registry is not empty: answers are kept
+    secret = f"Try-Safe-Later-{limit}"  # registered once per process: one per case
+    text = f"421 4.7.0 {secret} \x1b[2J later"
+    before = clean_text(text, limit)
+    for _ in range(2):  # the second answer comes from the cache
+        assert safe_text(text, limit) == before
+    register_secret(secret)
+    assert safe_text(text, limit) == clean_text(f"421 4.7.0 {REDACTED} \x1b[2J later", limit)
+    assert "Try-Safe" not in safe_text(text, limit)
+
 # Many secrets that share their first characters (one bucket of the index: the bench's
 # `pw-bench-N` passwords), of many lengths, and one whose forms are long (a private key's).
 SHARED = [f"Pw-shared-{i}" for i in range(3000)] + [f"Pw-shared-{'k' * n}" for n in range(1, 40)]

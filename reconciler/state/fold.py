@@ -21,10 +21,11 @@ from reconciler import reasons
 from reconciler.model import Account, Outcome
 from reconciler.state.conditions import (
     Conditions,
+    drop_condition,
     find_condition,
-    remove_condition,
-    set_condition,
-    set_outcome,
+    order_conditions,
+    put_condition,
+    put_outcome,
 )
 from reconciler.state.readiness import auth_not_required, identity
 
@@ -41,35 +42,43 @@ class Checks:
 def fold_checks(account: Account, conditions: Conditions, checks: Checks, now: datetime
                 ) -> Conditions:
     """Connected, Authenticated and RelayReady of `account` from its checks; a new list."""
+    conds = [dict(c) for c in conditions]
+    fold_into(account, conds, checks, now)
+    order_conditions(conds)
+    return conds
+
+
+def fold_into(account: Account, conds: Conditions, checks: Checks, now: datetime) -> None:
+    """`fold_checks` in place, on a list the caller owns, left unordered (put_condition)."""
     gen = account.generation
-    conds = set_outcome(conditions, "Connected", checks.endpoint,
-                        f"Connected: {checks.connectivity}.", now, gen)
+    put_outcome(conds, "Connected", checks.endpoint, f"Connected: {checks.connectivity}.", now,
+                gen)
     if auth_not_required(account):
-        conds = set_condition(conds, "Authenticated", "True", reasons.NOT_REQUIRED,
-                              "spec.smtp.authentication.method is None.", now, gen)
+        put_condition(conds, "Authenticated", "True", reasons.NOT_REQUIRED,
+                      "spec.smtp.authentication.method is None.", now, gen)
     elif checks.credential is not None:
-        conds = set_outcome(conds, "Authenticated", checks.credential,
-                            f"Authenticated as {identity(account)}.", now, gen)
+        put_outcome(conds, "Authenticated", checks.credential,
+                    f"Authenticated as {identity(account)}.", now, gen)
     elif find_condition(conds, "Authenticated") is None:
-        conds = set_condition(conds, "Authenticated", "Unknown", reasons.AUTH_SKIPPED,
-                              "Authentication has not been attempted yet.", now, gen)
-    return _relay(account, conds, checks, now)
+        put_condition(conds, "Authenticated", "Unknown", reasons.AUTH_SKIPPED,
+                      "Authentication has not been attempted yet.", now, gen)
+    _relay(account, conds, checks, now)
 
 
-def _relay(account: Account, conds: Conditions, checks: Checks, now: datetime) -> Conditions:
+def _relay(account: Account, conds: Conditions, checks: Checks, now: datetime) -> None:
     """RelayReady (spec.relay): whether the relay's upstream path works, as far as the probe
     saw it: the token request and the upstream's acceptance (XOAUTH2, or Graph's mailbox)."""
     gen = account.generation
     if not account.relay.enabled:
-        return remove_condition(conds, "RelayReady")
+        drop_condition(conds, "RelayReady")
+        return
     upstream = ("Microsoft Graph accepts the token for the mailbox"
                 if account.graph is not None else "the SMTP server accepts XOAUTH2")
     if not checks.endpoint.ok:
-        return set_outcome(conds, "RelayReady", checks.endpoint, "", now, gen)
-    if checks.credential is not None:
-        return set_outcome(conds, "RelayReady", checks.credential,
-                           f"The relay can forward: {upstream}.", now, gen)
-    if find_condition(conds, "RelayReady") is None:
-        return set_condition(conds, "RelayReady", "Unknown", reasons.AUTH_SKIPPED,
-                             "The upstream login has not been checked yet.", now, gen)
-    return conds
+        put_outcome(conds, "RelayReady", checks.endpoint, "", now, gen)
+    elif checks.credential is not None:
+        put_outcome(conds, "RelayReady", checks.credential,
+                    f"The relay can forward: {upstream}.", now, gen)
+    elif find_condition(conds, "RelayReady") is None:
+        put_condition(conds, "RelayReady", "Unknown", reasons.AUTH_SKIPPED,
+                      "The upstream login has not been checked yet.", now, gen)
