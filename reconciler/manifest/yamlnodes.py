@@ -58,8 +58,8 @@ class Loader(_SafeLoader):  # type: ignore[misc]
         super().__init__(stream)
         #: Whether the text may hold an anchor: without an `&` no node can be met twice, and
         #: check_and_construct skips its alias check (a set of every node's id).
-        self.may_alias = (not isinstance(stream, str | bytes)
-                          or ("&" if isinstance(stream, str) else b"&") in stream)
+        self.may_alias = ("&" in stream if isinstance(stream, str)
+                          else b"&" in stream if isinstance(stream, bytes) else True)
         if self.yaml_path_resolvers:
             return
         self.descend_resolver = operator.is_
