@@ -514,6 +514,25 @@ def test_concurrency_bound_and_auth_predicate(smtp_server: Factory, secrets_dir:
     assert len(server.auth_attempts) == 2
 
 
+
+def test_probe_accounts_bound_order_and_on_result(smtp_server: Factory, secrets_dir: Path
+                                                  ) -> None:
+    """At most `concurrency` probes at once (the server's own bound set higher), every result
+    in the accounts' order, and on_result once for each, with that result, as it ends."""
+    limits.configure(max_sessions_per_server=50)
+    server = smtp_server("STARTTLS", users=users())
+    accounts = [make_account(name=f"a{i}", port=server.port) for i in range(11)]
+    seen: list[tuple[int, ProbeResult]] = []
+    results = asyncio.run(probe_accounts(accounts, DirSecretReader(secrets_dir), now=NOW,
+                                         concurrency=3, on_result=lambda i, r: seen.append((i, r))))
+    assert len(results) == 11 and all(r.ok for r in results)
+    assert [r.authenticated_identity for r in results] == [a.smtp.identity.email_address
+                                                           for a in accounts if a.smtp]
+    assert sorted(i for i, _ in seen) == list(range(11))
+    assert all(results[i] is r for i, r in seen)
+    assert 1 <= limits.politeness().peak_sessions["127.0.0.1"] <= 3
+    assert asyncio.run(probe_accounts([], DirSecretReader(secrets_dir), now=NOW)) == []
+
 class _BrokenReader:
     """A SecretReader with a bug: the batch must survive it."""
 
