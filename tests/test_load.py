@@ -299,3 +299,28 @@ def test_a_small_file_is_read_without_a_large_buffer(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 128 * 1024
+
+
+def _decode_before(data: bytes, file: str) -> tuple[str | None, list[model.Diagnostic]]:
+    """load._decode as it was: bytes.decode("utf-8-sig"), the codec's Python function."""
+    from reconciler.manifest.load import _file_error
+
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return None, [_file_error(file, f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
+                                        "save it as UTF-8", line, col)]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"\xef\xbb\xbf", b"a", b"\n", b"\xc3\xa9", b"\xe2\x82\xac",
+                                 b"\xf0\x9f\x98\x80", b"\xc3", b"\xff", b"\xed\xa0\x80", b"k: v"]),
+                max_size=12))
+def test_decode_as_the_utf_8_sig_codec(parts: list[bytes]) -> None:
+    """The text, or the error (its byte, line and column), as bytes.decode("utf-8-sig") gave."""
+    from reconciler.manifest.load import _decode
+
+    data = b"".join(parts)
+    assert _decode(data, "f.yaml") == _decode_before(data, "f.yaml")

@@ -279,3 +279,13 @@ def test_one_pass_matches_check_then_construct_on_random_structures(text: str) -
     # a syntax error or an undefined alias: refused by the composer, before either pass
     with contextlib.suppress(yaml.YAMLError):
         _compare(text)
+
+
+def test_keys_are_interned() -> None:
+    """Every document's keys are one string each (the code's constants): 125,000 strings fewer
+    kept for bench 1's 5,000 files, and look-ups that compare by identity."""
+    loader = yamlnodes.Loader("metadata: {name: x}\nspec: {provider: custom}\n")
+    data, _plain = yamlnodes.check_and_construct(loader, loader.get_single_node())
+    loader.dispose()
+    assert [k is c for k, c in zip(data, ("metadata", "spec"), strict=True)] == [True, True]
+    assert next(iter(data["metadata"])) is "name"  # noqa: F632 - identity is the point

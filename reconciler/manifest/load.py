@@ -6,6 +6,7 @@ Diagnostic (FILE:LINE:COL: document N: /pointer: message).
 
 from __future__ import annotations
 
+import codecs
 import errno
 import gc
 import os
@@ -158,8 +159,9 @@ def _decode(data: bytes, file: str) -> tuple[str | None, list[model.Diagnostic]]
     if len(data) > MAX_BYTES:
         return None, [_file_error(file, f"file is larger than 1 MiB ({len(data)} bytes); "
                                         "split it into several files")]
-    try:
-        return data.decode("utf-8-sig"), []
+    try:  # "utf-8-sig" without its codec's Python function: the BOM cut here, then C's UTF-8
+        # (an error's offset is in the text after the BOM, as that codec's was)
+        return (data[3:] if data[:3] == codecs.BOM_UTF8 else data).decode("utf-8"), []
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1

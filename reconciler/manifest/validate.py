@@ -13,9 +13,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from reconciler import model
 from reconciler.manifest import load_schema
+from reconciler.manifest.account import account_from_manifest
 from reconciler.manifest.compiled_schema import CompiledSchema
+from reconciler.manifest.objectmeta import check_object_meta
+from reconciler.manifest.published import check_published
 from reconciler.manifest.schema_errors import Translator
 from reconciler.manifest.secrets_scan import committed_secret, escape, scan_document
+from reconciler.manifest.semantics import check_account
 
 if TYPE_CHECKING:  # imported when a document needs its messages: 40 ms of start-up otherwise
     import jsonschema
@@ -62,7 +66,7 @@ def _compiled() -> CompiledSchema:
 
 
 def prepare() -> None:
-    """Build what every valid document needs (the compiled schema, the rule modules) now.
+    """Build what every valid document needs (the compiled schema, the error translator) now.
 
     `load_paths(parallel=True)` calls it before forking, so the workers inherit them instead of
     each building its own (about 20 ms of CPU a process). The Python validator is left lazy: it
@@ -71,9 +75,6 @@ def prepare() -> None:
     """
     _compiled()
     _translator()
-    import reconciler.manifest.objectmeta
-    import reconciler.manifest.published
-    import reconciler.manifest.semantics  # noqa: F401
 
 
 @lru_cache(maxsize=1)
@@ -270,11 +271,6 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
     if out:
         return out + tolerated, None
     out += tolerated
-    from reconciler.manifest.account import account_from_manifest
-    from reconciler.manifest.objectmeta import check_object_meta
-    from reconciler.manifest.published import check_published
-    from reconciler.manifest.semantics import check_account
-
     account = account_from_manifest(doc)
     for pointer, message, severity in [*check_object_meta(doc), *check_published(doc),
                                        *check_account(account, doc)]:
