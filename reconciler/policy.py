@@ -107,7 +107,15 @@ def _is_address_glob(glob: str, names_port: bool) -> bool:
 def host_matches(globs: Sequence[str], host: str, port: int | None) -> bool:
     """A glob matches the host, or `host:port` when the glob names a port (`127.0.0.1:*`,
     `[::1]:*`); an IPv6 glob without brackets matches the bare address. A glob over addresses
-    (`127.0.0.*`) matches IP addresses only, never a DNS name such as `127.0.0.evil.example`."""
+    (`127.0.0.*`) matches IP addresses only, never a DNS name such as `127.0.0.evil.example`.
+
+    Cached (a pure function of the three): every probe checks its host against --allowed-hosts
+    before anything else, 3 us of globs and regexes for the same answer each time."""
+    return _host_matches(tuple(globs), host, port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_matches(globs: tuple[str, ...], host: str, port: int | None) -> bool:
     host = host.lower().strip("[]").rstrip(".")
     address = _address(host)
     for glob in globs:
@@ -318,6 +326,8 @@ def _kubectl(kind: str, namespace: str, name: str) -> str:
 
 def secret_refusal(account: Account, ref: KeyRef, meta: SecretMeta) -> str | None:
     """Why this account may not use this Secret/ConfigMap (naming what to add), or None."""
+    if meta.opted_in and meta.type not in NEVER_USABLE_TYPES:  # the local --secrets-dir
+        return None
     what = f"{ref.kind} {account.namespace}/{ref.name}"
     used_by = f"EmailAccount {account.namespace}/{account.name}"
     if meta.type in NEVER_USABLE_TYPES:
@@ -381,12 +391,19 @@ class GuardedReader:
     def __init__(self, inner: SecretReader, account: Account) -> None:
         self.inner, self.account = inner, account
         self.short: set[KeyRef] = set()  # credentials too short to be redacted reliably
+        # What this probe was allowed to read: a probe asks for each reference's version, then
+        # reads it, and the check is a metadata lookup (a stat for --secrets-dir) each time.
+        # A refusal is not kept (the next call looks again); a new probe gets a new reader.
+        self._allowed: set[tuple[str, KeyRef]] = set()
 
     def check(self, namespace: str, ref: KeyRef) -> None:
         """Raise SecretNotAllowed (or SecretNotFound) unless the account may read the ref."""
+        if (namespace, ref) in self._allowed:
+            return
         why = secret_refusal(self.account, ref, secret_meta(self.inner, namespace, ref))
         if why is not None:
             raise SecretNotAllowed(namespace, ref.name, ref.key, ref.kind, why)
+        self._allowed.add((namespace, ref))
 
     def read(self, namespace: str, ref: KeyRef) -> bytes:
         self.check(namespace, ref)

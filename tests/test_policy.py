@@ -16,6 +16,7 @@ from reconciler.policy import (
     SecretMeta,
     certificates_only,
     endpoint_refusal,
+    guard,
     host_matches,
     secret_refusal,
 )
@@ -38,6 +39,18 @@ OPTED_IN = {CREDENTIAL_LABEL: "true"}
 ])
 def test_host_matches(globs: list[str], host: str, port: int, ok: bool) -> None:
     assert host_matches(globs, host, port) is ok
+
+
+def test_host_matches_answers_each_question_of_its_own() -> None:
+    """host_matches is cached: asked in a row, questions that differ in the port, the globs or
+    the host only get their own answers (a cache keyed on less would repeat the first)."""
+    asked = [(["127.0.0.1:25"], "127.0.0.1", 25, True), (["127.0.0.1:25"], "127.0.0.1", 587, False),
+             (["127.0.0.1:25"], "127.0.0.1", None, False), (["*.example.com"], "a.example.com", 25, True),
+             (["*.example.org"], "a.example.com", 25, False), (["*.example.org", "*.example.com"],
+                                                                "a.example.com", 25, True),
+             (["*.example.com"], "a.example.net", 25, False)]
+    for _ in range(2):
+        assert [host_matches(g, h, p) for g, h, p, _ok in asked] == [ok for *_q, ok in asked]
 
 
 def _graph(authority: str = "https://login.microsoftonline.com",
@@ -124,6 +137,25 @@ def test_guarded_reader_reads_nothing_it_refuses() -> None:
     with pytest.raises(SecretNotAllowed):
         guarded.version("mail", PASSWORD_REF)
 
+
+
+def test_a_guarded_reader_keeps_what_it_allowed_for_its_probe_only() -> None:
+    """One probe's reader checks a reference once (version, then read); the next probe's
+    reader checks again, and a refusal is never kept."""
+    key = ("mail", "smtp-credentials")
+    reader = MappingSecretReader({(*key, "password"): "marker-value"},
+                                 metadata={key: SecretMeta(labels=OPTED_IN)})
+    probe = guard(reader, ACCOUNT)
+    assert probe.version("mail", PASSWORD_REF)
+    reader._meta[key] = SecretMeta()  # the owner takes the opt-in label off
+    assert probe.read("mail", PASSWORD_REF) == b"marker-value"  # this probe checked already
+    with pytest.raises(SecretNotAllowed):
+        guard(reader, ACCOUNT).read("mail", PASSWORD_REF)  # the next probe checks again
+    refused = guard(reader, ACCOUNT)
+    with pytest.raises(SecretNotAllowed):
+        refused.version("mail", PASSWORD_REF)
+    reader._meta[key] = SecretMeta(labels=OPTED_IN)  # and puts it back
+    assert refused.read("mail", PASSWORD_REF) == b"marker-value"  # a refusal was not kept
 
 class _NoLabels:
     def read(self, namespace: str, ref: KeyRef) -> bytes:

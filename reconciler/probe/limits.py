@@ -33,7 +33,7 @@ import ipaddress
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from reconciler.model import MAX_AUTH_FAILURES_PER_MINUTE, MAX_SESSIONS_PER_SERVER
@@ -94,14 +94,30 @@ def current_deadline(timeout_seconds: float) -> Deadline:
     return found if found is not None else Deadline.start(timeout_seconds)
 
 
-@contextlib.contextmanager
-def deadline_scope(deadline: Deadline) -> Iterator[Deadline]:
-    """Make `deadline` the current one for the code (and the tasks it starts) inside."""
-    token = _current.set(deadline)
-    try:
-        yield deadline
-    finally:
-        _current.reset(token)
+def deadline_scope(deadline: Deadline) -> _DeadlineScope:
+    """Make `deadline` the current one for the code (and the tasks it starts) inside:
+    `with deadline_scope(deadline):`."""
+    return _DeadlineScope(deadline)
+
+
+class _DeadlineScope:
+    """deadline_scope's context manager: a class, not a @contextmanager generator (a probe
+    enters two or three; the generator and its wrapper cost more than setting the variable)."""
+
+    __slots__ = ("_deadline", "_token")
+
+    def __init__(self, deadline: Deadline) -> None:
+        self._deadline = deadline
+        self._token: contextvars.Token[Deadline | None] | None = None
+
+    def __enter__(self) -> Deadline:
+        self._token = _current.set(self._deadline)
+        return self._deadline
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
 
 
 # --------------------------------------------------------------------------- politeness
@@ -219,9 +235,12 @@ class Politeness:
             self._release(turns, limit)
 
     # ---------------------------------------------------------------- sessions
-    @contextlib.asynccontextmanager
-    async def session(self, host: str, provider: str | None = None) -> AsyncIterator[None]:
-        """Hold one of the MTA's session slots (the TLS diagnostic session uses it too)."""
+    def session(self, host: str, provider: str | None = None) -> _SessionSlot:
+        """Hold one of the MTA's session slots (the TLS diagnostic session uses it too):
+        `async with politeness.session(host, provider):`."""
+        return _SessionSlot(self, host, provider)
+
+    async def _enter_session(self, host: str, provider: str | None) -> _Server:
         key = mta_key(host)
         with self._lock:
             server = self._server(host)
@@ -232,10 +251,7 @@ class Politeness:
         with self._lock:
             self.peak_sessions[key] = max(self.peak_sessions.get(key, 0),
                                           server.sessions.active)
-        try:
-            yield
-        finally:
-            self._release(server.sessions, server.limit)
+        return server
 
     # ---------------------------------------------------------------- AUTH
     def _refill(self, server: _Server, now: float) -> None:
@@ -291,6 +307,27 @@ class Politeness:
                 self._refill(server, time.monotonic())
                 server.failures = (server.failures or 0.0) - 1.0
             server.penalized = not ok
+
+
+class _SessionSlot:
+    """`Politeness.session`: a class rather than an asynccontextmanager, whose generator and
+    wrappers were a tenth of the Python around a probe's session (bench/README.md, benchmark
+    7); the slot is released whatever ends the session."""
+
+    __slots__ = ("_polite", "_host", "_provider", "_server")
+
+    def __init__(self, polite: Politeness, host: str, provider: str | None) -> None:
+        self._polite, self._host, self._provider = polite, host, provider
+        self._server: _Server | None = None
+
+    async def __aenter__(self) -> None:
+        self._server = await self._polite._enter_session(self._host, self._provider)
+
+    async def __aexit__(self, *exc: object) -> None:
+        server = self._server
+        if server is not None:
+            self._server = None
+            self._polite._release(server.sessions, server.limit)
 
 
 _politeness = Politeness()

@@ -131,8 +131,11 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
     # covers both phases, but not the wait for the slot.
     total = limits.overall_deadline(conn.timeout_seconds)
     deadline = Deadline.start(conn.timeout_seconds, total)
-    with limits.deadline_scope(deadline):
-        creds, pre = await _credentials(account, secrets, authenticate, tokens)
+    creds: Credentials | None = None
+    pre: Outcome | None = None
+    if authenticate and auth.method != "None":  # else there is nothing to read or request
+        with limits.deadline_scope(deadline):
+            creds, pre = await _credentials(account, secrets, authenticate, tokens)
     left = deadline.remaining()
 
     async def session() -> SessionState:
