@@ -39,6 +39,7 @@ def _render(report: dict[str, Any]) -> str:
     if type(report) is not dict or not report:
         raise _NotScalar
     lines = ["{"]
+    keys: dict[str, str] = {}  # the members' keys repeat in every item: each encoded once
     last = len(report) - 1
     for i, (key, value) in enumerate(report.items()):
         comma = "," if i < last else ""
@@ -50,8 +51,14 @@ def _render(report: dict[str, Any]) -> str:
             for j, item in enumerate(value):
                 if type(item) is not dict or not item:
                     raise _NotScalar
-                members = ",\n      ".join(f"{_key(k)}: {_scalar(v)}" for k, v in item.items())
-                lines.append(f"    {{\n      {members}\n    }}{',' if j < len(value) - 1 else ''}")
+                members = []
+                for k, v in item.items():
+                    text = keys.get(k) if type(k) is str else None
+                    if text is None:
+                        text = keys[k] = _key(k)
+                    members.append(f"{text}: {_encode_str(v) if type(v) is str else _scalar(v)}")
+                members_text = ",\n      ".join(members)
+                lines.append(f"    {{\n      {members_text}\n    }}{',' if j < len(value) - 1 else ''}")
             lines.append(f"  ]{comma}")
         else:
             lines.append(f"  {_key(key)}: {_scalar(value)}{comma}")
