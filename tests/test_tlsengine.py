@@ -260,6 +260,18 @@ def test_a_name_mismatch_is_a_verification_error_with_an_alert(
     assert srv.outcome() == ("alert", "SSLV3_ALERT_BAD_CERTIFICATE")  # the client said why
 
 
+def test_a_name_openssl_4_cannot_check_is_refused_as_a_mismatch_never_unchecked(
+        ca: ThrowawayCA, server: Server) -> None:
+    # OpenSSL 4's X509_VERIFY_PARAM_set1_host takes no one-letter name (3.0 under the ssl
+    # module did); the schema allows one. The certificate names "m": still refused, with why.
+    srv = server(ca.server_context("m"))
+    failed = _fail(srv.port, "m", tls.client_context("1.2", ca.ca_pem))
+    assert isinstance(failed, ssl.SSLCertVerificationError) and failed.verify_code == 62
+    assert failed.verify_message == ("OpenSSL cannot check a certificate against the name 'm' "
+                                     "(no one-letter name, empty label or final dot)")
+    assert srv.hellos.get(timeout=30) == b""  # refused before any ClientHello
+
+
 def test_an_expired_certificate(ca: ThrowawayCA, server: Server) -> None:
     past = _NOW - dt.timedelta(days=2)
     srv = server(ca.server_context(not_before=past - dt.timedelta(days=30),

@@ -11,12 +11,11 @@ reads its exceptions as outcomes.
 
 It drives a non-blocking socket on the event loop itself (its own connect, readiness
 callbacks) rather than asyncio streams, and after STARTTLS a TLS session over memory BIOs
-(reconciler.probe.tlsengine, on the OpenSSL of the `cryptography` wheel, which speaks the `ssl`
-module's exceptions) fed by one recv per readable event (an SSLSocket reads every record in two
-syscalls): no
-transport, protocol and stream objects between the socket and OpenSSL, and a reply of any number
-of lines parsed from one buffer without a coroutine per line. That was most of the probe's own
-CPU beside the handshake (bench/README.md, benchmark 7).
+(reconciler.probe.tlsengine: the OpenSSL of the `cryptography` wheel, in the `ssl` module's
+exceptions) fed by one recv per readable event (an SSLSocket reads every record in two
+syscalls): no transport, protocol and stream objects between the socket and OpenSSL, and a
+reply of any number of lines parsed from one buffer without a coroutine per line. That was most
+of the probe's own CPU beside the handshake (bench/README.md, benchmark 7).
 """
 
 from __future__ import annotations
