@@ -222,7 +222,7 @@ def _locate_before(root: Any, pointer: str) -> tuple[int, int]:
     tokens = ([t.replace("~1", "/").replace("~0", "~") for t in pointer.lstrip("/").split("/")]
               if pointer else [])
     for token in tokens:
-        child = yamlnodes._child(node, token)
+        child = yamlnodes.child(node, token)
         if child is None:
             break
         node = child
@@ -289,3 +289,25 @@ def test_keys_are_interned() -> None:
     loader.dispose()
     assert [k is c for k, c in zip(data, ("metadata", "spec"), strict=True)] == [True, True]
     assert next(iter(data["metadata"])) is "name"  # noqa: F632 - identity is the point
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([
+    "metadata: {name: n, namespace: ns}", "metadata: {namespace: ns}", "metadata: [a]",
+    "metadata: x", "metadata: {name: n, name: m}", "spec: {publish: {secretName: s}}",
+    "spec: {publish: {}}", "spec: {publish: [1]}", "spec: {}", "spec: [publish]", "spec: 3",
+    "kind: K", "? [metadata]\n: {name: n}", "'metadata': {'name': q}"]), max_size=4))
+def test_cross_check_positions_as_locate(lines: list[str]) -> None:
+    """The loader's positions for the cross-document checks are locate's, whatever is missing,
+    repeated or not a map."""
+    from reconciler.manifest.load import _CROSS_CHECK_POINTERS, cross_check_positions
+
+    text = "\n".join(lines) + "\n" if lines else "{}\n"
+    try:
+        roots = [yaml.compose(text, Loader=yamlnodes.Loader)]
+    except yaml.YAMLError:
+        roots = []
+    roots += [yaml.compose(t, Loader=yamlnodes.Loader) for t in ("- a\n", "x\n", "[metadata]\n")]
+    for root in roots:
+        assert cross_check_positions(root) == {p: yamlnodes.locate(root, p)
+                                               for p in _CROSS_CHECK_POINTERS}

@@ -299,20 +299,21 @@ def locate(root: yaml.Node, pointer: str) -> tuple[int, int]:
     node = root
     if pointer:
         for token in pointer.lstrip("/").split("/"):
-            child = _child(node, _unescape(token) if "~" in token else token)
-            if child is None:
+            found = child(node, _unescape(token) if "~" in token else token)
+            if found is None:
                 break
-            node = child
+            node = found
     mark = node.start_mark
     return mark.line + 1, mark.column + 1
 
 
-def _child(node: yaml.Node, token: str) -> yaml.Node | None:
+def child(node: yaml.Node, token: str) -> yaml.Node | None:
+    """The value of a mapping's first key `token`, or a list's item at that index, or None."""
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode) and key.value == token:
                 return value
     elif isinstance(node, yaml.SequenceNode) and token.isdigit() and int(token) < len(node.value):
-        child: yaml.Node = node.value[int(token)]
-        return child
+        item: yaml.Node = node.value[int(token)]
+        return item
     return None
