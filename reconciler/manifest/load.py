@@ -33,6 +33,7 @@ MAX_BYTES = 1024 * 1024
 #: came from its own mmap (then mremap, munmap and page faults: three system calls a file more,
 #: 10% of `validate`'s CPU for 5,000 files, bench/README.md, issue 25); this one from the heap.
 _READ_CHUNK = 64 * 1024
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 #: Below this many files a worker's start-up and the results' pickling cost more than they save.
 PARALLEL_MIN_FILES = 200
 #: (namespace, Secret name) -> the account whose published Secret it is now, or None.
@@ -379,21 +380,25 @@ def _read_manifest(file: str) -> bytes | model.Diagnostic:
     if problem is not None:
         return _file_error(file, problem)
     try:
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(file, _OPEN_FLAGS)
     except OSError as exc:
         return _file_error(file, _stat_problem(file, exc))
     try:
         problem = _kind_problem(os.fstat(fd))
         if problem is not None:
             return _file_error(file, problem)
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_BYTES:
-            chunk = os.read(fd, min(MAX_BYTES + 1 - size, _READ_CHUNK))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        data = os.read(fd, min(MAX_BYTES + 1, _READ_CHUNK))
+        size = len(data)
+        if data:  # then on to the end of the file, or past MAX_BYTES
+            chunks = [data]
+            while size <= MAX_BYTES:
+                chunk = os.read(fd, min(MAX_BYTES + 1 - size, _READ_CHUNK))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            if len(chunks) > 1:
+                data = b"".join(chunks)
     except OSError as exc:
         return _file_error(file, f"cannot read file: {exc.strerror or exc}")
     finally:
@@ -401,7 +406,7 @@ def _read_manifest(file: str) -> bytes | model.Diagnostic:
     if size > MAX_BYTES:
         return _file_error(file, "file is larger than 1 MiB (it grew while being read); "
                                  "split it into several files")
-    return b"".join(chunks)
+    return data
 
 
 def _stat_problem(file: str, exc: OSError) -> str:

@@ -53,7 +53,7 @@ def _keys(where: str, mapping: Mapping[str, Any]) -> Iterator[Finding]:
 
 def check_labels(where: str, labels: Any) -> list[Finding]:
     """Label keys and values as the API server checks them."""
-    if not isinstance(labels, Mapping):
+    if labels is None or not isinstance(labels, Mapping):  # None (usual): no ABC isinstance
         return []
     out = list(_keys(where, labels))
     for key, value in labels.items():
@@ -66,7 +66,7 @@ def check_labels(where: str, labels: Any) -> list[Finding]:
 
 def check_annotations(where: str, annotations: Any) -> list[Finding]:
     """Annotation keys, and their total size (keys and values) of at most 256 KiB."""
-    if not isinstance(annotations, Mapping):
+    if annotations is None or not isinstance(annotations, Mapping):  # as check_labels
         return []
     out = list(_keys(where, annotations))
     size = sum(len(str(k).encode()) + len(str(v).encode()) for k, v in annotations.items())
