@@ -103,28 +103,33 @@ def test_the_lazy_parser_reports_usage_errors_alike(capsys: pytest.CaptureFixtur
         assert texts[0][0] == 2 and "usage: email-reconciler" in texts[0][1]
 
 
-#: What `probe` of an account without OAuth2 has no use for: the identity providers' modules
-#: and the HTTP client they bring (the run's TokenCache is made, but never asked for a token),
-#: and structlog while nothing is logged at the level (the line per account is info).
+#: What `probe -o json` of accounts without OAuth2 (not of Office 365) has no use for: the
+#: identity providers' modules and the HTTP client they bring (the run's TokenCache is made, but
+#: never asked for a token), structlog while nothing is logged at the level (the line per
+#: account is info), and the table (and the CRD's printer columns it reads).
 NOT_FOR_A_PROBE_WITHOUT_OAUTH = (
     "structlog", "reconciler.probe.httpclient", "reconciler.probe.tokenrequest",
     "reconciler.probe.google", "reconciler.probe.microsoft", "http.client", "msal",
-    "urllib3", "kubernetes",
+    "urllib3", "kubernetes", "reconciler.run.table", "reconciler.manifest.crd",
 )
 
 
 def test_probe_without_oauth_imports_no_http_client_and_no_structlog(
         tmp_path: Path, smtp_server: Callable[..., RunningServer], ca: ThrowawayCA) -> None:
-    server = smtp_server("STARTTLS")
-    doc = loopback_account("plain", "team", server.port)
-    doc["spec"]["smtp"]["authentication"] = {"method": "None"}
+    server = smtp_server("STARTTLS", users={"login@example.com": "a-long-password-1"})
+    plain = loopback_account("plain", "team", server.port)
+    plain["spec"]["smtp"]["authentication"] = {"method": "None"}
+    login = loopback_account("login", "team", server.port)
     (tmp_path / "accounts").mkdir()
-    (tmp_path / "accounts" / "plain.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "accounts" / "both.yaml").write_text(yaml.safe_dump_all([plain, login]))
     write_secret(tmp_path / "secrets", "team", "ca", "ca.crt", ca.ca_pem)
+    write_secret(tmp_path / "secrets", "team", "login-smtp", "password", "a-long-password-1")
     code, modules, out = _modules_after(["probe", str(tmp_path / "accounts"), "--secrets-dir",
                                          str(tmp_path / "secrets"), "-o", "json"])
     assert code == 0, out
-    assert json.loads(out)[0]["status"]["conditions"][0]["status"] == "True"  # Ready, probed
+    ready = {e["name"]: e["status"]["conditions"][0] for e in json.loads(out)}
+    assert {name: (c["type"], c["status"]) for name, c in ready.items()} == {
+        "plain": ("Ready", "True"), "login": ("Ready", "True")}  # probed, AUTH included
     assert "reconciler.probe.tokencache" in modules  # the token cache was made
     loaded = sorted(m for m in modules if any(m == name or m.startswith(name + ".")
                                               for name in NOT_FOR_A_PROBE_WITHOUT_OAUTH))

@@ -69,9 +69,12 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
 
             result = await probe_smtp(account, secrets, now=now, authenticate=authenticate,
                                       tokens=tokens, sharing=sharing)
-    if (account.send_using != "MicrosoftGraph" and account.smtp is not None
-            and account.smtp.authentication.method == "Password"):
-        # Only a password can be Basic Auth; the module brings the HTTP client with it.
+    smtp = account.smtp
+    if (account.send_using != "MicrosoftGraph" and smtp is not None
+            and smtp.authentication.method == "Password"
+            and (account.provider == "office365" or "office365" in smtp.connection.host.lower())):
+        # Office 365 with a password only (a superset of basic_auth_warning's own test): the
+        # module brings the HTTP client and the identity providers' modules with it.
         from reconciler.probe.microsoft import basic_auth_warning
 
         deprecated = basic_auth_warning(account, now)

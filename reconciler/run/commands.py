@@ -19,7 +19,6 @@ from reconciler.manifest.report import plural
 from reconciler.model import KeyRef, SecretReader, status_condition
 from reconciler.policy import Policy, guard
 from reconciler.run.options import GetOptions, PolicyOptions, ProbeOptions, ReconcileOptions
-from reconciler.run.table import format_table, rows, table_object
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = ExitCode.OK, ExitCode.PROBLEMS, ExitCode.USAGE
 
@@ -125,6 +124,8 @@ def _probe_loaded(args: ProbeOptions, loaded: Any, out: IO[str]) -> int:
     if args.output == "json":
         write_json_list(entries, out)
     else:
+        from reconciler.run.table import format_table, rows, table_object
+
         objects = [table_object(a.namespace, a.name, e["status"], provider=a.provider,
                                 send_using=a.send_using) for a, e in zip(accounts, entries,
                                                                          strict=True)]
@@ -298,6 +299,8 @@ def render_report(report: Any, *, out: IO[str], output: str, dry_run: bool) -> N
         out.write("\n")
         return
     if report.accounts:
+        from reconciler.run.table import format_table, rows, table_object
+
         objects = [table_object(a.namespace, a.name, a.status, provider=a.provider,
                                 send_using=a.send_using, created=a.created_at)
                    for a in report.accounts]
@@ -401,6 +404,8 @@ def run_get(args: GetOptions, *, out: IO[str]) -> int:
         else:
             out.write(yaml.safe_dump(doc, sort_keys=False))
     elif objects:
+        from reconciler.run.table import format_table, rows
+
         out.write(format_table(rows(objects, wide=args.output == "wide", now=datetime.now(UTC))))
     elif not missing:
         out.write("No resources found\n")
