@@ -269,7 +269,8 @@ def test_accounts_carry_their_source_and_sorted_warnings(tmp_path: Path) -> None
 def test_files_read_whole_in_chunks(tmp_path: Path) -> None:
     """A file is read whole at every size around the read chunk, up to MAX_BYTES; one byte more
     is the size error (the chunked reads stop where one read of MAX_BYTES + 1 did)."""
-    from reconciler.manifest.load import _READ_CHUNK, _read_manifest
+    from reconciler.manifest.files import _READ_CHUNK
+    from reconciler.manifest.files import read_manifest as _read_manifest
 
     for size in (0, 1, _READ_CHUNK - 1, _READ_CHUNK, _READ_CHUNK + 1, 3 * _READ_CHUNK + 7,
                  MAX_BYTES - 1, MAX_BYTES):
@@ -288,7 +289,7 @@ def test_a_small_file_is_read_without_a_large_buffer(tmp_path: Path) -> None:
     its own mmap (mmap, mremap and munmap a file, and page faults: 10% of validate's CPU)."""
     import tracemalloc
 
-    from reconciler.manifest.load import _read_manifest
+    from reconciler.manifest.files import read_manifest as _read_manifest
 
     path = tmp_path / "small.yaml"
     path.write_text(GOOD)
@@ -303,7 +304,7 @@ def test_a_small_file_is_read_without_a_large_buffer(tmp_path: Path) -> None:
 
 def _decode_before(data: bytes, file: str) -> tuple[str | None, list[model.Diagnostic]]:
     """load._decode as it was: bytes.decode("utf-8-sig"), the codec's Python function."""
-    from reconciler.manifest.load import _file_error
+    from reconciler.manifest.files import file_error as _file_error
 
     try:
         return data.decode("utf-8-sig"), []
@@ -324,3 +325,66 @@ def test_decode_as_the_utf_8_sig_codec(parts: list[bytes]) -> None:
 
     data = b"".join(parts)
     assert _decode(data, "f.yaml") == _decode_before(data, "f.yaml")
+
+
+def _find_files_before(paths: list[str]) -> tuple[list[str], list[model.Diagnostic]]:
+    """files.find_files as it was, on os.walk."""
+    import os
+
+    from reconciler.manifest.files import file_error
+
+    files: list[str] = []
+    errors: list[model.Diagnostic] = []
+    for p in paths:
+        found: list[str] = []
+
+        def unlisted(exc: OSError, top: str = p) -> None:
+            errors.append(file_error(str(exc.filename or top),
+                                     f"cannot list folder: {exc.strerror or exc}"))
+
+        for folder, _dirs, names in os.walk(p, onerror=unlisted):
+            base = str(Path(folder))
+            found += [n if base == "." else os.path.join(base, n)
+                      for n in names if n.endswith((".yaml", ".yml"))]
+        files += sorted(found)
+    return files, errors
+
+
+def test_find_files_as_os_walk(tmp_path: Path) -> None:
+    """The scandir walk lists what os.walk listed (nested and unreadable folders, symlinked
+    folders not entered, symlinks, FIFOs, folders named *.yaml), and calls regular exactly the
+    regular files that are no symlinks."""
+    import os
+
+    from reconciler.manifest.files import find_files
+
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    for name in ("x.yaml", "a/y.yml", "a/b/z.yaml", "a/b/c/w.yaml", "a/notes.txt", "a/.h.yaml"):
+        (tmp_path / name).write_text("k: v\n")
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "dir.yaml" / "in.yaml").write_text("k: v\n")
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "x.yaml")
+    (tmp_path / "dangling.yaml").symlink_to(tmp_path / "gone.yaml")
+    (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    (tmp_path / "linked-dir").symlink_to(tmp_path / "a")
+    (tmp_path / "linked-dir.yaml").symlink_to(tmp_path / "a")
+    os.mkfifo(tmp_path / "fifo.yaml")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "hidden.yaml").write_text("k: v\n")
+    locked.chmod(0)
+    try:
+        for paths in ([str(tmp_path)], [str(tmp_path / "a"), str(tmp_path)]):
+            files, errors, regular = find_files(paths)
+            assert (files, errors) == _find_files_before(paths)
+            assert regular == {f for f in files if os.path.isfile(f) and not os.path.islink(f)}
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            files, errors, regular = find_files(["."])
+            assert (files, errors) == _find_files_before(["."])
+            assert "x.yaml" in regular and "link.yaml" not in regular
+        finally:
+            os.chdir(cwd)
+    finally:
+        locked.chmod(0o700)

@@ -7,33 +7,24 @@ Diagnostic (FILE:LINE:COL: document N: /pointer: message).
 from __future__ import annotations
 
 import codecs
-import errno
 import gc
 import os
-import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from reconciler import model
-from reconciler.errors import UsageError
 from reconciler.manifest import yamlnodes
 from reconciler.manifest.account import account_from_manifest
+from reconciler.manifest.files import MAX_BYTES, file_error, find_files, manifest_files, read_manifest
 from reconciler.manifest.validate import KUSTOMIZATION_FILES, other_kind, prepare, validate_manifest
 
 __all__ = ["MAX_BYTES", "InvalidDocument", "LoadResult", "account_from_manifest", "load_bytes",
            "load_paths", "manifest_files"]
 
-MAX_BYTES = 1024 * 1024
-#: At most this much a read: os.read allocates what it is asked for, and a buffer of MAX_BYTES
-#: came from its own mmap (then mremap, munmap and page faults: three system calls a file more,
-#: 10% of `validate`'s CPU for 5,000 files, bench/README.md, issue 25); this one from the heap.
-_READ_CHUNK = 64 * 1024
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 #: Below this many files a worker's start-up and the results' pickling cost more than they save.
 PARALLEL_MIN_FILES = 200
 #: (namespace, Secret name) -> the account whose published Secret it is now, or None.
@@ -138,49 +129,9 @@ def cross_check_positions(root: yaml.Node) -> dict[str, tuple[int, int]]:
             "/spec/publish/secretName": secret_name}
 
 
-def manifest_files(paths: Sequence[str]) -> list[str]:
-    """Files named, plus *.yaml/*.yml under folders (recursive, sorted); UsageError if absent."""
-    return _find_files(paths)[0]
-
-
-def _find_files(paths: Sequence[str]) -> tuple[list[str], list[model.Diagnostic]]:
-    """Manifest files under paths, and an error for each folder that could not be listed.
-
-    Every entry named *.yaml/*.yml is returned, whatever it is (a dangling symlink, a FIFO, a
-    symlink loop): the loader reports why it cannot be read instead of skipping it silently.
-    Symlinked folders are not followed (as before: `Path.rglob` did not follow them either).
-    """
-    files: list[str] = []
-    errors: list[model.Diagnostic] = []
-    for p in paths:
-        if os.path.isdir(p):
-            found: list[str] = []
-
-            def unlisted(exc: OSError, top: str = p) -> None:
-                where = str(exc.filename or top)
-                errors.append(_file_error(where, f"cannot list folder: {exc.strerror or exc}"))
-
-            for folder, _dirs, names in os.walk(p, onerror=unlisted):
-                # str(Path(folder, n)) for a plain name n, without a Path per file
-                base = str(Path(folder))
-                found += [n if base == "." else os.path.join(base, n)
-                          for n in names if n.endswith((".yaml", ".yml"))]
-            files += sorted(found)
-        elif os.path.lexists(p):
-            files.append(p)
-        else:
-            raise UsageError(f"{p}: no such file or directory")
-    return files, errors
-
-
-def _file_error(file: str, message: str, line: int = 1, col: int = 1,
-                document: int | None = None) -> model.Diagnostic:
-    return model.Diagnostic(file, line, col, document, "", message)
-
-
 def _decode(data: bytes, file: str) -> tuple[str | None, list[model.Diagnostic]]:
     if len(data) > MAX_BYTES:
-        return None, [_file_error(file, f"file is larger than 1 MiB ({len(data)} bytes); "
+        return None, [file_error(file, f"file is larger than 1 MiB ({len(data)} bytes); "
                                         "split it into several files")]
     try:  # "utf-8-sig" without its codec's Python function: the BOM cut here, then C's UTF-8
         # (an error's offset is in the text after the BOM, as that codec's was)
@@ -188,7 +139,7 @@ def _decode(data: bytes, file: str) -> tuple[str | None, list[model.Diagnostic]]
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        return None, [_file_error(file, f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
+        return None, [file_error(file, f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
                                         "save it as UTF-8", line, col)]
 
 
@@ -201,7 +152,7 @@ def _yaml_error(file: str, exc: yaml.YAMLError, document: int) -> model.Diagnost
     context = getattr(exc, "context", None)
     where = f"{context}: " if context else ""
     text = f"YAML syntax error: {where}{problem}"
-    return _file_error(file, text, line, col, document)
+    return file_error(file, text, line, col, document)
 
 
 def load_bytes(data: bytes, file: str) -> tuple[list[_Doc], list[model.Diagnostic]]:
@@ -230,7 +181,7 @@ def load_bytes(data: bytes, file: str) -> tuple[list[_Doc], list[model.Diagnosti
     except yaml.YAMLError as exc:
         errors.append(_yaml_error(file, exc, parsing))
     except Exception as exc:  # noqa: BLE001 - the file boundary: no traceback on any input
-        errors.append(_file_error(file, f"cannot read YAML ({type(exc).__name__})", 1, 1))
+        errors.append(file_error(file, f"cannot read YAML ({type(exc).__name__})", 1, 1))
     finally:
         loader.dispose()
     return docs, errors
@@ -243,13 +194,13 @@ def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
         doc.data, plain = yamlnodes.check_and_construct(loader, root)
     except yamlnodes.NodeProblem as problem:
         pline, pcol = yamlnodes.mark_of(problem.node)
-        doc.diagnostics.append(_file_error(file, problem.message, pline, pcol, index))
+        doc.diagnostics.append(file_error(file, problem.message, pline, pcol, index))
         return doc
     except yaml.YAMLError as exc:
         doc.diagnostics.append(_yaml_error(file, exc, index))
         return doc
     except Exception as exc:  # noqa: BLE001 - e.g. an impossible timestamp such as 2001-02-30
-        doc.diagnostics.append(_file_error(
+        doc.diagnostics.append(file_error(
             file, f"cannot read a value ({type(exc).__name__}); quote it", line, col, index))
         return doc
     skip = other_kind(doc.data)
@@ -266,7 +217,7 @@ def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
             locate=lambda p: yamlnodes.locate(root, p), plain=plain, source=doc.source)
         doc.diagnostics += diagnostics
     except Exception as exc:  # noqa: BLE001 - a bug in a rule must not hide other documents
-        doc.diagnostics.append(_file_error(
+        doc.diagnostics.append(file_error(
             file, f"internal error while validating ({type(exc).__name__})", line, col, index))
     return doc
 
@@ -366,83 +317,18 @@ def _scope(docs: list[_Doc], namespace: str, enforce: bool) -> None:
             d.account = None
 
 
-def _read_manifest(file: str) -> bytes | model.Diagnostic:
-    """The bytes of a regular file of at most MAX_BYTES, or the error saying why not.
+def _load_files(files: Sequence[str], listed_regular: Collection[str] = ()
+                ) -> list[tuple[list[model.Diagnostic], list[_Doc]]]:
+    """(file errors, documents) of each file, in order: the per-file work, done anywhere.
 
-    The size and the kind of file are checked before anything is read (a 200 MB file is never
-    read whole, a FIFO never blocks), and again on the open descriptor, in case the file changed.
-    """
-    try:
-        info = os.stat(file)
-    except OSError as exc:
-        return _file_error(file, _stat_problem(file, exc))
-    problem = _kind_problem(info)
-    if problem is not None:
-        return _file_error(file, problem)
-    try:
-        fd = os.open(file, _OPEN_FLAGS)
-    except OSError as exc:
-        return _file_error(file, _stat_problem(file, exc))
-    try:
-        problem = _kind_problem(os.fstat(fd))
-        if problem is not None:
-            return _file_error(file, problem)
-        data = os.read(fd, min(MAX_BYTES + 1, _READ_CHUNK))
-        size = len(data)
-        if data:  # then on to the end of the file, or past MAX_BYTES
-            chunks = [data]
-            while size <= MAX_BYTES:
-                chunk = os.read(fd, min(MAX_BYTES + 1 - size, _READ_CHUNK))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            if len(chunks) > 1:
-                data = b"".join(chunks)
-    except OSError as exc:
-        return _file_error(file, f"cannot read file: {exc.strerror or exc}")
-    finally:
-        os.close(fd)
-    if size > MAX_BYTES:
-        return _file_error(file, "file is larger than 1 MiB (it grew while being read); "
-                                 "split it into several files")
-    return data
-
-
-def _stat_problem(file: str, exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "cannot read file: a symlink loop (the link points back at itself)"
-    if exc.errno == errno.ENOENT and os.path.islink(file):
-        try:
-            target = os.readlink(file)
-        except OSError:
-            target = "?"
-        return f"cannot read file: a dangling symlink (its target {target} does not exist)"
-    return f"cannot read file: {exc.strerror or exc}"
-
-
-def _kind_problem(info: os.stat_result) -> str | None:
-    mode = info.st_mode
-    if not stat.S_ISREG(mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode)
-                or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "a folder" if stat.S_ISDIR(mode) else "not a regular file")
-        return f"cannot read file: {kind}, not a regular file"
-    if info.st_size > MAX_BYTES:
-        return (f"file is larger than 1 MiB ({info.st_size} bytes); split it into several "
-                "files")
-    return None
-
-
-def _load_files(files: Sequence[str]) -> list[tuple[list[model.Diagnostic], list[_Doc]]]:
-    """(file errors, documents) of each file, in order: the per-file work, done anywhere."""
+    ``listed_regular``: files the folder listing showed as regular (files.read_manifest)."""
     per_file: list[tuple[list[model.Diagnostic], list[_Doc]]] = []
     for file in files:
         if os.path.basename(file) in KUSTOMIZATION_FILES:
             per_file.append(([model.Diagnostic(file, 1, 1, None, "", "skipped: a kustomization, "
                                                "not an EmailAccount", "note")], []))
             continue
-        data = _read_manifest(file)
+        data = read_manifest(file, listed_regular)
         if isinstance(data, model.Diagnostic):
             per_file.append(([data], []))
             continue
@@ -454,7 +340,7 @@ def _load_files(files: Sequence[str]) -> list[tuple[list[model.Diagnostic], list
 def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default",
                 enforce: bool = False, secret_owner: SecretOwner | None = None,
                 workers: int | None = None) -> LoadResult:
-    files, unlisted = _find_files(paths)
+    files, unlisted, listed_regular = find_files(paths)
     result = LoadResult(files=len(files), paths=tuple(paths))
     result.diagnostics += unlisted
     result.failed_files += unlisted
@@ -464,7 +350,7 @@ def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default"
         prepare()  # once here, inherited by the forked workers
         per_file = pool.map_chunks(_load_files, files, workers or pool.cpu_count())
     else:
-        per_file = _load_files(files)
+        per_file = _load_files(files, listed_regular)
     all_docs = [d for _errors, docs in per_file for d in docs]
     _scope(all_docs, namespace, enforce)
     _cross_checks(all_docs, secret_owner)  # across all files, so after every worker's results are merged
