@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import gc
+import operator
 import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from reconciler.manifest.validate import KUSTOMIZATION_FILES, other_kind, prepar
 __all__ = ["MAX_BYTES", "InvalidDocument", "LoadResult", "account_from_manifest", "load_bytes",
            "load_paths", "manifest_files"]
 
+#: A diagnostic's sort key: where it is in its file, (line, column).
+_POSITION = operator.attrgetter("line", "column")
 #: Below this many files a worker's start-up and the results' pickling cost more than they save.
 PARALLEL_MIN_FILES = 200
 #: (namespace, Secret name) -> the account whose published Secret it is now, or None.
@@ -78,7 +81,8 @@ class _Doc:
 
     @property
     def valid(self) -> bool:
-        return self.data is not None and not any(d.severity == "error" for d in self.diagnostics)
+        return self.data is not None and (
+            not self.diagnostics or not any(d.severity == "error" for d in self.diagnostics))
 
     def ident(self) -> tuple[str, str] | None:
         meta = self.data.get("metadata") if isinstance(self.data, dict) else None
@@ -360,19 +364,23 @@ def _load_paths(paths: Sequence[str], parallel: bool, namespace: str = "default"
         if failed:
             result.failed_files.append(failed[0])
         for d in docs:
-            d.diagnostics.sort(key=lambda x: (x.line, x.column))
-            file_diags += d.diagnostics
-            ident = d.ident()
+            diagnostics = d.diagnostics
+            if len(diagnostics) > 1:
+                diagnostics.sort(key=_POSITION)
+            file_diags += diagnostics
             if d.valid:
-                warnings = tuple(x for x in d.diagnostics if x.severity == "warning")
+                warnings = tuple(x for x in diagnostics if x.severity == "warning") \
+                    if diagnostics else ()
                 account = d.account or account_from_manifest(d.data)
                 if account.source is not d.source or account.warnings != warnings:
                     account = replace(account, source=d.source, warnings=warnings)
                 result.accounts.append(account)
             else:
+                ident = d.ident()
                 result.invalid.append(InvalidDocument(
                     ident[0] if ident else None, ident[1] if ident else None, d.source,
-                    d.diagnostics, d.data if isinstance(d.data, dict) else None))
-        file_diags.sort(key=lambda x: (x.line, x.column))
+                    diagnostics, d.data if isinstance(d.data, dict) else None))
+        if len(file_diags) > 1:
+            file_diags.sort(key=_POSITION)
         result.diagnostics += file_diags
     return result
