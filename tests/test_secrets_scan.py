@@ -138,3 +138,32 @@ def test_base64_runs_as_without_the_look_behind() -> None:
     for text in texts:
         assert (secrets_scan._BASE64_RUN.findall(text)
                 == _BASE64_RUN_UNANCHORED.findall(text)), text
+
+
+def _high_entropy_before(text: str) -> bool:
+    """secrets_scan._high_entropy as it was: the pattern over the whole text."""
+    for run in _BASE64_RUN_UNANCHORED.findall(text):
+        if (any(c.isupper() for c in run) and any(c.islower() for c in run)
+                and any(c.isdigit() for c in run) and secrets_scan._entropy(run) >= 4.3):
+            return True
+    return False
+
+
+def test_high_entropy_on_words_as_on_the_whole_text() -> None:
+    """Looking for runs in the words of 32 characters or more finds what the whole text had:
+    random texts of high-entropy base64 pieces split by every kind of white space."""
+    rng = random.Random(43)
+    key = "Zx9Qm2Lp7Rt4Vw1Ks8Hd3Jf6Gb5Nc0Ye+/_=-aB"
+    spaces = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u2028",
+              "\u3000", ".", "@", ":"]
+    verdicts = set()
+    for _ in range(4000):
+        parts = []
+        for _ in range(rng.randint(1, 5)):
+            start = rng.randint(0, len(key))
+            parts.append(key[start:start + rng.choice((5, 20, 31, 32, 33, 40))])
+            parts.append(rng.choice(spaces) * rng.randint(0, 2))
+        text = "".join(parts)
+        assert secrets_scan._high_entropy(text) == _high_entropy_before(text), repr(text)
+        verdicts.add(_high_entropy_before(text))
+    assert verdicts == {True, False}
