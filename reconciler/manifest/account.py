@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Literal
 
 from reconciler import model
 from reconciler.manifest import providers
@@ -25,16 +25,20 @@ def parse_duration(text: str) -> float:
 
 
 def _map(value: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (value or {}).items()}
+    if not value:  # the usual absent labels, annotations, advanced: no comprehension
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _ref(block: Mapping[str, Any], key: str, pointer: str,
-         kind: str = "Secret") -> model.KeyRef | None:
+         kind: Literal["Secret", "ConfigMap"] = "Secret") -> model.KeyRef | None:
     raw = block.get(key)
-    if type(raw) is not dict and not isinstance(raw, Mapping):  # YAML's maps are dicts: no ABC
+    # an absent reference (most are) or YAML's map, a dict: the Mapping ABC's isinstance (a
+    # Python call) only for anything else
+    if raw is None or (type(raw) is not dict and not isinstance(raw, Mapping)):
         return None
     return model.KeyRef(name=str(raw["name"]), key=str(raw["key"]),
-                        kind=cast(Any, kind), field=f"{pointer}/{key}")
+                        kind=kind, field=f"{pointer}/{key}")
 
 
 def _connection(provider: str, region: str | None, tier: str | None,
@@ -94,17 +98,18 @@ def _smtp(provider: str, region: str | None, tier: str | None,
         else ident.get("userId") or fixed or ident["emailAddress"],
         reply_to=ident.get("replyTo"))
     aws = auth_raw.get("accessKeySecretRef")
+    aws = aws if aws is not None and isinstance(aws, Mapping) else None  # the ABC once, if any
     aws_field = f"{p}/accessKeySecretRef"
     auth = model.Authentication(
         method=auth_raw.get("method", "None"),
         password=_ref(auth_raw, "passwordSecretRef", p), username=username,
         access_key_id=model.KeyRef(
             name=str(aws["name"]), key=str(aws.get("accessKeyIdKey", AWS_ACCESS_KEY_ID_KEY)),
-            field=aws_field) if isinstance(aws, Mapping) else None,
+            field=aws_field) if aws is not None else None,
         secret_access_key=model.KeyRef(
             name=str(aws["name"]),
             key=str(aws.get("secretAccessKeyKey", AWS_SECRET_ACCESS_KEY_KEY)),
-            field=aws_field) if isinstance(aws, Mapping) else None,
+            field=aws_field) if aws is not None else None,
         oauth2=_oauth2(provider, auth_raw["oauth2"]) if auth_raw.get("oauth2") else None)
     signing = None
     if raw.get("signing"):
