@@ -229,8 +229,8 @@ def _document(loader: Any, root: yaml.Node, file: str, index: int) -> _Doc:
 def _cross_checks(docs: list[_Doc], secret_owner: SecretOwner | None = None) -> None:
     """Errors across documents: the same namespace/name twice, the same published Secret twice."""
     names: dict[tuple[str, str], _Doc] = {}
-    for d in docs:
-        ident = d.ident()
+    idents = [d.ident() for d in docs]  # once a document (no check below changes its data)
+    for d, ident in zip(docs, idents, strict=True):
         if ident is None:
             continue
         if ident in names:
@@ -242,10 +242,10 @@ def _cross_checks(docs: list[_Doc], secret_owner: SecretOwner | None = None) -> 
     # The same published Secret twice: the account that already owns it (its owner label, when
     # `secret_owner` can tell) keeps it and the newcomer is blamed, wherever its file sorts.
     secrets: dict[tuple[str, str], list[_Doc]] = {}
-    for d in docs:
+    for d, ident in zip(docs, idents, strict=True):
         if not d.valid:
             continue
-        ns, name = d.ident() or ("default", "")
+        ns, name = ident or ("default", "")
         publish = d.data.get("spec", {}).get("publish") or {}
         secrets.setdefault((ns, str(publish.get("secretName") or f"{name}-sender")), []).append(d)
     for key, holders in secrets.items():

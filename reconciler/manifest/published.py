@@ -69,8 +69,9 @@ def reserved_key_problem(key: str) -> str | None:
 def _spec_map(doc: Mapping[str, Any], *path: str) -> Mapping[str, Any]:
     node: Any = doc.get("spec")
     for name in path:  # YAML's maps are dicts: the ABC's isinstance only for others
-        node = node.get(name) if type(node) is dict or isinstance(node, Mapping) else None
-    return node if type(node) is dict or isinstance(node, Mapping) else {}
+        node = node.get(name) if type(node) is dict or (
+            node is not None and isinstance(node, Mapping)) else None
+    return node if type(node) is dict or (node is not None and isinstance(node, Mapping)) else {}
 
 
 def _escape(key: str) -> str:

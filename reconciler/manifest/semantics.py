@@ -164,7 +164,7 @@ def check_fixed_username(a: model.Account, doc: Mapping[str, Any]) -> list[Findi
     if p is None or a.smtp is None:
         return []
     ident = (_spec(doc).get("smtp") or {}).get("identity") or {}
-    written = ident.get("userId") if isinstance(ident, Mapping) else None
+    written = ident.get("userId") if type(ident) is dict or isinstance(ident, Mapping) else None
     from_secret = a.smtp.authentication.username is not None
     if a.smtp.authentication.method == "AWSAccessKey" and written is not None:
         return [("/spec/smtp/identity/userId",
