@@ -388,3 +388,15 @@ def test_find_files_as_os_walk(tmp_path: Path) -> None:
             os.chdir(cwd)
     finally:
         locked.chmod(0o700)
+
+
+def test_a_file_whose_size_says_nothing_is_read_to_its_end(tmp_path: Path) -> None:
+    """A file is read in one go when the first read returns the size fstat gave; otherwise on
+    to its end (a /proc file says 0 bytes and has more)."""
+    from reconciler.manifest.files import read_manifest
+
+    with open("/proc/version", "rb") as fh:
+        assert read_manifest("/proc/version") == fh.read() != b""
+    path = tmp_path / "grown.yaml"
+    path.write_bytes(b"a" * 100)
+    assert read_manifest(str(path)) == b"a" * 100
