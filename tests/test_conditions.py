@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler import reasons
 from reconciler.model import (
@@ -448,10 +451,52 @@ def test_invalid_status_caps_the_message() -> None:
     ({"a": {"b": 1, "c": 2}}, {"a": {"c": 2, "b": 1}}, False),
     ({"a": {"b": 1}}, {"a": {"b": 2}}, True),
     ({"a": 1}, {"a": 1, "b": None}, True),
+    # what a JSON form makes equal (status_differs compares plain statuses as they are)
+    ({"a": float("nan")}, {"a": float("nan")}, False),  # both read back as json's one NaN
+    ({"a": {1: "x"}}, {"a": {"1": "x"}}, False),
+    ({"a": True}, {"a": 1}, False),
+    ({"a": [datetime(2026, 1, 1, tzinfo=UTC)]}, {"a": ["2026-01-01 00:00:00+00:00"]}, False),
+    ({"a": float("inf")}, {"a": 1e309}, False),
 ])
 def test_status_differs(old: dict[str, Any] | None, new: dict[str, Any], differs: bool) -> None:
     assert status_differs(old, new) is differs
 
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True)
+    | st.sampled_from([0.0, -0.0, 1.0, float("inf"), float("nan")]) | st.text("ab\u00e9", max_size=2)
+    | st.sampled_from([datetime(2026, 1, 1, tzinfo=UTC), b"ab"]),
+    lambda inner: (st.lists(inner, max_size=3) | st.tuples(inner, inner)
+                   | st.dictionaries(st.text("abc", max_size=2) | st.integers(0, 2)
+                                     | st.booleans(), inner, max_size=3)),
+    max_leaves=8)
+
+
+def _json_differs(old: Any, new: Any) -> bool:
+    """status_differs' rule by its definition: the JSON forms differ (default=str)."""
+    def normal(value: Any) -> Any:
+        return json.loads(json.dumps(value, sort_keys=True, default=str))
+    return bool(normal(old) != normal(new))
+
+
+@settings(max_examples=600, deadline=None)
+@given(old=_JSONISH, new=_JSONISH, same=st.booleans())
+def test_status_differs_is_a_comparison_of_json_forms(old: Any, new: Any, same: bool) -> None:
+    """Plain statuses are compared as they are (no dumps and loads); the answer is still the
+    one of their JSON forms: tuples as lists, keys as strings, True and 1, -0.0, NaN, inf, and
+    anything else as its str."""
+    if same:
+        new = copy.deepcopy(old)
+    a, b = {"status": old}, {"status": new}
+    try:
+        expected = _json_differs(a, b)
+    except (TypeError, ValueError) as exc:  # keys json cannot sort: raised either way
+        with pytest.raises(type(exc)):
+            status_differs(a, b)
+        return
+    assert status_differs(a, b, quiet=()) is expected
+    assert status_differs(b, a, quiet=()) is expected
 
 def test_transitions_on_first_run_failure_and_recovery() -> None:
     good = build_status(account=account(), old_status=None, result=result(), published=PUBLISHED,
