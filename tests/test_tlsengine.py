@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trustme
 from cryptography import x509
 from cryptography.hazmat.backends.openssl import backend
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,11 +30,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from reconciler.demo.certificates import ThrowawayCA
-from reconciler.probe import tls, tlsengine
+from reconciler.probe import probe_account, tls, tlsengine
+from reconciler.probe.credentials import DirSecretReader
 from reconciler.probe.limits import Deadline
 from reconciler.probe.smtpclient import SmtpClient, SmtpClosed
+from tests.smtpservers import NOW, make_account
 
 _X25519MLKEM768 = 0x11EC  # the post-quantum hybrid group (IANA TLS Supported Groups)
+_X25519 = 0x001D
 _NOW = dt.datetime.now(dt.UTC)
 
 
@@ -177,9 +181,77 @@ def test_the_probe_offers_the_post_quantum_hybrid_key_share(ca: ThrowawayCA,
     srv = server(ca.server_context())
     version, *_ = asyncio.run(_start_tls(srv.port, "127.0.0.1", tls.client_context("1.2", ca.ca_pem)))
     groups, shares = _hello_groups(srv.hellos.get(timeout=30))
-    assert groups[0] == _X25519MLKEM768 and 0x001D in groups  # X25519
-    assert shares == [_X25519MLKEM768, 0x001D]
+    assert groups[0] == _X25519MLKEM768 and _X25519 in groups
+    assert shares == [_X25519MLKEM768, _X25519]
     assert version == "TLSv1.3" and srv.outcome() == ("ok", "TLSv1.3")
+
+
+def test_a_context_for_sessions_without_credentials_shares_x25519_alone(ca: ThrowawayCA,
+                                                                        server: Server) -> None:
+    # The same groups in the same order, ML-KEM's share left out: a server without ML-KEM (the
+    # system OpenSSL 3.0 here, as most MTAs) picks X25519 at once.
+    srv = server(ca.server_context())
+    with_auth = tls.client_context("1.2", ca.ca_pem)
+    without = tls.client_context("1.2", ca.ca_pem, credentials=False)
+    assert with_auth is not without
+    asyncio.run(_start_tls(srv.port, "127.0.0.1", with_auth))
+    asyncio.run(_start_tls(srv.port, "127.0.0.1", without))
+    (groups, shares), (bare_groups, bare_shares) = (_hello_groups(srv.hellos.get(timeout=30)),
+                                                    _hello_groups(srv.hellos.get(timeout=30)))
+    assert bare_groups == groups and bare_groups[0] == _X25519MLKEM768
+    assert (shares, bare_shares) == ([_X25519MLKEM768, _X25519], [_X25519])
+    assert srv.outcome() == srv.outcome() == ("ok", "TLSv1.3")
+
+
+def test_a_server_with_ml_kem_still_gets_the_hybrid_group_without_the_share_up_front(
+        tmp_path: Path) -> None:
+    # A server on OpenSSL >= 3.5 (pyOpenSSL here) prefers X25519MLKEM768: offered without its
+    # share, it asks for it (HelloRetryRequest) rather than settling for X25519.
+    from OpenSSL import SSL
+
+    authority = trustme.CA()
+    leaf = authority.issue_cert("127.0.0.1")
+    leaf.private_key_pem.write_to_path(tmp_path / "key.pem")
+    leaf.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.use_privatekey_file(str(tmp_path / "key.pem"))
+    context.use_certificate_file(str(tmp_path / "cert.pem"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    groups: queue.Queue[str | None] = queue.Queue()
+
+    def serve() -> None:
+        for _ in range(2):
+            sock, _ = listener.accept()
+            with sock:
+                conn = SSL.Connection(context, sock)
+                conn.set_accept_state()
+                conn.do_handshake()
+                groups.put(conn.get_group_name())
+                conn.sendall(b"220 engine test\r\n")
+                conn.shutdown()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ca_pem = authority.cert_pem.bytes().decode("ascii")
+    port = listener.getsockname()[1]
+    try:
+        for credentials in (True, False):
+            context_ = tls.client_context("1.2", ca_pem, credentials=credentials)
+            version, *_ = asyncio.run(_start_tls(port, "127.0.0.1", context_))
+            assert version == "TLSv1.3"
+            assert groups.get(timeout=30) == "X25519MLKEM768"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(("method", "shares"), [("Password", [_X25519MLKEM768, _X25519]),
+                                                ("None", [_X25519])])
+def test_the_probe_shares_the_hybrid_key_up_front_only_when_it_will_authenticate(
+        ca: ThrowawayCA, server: Server, secrets_dir: Path, method: str,
+        shares: list[int]) -> None:
+    srv = server(ca.server_context())  # SMTPS: a 220 inside TLS, then the server closes
+    account = make_account(port=srv.port, security="SMTPS", method=method)
+    asyncio.run(probe_account(account, DirSecretReader(secrets_dir), now=NOW))
+    assert _hello_groups(srv.hellos.get(timeout=30))[1] == shares
 
 
 # ------------------------------------------------------------------------------ what succeeds

@@ -115,8 +115,9 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
                 **base), None
     truststore = (f"{conn.truststore.kind} {account.namespace}/{conn.truststore.name} key "
                   f"{conn.truststore.key!r}" if conn.truststore else None)
+    will_auth = authenticate and auth.method != "None"
     try:
-        ctx = tls.client_context(conn.min_tls_version, ca_pem)
+        ctx = tls.client_context(conn.min_tls_version, ca_pem, credentials=will_auth)
     except ssl.SSLError as exc:
         return ProbeResult(connection=Outcome(
             False, reasons.CERTIFICATE_UNTRUSTED,
@@ -124,7 +125,6 @@ async def run_session(account: Account, secrets: SecretReader, *, now: dt.dateti
             "put the CA certificates in PEM form there"), ca_pem=ca_pem, **base), None
 
     polite = limits.politeness()
-    will_auth = authenticate and auth.method != "None"
     if will_auth:  # wait for the server's AUTH rate before taking one of its session slots
         await polite.auth_allowance(conn.host)
     # Credentials (a token request) first, without holding a session slot; the deadline

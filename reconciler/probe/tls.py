@@ -39,8 +39,11 @@ ClientContext = tlsengine.ClientContext
 
 
 @functools.lru_cache(maxsize=128)
-def client_context(min_tls_version: str = "1.2", ca_pem: str | None = None) -> ClientContext:
+def client_context(min_tls_version: str = "1.2", ca_pem: str | None = None, *,
+                   credentials: bool = True) -> ClientContext:
     """A verifying client context: truststore (or system store), host name check, TLS floor.
+    `credentials` False for sessions that will not AUTH: no post-quantum key share up front
+    (tlsengine._new_context says why).
 
     Raises ssl.SSLError when ca_pem holds no usable certificate. Contexts are cached and shared by
     the probes (loading the CA certificates was a tenth of a probe's CPU time, bench/README.md);
@@ -48,7 +51,7 @@ def client_context(min_tls_version: str = "1.2", ca_pem: str | None = None) -> C
     (reconciler.probe.tlsengine).
     """
     floor = TLS_FLOORS.get(min_tls_version, tlsengine.TLS1_2_VERSION)
-    return tlsengine.client_context(floor, ca_pem)
+    return tlsengine.client_context(floor, ca_pem, credentials=credentials)
 
 
 @functools.lru_cache(maxsize=1)

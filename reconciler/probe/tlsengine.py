@@ -41,6 +41,10 @@ _NO_PARTIAL_WILDCARDS = 0x4  # X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, as CPython 
 _CIPHERS = (b"@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:"
             b"!AESCCM")
 _LEGACY_CIPHERS = b"DEFAULT:@SECLEVEL=0"  # OpenSSL 3+ refuses TLS 1.0/1.1 at its default level
+# The groups OpenSSL 4.0 offers by default, in its order (its ClientHello; tests/test_tlsengine.py
+# compares them), with a key share for X25519 alone
+_SHARE_X25519_ONLY = (b"?X25519MLKEM768:?SecP256r1MLKEM768:?curveSM2MLKEM768 / ?*X25519:?secp256r1:"
+                      b"?X448:?secp384r1:?secp521r1:?curveSM2 / ?ffdhe2048:?ffdhe3072")
 _CHUNK = 16 * 1024  # a TLS record's plaintext at most; bytes moved by one call
 # Protocol versions as OpenSSL numbers them (the wire's own), for the floor of a context
 TLS1_VERSION, TLS1_1_VERSION, TLS1_2_VERSION, TLS1_3_VERSION = 0x301, 0x302, 0x303, 0x304
@@ -86,12 +90,12 @@ class ClientContext:
         return TlsSession(self, server_hostname)
 
 
-def client_context(floor: int, ca_pem: str | None) -> ClientContext:
+def client_context(floor: int, ca_pem: str | None, *, credentials: bool = True) -> ClientContext:
     """A verifying context: `ca_pem` (else the system store), host name check, TLS `floor`
     (TLS1_VERSION..TLS1_3_VERSION), TLS 1.3 allowed. ssl.SSLError when ca_pem holds no usable
-    certificate."""
+    certificate. `credentials`: whether its sessions will carry AUTH (see `_new_context`)."""
     SSL, lib = _openssl()[:2]
-    ctx = _new_context(floor)
+    ctx = _new_context(floor, credentials=credentials)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
     lib.X509_VERIFY_PARAM_set_hostflags(lib.SSL_CTX_get0_param(ctx._context),
                                         _NO_PARTIAL_WILDCARDS)
@@ -112,13 +116,13 @@ def client_context(floor: int, ca_pem: str | None) -> ClientContext:
 def diagnostic_context() -> ClientContext:
     """Any version from TLS 1.0, any certificate: only to learn what the server negotiates."""
     SSL = _openssl()[0]
-    ctx = _new_context(TLS1_VERSION)
+    ctx = _new_context(TLS1_VERSION, credentials=False)
     ctx.set_verify(SSL.VERIFY_NONE)
     return ClientContext(ctx, verify=False)
 
 
-def _new_context(floor: int) -> Any:
-    SSL = _openssl()[0]
+def _new_context(floor: int, *, credentials: bool) -> Any:
+    SSL, lib = _openssl()[:2]
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     # ssl.SSLContext's options: OpenSSL's bug workarounds, but empty fragments kept (CBC in
     # TLS 1.0); no compression (CRIME).
@@ -126,12 +130,18 @@ def _new_context(floor: int) -> Any:
     ctx.set_cipher_list(_LEGACY_CIPHERS if floor < TLS1_2_VERSION else _CIPHERS)
     ctx.set_min_proto_version(floor)
     ctx.set_max_proto_version(0)  # the highest this OpenSSL speaks
-    # Key exchange groups: OpenSSL's own default, on purpose. Its ClientHello offers
-    # X25519MLKEM768 first, with a key share beside X25519's, so a server that has it protects
-    # the AUTH exchange against decryption later (harvest now, decrypt later); one without it
-    # picks X25519, without a round trip more. The hybrid share costs 0.85 M instructions a
-    # probe (9 %: an ML-KEM and a second X25519 key; callgrind, bench/README.md, benchmark 7).
-    # OPENSSL_CONF with a Groups line changes it for the whole process.
+    # Key exchange groups. A session that will carry AUTH keeps OpenSSL's default: its
+    # ClientHello offers X25519MLKEM768 first, with a key share beside X25519's, so a server
+    # that has it protects the credentials against decryption later (harvest now, decrypt
+    # later) without a round trip more. A session that carries none (no AUTH: connect-only
+    # accounts, endpoint checks, a re-probe whose AUTH is not due, the diagnostic) offers the
+    # same groups in the same order with X25519's share alone: a server with ML-KEM still gets
+    # it, asking for its share (HelloRetryRequest); one without (most MTAs today) picks X25519,
+    # and the probe does not make an ML-KEM key and a second X25519 key it throws away: 0.85 M
+    # instructions a probe, 9 % (callgrind, bench/README.md, benchmark 7). OPENSSL_CONF with a
+    # Groups line changes the default for the whole process.
+    if not credentials and lib.SSL_CTX_set1_curves_list(ctx._context, _SHARE_X25519_ONLY) != 1:
+        lib.ERR_clear_error()  # an OpenSSL without these groups: its default, as before
     return ctx
 
 
