@@ -6,6 +6,7 @@ Messages say what to change and never echo a field's value (it might be a creden
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -25,6 +26,8 @@ if TYPE_CHECKING:  # imported when a document needs its messages: 40 ms of start
     import jsonschema
 
 Locate = Callable[[str], tuple[int, int]]
+#: A diagnostic's sort key: (line, column), as the loader sorts them.
+_POSITION = operator.attrgetter("line", "column")
 Severity = Literal["error", "warning", "note"]
 
 GROUP = "email.reconciler.io"
@@ -253,13 +256,18 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
                       f"{_type_name(doc)}")], None
     out: list[model.Diagnostic] = []
     flagged = scan_document(doc)
-    flagged_ptrs = {p for p, _, severity in flagged if severity == "error"}
-    out += [_diag(file, document, locate, p, m) for p, m, s in flagged if s == "error"]
-    tolerated = [_diag(file, document, locate, p, m, s) for p, m, s in flagged if s != "error"]
-    out += [_diag(file, document, locate, p, "must be a finite number (.nan and .inf are not "
-                                             "numbers in JSON or to the API server)")
-            for p in (() if plain else non_finite(doc))]
-    flagged_ptrs |= {d.pointer for d in out}
+    flagged_ptrs: set[str] = set()
+    tolerated: list[model.Diagnostic] = []
+    if flagged:  # (most documents have nothing flagged and are plain: nothing to build here)
+        flagged_ptrs = {p for p, _, severity in flagged if severity == "error"}
+        out += [_diag(file, document, locate, p, m) for p, m, s in flagged if s == "error"]
+        tolerated = [_diag(file, document, locate, p, m, s) for p, m, s in flagged
+                     if s != "error"]
+    if not plain:
+        out += [_diag(file, document, locate, p, "must be a finite number (.nan and .inf are "
+                                                 "not numbers in JSON or to the API server)")
+                for p in non_finite(doc)]
+        flagged_ptrs |= {d.pointer for d in out}
     seen: set[tuple[str, str]] = set()
     for err in schema_errors(doc, plain):
         for pointer, message in _schema_messages(err):
@@ -277,7 +285,7 @@ def validate_manifest(doc: Any, *, file: str = "<input>", document: int = 1,
         out.append(_diag(file, document, locate, pointer, message, severity))
     if source is not None:
         warnings = sorted((d for d in out if d.severity == "warning"),
-                          key=lambda d: (d.line, d.column))
+                          key=_POSITION) if out else ()
         _set_source(account, source, tuple(warnings))
     return out, account
 
