@@ -236,9 +236,14 @@ def configure_logging(fmt: str = "auto", level: str = "warning", stream: Any = N
     global _pending, _threshold
     with _config_lock:
         _pending = (fmt, level, stream or sys.stderr)
-        _threshold = logging.getLevelNamesMapping().get(level.upper(), logging.WARNING)
+        _threshold = _level_number(level)
     if "structlog" in sys.modules:
         _apply_pending()
+
+
+def _level_number(level: str) -> int:
+    """logging's number of a level name ('warning'); WARNING for a name it does not know."""
+    return logging.getLevelNamesMapping().get(level.upper(), logging.WARNING)
 
 
 def _apply_pending() -> None:
@@ -271,8 +276,7 @@ def _apply_pending() -> None:
                 RedactSecrets(),
                 renderer,
             ],
-            wrapper_class=structlog.make_filtering_bound_logger(
-                logging.getLevelNamesMapping().get(level.upper(), logging.WARNING)),
+            wrapper_class=structlog.make_filtering_bound_logger(_level_number(level)),
             logger_factory=structlog.PrintLoggerFactory(file=stream),
             cache_logger_on_first_use=False,
         )
@@ -298,6 +302,18 @@ def get_logger(name: str = "reconciler") -> Any:
     ever logging (bench/README.md, start-up).
     """
     return _LazyLogger(name)
+
+
+def _below(level: int, method: str) -> Any:
+    """_LazyLogger's `method`: None at once below configure_logging's level, else structlog's."""
+
+    def log(self: _LazyLogger, *args: Any, **kw: Any) -> Any:
+        if _threshold is not None and _threshold > level:
+            return None
+        return getattr(self._structlog(), method)(*args, **kw)
+
+    log.__name__ = log.__qualname__ = method
+    return log
 
 
 class _LazyLogger:
@@ -328,32 +344,9 @@ class _LazyLogger:
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._structlog(), attr)
 
-    def debug(self, *args: Any, **kw: Any) -> Any:
-        if _threshold is not None and _threshold > logging.DEBUG:
-            return None
-        return self._structlog().debug(*args, **kw)
-
-    def info(self, *args: Any, **kw: Any) -> Any:
-        if _threshold is not None and _threshold > logging.INFO:
-            return None
-        return self._structlog().info(*args, **kw)
-
-    def warning(self, *args: Any, **kw: Any) -> Any:
-        if _threshold is not None and _threshold > logging.WARNING:
-            return None
-        return self._structlog().warning(*args, **kw)
-
-    def error(self, *args: Any, **kw: Any) -> Any:
-        if _threshold is not None and _threshold > logging.ERROR:
-            return None
-        return self._structlog().error(*args, **kw)
-
-    def exception(self, *args: Any, **kw: Any) -> Any:
-        if _threshold is not None and _threshold > logging.ERROR:
-            return None
-        return self._structlog().exception(*args, **kw)
-
-    def critical(self, *args: Any, **kw: Any) -> Any:
-        if _threshold is not None and _threshold > logging.CRITICAL:
-            return None
-        return self._structlog().critical(*args, **kw)
+    debug = _below(logging.DEBUG, "debug")
+    info = _below(logging.INFO, "info")
+    warning = _below(logging.WARNING, "warning")
+    error = _below(logging.ERROR, "error")
+    exception = _below(logging.ERROR, "exception")
+    critical = _below(logging.CRITICAL, "critical")
