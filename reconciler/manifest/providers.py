@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from reconciler.model import Security
+from reconciler import reasons
+from reconciler.model import Account, Outcome, Security
 
 #: The day every entry below was last checked against its source.
 CHECKED: Final = "2026-12-01"
@@ -340,6 +341,20 @@ def basic_auth_message(host: str, now: dt.datetime) -> str:
     return (f"basic authentication (password) for SMTP AUTH to {host} is being retired by "
             f"Microsoft: {basic_auth_schedule(now)} (Exchange Team, 2026-01-27): "
             f"{BASIC_AUTH_FIX}")
+
+
+def basic_auth_warning(account: Account, now: dt.datetime | None = None) -> Outcome | None:
+    """BasicAuthDeprecated for Office 365 SMTP with a password, worded for `now` by Microsoft's
+    schedule (BASIC_AUTH_SCHEDULE); None for every other account."""
+    smtp = account.smtp
+    if account.send_using != "SMTP" or smtp is None or smtp.authentication.method != "Password":
+        return None
+    host = smtp.connection.host.lower().rstrip(".")
+    if account.provider != "office365" and not host.endswith("office365.com"):
+        return None
+    return Outcome(ok=False, reason=reasons.BASIC_AUTH_DEPRECATED,
+                   message=basic_auth_message(smtp.connection.host,
+                                              now or dt.datetime.now(dt.UTC)))
 
 
 # --------------------------------------------------------------------------- README table

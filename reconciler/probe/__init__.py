@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from reconciler import reasons
 from reconciler.errors import SecretNotFound
 from reconciler.log import get_logger, redact_text
+from reconciler.manifest.providers import basic_auth_warning
 from reconciler.model import Account, Outcome, ProbeResult, SecretReader, SigningResult
 from reconciler.policy import DEFAULT_POLICY, Policy, endpoint_scope, guard, policy_refusal
 
@@ -69,17 +70,11 @@ async def probe_account(account: Account, secrets: SecretReader, *, now: dt.date
 
             result = await probe_smtp(account, secrets, now=now, authenticate=authenticate,
                                       tokens=tokens, sharing=sharing)
-    smtp = account.smtp
-    if (account.send_using != "MicrosoftGraph" and smtp is not None
-            and smtp.authentication.method == "Password"
-            and (account.provider == "office365" or "office365" in smtp.connection.host.lower())):
-        # Office 365 with a password only (a superset of basic_auth_warning's own test): the
-        # module brings the HTTP client and the identity providers' modules with it.
-        from reconciler.probe.microsoft import basic_auth_warning
-
-        deprecated = basic_auth_warning(account, now)
-        if deprecated is not None:  # the probe still reports what the server answered
-            result = dataclasses.replace(result, warnings=(*result.warnings, deprecated))
+    # Office 365 with a password (beside the provider presets: reconciler.probe.microsoft and
+    # the HTTP client it brings are not imported for it)
+    deprecated = basic_auth_warning(account, now)
+    if deprecated is not None:  # the probe still reports what the server answered
+        result = dataclasses.replace(result, warnings=(*result.warnings, deprecated))
     if account.smtp is not None and account.smtp.signing is not None:
         signing = await _check_signing(account, secrets, now=now)
         result = dataclasses.replace(result, signing=signing)

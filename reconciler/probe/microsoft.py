@@ -9,16 +9,15 @@ costs 0.1 s, and validate must stay fast); it talks HTTP through the bounded Msa
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import urllib.parse
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler import reasons
 from reconciler.log import redact_text, register_secret
-from reconciler.model import Account, GraphSpec, KeyRef, OAuth2, Outcome, SecretReader
+from reconciler.manifest.providers import basic_auth_warning
+from reconciler.model import GraphSpec, KeyRef, OAuth2, Outcome, SecretReader
 from reconciler.policy import Policy
 from reconciler.probe import tokenrequest
 from reconciler.probe.google import GOOGLE_SCOPE
@@ -35,22 +34,6 @@ from reconciler.probe.tokenrequest import Token, TokenRequest
 OFFICE365_SMTP_SCOPE = "https://outlook.office365.com/.default"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 PUBLIC_CLOUD_HOST = "login.microsoftonline.com"
-
-
-def basic_auth_warning(account: Account, now: dt.datetime | None = None) -> Outcome | None:
-    """BasicAuthDeprecated for Office 365 SMTP with a password, worded for `now` by Microsoft's
-    schedule (reconciler.manifest.providers.BASIC_AUTH_SCHEDULE); None for every other account."""
-    smtp = account.smtp
-    if account.send_using != "SMTP" or smtp is None or smtp.authentication.method != "Password":
-        return None
-    host = smtp.connection.host.lower().rstrip(".")
-    if account.provider != "office365" and not host.endswith("office365.com"):
-        return None
-    from reconciler.manifest.providers import basic_auth_message
-
-    return Outcome(ok=False, reason=reasons.BASIC_AUTH_DEPRECATED,
-                   message=basic_auth_message(smtp.connection.host,
-                                              now or dt.datetime.now(dt.UTC)))
 
 
 def microsoft_smtp_request(secrets: SecretReader, namespace: str, oauth2: OAuth2,
