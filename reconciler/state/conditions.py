@@ -84,13 +84,8 @@ def put_condition(conditions: Conditions, type_: str, status: str, reason: str, 
         conditions[at] = new
 
 
-def remove_condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Conditions:
-    """Return a copy of `conditions` without `type_`."""
-    return [dict(c) for c in conditions if c.get("type") != type_]
-
-
 def drop_condition(conditions: Conditions, type_: str) -> None:
-    """`remove_condition` in place."""
+    """Remove every condition of `type_`, in place."""
     for i in range(len(conditions) - 1, -1, -1):
         if conditions[i].get("type") == type_:
             del conditions[i]
@@ -109,18 +104,10 @@ def order_conditions(conditions: Conditions) -> None:
     conditions.sort(key=_order_key)
 
 
-def set_outcome(conditions: Conditions, type_: str, outcome: Outcome, ok_message: str,
-                now: datetime, generation: int) -> Conditions:
-    """Set `type_` from an outcome: True with `ok_message` when it is ok, else False with its reason."""
-    out = [dict(cond) for cond in conditions]
-    put_outcome(out, type_, outcome, ok_message, now, generation)
-    order_conditions(out)
-    return out
-
-
 def put_outcome(conditions: Conditions, type_: str, outcome: Outcome, ok_message: str,
                 now: datetime, generation: int) -> None:
-    """`set_outcome` in place (see put_condition)."""
+    """Set `type_` from an outcome, in place (see put_condition): True with `ok_message` when it
+    is ok, else False with its reason."""
     status = "True" if outcome.ok else "False"
     message = outcome.message or (ok_message if outcome.ok else outcome.reason)
     put_condition(conditions, type_, status, outcome.reason, message, now, generation)
